@@ -1,0 +1,31 @@
+"""A consumer that prints a one-line summary of what it receives (a stand-in sink, and a demo)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from pipeline.messages import AgentKind, Tracks
+from pipeline.node import Node, NodeParams
+
+__all__ = ["TrackPrinter"]
+
+
+class TrackPrinter(Node):
+    class Params(NodeParams):
+        every_n: int = 10  # print one line per this many messages
+
+    inputs = {"tracks": Tracks}
+
+    def setup(self) -> None:
+        self.count = 0
+        self.latency_us: list[float] = []
+
+    def on_tracks(self, msg: Tracks) -> None:
+        self.count += 1
+        self.latency_us.append((self.now_ns() - msg.stamp_ns) / 1e3)
+        if self.count % self.params.every_n == 0:
+            kinds = {AgentKind.NAMES[int(k)]: int(n) for k, n in zip(*np.unique(msg.kind, return_counts=True))}
+            lat = np.percentile(self.latency_us, [50, 99])
+            self.log.info("seq %d: %d agents %s, latency p50 %.0f us p99 %.0f us",
+                          msg.seq, len(msg.ids), kinds, lat[0], lat[1])
+            self.latency_us.clear()

@@ -1,0 +1,209 @@
+"""A seeded traffic simulator: ground-truth `Tracks` and noisy `Detections` at a fixed rate.
+
+A straight two-way road (three lanes each way) with two zebra crossings. Vehicles follow the
+Intelligent Driver Model (IDM), change lanes when their lane is slower and the neighbouring lane
+has room, and stop for pedestrians on a crossing. Pedestrians cross at the crossings or walk along
+the sidewalks. Agents enter at one end and leave at the other, so ids come and go as in a real
+tracker's output. Each tick advances the world by exactly `1 / rate_hz` seconds from a seeded
+generator, so the same seed gives the same traffic, whatever the machine's timing.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from pipeline.messages import AgentKind, Detections, Tracks
+from pipeline.node import Node, NodeParams
+
+__all__ = ["TrafficSim", "TrafficWorld"]
+
+LANE_W = 3.5
+LANES_PER_DIR = 3
+SIDEWALK_Y = LANES_PER_DIR * LANE_W + 2.5
+# IDM constants (Treiber et al.): time headway, max acceleration, comfortable braking, jam gap.
+IDM_T, IDM_A, IDM_B, IDM_S0, CAR_LEN = 1.5, 1.2, 2.0, 2.0, 4.5
+LANE_CHANGE_S = 3.0
+
+
+class TrafficWorld:
+    """The simulation state; `step()` advances it by `dt` seconds. Usable without a graph."""
+
+    def __init__(self, agents: int = 32, pedestrian_fraction: float = 0.25, road_length_m: float = 300.0,
+                 dt: float = 0.1, seed: int = 7) -> None:
+        self.rng = np.random.default_rng(seed)
+        self.dt = dt
+        self.length = road_length_m
+        self.target_veh = max(0, round(agents * (1 - pedestrian_fraction)))
+        self.target_ped = max(0, agents - self.target_veh)
+        self.crossings = np.array([road_length_m / 3, 2 * road_length_m / 3])
+        self.next_id = 1
+        # vehicles: s (distance along travel direction), lane (0..2), dir (+1/-1), v, v0, y offset
+        self.veh: dict[str, np.ndarray] = {k: np.zeros(0) for k in ("id", "s", "lane", "dir", "v", "v0", "y", "vy", "target")}
+        self.ped: dict[str, np.ndarray] = {k: np.zeros(0) for k in ("id", "x", "y", "vx", "vy")}
+        self.t = 0.0
+        for _ in range(int(30 / dt)):  # warm up so the first message already shows traffic
+            self.step()
+        self.t = 0.0
+
+    # -- spawning ----------------------------------------------------------------------------
+    def _spawn_vehicle(self) -> None:
+        d = self.rng.choice([-1.0, 1.0])
+        lane = float(self.rng.integers(LANES_PER_DIR))
+        same = (self.veh["dir"] == d) & (np.abs(self.veh["lane"] - lane) < 0.5)
+        if same.any() and self.veh["s"][same].min() < 25.0:
+            return  # the lane entry is occupied
+        v0 = self.rng.uniform(10.0, 16.0) * (0.9 if lane == 0 else 1.0 + 0.1 * lane)
+        y = d * (lane + 0.5) * LANE_W
+        row = {"id": self.next_id, "s": 0.0, "lane": lane, "dir": d, "v": v0 * 0.8, "v0": v0, "y": y,
+               "vy": 0.0, "target": lane}
+        self.next_id += 1
+        for k, v in row.items():
+            self.veh[k] = np.append(self.veh[k], v)
+
+    def _spawn_pedestrian(self) -> None:
+        speed = self.rng.normal(1.3, 0.2)
+        if self.rng.random() < 0.6:  # cross the road at a crossing
+            x = self.crossings[self.rng.integers(2)] + self.rng.normal(0, 1.0)
+            side = self.rng.choice([-1.0, 1.0])
+            row = {"x": x, "y": side * SIDEWALK_Y, "vx": self.rng.normal(0, 0.1), "vy": -side * speed}
+        else:  # walk along a sidewalk
+            d = self.rng.choice([-1.0, 1.0])
+            y = self.rng.choice([-1.0, 1.0]) * (SIDEWALK_Y + self.rng.uniform(-0.8, 0.8))
+            row = {"x": 0.0 if d > 0 else self.length, "y": y, "vx": d * speed, "vy": 0.0}
+        row["id"] = self.next_id
+        self.next_id += 1
+        for k, v in row.items():
+            self.ped[k] = np.append(self.ped[k], v)
+
+    # -- dynamics ----------------------------------------------------------------------------
+    def _leader_gaps(self, s: np.ndarray, lane: np.ndarray, d: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Gap to and speed of the vehicle ahead in the same lane and direction (inf when none)."""
+        gap = np.full(len(s), np.inf)
+        lead_v = v.copy()
+        for direction in (-1.0, 1.0):
+            for ln in range(LANES_PER_DIR):
+                idx = np.flatnonzero((d == direction) & (np.abs(lane - ln) < 0.5))
+                if len(idx) < 2:
+                    continue
+                order = idx[np.argsort(s[idx])]
+                gap[order[:-1]] = s[order[1:]] - s[order[:-1]] - CAR_LEN
+                lead_v[order[:-1]] = v[order[1:]]
+        return gap, lead_v
+
+    def _crossing_gaps(self, s: np.ndarray, d: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """Distance to a crossing that a pedestrian occupies in this vehicle's path (inf when clear)."""
+        gap = np.full(len(s), np.inf)
+        if len(self.ped["x"]) == 0:
+            return gap
+        for cx in self.crossings:
+            on = np.abs(self.ped["x"] - cx) < 2.5
+            if not on.any():
+                continue
+            py = self.ped["y"][on]
+            x_veh = np.where(d > 0, s, self.length - s)
+            stop_s = np.where(d > 0, cx - 3.0, self.length - cx - 3.0)
+            ahead = (stop_s - s > -1.0) & (stop_s - s < 60.0)
+            blocked = np.array([np.any(np.abs(py - yy) < LANE_W) for yy in y]) & ahead
+            gap = np.where(blocked, np.minimum(gap, np.maximum(stop_s - s, 0.1)), gap)
+            del x_veh
+        return gap
+
+    def _idm(self, v: np.ndarray, v0: np.ndarray, gap: np.ndarray, lead_v: np.ndarray) -> np.ndarray:
+        s_star = IDM_S0 + np.maximum(0.0, v * IDM_T + v * (v - lead_v) / (2 * np.sqrt(IDM_A * IDM_B)))
+        return IDM_A * (1 - (v / v0) ** 4 - (s_star / np.maximum(gap, 0.1)) ** 2)
+
+    def step(self) -> None:
+        dt, veh = self.dt, self.veh
+        if len(veh["s"]) < self.target_veh and self.rng.random() < 0.5:
+            self._spawn_vehicle()
+        if len(self.ped["x"]) < self.target_ped and self.rng.random() < 0.1:
+            self._spawn_pedestrian()
+        if len(veh["s"]):
+            gap, lead_v = self._leader_gaps(veh["s"], veh["target"], veh["dir"], veh["v"])
+            gap = np.minimum(gap, self._crossing_gaps(veh["s"], veh["dir"], veh["y"]))
+            acc = np.clip(self._idm(veh["v"], veh["v0"], gap, lead_v), -8.0, IDM_A)
+            # Lane change (simplified MOBIL): when blocked by a slower leader, try a neighbour lane
+            # that is free 20 m ahead and 10 m behind.
+            settled = np.abs(veh["lane"] - veh["target"]) < 1e-6
+            want = settled & (gap < 40.0) & (lead_v < veh["v0"] - 2.0) & (self.rng.random(len(gap)) < 0.05)
+            for i in np.flatnonzero(want):
+                for cand in (veh["lane"][i] + 1, veh["lane"][i] - 1):
+                    if not 0 <= cand < LANES_PER_DIR:
+                        continue
+                    other = (veh["dir"] == veh["dir"][i]) & (np.abs(veh["target"] - cand) < 0.5)
+                    ds = veh["s"][other] - veh["s"][i]
+                    if not np.any((ds > -10.0) & (ds < 20.0)):
+                        veh["target"][i] = cand
+                        break
+            veh["v"] = np.maximum(0.0, veh["v"] + acc * dt)
+            veh["s"] = veh["s"] + veh["v"] * dt
+            # lateral motion towards the target lane centre, at most one lane per LANE_CHANGE_S
+            y_target = veh["dir"] * (veh["target"] + 0.5) * LANE_W
+            veh["vy"] = np.clip((y_target - veh["y"]) / 0.8, -LANE_W / LANE_CHANGE_S * 1.5, LANE_W / LANE_CHANGE_S * 1.5)
+            veh["y"] = veh["y"] + veh["vy"] * dt
+            arrived = np.abs(y_target - veh["y"]) < 0.05
+            veh["lane"] = np.where(arrived, veh["target"], veh["lane"])
+            keep = veh["s"] <= self.length
+            for k in veh:
+                veh[k] = veh[k][keep]
+        if len(self.ped["x"]):
+            ped = self.ped
+            # a little heading noise, speeds stay near their preferred value
+            ped["vx"] = ped["vx"] + self.rng.normal(0, 0.05, len(ped["vx"]))
+            ped["vy"] = ped["vy"] + self.rng.normal(0, 0.02, len(ped["vy"])) * (np.abs(ped["vy"]) > 0.3)
+            ped["x"] = ped["x"] + ped["vx"] * dt
+            ped["y"] = ped["y"] + ped["vy"] * dt
+            keep = (np.abs(ped["y"]) <= SIDEWALK_Y + 1.0) & (ped["x"] >= -1.0) & (ped["x"] <= self.length + 1.0)
+            for k in ped:
+                ped[k] = ped[k][keep]
+        self.t += dt
+
+    def tracks(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(ids, xy, vxy, kind) of every agent, vehicles in world coordinates (x east)."""
+        veh, ped = self.veh, self.ped
+        vx_world = np.where(veh["dir"] > 0, veh["s"], self.length - veh["s"])
+        ids = np.concatenate([veh["id"], ped["id"]]).astype(np.int64)
+        xy = np.concatenate([np.stack([vx_world, veh["y"]], 1), np.stack([ped["x"], ped["y"]], 1)]).reshape(-1, 2)
+        vxy = np.concatenate([np.stack([veh["dir"] * veh["v"], veh["vy"]], 1),
+                              np.stack([ped["vx"], ped["vy"]], 1)]).reshape(-1, 2)
+        kind = np.concatenate([np.full(len(veh["id"]), AgentKind.VEHICLE), np.full(len(ped["id"]), AgentKind.PEDESTRIAN)])
+        return ids, xy.astype(np.float32), vxy.astype(np.float32), kind.astype(np.uint8)
+
+
+class TrafficSim(Node):
+    """Publishes the simulated world on `tracks` (truth) and `detections` (noisy, with misses)."""
+
+    class Params(NodeParams):
+        agents: int = 32
+        pedestrian_fraction: float = 0.25
+        rate_hz: float = 10.0
+        seed: int = 7
+        road_length_m: float = 300.0
+        detection_noise_m: float = 0.3
+        miss_rate: float = 0.05
+        max_ticks: int = 0  # stop after this many messages (0: run until stopped)
+
+    outputs = {"tracks": Tracks, "detections": Detections}
+
+    def setup(self) -> None:
+        p = self.params
+        if p.rate_hz <= 0 or p.agents < 0:
+            raise ValueError(f"{self.name}: rate_hz must be > 0 and agents >= 0")
+        self.world = TrafficWorld(p.agents, p.pedestrian_fraction, p.road_length_m, 1.0 / p.rate_hz, p.seed)
+        self.noise = np.random.default_rng(p.seed + 1)
+        self.ticks = 0
+        self.every(1.0 / p.rate_hz, self.tick)
+
+    def tick(self) -> None:
+        self.world.step()
+        ids, xy, vxy, kind = self.world.tracks()
+        stamp = self.now_ns()
+        self.publish("tracks", Tracks(stamp_ns=stamp, frame_id="map", ids=ids, xy=xy, vxy=vxy, kind=kind))
+        seen = self.noise.random(len(ids)) >= self.params.miss_rate
+        noisy = xy[seen] + self.noise.normal(0, self.params.detection_noise_m, (int(seen.sum()), 2))
+        score = np.clip(self.noise.normal(0.85, 0.1, int(seen.sum())), 0, 1)
+        self.publish("detections", Detections(stamp_ns=stamp, frame_id="map", xy=noisy, kind=kind[seen], score=score))
+        self.diagnostics["agents"] = float(len(ids))
+        self.ticks += 1
+        if self.params.max_ticks and self.ticks >= self.params.max_ticks:
+            self.stop("max_ticks reached")

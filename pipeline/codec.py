@@ -1,0 +1,178 @@
+"""The wire format: one message = frames `[header, array_0, array_1, ...]`.
+
+The header is msgpack (schema name and version, seq, stamps, scalar fields, and each array's
+name, dtype and shape). Arrays travel as their own frames, so the sender passes numpy buffers to
+ZeroMQ without copying them and the receiver wraps the received frames with `np.frombuffer`:
+read-only views, no Python copy on the way.
+
+Received bytes are untrusted. `decode` checks, before any array is built: the schema is known and
+at the same version, the scalar fields are exactly the declared ones with the declared types, the
+arrays are exactly the declared ones, each dtype is the declared one (which is on an allow-list of
+plain numeric types: no object arrays), shapes match the declaration and the byte length, and
+sizes stay below the limits. Anything else raises `DecodeError` with a `kind` for counting.
+No pickle, no eval.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import msgspec
+import numpy as np
+
+from pipeline.errors import DecodeError
+from pipeline.messages import SCHEMAS, Message
+
+__all__ = ["ALLOWED_DTYPES", "Limits", "decode", "encode", "peek_schema"]
+
+# Plain numeric little-endian dtypes only: never object, void or structured arrays.
+ALLOWED_DTYPES = frozenset(
+    np.dtype(t).str for t in ("bool", "uint8", "int8", "uint16", "int16", "uint32", "int32",
+                               "uint64", "int64", "float16", "float32", "float64")
+)
+
+
+class Limits(msgspec.Struct, frozen=True):
+    """Size limits for decoding; defaults fit a 4K RGB image and a 2M-point cloud."""
+
+    max_header_bytes: int = 64 * 1024
+    max_array_bytes: int = 64 * 1024 * 1024
+    max_total_bytes: int = 256 * 1024 * 1024
+    max_ndim: int = 4
+
+
+DEFAULT_LIMITS = Limits()
+
+
+class _ArrayHeader(msgspec.Struct, array_like=True, forbid_unknown_fields=True):
+    name: str
+    dtype: str
+    shape: list[int]
+
+
+class _Header(msgspec.Struct, array_like=True, forbid_unknown_fields=True):
+    schema: str
+    version: int
+    seq: int
+    stamp_ns: int
+    publish_ns: int
+    frame_id: str
+    scalars: dict[str, Any]
+    arrays: list[_ArrayHeader]
+
+
+_encoder = msgspec.msgpack.Encoder()
+_decoder = msgspec.msgpack.Decoder(_Header)
+
+
+def encode(msg: Message, publish_ns: int | None = None) -> list[Any]:
+    """Frames for `msg`: the msgpack header, then each array as a buffer (not copied).
+
+    The caller must not modify the arrays until ZeroMQ has sent them (they go zero-copy).
+    """
+    cls = type(msg)
+    scalars = {name: getattr(msg, name) for name in cls.SCALARS if name not in _HEADER_FIELDS}
+    arrays: list[_ArrayHeader] = []
+    buffers: list[Any] = []
+    for name, spec in cls.ARRAYS.items():
+        a = getattr(msg, name)
+        if not isinstance(a, np.ndarray) or a.dtype != spec.dtype or not a.flags.c_contiguous:
+            a = np.ascontiguousarray(a, dtype=spec.dtype)
+        arrays.append(_ArrayHeader(name, a.dtype.str, list(a.shape)))
+        buffers.append(a.data.cast("B") if a.size else b"")
+    header = _Header(
+        cls.SCHEMA, cls.VERSION, msg.seq, msg.stamp_ns,
+        time.time_ns() if publish_ns is None else publish_ns, msg.frame_id, scalars, arrays,
+    )
+    return [_encoder.encode(header), *buffers]
+
+
+_HEADER_FIELDS = ("stamp_ns", "frame_id", "seq")
+
+
+def peek_schema(header: bytes | memoryview) -> tuple[str, int, int]:
+    """(schema, stamp_ns, publish_ns) from a header frame, validated like `decode` does."""
+    h = _decode_header(header, DEFAULT_LIMITS)
+    return h.schema, h.stamp_ns, h.publish_ns
+
+
+def _decode_header(header: Any, limits: Limits) -> _Header:
+    if len(header) > limits.max_header_bytes:
+        raise DecodeError("oversized", f"header of {len(header)} bytes exceeds limit {limits.max_header_bytes}")
+    try:
+        return _decoder.decode(header)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise DecodeError("bad_header", str(exc)) from None
+
+
+def decode(frames: Sequence[Any], expect: type[Message] | None = None,
+           limits: Limits = DEFAULT_LIMITS) -> tuple[Message, int]:
+    """Decode `[header, arrays...]` (bytes, memoryviews or zmq.Frames) into (message, publish_ns).
+
+    `expect` restricts the schema (an input declared as Tracks accepts nothing else). Arrays in the
+    result are read-only views of the received frames.
+    """
+    if not frames:
+        raise DecodeError("truncated", "no header frame")
+    h = _decode_header(_buffer(frames[0]), limits)
+    cls = SCHEMAS.get(h.schema)
+    if cls is None:
+        raise DecodeError("unknown_schema", f"schema {h.schema[:80]!r} is not known")
+    if expect is not None and cls is not expect:
+        raise DecodeError("wrong_schema", f"expected {expect.SCHEMA}, got {h.schema}")
+    if h.version != cls.VERSION:
+        raise DecodeError("bad_version", f"{h.schema} version {h.version}, expected {cls.VERSION}")
+    if len(frames) - 1 != len(h.arrays):
+        raise DecodeError("truncated" if len(frames) - 1 < len(h.arrays) else "bad_frames",
+                          f"{h.schema}: header lists {len(h.arrays)} arrays, got {len(frames) - 1} frames")
+
+    fields: dict[str, Any] = {"stamp_ns": h.stamp_ns, "frame_id": h.frame_id, "seq": h.seq}
+    expected_scalars = {n: t for n, t in cls.SCALARS.items() if n not in _HEADER_FIELDS}
+    if set(h.scalars) != set(expected_scalars):
+        raise DecodeError("bad_fields", f"{h.schema}: scalar fields {sorted(h.scalars)[:16]}, "
+                          f"expected {sorted(expected_scalars)}")
+    for name, typ in expected_scalars.items():
+        value = h.scalars[name]
+        if typ is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, typ) or (typ is int and isinstance(value, bool)):
+            raise DecodeError("bad_fields", f"{h.schema}.{name}: expected {typ.__name__}, "
+                              f"got {type(value).__name__}")
+        if typ is dict and not all(isinstance(k, str) and isinstance(v, (int, float)) and
+                                   not isinstance(v, bool) for k, v in value.items()):
+            raise DecodeError("bad_fields", f"{h.schema}.{name}: expected a map of str to number")
+        fields[name] = value
+
+    if [a.name for a in h.arrays] != list(cls.ARRAYS):
+        raise DecodeError("bad_fields", f"{h.schema}: arrays {[a.name for a in h.arrays][:16]}, "
+                          f"expected {list(cls.ARRAYS)}")
+    total = 0
+    for a, frame in zip(h.arrays, frames[1:]):
+        spec = cls.ARRAYS[a.name]
+        if a.dtype not in ALLOWED_DTYPES or np.dtype(a.dtype) != spec.dtype:
+            raise DecodeError("bad_dtype", f"{h.schema}.{a.name}: dtype {a.dtype[:16]!r}, "
+                              f"expected {spec.dtype.str!r}")
+        if len(a.shape) != len(spec.shape) or len(a.shape) > limits.max_ndim or any(
+                d < 0 or (want >= 0 and d != want) for d, want in zip(a.shape, spec.shape)):
+            raise DecodeError("bad_shape", f"{h.schema}.{a.name}: shape {a.shape[:8]}, "
+                              f"expected {['N' if d < 0 else d for d in spec.shape]}")
+        buf = _buffer(frame)
+        nbytes = spec.dtype.itemsize * int(np.prod(a.shape, dtype=np.int64)) if a.shape else spec.dtype.itemsize
+        if nbytes != len(buf):
+            raise DecodeError("bad_size", f"{h.schema}.{a.name}: shape {a.shape} needs {nbytes} bytes, "
+                              f"frame has {len(buf)}")
+        total += nbytes
+        if nbytes > limits.max_array_bytes or total > limits.max_total_bytes:
+            raise DecodeError("oversized", f"{h.schema}.{a.name}: {nbytes} bytes exceeds the limits")
+        arr = np.frombuffer(buf, dtype=spec.dtype).reshape(a.shape)
+        arr.flags.writeable = False
+        fields[a.name] = arr
+    return cls(**fields), h.publish_ns
+
+
+def _buffer(frame: Any) -> memoryview:
+    """The bytes of a frame without copying: zmq.Frame exposes `.buffer`, bytes are wrapped as is."""
+    buf = memoryview(getattr(frame, "buffer", frame))
+    return buf if buf.format == "B" and buf.ndim == 1 else buf.cast("B")

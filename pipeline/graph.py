@@ -1,0 +1,251 @@
+"""Launch files: parse, validate and resolve a node graph before any process starts.
+
+Every problem is reported as one `ConfigError` naming the file and the key, e.g.
+`launch.yaml: nodes.predictor.params.ttl_s: expected float, got str`. Checked: YAML syntax, unknown
+or mistyped keys, node classes that cannot be imported, params (unknown key, wrong type), inputs
+that name no declared input, topics no node publishes, schema mismatches between an output and an
+input, and cycles in which every edge is lossless (`block`), which could deadlock.
+
+Topics are node outputs, named `node/output`. Each node also has the output `diagnostics`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import msgspec
+import yaml
+
+from pipeline.errors import ConfigError
+from pipeline.messages import Message
+from pipeline.node import Node, NodeParams
+
+__all__ = ["Graph", "InputSpec", "NodeSpec", "load_graph", "parse_set"]
+
+Policy = Literal["latest", "drop_oldest", "block"]
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]*$")
+
+
+class _Input(msgspec.Struct, forbid_unknown_fields=True):
+    topic: str
+    queue: Policy = "drop_oldest"
+    depth: int = 10
+
+
+class _Respawn(msgspec.Struct, forbid_unknown_fields=True):
+    max: int = 5
+    backoff_s: float = 0.5
+
+
+class _NodeEntry(msgspec.Struct, forbid_unknown_fields=True):
+    run: str
+    params: dict[str, Any] = {}
+    inputs: dict[str, str | _Input] = {}
+    respawn: bool | _Respawn = False
+    required: bool = False
+    machine: str = ""
+
+
+class _Transport(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    kind: Literal["ipc", "tcp"] = "ipc"
+    host: str = "127.0.0.1"
+    base_port: int = 0
+
+
+class _LaunchFile(msgspec.Struct, forbid_unknown_fields=True):
+    nodes: dict[str, _NodeEntry]
+    name: str = "graph"
+    clock: str = ""
+    transport: _Transport = _Transport()
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    topic: str
+    queue: Policy
+    depth: int
+
+
+@dataclass
+class NodeSpec:
+    name: str
+    run: str
+    cls: type[Node]
+    params: NodeParams
+    raw_params: dict[str, Any]
+    inputs: dict[str, InputSpec]
+    respawn_max: int
+    respawn_backoff_s: float
+    required: bool
+    machine: str
+
+
+@dataclass
+class Graph:
+    """A validated graph: nodes in file order, and for each topic its schema and publisher."""
+
+    name: str
+    path: str
+    nodes: dict[str, NodeSpec]
+    topics: dict[str, type[Message]]
+    clock: str = ""
+    transport: str = "ipc"
+    tcp_host: str = "127.0.0.1"
+    tcp_base_port: int = 0
+    subscribers: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
+
+    def lossless_subscribers(self, topic: str) -> int:
+        return sum(1 for node, inp in self.subscribers.get(topic, [])
+                   if self.nodes[node].inputs[inp].queue == "block")
+
+
+def parse_set(items: list[str]) -> dict[str, dict[str, Any]]:
+    """`--set node.param=value` overrides; the value is parsed as YAML (so `5` is an int)."""
+    out: dict[str, dict[str, Any]] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        node, dot, param = key.partition(".")
+        if not sep or not dot or not node or not param:
+            raise ConfigError(f"--set {item!r}: expected node.param=value")
+        try:
+            out.setdefault(node, {})[param] = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"--set {item!r}: value is not valid YAML: {exc}") from None
+    return out
+
+
+def _where(exc: msgspec.ValidationError) -> tuple[str, str]:
+    """Split msgspec's "Expected `int`, got `str` - at `$.nodes.sim`" into (key path, message)."""
+    text = str(exc)
+    msg, _, at = text.partition(" - at `")
+    key = at.rstrip("`").removeprefix("$").lstrip(".")
+    msg = msg.replace("`", "")
+    return key, msg[:1].lower() + msg[1:]
+
+
+def resolve_class(run: str) -> type[Node]:
+    module_name, colon, attr = run.partition(":")
+    if not colon or not module_name or not attr:
+        raise ValueError(f"expected 'module:Class', got {run!r}")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ValueError(f"cannot import module {module_name!r}: {exc}") from None
+    cls = getattr(module, attr, None)
+    if not (isinstance(cls, type) and issubclass(cls, Node)):
+        raise ValueError(f"{module_name!r} has no Node class {attr!r}")
+    return cls
+
+
+def load_graph(path: str | Path, overrides: dict[str, dict[str, Any]] | None = None) -> Graph:
+    """Read and validate a launch file; raise ConfigError naming the file and key on any problem."""
+    path = Path(path)
+    where = str(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{where}: cannot read launch file: {exc.strerror or exc}") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        pos = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"{where}: {pos}invalid YAML: {problem}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a mapping with a 'nodes' key, got {type(raw).__name__}")
+    try:
+        spec = msgspec.convert(raw, _LaunchFile, strict=True)
+    except msgspec.ValidationError as exc:
+        key, msg = _where(exc)
+        raise ConfigError(f"{where}: {key + ': ' if key else ''}{msg}") from None
+    if not spec.nodes:
+        raise ConfigError(f"{where}: nodes: expected at least one node")
+
+    overrides = overrides or {}
+    for node in overrides:
+        if node not in spec.nodes:
+            raise ConfigError(f"--set {node}.*: no node {node!r} in {where} (nodes: {', '.join(spec.nodes)})")
+
+    nodes: dict[str, NodeSpec] = {}
+    topics: dict[str, type[Message]] = {}
+    for name, entry in spec.nodes.items():
+        key = f"nodes.{name}"
+        if not _NAME.match(name):
+            raise ConfigError(f"{where}: {key}: node names are letters, digits, '_' and '-'")
+        try:
+            cls = resolve_class(entry.run)
+        except ValueError as exc:
+            raise ConfigError(f"{where}: {key}.run: {exc}") from None
+        raw_params = {**entry.params, **overrides.get(name, {})}
+        try:
+            params = msgspec.convert(raw_params, cls.Params, strict=False)
+        except msgspec.ValidationError as exc:
+            pkey, msg = _where(exc)
+            raise ConfigError(f"{where}: {key}.params{'.' + pkey if pkey else ''}: {msg}") from None
+        inputs: dict[str, InputSpec] = {}
+        for inp, value in entry.inputs.items():
+            if inp not in cls.inputs:
+                raise ConfigError(f"{where}: {key}.inputs.{inp}: {entry.run} has no input {inp!r} "
+                                  f"(inputs: {', '.join(cls.inputs) or 'none'})")
+            i = _Input(value) if isinstance(value, str) else value
+            if i.depth < 1:
+                raise ConfigError(f"{where}: {key}.inputs.{inp}.depth: expected >= 1, got {i.depth}")
+            inputs[inp] = InputSpec(i.topic, i.queue, i.depth)
+        if entry.respawn is True:
+            respawn_max, backoff = _Respawn().max, _Respawn().backoff_s
+        elif entry.respawn is False:
+            respawn_max, backoff = 0, 0.0
+        else:
+            respawn_max, backoff = entry.respawn.max, entry.respawn.backoff_s
+        nodes[name] = NodeSpec(name, entry.run, cls, params, raw_params, inputs, respawn_max, backoff,
+                               entry.required, entry.machine)
+        for out, schema in cls.all_outputs().items():
+            topics[f"{name}/{out}"] = schema
+
+    subscribers: dict[str, list[tuple[str, str]]] = {}
+    for name, node in nodes.items():
+        for inp, ispec in node.inputs.items():
+            key = f"nodes.{name}.inputs.{inp}"
+            if ispec.topic not in topics:
+                raise ConfigError(f"{where}: {key}: unknown topic {ispec.topic!r} "
+                                  f"(topics: {', '.join(sorted(topics))})")
+            want, got = node.cls.inputs[inp], topics[ispec.topic]
+            if want is not got:
+                raise ConfigError(f"{where}: {key}: topic {ispec.topic!r} carries {got.SCHEMA}, "
+                                  f"input {inp!r} expects {want.SCHEMA}")
+            subscribers.setdefault(ispec.topic, []).append((name, inp))
+    if spec.clock and spec.clock not in topics:
+        raise ConfigError(f"{where}: clock: unknown topic {spec.clock!r}")
+    _check_block_cycles(where, nodes)
+    return Graph(spec.name, where, nodes, topics, spec.clock, spec.transport.kind, spec.transport.host,
+                 spec.transport.base_port, subscribers)
+
+
+def _check_block_cycles(where: str, nodes: dict[str, NodeSpec]) -> None:
+    """A cycle of lossless edges can fill every queue and wait forever: refuse it."""
+    edges: dict[str, list[str]] = {n: [] for n in nodes}
+    for name, node in nodes.items():
+        for ispec in node.inputs.values():
+            if ispec.queue == "block":
+                edges[ispec.topic.split("/", 1)[0]].append(name)
+    state: dict[str, int] = {}
+
+    def visit(n: str, path: list[str]) -> None:
+        state[n] = 1
+        for m in edges[n]:
+            if state.get(m) == 1:
+                cycle = " -> ".join(path[path.index(m):] + [m])
+                raise ConfigError(f"{where}: nodes: cycle of 'block' inputs {cycle}; give one input "
+                                  "queue: latest or drop_oldest")
+            if m not in state:
+                visit(m, path + [m])
+        state[n] = 2
+
+    for n in nodes:
+        if n not in state:
+            visit(n, [n])

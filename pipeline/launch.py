@@ -1,0 +1,249 @@
+"""`drivecast launch FILE`: run a validated graph, one process per node, and supervise it.
+
+- The graph is validated before anything starts (`pipeline.graph`); an error exits with code 2.
+- A run directory (mode 0700) holds the ipc sockets, each node's state directory and
+  `manifest.json` (nodes, topics, endpoints, pids) that `drivecast topic ...` attaches to.
+- Each node's output lines are printed prefixed with `[node]`.
+- A node that fails (non-zero exit, or killed) is respawned after `backoff_s * 2**k` (capped at
+  30 s) up to `respawn.max` times; a `required` node that exits ends the graph.
+- Ctrl-C / SIGTERM / `--duration`: SIGINT to every node, SIGTERM to those left after 2 s, SIGKILL
+  after 3.5 s; everything is gone within 5 s.
+
+Exit codes: 0 the graph ran to its end (duration, or its required node / all nodes finished
+cleanly); 1 a node failed for good (a required node failed, or respawns ran out); 2 the launch file
+or a command-line value is wrong; 130 interrupted (SIGINT); 143 terminated (SIGTERM).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from pipeline.errors import ConfigError
+from pipeline.graph import Graph, load_graph, parse_set
+from pipeline.transport import free_tcp_port, ipc_endpoint
+
+__all__ = ["Supervisor", "main", "make_run_dir", "runs_base"]
+
+STOP_SIGINT_S = 2.0
+STOP_SIGTERM_S = 1.5
+MAX_BACKOFF_S = 30.0
+
+
+def runs_base() -> Path:
+    """Where run directories live: $DRIVECAST_RUN_DIR, else /tmp/drivecast-<uid> (mode 0700)."""
+    base = Path(os.environ.get("DRIVECAST_RUN_DIR") or f"/tmp/drivecast-{os.getuid()}")
+    base.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if base.stat().st_uid != os.getuid():
+        raise ConfigError(f"run directory {base} belongs to another user")
+    return base
+
+
+def make_run_dir(name: str) -> Path:
+    run = runs_base() / f"{name}-{os.getpid()}"
+    if run.exists():
+        shutil.rmtree(run)
+    run.mkdir(mode=0o700)
+    return run
+
+
+def build_manifest(graph: Graph, run_dir: Path) -> dict[str, Any]:
+    topics: dict[str, Any] = {}
+    for topic, schema in graph.topics.items():
+        lossless = graph.lossless_subscribers(topic)
+        if graph.transport == "tcp":
+            endpoint = f"tcp://{graph.tcp_host}:{free_tcp_port(graph.tcp_host)}"
+            lossless_ep = f"tcp://{graph.tcp_host}:{free_tcp_port(graph.tcp_host)}" if lossless else None
+        else:
+            endpoint = ipc_endpoint(run_dir, topic)
+            lossless_ep = ipc_endpoint(run_dir, topic, lossless=True) if lossless else None
+        topics[topic] = {"schema": schema.SCHEMA, "publisher": topic.split("/", 1)[0], "endpoint": endpoint,
+                         "lossless_endpoint": lossless_ep, "lossless_subscribers": lossless}
+    nodes = {
+        name: {"run": n.run, "params": n.raw_params, "required": n.required, "pid": None, "restarts": 0,
+               "inputs": {i: {"topic": s.topic, "queue": s.queue, "depth": s.depth} for i, s in n.inputs.items()}}
+        for name, n in graph.nodes.items()
+    }
+    return {"name": graph.name, "file": graph.path, "run_dir": str(run_dir), "launcher_pid": os.getpid(),
+            "started_ns": time.time_ns(), "clock": graph.clock, "topics": topics, "nodes": nodes}
+
+
+def write_manifest(run_dir: Path, manifest: dict[str, Any]) -> None:
+    tmp = run_dir / "manifest.json.tmp"
+    tmp.write_text(json.dumps(manifest, indent=1))
+    os.replace(tmp, run_dir / "manifest.json")  # readers never see a half-written file
+
+
+@dataclass
+class _Child:
+    name: str
+    proc: subprocess.Popen[bytes] | None = None
+    restarts: int = 0
+    respawn_at: float | None = None
+    done: bool = False
+    failed: bool = False
+
+
+class Supervisor:
+    """Starts, watches, respawns and stops the node processes of one graph."""
+
+    def __init__(self, graph: Graph, run_dir: Path, out: IO[str] | None = None) -> None:
+        self.graph = graph
+        self.run_dir = run_dir
+        self.out = out or sys.stdout
+        self.manifest = build_manifest(graph, run_dir)
+        self.children = {name: _Child(name) for name in graph.nodes}
+        self._lock = threading.Lock()
+        self._signal: int | None = None
+        self._readers: list[threading.Thread] = []
+
+    def say(self, text: str, node: str = "launch") -> None:
+        with self._lock:
+            self.out.write(f"[{node}] {text}\n")
+            self.out.flush()
+
+    def _pump(self, name: str, stream: IO[bytes]) -> None:
+        for raw in iter(stream.readline, b""):
+            self.say(raw.decode(errors="replace").rstrip("\n"), name)
+        stream.close()
+
+    def _spawn(self, child: _Child) -> None:
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        self.manifest["nodes"][child.name]["restarts"] = child.restarts
+        write_manifest(self.run_dir, self.manifest)
+        child.proc = subprocess.Popen(
+            [sys.executable, "-m", "pipeline.runner", str(self.run_dir), child.name],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+        )
+        child.respawn_at = None
+        self.manifest["nodes"][child.name]["pid"] = child.proc.pid
+        write_manifest(self.run_dir, self.manifest)
+        assert child.proc.stdout is not None
+        t = threading.Thread(target=self._pump, args=(child.name, child.proc.stdout), daemon=True)
+        t.start()
+        self._readers.append(t)
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        self._signal = signum
+
+    def run(self, duration_s: float | None = None) -> int:
+        """Run until the duration passes, a signal arrives or the graph ends; return the exit code."""
+        old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        rc = 0
+        try:
+            self.say(f"graph {self.graph.name!r}: {len(self.children)} nodes, run directory {self.run_dir}")
+            for child in self.children.values():
+                self._spawn(child)
+            end = None if duration_s is None else time.monotonic() + duration_s
+            while True:
+                if self._signal is not None:
+                    rc = 128 + self._signal
+                    self.say(f"{signal.Signals(self._signal).name}: stopping the graph")
+                    break
+                if end is not None and time.monotonic() >= end:
+                    self.say(f"duration of {duration_s:g} s reached: stopping the graph")
+                    break
+                outcome = self._watch()
+                if outcome is not None:
+                    rc = outcome
+                    break
+                time.sleep(0.05)  # supervision tick, not synchronisation
+        finally:
+            self.stop()
+            for s, h in old.items():
+                signal.signal(s, h)
+        if rc == 0 and any(c.failed for c in self.children.values()):
+            rc = 1
+        self.say(f"exit code {rc}")
+        return rc
+
+    def _watch(self) -> int | None:
+        """Handle exited children; return an exit code when the graph must end."""
+        now = time.monotonic()
+        for child in self.children.values():
+            spec = self.graph.nodes[child.name]
+            if child.respawn_at is not None and now >= child.respawn_at:
+                self.say(f"respawning {child.name} (restart {child.restarts}/{spec.respawn_max})")
+                self._spawn(child)
+                continue
+            if child.done or child.proc is None or child.respawn_at is not None:
+                continue
+            code = child.proc.poll()
+            if code is None:
+                continue
+            if code == 0:
+                child.done = True
+                self.say(f"{child.name} finished")
+                if spec.required:
+                    self.say(f"required node {child.name} finished: ending the graph")
+                    return 0
+            else:
+                how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"
+                if child.restarts < spec.respawn_max:
+                    delay = min(MAX_BACKOFF_S, spec.respawn_backoff_s * 2 ** child.restarts)
+                    child.restarts += 1
+                    child.respawn_at = now + delay
+                    self.say(f"{child.name} {how}; respawn in {delay:.2f} s")
+                else:
+                    child.done = child.failed = True
+                    extra = f" after {child.restarts} restarts" if spec.respawn_max else ""
+                    self.say(f"{child.name} {how}{extra}; giving up on it")
+                    if spec.required:
+                        self.say(f"required node {child.name} failed: ending the graph")
+                        return 1
+        if all(c.done for c in self.children.values()):
+            self.say("all nodes have exited")
+            return 0
+        return None
+
+    def stop(self) -> None:
+        """SIGINT, then SIGTERM, then SIGKILL: every node is gone within 5 s."""
+        procs = [c.proc for c in self.children.values() if c.proc is not None and c.proc.poll() is None]
+        for sig, wait_s in ((signal.SIGINT, STOP_SIGINT_S), (signal.SIGTERM, STOP_SIGTERM_S), (signal.SIGKILL, 1.0)):
+            procs = [p for p in procs if p.poll() is None]
+            if not procs:
+                break
+            if sig != signal.SIGINT:
+                self.say(f"{len(procs)} node(s) still running: {sig.name}")
+            for p in procs:
+                try:
+                    p.send_signal(sig)
+                except ProcessLookupError:
+                    pass
+            deadline = time.monotonic() + wait_s
+            for p in procs:
+                try:
+                    p.wait(timeout=max(0.0, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    pass
+        for t in self._readers:
+            t.join(timeout=1.0)
+        shutil.rmtree(self.run_dir, ignore_errors=True)
+
+
+def main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="drivecast launch", description="Run a node graph from a launch file.")
+    ap.add_argument("file", help="launch file (YAML)")
+    ap.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    ap.add_argument("--set", dest="sets", action="append", default=[], metavar="NODE.PARAM=VALUE",
+                    help="override a node parameter (value parsed as YAML); repeatable")
+    args = ap.parse_args(argv)
+    try:
+        if args.duration is not None and args.duration <= 0:
+            raise ConfigError(f"--duration: expected a positive number of seconds, got {args.duration:g}")
+        graph = load_graph(args.file, parse_set(args.sets))
+        run_dir = make_run_dir(graph.name)
+    except ConfigError as exc:
+        print(f"ERROR: {exc}", file=sys.stderr)
+        return 2
+    return Supervisor(graph, run_dir).run(args.duration)

@@ -1,0 +1,215 @@
+"""Run one node in this process over ZeroMQ: what the launcher starts for every node.
+
+`python -m pipeline.runner RUN_DIR NODE` reads `RUN_DIR/manifest.json` (written by the launcher),
+builds the node, connects its inputs, binds its outputs and runs one loop: poll the inputs with a
+timeout up to the next timer, apply each input's queue policy, decode (a bad message is counted,
+logged once per kind and dropped), call `on_<input>`, fire due timers, publish Diagnostics each
+second. SIGINT/SIGTERM end the loop; `shutdown()` runs; the exit code is 0. If the launcher dies,
+the node notices (its parent changes) and exits, so no orphan outlives its graph.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import zmq
+
+from pipeline.codec import decode, encode
+from pipeline.errors import DecodeError
+from pipeline.graph import resolve_class
+from pipeline.messages import Clock, Diagnostics, Message
+from pipeline.node import Node
+from pipeline.stats import NodeStats
+from pipeline.timers import Timers
+from pipeline.transport import Publisher, Subscriber
+
+__all__ = ["ProcessRuntime", "main"]
+
+DIAGNOSTICS_PERIOD_S = 1.0
+_POLL_MAX_MS = 100
+
+
+class ProcessRuntime:
+    """Delivers one node's messages over ZeroMQ, per the run manifest."""
+
+    def __init__(self, manifest: dict[str, Any], node_name: str, ctx: zmq.Context | None = None) -> None:
+        self.manifest = manifest
+        self.node_name = node_name
+        entry = manifest["nodes"][node_name]
+        cls = resolve_class(entry["run"])
+        params = msgspec.convert(entry["params"], cls.Params, strict=False)
+        self.ctx = ctx or zmq.Context.instance()
+        self._stopping = False
+        self.stop_reason = ""
+        self.stats = NodeStats()
+        self.timers = Timers()
+        self._seq: dict[str, int] = {}
+        self._last_seq: dict[str, int] = {}
+        self._logged: set[tuple[str, str]] = set()
+        self._clock_ns: int | None = None
+        self._parent = os.getppid()
+
+        run_dir = Path(manifest["run_dir"])
+        state_dir = run_dir / "state" / node_name
+        state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.publishers: dict[str, Publisher] = {}
+        for out in cls.all_outputs():
+            t = manifest["topics"][f"{node_name}/{out}"]
+            self.publishers[out] = Publisher(self.ctx, f"{node_name}/{out}", t["endpoint"],
+                                             t.get("lossless_endpoint"), t.get("lossless_subscribers", 0))
+        self.inputs: dict[zmq.Socket, tuple[str, type[Message], Subscriber]] = {}
+        for inp, spec in entry.get("inputs", {}).items():
+            t = manifest["topics"][spec["topic"]]
+            endpoint = t["lossless_endpoint"] if spec["queue"] == "block" else t["endpoint"]
+            sub = Subscriber(self.ctx, spec["topic"], endpoint, spec["queue"], spec["depth"])
+            self.inputs[sub.sock] = (inp, cls.inputs[inp], sub)
+        self.clock_sub: Subscriber | None = None
+        clock_topic = manifest.get("clock", "")
+        if clock_topic and not clock_topic.startswith(f"{node_name}/"):
+            self.clock_sub = Subscriber(self.ctx, clock_topic, manifest["topics"][clock_topic]["endpoint"], "latest")
+            self._clock_ns = 0
+        self.node: Node = cls(node_name, params, self, state_dir=state_dir,
+                              is_restart=bool(entry.get("restarts", 0)))
+
+    # -- Runtime protocol ------------------------------------------------------------------------
+    def now_ns(self) -> int:
+        return time.time_ns() if self._clock_ns is None else self._clock_ns
+
+    def publish(self, node: Node, output: str, msg: Message) -> None:
+        pub = self.publishers.get(output)
+        if pub is None:
+            raise KeyError(f"{node.name}: no output {output!r} (outputs: {', '.join(self.publishers)})")
+        seq = self._seq.get(output, 0) + 1
+        self._seq[output] = seq
+        msg.seq = seq
+        if not msg.stamp_ns:
+            msg.stamp_ns = self.now_ns()
+        pub.send(encode(msg), self.stopped)
+        self.stats.counts[f"out.{output}"] += 1
+
+    def add_timer(self, node: Node, period_s: float, fn: Callable[[], None]) -> None:
+        self.timers.add(self.now_ns(), period_s, fn)
+
+    def request_stop(self, node: Node, reason: str) -> None:
+        self._stopping = True
+        self.stop_reason = reason
+
+    def stopped(self) -> bool:
+        if not self._stopping and os.getppid() != self._parent:
+            self.node.log.error("launcher is gone; stopping")
+            self._stopping = True
+        return self._stopping
+
+    # -- the loop --------------------------------------------------------------------------------
+    def _deliver(self, inp: str, schema: type[Message], frames: list[Any]) -> None:
+        self.stats.counts[f"in.{inp}"] += 1
+        try:
+            if len(frames) < 2:
+                raise DecodeError("truncated", "missing topic or header frame")
+            msg, _ = decode(frames[1:], expect=schema)
+        except DecodeError as exc:
+            self.stats.counts[f"decode_errors.{exc.kind}"] += 1
+            if (inp, exc.kind) not in self._logged:  # once per kind: a flood must not flood the log
+                self._logged.add((inp, exc.kind))
+                self.node.log.warning("dropped a bad message on input %r: %s", inp, exc)
+            return
+        last = self._last_seq.get(inp)
+        if last is not None and msg.seq > last + 1:
+            self.stats.counts[f"gaps.{inp}"] += msg.seq - last - 1
+        self._last_seq[inp] = msg.seq
+        t0 = time.perf_counter()
+        getattr(self.node, f"on_{inp}")(msg)
+        self.stats.callback_done(time.perf_counter() - t0)
+
+    def _publish_diagnostics(self) -> None:
+        for sock, (inp, _, sub) in self.inputs.items():
+            self.stats.counts[f"drops.{inp}"] = sub.dropped
+        values = self.stats.values(self.node.diagnostics)
+        self.publish(self.node, "diagnostics", Diagnostics(node=self.node_name, values=values))
+
+    def _update_clock(self) -> None:
+        assert self.clock_sub is not None
+        q = self.clock_sub.drain()
+        while q:
+            frames = q.popleft()
+            try:
+                msg, _ = decode(frames[1:], expect=Clock)
+            except DecodeError:
+                continue
+            self._clock_ns = max(self._clock_ns or 0, msg.stamp_ns)
+
+    def run(self) -> int:
+        poller = zmq.Poller()
+        for sock in self.inputs:
+            poller.register(sock, zmq.POLLIN)
+        if self.clock_sub is not None:
+            poller.register(self.clock_sub.sock, zmq.POLLIN)
+        self.node.setup()
+        self.timers.add(self.now_ns(), DIAGNOSTICS_PERIOD_S, self._publish_diagnostics)
+        for pub in self.publishers.values():
+            if pub.lossless is not None:
+                pub.wait_for_subscribers(10.0, self.stopped)
+        while not self.stopped():
+            due = self.timers.next_due_ns()
+            timeout = _POLL_MAX_MS if due is None else max(0, min(_POLL_MAX_MS, (due - self.now_ns()) // 1_000_000))
+            ready = dict(poller.poll(timeout))
+            if self.clock_sub is not None and self.clock_sub.sock in ready:
+                self._update_clock()
+            for sock in ready:
+                item = self.inputs.get(sock)
+                if item is None:
+                    continue
+                inp, schema, sub = item
+                q = sub.drain()
+                while q and not self._stopping:
+                    self._deliver(inp, schema, q.popleft())
+            for fn in self.timers.pop_due(self.now_ns()):
+                fn()
+        return 0
+
+    def close(self) -> None:
+        for pub in self.publishers.values():
+            pub.close()
+        for _, _, sub in self.inputs.values():
+            sub.close()
+        if self.clock_sub is not None:
+            self.clock_sub.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 2:
+        print("usage: python -m pipeline.runner RUN_DIR NODE", file=sys.stderr)
+        return 2
+    run_dir, node_name = Path(args[0]), args[1]
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s", stream=sys.stdout)
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    runtime = ProcessRuntime(manifest, node_name)
+
+    def on_signal(signum: int, frame: Any) -> None:
+        runtime.request_stop(runtime.node, signal.Signals(signum).name)
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        rc = runtime.run()
+    finally:
+        try:
+            runtime.node.shutdown()
+        finally:
+            runtime.close()
+    sys.stdout.flush()
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())
