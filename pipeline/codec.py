@@ -103,8 +103,9 @@ def _decode_header(header: Any, limits: Limits) -> _Header:
         raise DecodeError("oversized", f"header of {len(header)} bytes exceeds limit {limits.max_header_bytes}")
     try:
         return _decoder.decode(header)
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-        raise DecodeError("bad_header", str(exc)) from None
+    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError) as exc:
+        # invalid UTF-8 in a string surfaces as UnicodeDecodeError, not as msgspec's own error
+        raise DecodeError("bad_header", str(exc)[:200]) from None
 
 
 def decode(frames: Sequence[Any], expect: type[Message] | None = None,

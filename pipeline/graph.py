@@ -32,7 +32,7 @@ _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]*$")
 
 class _Input(msgspec.Struct, forbid_unknown_fields=True):
     topic: str
-    queue: Policy = "drop_oldest"
+    queue: str = "drop_oldest"
     depth: int = 10
 
 
@@ -44,7 +44,7 @@ class _Respawn(msgspec.Struct, forbid_unknown_fields=True):
 class _NodeEntry(msgspec.Struct, forbid_unknown_fields=True):
     run: str
     params: dict[str, Any] = {}
-    inputs: dict[str, str | _Input] = {}
+    inputs: dict[str, Any] = {}
     respawn: bool | _Respawn = False
     required: bool = False
     machine: str = ""
@@ -57,7 +57,7 @@ class _Transport(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
 
 
 class _LaunchFile(msgspec.Struct, forbid_unknown_fields=True):
-    nodes: dict[str, _NodeEntry]
+    nodes: dict[str, Any]
     name: str = "graph"
     clock: str = ""
     transport: _Transport = _Transport()
@@ -123,8 +123,20 @@ def _where(exc: msgspec.ValidationError) -> tuple[str, str]:
     text = str(exc)
     msg, _, at = text.partition(" - at `")
     key = at.rstrip("`").removeprefix("$").lstrip(".")
-    msg = msg.replace("`", "")
+    msg = re.sub(r"`(\w+)`", r"\1", msg) if msg.startswith("Expected") else msg.replace("`", "'")
+    msg = msg.replace("Object contains unknown field", "unknown key")
+    msg = msg.replace("Object missing required field", "missing required key")
     return key, msg[:1].lower() + msg[1:]
+
+
+def _convert(value: Any, typ: type, where: str, key: str, strict: bool = True) -> Any:
+    """msgspec.convert with the error rewritten as `FILE: KEY: message`."""
+    try:
+        return msgspec.convert(value, typ, strict=strict)
+    except msgspec.ValidationError as exc:
+        sub, msg = _where(exc)
+        full = ".".join(k for k in (key, sub) if k)
+        raise ConfigError(f"{where}: {full + ': ' if full else ''}{msg}") from None
 
 
 def resolve_class(run: str) -> type[Node]:
@@ -158,11 +170,7 @@ def load_graph(path: str | Path, overrides: dict[str, dict[str, Any]] | None = N
         raise ConfigError(f"{where}: {pos}invalid YAML: {problem}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: expected a mapping with a 'nodes' key, got {type(raw).__name__}")
-    try:
-        spec = msgspec.convert(raw, _LaunchFile, strict=True)
-    except msgspec.ValidationError as exc:
-        key, msg = _where(exc)
-        raise ConfigError(f"{where}: {key + ': ' if key else ''}{msg}") from None
+    spec = _convert(raw, _LaunchFile, where, "")
     if not spec.nodes:
         raise ConfigError(f"{where}: nodes: expected at least one node")
 
@@ -173,26 +181,26 @@ def load_graph(path: str | Path, overrides: dict[str, dict[str, Any]] | None = N
 
     nodes: dict[str, NodeSpec] = {}
     topics: dict[str, type[Message]] = {}
-    for name, entry in spec.nodes.items():
+    for name, raw_entry in spec.nodes.items():
         key = f"nodes.{name}"
-        if not _NAME.match(name):
+        if not isinstance(name, str) or not _NAME.match(name):
             raise ConfigError(f"{where}: {key}: node names are letters, digits, '_' and '-'")
+        entry = _convert(raw_entry, _NodeEntry, where, key)
         try:
             cls = resolve_class(entry.run)
         except ValueError as exc:
             raise ConfigError(f"{where}: {key}.run: {exc}") from None
         raw_params = {**entry.params, **overrides.get(name, {})}
-        try:
-            params = msgspec.convert(raw_params, cls.Params, strict=False)
-        except msgspec.ValidationError as exc:
-            pkey, msg = _where(exc)
-            raise ConfigError(f"{where}: {key}.params{'.' + pkey if pkey else ''}: {msg}") from None
+        params = _convert(raw_params, cls.Params, where, f"{key}.params", strict=False)
         inputs: dict[str, InputSpec] = {}
         for inp, value in entry.inputs.items():
             if inp not in cls.inputs:
                 raise ConfigError(f"{where}: {key}.inputs.{inp}: {entry.run} has no input {inp!r} "
                                   f"(inputs: {', '.join(cls.inputs) or 'none'})")
-            i = _Input(value) if isinstance(value, str) else value
+            ikey = f"{key}.inputs.{inp}"
+            i = _Input(value) if isinstance(value, str) else _convert(value, _Input, where, ikey)
+            if i.queue not in ("latest", "drop_oldest", "block"):
+                raise ConfigError(f"{where}: {ikey}.queue: expected latest, drop_oldest or block, got {i.queue!r}")
             if i.depth < 1:
                 raise ConfigError(f"{where}: {key}.inputs.{inp}.depth: expected >= 1, got {i.depth}")
             inputs[inp] = InputSpec(i.topic, i.queue, i.depth)

@@ -47,7 +47,8 @@ class ProcessRuntime:
         entry = manifest["nodes"][node_name]
         cls = resolve_class(entry["run"])
         params = msgspec.convert(entry["params"], cls.Params, strict=False)
-        self.ctx = ctx or zmq.Context.instance()
+        self._own_ctx = ctx is None
+        self.ctx = ctx or zmq.Context()
         self._stopping = False
         self.stop_reason = ""
         self.stats = NodeStats()
@@ -183,6 +184,8 @@ class ProcessRuntime:
             sub.close()
         if self.clock_sub is not None:
             self.clock_sub.close()
+        if self._own_ctx:
+            self.ctx.term()  # waits for the lossless sockets' linger, then frees everything
 
 
 def main(argv: list[str] | None = None) -> int:

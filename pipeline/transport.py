@@ -107,10 +107,12 @@ class Publisher:
                 self.lossless.poll(100, zmq.POLLOUT)
                 self._count_subscriptions()
 
-    def close(self) -> None:
+    def close(self, linger_s: float = 2.0) -> None:
+        """Close; the lossless socket keeps up to `linger_s` to flush what subscribers have not
+        taken yet (a source that ends right after its last message loses nothing)."""
         self.sock.close(0)
         if self.lossless is not None:
-            self.lossless.close(0)
+            self.lossless.close(int(linger_s * 1000))
 
 
 class Subscriber:

@@ -1,0 +1,257 @@
+"""Write drives into MCAP, and `drivecast record`: record topics of a running graph.
+
+`Recorder(path)` writes the layout described in `pipeline.recording`: one `drivecast` channel per
+topic holding each message's wire frames byte for byte (so replay republishes identical bytes),
+zstd chunks, log_time = receive time, publish_time = the header's publish time, plus Foxglove
+mirror channels `/foxglove/<topic>` (`pipeline.foxglove`) unless `foxglove=False`.
+
+Crash safety: the recorder closes the current chunk when it reaches `chunk_size` bytes or when
+`flush_s` seconds have passed since the last one, and flushes it to the OS. A process killed with
+`kill -9` therefore leaves a file that is readable up to its last complete chunk (at most about
+`flush_s` of data lost); readers fall back to a linear scan, `drivecast bag recover` rewrites it.
+
+`drivecast record -o FILE [TOPICS...|--all] [--run NAME] [--lossless]` finds a running graph
+(`pipeline.introspect.find_run`), subscribes to the topics' lossy endpoints (recording never slows
+the graph down; `--lossless` uses a topic's lossless endpoint where the graph has one, and then
+applies back-pressure instead of dropping), and writes until Ctrl-C, `--duration` or the graph ends.
+Messages lost on the way show up as gaps in the per-topic `seq`, reported at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from mcap.writer import CompressionType, Writer
+
+from pipeline import foxglove
+from pipeline.codec import decode, peek_schema
+from pipeline.errors import ConfigError, DecodeError, DrivecastError
+from pipeline.messages import SCHEMAS
+from pipeline.recording import FOXGLOVE_PREFIX, MESSAGE_ENCODING, PROFILE, SCHEMA_ENCODING, pack_frames, \
+    schema_description
+
+__all__ = ["Recorder", "main"]
+
+
+class Recorder:
+    """An MCAP writer for drivecast messages (see the module docstring)."""
+
+    def __init__(self, path: str | Path, *, foxglove_mirror: bool = True, chunk_size: int = 1 << 20,
+                 flush_s: float = 1.0, compression: str = "zstd", metadata: dict[str, str] | None = None) -> None:
+        self.path = Path(path)
+        try:
+            self._f = open(self.path, "wb")
+        except OSError as exc:
+            raise ConfigError(f"{self.path}: cannot create: {exc.strerror or exc}") from None
+        comp = {"zstd": CompressionType.ZSTD, "lz4": CompressionType.LZ4, "none": CompressionType.NONE}[compression]
+        self._w = Writer(self._f, chunk_size=chunk_size, compression=comp)
+        self._w.start(profile=PROFILE, library="drivecast")
+        if metadata:
+            self._w.add_metadata("drivecast", metadata)
+        self._foxglove = foxglove_mirror
+        self._flush_ns = int(flush_s * 1e9)
+        self._last_flush = time.monotonic_ns()
+        self._channels: dict[str, int] = {}
+        self._fox_channels: dict[str, int] = {}
+        self._schemas: dict[str, int] = {}
+        self._seq: dict[str, int] = {}
+        self.count = 0
+        self.bytes = 0
+        self._closed = False
+
+    def _channel(self, topic: str, schema: str) -> int:
+        cid = self._channels.get(topic)
+        if cid is None:
+            cls = SCHEMAS.get(schema)
+            if cls is None:
+                raise DecodeError("unknown_schema", f"{topic}: schema {schema[:80]!r} is not known")
+            sid = self._schemas.get(schema)
+            if sid is None:
+                sid = self._w.register_schema(schema, SCHEMA_ENCODING, schema_description(cls))
+                self._schemas[schema] = sid
+            cid = self._w.register_channel(topic, MESSAGE_ENCODING, sid, {"schema_version": str(cls.VERSION)})
+            self._channels[topic] = cid
+        return cid
+
+    def _fox_channel(self, topic: str, schema: str) -> int:
+        cid = self._fox_channels.get(topic)
+        if cid is None:
+            name, body = foxglove.json_schema(schema)
+            key = "fox:" + name
+            sid = self._schemas.get(key)
+            if sid is None:
+                sid = self._w.register_schema(name, "jsonschema", body)
+                self._schemas[key] = sid
+            cid = self._w.register_channel(FOXGLOVE_PREFIX + topic.lstrip("/"), "json", sid)
+            self._fox_channels[topic] = cid
+        return cid
+
+    def write(self, topic: str, frames: Sequence[Any], log_ns: int | None = None) -> None:
+        """Store one wire message (header + array frames) received on `topic` at `log_ns`.
+
+        The header is validated (schema known, publish time read from it); a Foxglove mirror
+        message is written beside it when the schema has a Foxglove form.
+        """
+        log_ns = time.time_ns() if log_ns is None else log_ns
+        schema, _, publish_ns = peek_schema(frames[0])
+        cid = self._channel(topic, schema)
+        data = pack_frames(list(frames))
+        seq = self._seq.get(topic, 0) + 1
+        self._seq[topic] = seq
+        self._w.add_message(cid, log_time=log_ns, data=data, publish_time=publish_ns, sequence=seq)
+        if self._foxglove and foxglove.supported(schema):
+            msg, _ = decode(frames)
+            self._w.add_message(self._fox_channel(topic, schema), log_time=log_ns,
+                                data=foxglove.convert(msg, topic), publish_time=publish_ns, sequence=seq)
+        self.count += 1
+        self.bytes += len(data)
+        if self._flush_ns and time.monotonic_ns() - self._last_flush >= self._flush_ns:
+            self.flush()
+
+    def flush(self) -> None:
+        """Close the chunk in progress and hand it to the OS (what survives a kill -9)."""
+        self._w.flush()
+        self._last_flush = time.monotonic_ns()
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._w.finish()
+        finally:
+            self._f.close()
+
+    def __enter__(self) -> Recorder:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# -- drivecast record -----------------------------------------------------------------------------------
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="drivecast record", description="Record topics of a running graph into MCAP.")
+    ap.add_argument("topics", nargs="*", help="topics to record (see `drivecast topic list`)")
+    ap.add_argument("-o", "--output", required=True, help="output .mcap file")
+    ap.add_argument("--all", action="store_true", help="record every topic of the graph")
+    ap.add_argument("--run", default=None, help="graph name or run directory (default: the newest running graph)")
+    ap.add_argument("--lossless", action="store_true",
+                    help="use a topic's lossless endpoint where it has one (back-pressure instead of drops)")
+    ap.add_argument("--no-foxglove", action="store_true", help="do not write the /foxglove/* mirror channels")
+    ap.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    ap.add_argument("--max-messages", type=int, default=0, help="stop after this many messages")
+    ap.add_argument("--quiet", action="store_true")
+    args = ap.parse_args(argv)
+    import zmq
+
+    from pipeline.introspect import find_run
+
+    try:
+        if bool(args.topics) == args.all:
+            raise ConfigError("give TOPICS or --all (not both)")
+        manifest = find_run(args.run)
+        known = manifest["topics"]
+        topics = sorted(known) if args.all else args.topics
+        unknown = [t for t in topics if t not in known]
+        if unknown:
+            raise ConfigError(f"graph {manifest['name']!r} has no topic {', '.join(map(repr, unknown))} "
+                              f"(topics: {', '.join(sorted(known))})")
+        rec = Recorder(args.output, foxglove_mirror=not args.no_foxglove,
+                       metadata={"graph": manifest["name"], "file": str(manifest.get("file", ""))})
+    except DrivecastError as exc:
+        print(f"ERROR: {exc}", file=sys.stderr)
+        return 2
+
+    stop = {"flag": False}
+
+    def on_signal(signum: int, frame: Any) -> None:
+        stop["flag"] = True
+
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    ctx = zmq.Context()
+    socks: dict[Any, str] = {}
+    poller = zmq.Poller()
+    for t in topics:
+        s = ctx.socket(zmq.SUB)
+        s.setsockopt(zmq.LINGER, 0)
+        s.setsockopt(zmq.RCVHWM, 10000)
+        s.setsockopt(zmq.SUBSCRIBE, b"")
+        ep = known[t].get("lossless_endpoint") if args.lossless else None
+        s.connect(ep or known[t]["endpoint"])
+        socks[s] = t
+        poller.register(s, zmq.POLLIN)
+    launcher = int(manifest.get("launcher_pid", -1))
+    end = None if args.duration is None else time.monotonic() + args.duration
+    bad = 0
+    last_seq: dict[str, int] = {}
+    gaps = 0
+    next_check = time.monotonic() + 1.0
+    if not args.quiet:
+        print(f"recording {len(topics)} topics of graph {manifest['name']!r} into {args.output}", file=sys.stderr)
+    try:
+        while not stop["flag"]:
+            for s, _ in poller.poll(100):
+                for _ in range(1000):  # drain what is waiting, bounded so the stop check runs
+                    try:
+                        frames = s.recv_multipart(zmq.NOBLOCK, copy=False)
+                    except zmq.Again:
+                        break
+                    now = time.time_ns()
+                    topic = socks[s]
+                    try:
+                        rec.write(topic, frames[1:], now)
+                    except DecodeError:
+                        bad += 1
+                        continue
+                    seq = _seq_of(frames[1])
+                    if topic in last_seq and seq > last_seq[topic] + 1:
+                        gaps += seq - last_seq[topic] - 1
+                    last_seq[topic] = seq
+            now_m = time.monotonic()
+            if (end is not None and now_m >= end) or (args.max_messages and rec.count >= args.max_messages):
+                break
+            if now_m >= next_check:
+                next_check = now_m + 1.0
+                if not _alive(launcher):
+                    if not args.quiet:
+                        print("the graph has ended", file=sys.stderr)
+                    break
+    finally:
+        rec.close()
+        for s in socks:
+            s.close(0)
+        ctx.term()
+        for sig, h in old.items():
+            signal.signal(sig, h)
+    if not args.quiet:
+        size = Path(args.output).stat().st_size
+        print(f"wrote {rec.count} messages ({size / 1e6:.2f} MB) to {args.output}; "
+              f"{gaps} lost on the way (seq gaps), {bad} undecodable", file=sys.stderr)
+    return 0
+
+
+def _seq_of(header: Any) -> int:
+    from pipeline.codec import _decode_header, DEFAULT_LIMITS  # one place parses headers
+    try:
+        return _decode_header(memoryview(getattr(header, "buffer", header)), DEFAULT_LIMITS).seq
+    except DecodeError:
+        return 0

@@ -1,0 +1,212 @@
+"""ROS 1 `.bag`, ROS 2 bag directories (sqlite3 or mcap storage) and ROS 2 `.mcap` files, read
+through the `rosbags` library (pure Python, no ROS install), converted into drivecast messages.
+
+Conversions (ROS type -> drivecast schema):
+
+| ROS type                                  | drivecast                                            |
+|-------------------------------------------|------------------------------------------------------|
+| nav_msgs/Odometry                         | Odometry (pose + twist, covariances dropped)         |
+| geometry_msgs/PoseStamped                 | Odometry (pose, zero twist, child_frame_id = topic)  |
+| geometry_msgs/PoseWithCovarianceStamped   | Odometry (as PoseStamped)                            |
+| sensor_msgs/NavSatFix                     | GnssFix                                              |
+| sensor_msgs/Imu                           | Imu                                                  |
+| sensor_msgs/LaserScan                     | PointCloud `x,y,z,intensity` in the scan frame (valid ranges only) |
+| tf2_msgs/TFMessage                        | one Odometry per transform (frame_id = parent, child_frame_id = child) |
+
+`stamp_ns` is the ROS header stamp; the wire `publish_ns` is the bag's log time (ROS bags store one
+time per message). Other types are listed by `info()` with `converted=False` and skipped on play.
+
+Bags without type definitions (ROS 2 sqlite3 bags before Iron): standard types come from the
+rosbags ROS 2 Humble type store; others must be supplied as `.msg` files in a directory
+(`--types DIR`, laid out `DIR/<pkg>/msg/<Name>.msg`). Reading messages of such a bag without them
+raises `RecordingError` naming the missing types and this option.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.codec import encode
+from pipeline.messages import GnssFix, Imu, Message, Odometry, PointCloud
+from pipeline.recording import Item, Recording, RecordingError, RecordingInfo, TopicInfo
+
+__all__ = ["CONVERSIONS", "RosRecording", "load_msg_types"]
+
+
+def _stamp(header: Any) -> int:
+    return int(header.stamp.sec) * 1_000_000_000 + int(header.stamp.nanosec)
+
+
+def _vec(v: Any) -> list[float]:
+    return [v.x, v.y, v.z]
+
+
+def _quat(q: Any) -> list[float]:
+    return [q.x, q.y, q.z, q.w]
+
+
+def _odometry(m: Any, topic: str) -> list[Message]:
+    return [Odometry(stamp_ns=_stamp(m.header), frame_id=m.header.frame_id, child_frame_id=m.child_frame_id,
+                     position=_vec(m.pose.pose.position), orientation=_quat(m.pose.pose.orientation),
+                     linear=_vec(m.twist.twist.linear), angular=_vec(m.twist.twist.angular))]
+
+
+def _pose_stamped(m: Any, topic: str) -> list[Message]:
+    pose = m.pose.pose if hasattr(m.pose, "pose") else m.pose  # PoseWithCovarianceStamped nests once more
+    return [Odometry(stamp_ns=_stamp(m.header), frame_id=m.header.frame_id, child_frame_id=topic.strip("/"),
+                     position=_vec(pose.position), orientation=_quat(pose.orientation))]
+
+
+def _navsatfix(m: Any, topic: str) -> list[Message]:
+    return [GnssFix(stamp_ns=_stamp(m.header), frame_id=m.header.frame_id, latitude=float(m.latitude),
+                    longitude=float(m.longitude), altitude=float(m.altitude), status=int(m.status.status))]
+
+
+def _imu(m: Any, topic: str) -> list[Message]:
+    return [Imu(stamp_ns=_stamp(m.header), frame_id=m.header.frame_id, orientation=_quat(m.orientation),
+                angular_velocity=_vec(m.angular_velocity), linear_acceleration=_vec(m.linear_acceleration))]
+
+
+def _laserscan(m: Any, topic: str) -> list[Message]:
+    r = np.asarray(m.ranges, dtype=np.float32)
+    a = m.angle_min + m.angle_increment * np.arange(len(r), dtype=np.float64)
+    inten = np.asarray(m.intensities, dtype=np.float32)
+    if inten.shape != r.shape:
+        inten = np.zeros_like(r)
+    ok = np.isfinite(r) & (r >= m.range_min) & (r <= m.range_max)
+    pts = np.stack([r * np.cos(a), r * np.sin(a), np.zeros_like(r), inten], axis=1)[ok]
+    return [PointCloud(stamp_ns=_stamp(m.header), frame_id=m.header.frame_id, fields="x,y,z,intensity",
+                       points=pts.astype(np.float32))]
+
+
+def _tf(m: Any, topic: str) -> list[Message]:
+    return [Odometry(stamp_ns=_stamp(t.header), frame_id=t.header.frame_id, child_frame_id=t.child_frame_id,
+                     position=_vec(t.transform.translation), orientation=_quat(t.transform.rotation))
+            for t in m.transforms]
+
+
+Conversion = Callable[[Any, str], list[Message]]
+
+#: ROS type (rosbags naming, `pkg/msg/Name` for ROS 1 too) -> (drivecast schema, conversion)
+CONVERSIONS: dict[str, tuple[str, Conversion]] = {
+    "nav_msgs/msg/Odometry": (Odometry.SCHEMA, _odometry),
+    "geometry_msgs/msg/PoseStamped": (Odometry.SCHEMA, _pose_stamped),
+    "geometry_msgs/msg/PoseWithCovarianceStamped": (Odometry.SCHEMA, _pose_stamped),
+    "sensor_msgs/msg/NavSatFix": (GnssFix.SCHEMA, _navsatfix),
+    "sensor_msgs/msg/Imu": (Imu.SCHEMA, _imu),
+    "sensor_msgs/msg/LaserScan": (PointCloud.SCHEMA, _laserscan),
+    "tf2_msgs/msg/TFMessage": (Odometry.SCHEMA, _tf),
+}
+
+
+def load_msg_types(types_dir: str | Path) -> dict[str, Any]:
+    """Types from `.msg` files under `types_dir` (`<pkg>/msg/<Name>.msg`, or `<pkg>/<Name>.msg`)."""
+    from rosbags.typesys import get_types_from_msg
+
+    root = Path(types_dir)
+    if not root.is_dir():
+        raise RecordingError(f"--types {root}: not a directory of .msg files")
+    typs: dict[str, Any] = {}
+    for f in sorted(root.rglob("*.msg")):
+        rel = f.relative_to(root).with_suffix("").parts
+        if len(rel) < 2:
+            raise RecordingError(f"{f}: expected <pkg>/msg/<Name>.msg under {root}")
+        name = f"{rel[0]}/msg/{rel[-1]}"
+        try:
+            typs.update(get_types_from_msg(f.read_text(), name))
+        except Exception as exc:  # rosbags raises its own parse errors
+            raise RecordingError(f"{f}: cannot parse message definition: {exc}") from None
+    return typs
+
+
+class RosRecording(Recording):
+    """A ROS bag, opened with `rosbags.highlevel.AnyReader`."""
+
+    def __init__(self, path: Path, types_dir: str | Path | None = None) -> None:
+        from rosbags.highlevel import AnyReader, AnyReaderError
+        from rosbags.typesys import Stores, get_typestore
+
+        if path.is_file() and path.suffix == ".db3":
+            path = path.parent  # the bag is the directory holding metadata.yaml
+        self.path = path
+        store = get_typestore(Stores.ROS2_HUMBLE)
+        self._extra: dict[str, Any] = load_msg_types(types_dir) if types_dir else {}
+        if self._extra:
+            store.register(self._extra)
+        self._known = set(store.fielddefs)
+        self._reader = AnyReader([path], default_typestore=store)
+        try:
+            self._reader.open()
+        except (AnyReaderError, FileNotFoundError, ValueError, KeyError) as exc:
+            raise RecordingError(f"{path}: cannot read as a ROS bag: {exc}") from None
+        except Exception as exc:  # the rosbags readers raise various errors on garbage
+            raise RecordingError(f"{path}: cannot read as a ROS bag: {type(exc).__name__}: {exc}") from None
+        if self._extra:
+            self._reader.typestore.register(self._extra)
+        r = self._reader
+        if path.is_dir():
+            fmt = "ros2-" + ("mcap" if any(path.glob("*.mcap")) else "sqlite3")
+        else:
+            fmt = "ros1-bag" if path.suffix == ".bag" else "ros2-mcap"
+        from rosbags.interfaces import MessageDefinitionFormat
+
+        self._no_defs = sorted({c.msgtype for c in r.connections
+                                if c.msgdef.format == MessageDefinitionFormat.NONE})
+        topics = []
+        for name, t in sorted(r.topics.items()):
+            typ = t.msgtype or "?"
+            conv = CONVERSIONS.get(typ)
+            topics.append(TopicInfo(name, typ, t.msgcount, conv is not None, conv[0] if conv else ""))
+        count = r.message_count
+        # rosbag2 readers report end as "after the last message" (+1 ns); rosbag1 reports the last one
+        end = r.end_time - (1 if r.is2 and count else 0)
+        note = ""
+        if self._no_defs:
+            missing = self.missing_types()
+            note = "no type definitions stored in the bag" + (
+                f"; missing definitions: {', '.join(missing)}" if missing else "")
+        self._info = RecordingInfo(str(path), fmt, r.start_time if count else 0, end if count else 0,
+                                   count, topics, note=note)
+
+    def missing_types(self, topics: Iterable[str] | None = None) -> list[str]:
+        """Types of the bag (of `topics`) that have neither a stored nor a supplied definition."""
+        wanted = None if topics is None else set(topics)
+        return sorted({c.msgtype for c in self._reader.connections
+                       if c.msgtype in self._no_defs and c.msgtype not in self._known
+                       and (wanted is None or c.topic in wanted)})
+
+    def info(self) -> RecordingInfo:
+        return self._info
+
+    def close(self) -> None:
+        if self._reader.stack is not None:
+            self._reader.close()
+
+    def items(self, topics: Iterable[str] | None = None, start_ns: int | None = None) -> Iterator[Item]:
+        wanted = None if topics is None else set(topics)
+        missing = self.missing_types(wanted)
+        if missing:
+            users = sorted({c.topic for c in self._reader.connections if c.msgtype in missing})
+            raise RecordingError(
+                f"{self.path}: the bag stores no type definitions and these types are unknown: "
+                f"{', '.join(missing)} (topics {', '.join(users)}). Supply them with --types DIR, a "
+                f"directory of .msg files laid out <pkg>/msg/<Name>.msg (e.g. "
+                f"DIR/{missing[0].split('/')[0]}/msg/{missing[0].split('/')[-1]}.msg), or leave these "
+                f"topics out with --topics")
+        conns = [c for c in self._reader.connections
+                 if c.msgtype in CONVERSIONS and (wanted is None or c.topic in wanted)]
+        if not conns:
+            return
+        deser = self._reader.deserialize
+        for conn, t_ns, raw in self._reader.messages(connections=conns, start=start_ns):
+            try:
+                ros = deser(raw, conn.msgtype)
+            except Exception as exc:
+                raise RecordingError(f"{self.path}: {conn.topic} @ {t_ns}: cannot deserialize "
+                                     f"{conn.msgtype}: {exc}") from None
+            for msg in CONVERSIONS[conn.msgtype][1](ros, conn.topic):
+                yield Item(conn.topic, t_ns, t_ns, encode(msg, publish_ns=t_ns))

@@ -1,0 +1,124 @@
+"""Shared test helpers: deadlines instead of sleeps, and launched graphs that are always cleaned up."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+
+
+def wait_for(cond: Callable[[], Any], timeout: float, what: str, interval: float = 0.02) -> Any:
+    """Poll `cond` until it returns something truthy; fail with `what` after `timeout` seconds."""
+    end = time.monotonic() + timeout
+    while True:
+        value = cond()
+        if value:
+            return value
+        if time.monotonic() > end:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(interval)  # polling interval of a deadline wait
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie is dead for our purposes
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().split(") ", 1)[1][0] != "Z"
+    except OSError:
+        return False
+
+
+class Launched:
+    """A `drivecast launch` subprocess with its own run directory."""
+
+    def __init__(self, launch_file: Path, run_base: Path, *args: str) -> None:
+        self.run_base = run_base
+        env = {**os.environ, "DRIVECAST_RUN_DIR": str(run_base), "PYTHONUNBUFFERED": "1"}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "pipeline.cli", "launch", str(launch_file), *args],
+            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        self._lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for raw in iter(self.proc.stdout.readline, b""):
+            self._lines.append(raw.decode(errors="replace"))
+
+    def output(self) -> str:
+        return "".join(self._lines)
+
+    def manifest(self) -> dict[str, Any] | None:
+        for path in self.run_base.glob("*/manifest.json"):
+            try:
+                return json.loads(path.read_text())
+            except (OSError, ValueError):
+                return None
+        return None
+
+    def node_pids(self) -> dict[str, int] | None:
+        m = self.manifest()
+        if not m:
+            return None
+        pids = {n: e["pid"] for n, e in m["nodes"].items()}
+        return pids if all(pids.values()) else None
+
+    def wait(self, timeout: float) -> tuple[int, str]:
+        self.proc.wait(timeout=timeout)
+        self._reader.join(timeout=5)
+        return self.proc.returncode, self.output()
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.proc.wait(timeout=5)
+
+
+@pytest.fixture
+def run_base() -> Iterator[Path]:
+    """A short run directory base (ipc socket paths must stay under ~100 characters)."""
+    d = Path(tempfile.mkdtemp(prefix="dc-", dir="/tmp"))
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture
+def launch(run_base: Path) -> Iterator[Callable[..., Launched]]:
+    started: list[Launched] = []
+
+    def start(launch_file: Path, *args: str) -> Launched:
+        launched = Launched(launch_file, run_base, *args)
+        started.append(launched)
+        return launched
+
+    yield start
+    for launched in started:
+        pids = launched.node_pids() or {}
+        launched.kill()
+        for pid in pids.values():  # no orphan survives a failed test
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except (ProcessLookupError, TypeError):
+                pass

@@ -1,0 +1,207 @@
+"""Codec: round trips for every schema, and strict rejection of malformed input."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import msgspec
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pipeline.codec import Limits, decode, encode
+from pipeline.errors import DecodeError
+from pipeline.messages import SCHEMAS, Image, Message, Tracks
+
+
+def _array_strategy(spec) -> st.SearchStrategy[np.ndarray]:
+    def build(draw_n: int, extra: list[int], seed: int) -> np.ndarray:
+        shape = []
+        it = iter(extra)
+        for d in spec.shape:
+            shape.append(draw_n if d == -1 and not shape else (next(it) if d == -1 else d))
+        rng = np.random.default_rng(seed)
+        if spec.dtype.kind == "f":
+            return rng.normal(size=shape).astype(spec.dtype)
+        if spec.dtype.kind == "b":
+            return rng.random(shape) < 0.5
+        info = np.iinfo(spec.dtype)
+        return rng.integers(info.min, info.max, size=shape, dtype=spec.dtype, endpoint=True)
+
+    return st.builds(build, st.integers(0, 20), st.lists(st.integers(0, 5), min_size=4, max_size=4),
+                     st.integers(0, 2**32 - 1))
+
+
+def _message_strategy(cls: type[Message]) -> st.SearchStrategy[Message]:
+    scalar = {int: st.integers(-(2**63), 2**63 - 1), float: st.floats(allow_nan=False), str: st.text(max_size=20),
+              bool: st.booleans(), dict: st.dictionaries(st.text(max_size=8), st.floats(allow_nan=False), max_size=5)}
+    kwargs = {name: scalar[t] for name, t in cls.SCALARS.items()}
+    kwargs["stamp_ns"] = st.integers(0, 2**63 - 1)
+    kwargs["seq"] = st.integers(0, 2**63 - 1)
+    kwargs.update({name: _array_strategy(spec) for name, spec in cls.ARRAYS.items()})
+    return st.builds(cls, **kwargs)
+
+
+@pytest.mark.parametrize("cls", list(SCHEMAS.values()), ids=lambda c: c.SCHEMA)
+@settings(max_examples=25, deadline=None)
+@given(data=st.data())
+def test_every_schema_round_trips(cls: type[Message], data: st.DataObject) -> None:
+    msg = data.draw(_message_strategy(cls))
+    frames = encode(msg, publish_ns=123)
+    decoded, publish_ns = decode([bytes(f) for f in frames])
+    assert publish_ns == 123
+    assert decoded == msg
+    for name in cls.ARRAYS:
+        assert not getattr(decoded, name).flags.writeable
+
+
+def test_decoded_arrays_are_views_of_the_received_buffers() -> None:
+    img = Image(data=np.zeros((720, 1280, 3), np.uint8))
+    frames = [bytearray(f) for f in encode(img)]
+    decoded, _ = decode(frames)
+    assert np.shares_memory(decoded.data, np.frombuffer(frames[1], np.uint8))
+
+
+def test_arrays_are_coerced_to_their_declared_dtype() -> None:
+    t = Tracks(ids=[1, 2], xy=np.ones((2, 2), np.float64))
+    assert t.ids.dtype == np.int64 and t.xy.dtype == np.float32
+
+
+def _tracks_frames(n: int = 3) -> list[bytes]:
+    msg = Tracks(ids=np.arange(n), xy=np.zeros((n, 2)), vxy=np.zeros((n, 2)), kind=np.ones(n))
+    return [bytes(f) for f in encode(msg)]
+
+
+def _header(frames: list[bytes]) -> list:
+    return msgspec.msgpack.decode(frames[0])
+
+
+def _with_header(frames: list[bytes], header: list) -> list[bytes]:
+    return [msgspec.msgpack.encode(header), *frames[1:]]
+
+
+def test_unknown_schema_is_rejected() -> None:
+    frames = _tracks_frames()
+    h = _header(frames)
+    h[0] = "evil/Schema"
+    with pytest.raises(DecodeError, match="unknown_schema: schema 'evil/Schema' is not known"):
+        decode(_with_header(frames, h))
+
+
+def test_other_version_is_rejected() -> None:
+    frames = _tracks_frames()
+    h = _header(frames)
+    h[1] = 99
+    with pytest.raises(DecodeError, match="bad_version: drivecast/Tracks version 99, expected 1"):
+        decode(_with_header(frames, h))
+
+
+def test_expected_schema_is_enforced() -> None:
+    with pytest.raises(DecodeError, match="wrong_schema: expected drivecast/Image, got drivecast/Tracks"):
+        decode(_tracks_frames(), expect=Image)
+
+
+def test_truncated_message_is_rejected() -> None:
+    frames = _tracks_frames()
+    with pytest.raises(DecodeError, match="truncated: drivecast/Tracks: header lists 4 arrays, got 2 frames"):
+        decode(frames[:3])
+    with pytest.raises(DecodeError, match="truncated"):
+        decode([])
+
+
+def test_garbage_header_is_rejected() -> None:
+    with pytest.raises(DecodeError, match="bad_header"):
+        decode([b"\xc1\xff garbage", b""])
+
+
+@pytest.mark.parametrize("dtype", ["|O", "<V8", ">f4", "<U4"])
+def test_disallowed_or_wrong_dtype_is_rejected(dtype: str) -> None:
+    frames = _tracks_frames()
+    h = _header(frames)
+    h[7][1][1] = dtype  # xy
+    with pytest.raises(DecodeError, match=r"bad_dtype: drivecast/Tracks.xy: dtype .*, expected '<f4'"):
+        decode(_with_header(frames, h))
+
+
+def test_shape_not_matching_bytes_is_rejected() -> None:
+    frames = _tracks_frames(3)
+    h = _header(frames)
+    h[7][1][2] = [4, 2]
+    with pytest.raises(DecodeError, match=r"bad_size: drivecast/Tracks.xy: shape \[4, 2\] needs 32 bytes, frame has 24"):
+        decode(_with_header(frames, h))
+
+
+def test_shape_not_matching_declaration_is_rejected() -> None:
+    frames = _tracks_frames(3)
+    h = _header(frames)
+    h[7][1][2] = [2, 3]
+    with pytest.raises(DecodeError, match=r"bad_shape: drivecast/Tracks.xy: shape \[2, 3\], expected \['N', 2\]"):
+        decode(_with_header(frames, h))
+
+
+def test_negative_dimension_is_rejected() -> None:
+    frames = _tracks_frames(3)
+    h = _header(frames)
+    h[7][0][2] = [-3]
+    with pytest.raises(DecodeError, match="bad_shape"):
+        decode(_with_header(frames, h))
+
+
+def test_oversized_array_is_rejected() -> None:
+    img = Image(data=np.zeros((100, 100, 3), np.uint8))
+    with pytest.raises(DecodeError, match="oversized: drivecast/Image.data: 30000 bytes exceeds the limits"):
+        decode(encode(img), limits=Limits(max_array_bytes=10_000))
+
+
+def test_oversized_header_is_rejected() -> None:
+    with pytest.raises(DecodeError, match="oversized: header of 70000 bytes"):
+        decode([b"\x00" * 70000])
+
+
+def test_wrong_scalar_type_is_rejected() -> None:
+    frames = [bytes(f) for f in encode(Image(encoding="rgb8"))]
+    h = _header(frames)
+    h[6]["encoding"] = 5
+    with pytest.raises(DecodeError, match="bad_fields: drivecast/Image.encoding: expected str, got int"):
+        decode(_with_header(frames, h))
+
+
+def test_missing_or_extra_fields_are_rejected() -> None:
+    frames = [bytes(f) for f in encode(Image())]
+    h = _header(frames)
+    h[6]["__class__"] = "x"
+    with pytest.raises(DecodeError, match="bad_fields"):
+        decode(_with_header(frames, h))
+    h = _header(_tracks_frames())
+    h[7][0][0] = "secret"
+    with pytest.raises(DecodeError, match="bad_fields: drivecast/Tracks: arrays"):
+        decode(_with_header(_tracks_frames(), h))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.binary(max_size=64), max_size=6))
+def test_random_frames_never_crash_the_decoder(frames: list[bytes]) -> None:
+    try:
+        decode(frames)
+    except DecodeError:
+        pass
+
+
+@settings(max_examples=100, deadline=None)
+@given(cut=st.integers(0, 200), flip=st.integers(0, 255))
+def test_corrupted_headers_raise_only_decode_errors(cut: int, flip: int) -> None:
+    frames = _tracks_frames()
+    header = bytearray(frames[0])
+    if header:
+        header[cut % len(header)] ^= flip
+    try:
+        decode([bytes(header[: len(header) - cut % 7]), *frames[1:]])
+    except DecodeError:
+        pass
+
+
+def test_message_equality_compares_arrays() -> None:
+    a = Tracks(ids=[1, 2])
+    assert a == dataclasses.replace(a)
+    assert a != Tracks(ids=[1, 3])

@@ -1,0 +1,108 @@
+"""Launch files: every class of error is reported with file and key before anything starts."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pipeline.errors import ConfigError
+from pipeline.graph import load_graph, parse_set
+from tests.conftest import REPO
+
+GOOD = """
+name: t
+nodes:
+  sim: {run: nodes.sim:TrafficSim, params: {agents: 4}}
+  printer: {run: nodes.printer:TrackPrinter, inputs: {tracks: sim/tracks}}
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "launch.yaml"
+    p.write_text(text)
+    return p
+
+
+def test_good_file_resolves_nodes_topics_and_edges(tmp_path: Path) -> None:
+    g = load_graph(write(tmp_path, GOOD))
+    assert list(g.nodes) == ["sim", "printer"]
+    assert g.nodes["sim"].params.agents == 4
+    assert g.topics["sim/tracks"].SCHEMA == "drivecast/Tracks"
+    assert "printer/diagnostics" in g.topics
+    assert g.subscribers["sim/tracks"] == [("printer", "tracks")]
+    assert g.nodes["printer"].inputs["tracks"].queue == "drop_oldest"
+
+
+def test_default_launch_file_is_valid() -> None:
+    g = load_graph(REPO / "launch.yaml")
+    assert g.nodes
+
+
+@pytest.mark.parametrize("text, message", [
+    ("nodes: [\n  a: b\n", r"launch.yaml: line \d+, column \d+: invalid YAML"),
+    ("- 1\n- 2\n", r"launch.yaml: expected a mapping with a 'nodes' key, got list"),
+    ("name: x\n", r"launch.yaml: missing required key 'nodes'"),
+    ("nodes: {}\nfoo: 1\n", r"launch.yaml: unknown key 'foo'"),
+    ("nodes: {}\n", r"launch.yaml: nodes: expected at least one node"),
+    ("nodes:\n  a: {run: nodes.sim:TrafficSim, param: {}}\n", r"launch.yaml: nodes.a: unknown key 'param'"),
+    ("nodes:\n  a: {run: nodes.nope:Sim}\n", r"launch.yaml: nodes.a.run: cannot import module 'nodes.nope'"),
+    ("nodes:\n  a: {run: nodes.sim:Nope}\n", r"launch.yaml: nodes.a.run: 'nodes.sim' has no Node class 'Nope'"),
+    ("nodes:\n  a: {run: nodes.sim}\n", r"launch.yaml: nodes.a.run: expected 'module:Class', got 'nodes.sim'"),
+    ("nodes:\n  a: {run: nodes.sim:TrafficSim, params: {agentz: 3}}\n",
+     r"launch.yaml: nodes.a.params: unknown key 'agentz'"),
+    ("nodes:\n  a: {run: nodes.sim:TrafficSim, params: {rate_hz: fast}}\n",
+     r"launch.yaml: nodes.a.params.rate_hz: expected float, got str"),
+    ("nodes:\n  a: {run: nodes.printer:TrackPrinter, inputs: {tracks: sim/tracks}}\n",
+     r"launch.yaml: nodes.a.inputs.tracks: unknown topic 'sim/tracks'"),
+    ("nodes:\n  s: {run: nodes.sim:TrafficSim}\n  a: {run: nodes.printer:TrackPrinter, inputs: {tracks: s/detections}}\n",
+     r"launch.yaml: nodes.a.inputs.tracks: topic 's/detections' carries drivecast/Detections, input 'tracks' expects drivecast/Tracks"),
+    ("nodes:\n  s: {run: nodes.sim:TrafficSim}\n  a: {run: nodes.printer:TrackPrinter, inputs: {trax: s/tracks}}\n",
+     r"launch.yaml: nodes.a.inputs.trax: nodes.printer:TrackPrinter has no input 'trax' \(inputs: tracks\)"),
+    ("nodes:\n  s: {run: nodes.sim:TrafficSim}\n  a: {run: nodes.printer:TrackPrinter, inputs: {tracks: {topic: s/tracks, queue: fifo}}}\n",
+     r"launch.yaml: nodes.a.inputs.tracks.queue: expected latest, drop_oldest or block, got 'fifo'"),
+    ("nodes:\n  a: {run: tests.graph_nodes:Relay, inputs: {tracks: {topic: b/tracks, queue: block}}}\n"
+     "  b: {run: tests.graph_nodes:Relay, inputs: {tracks: {topic: a/tracks, queue: block}}}\n",
+     r"launch.yaml: nodes: cycle of 'block' inputs a -> b -> a"),
+    ("nodes:\n  a: {run: nodes.sim:TrafficSim, respawn: {max: many}}\n",
+     r"launch.yaml: nodes.a.respawn.max: expected int, got str"),
+])
+def test_each_error_names_file_and_key(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_graph(write(tmp_path, text))
+
+
+def test_missing_file_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"nope.yaml: cannot read launch file: No such file"):
+        load_graph(tmp_path / "nope.yaml")
+
+
+def test_set_overrides_params_and_is_validated(tmp_path: Path) -> None:
+    path = write(tmp_path, GOOD)
+    g = load_graph(path, parse_set(["sim.agents=9", "sim.rate_hz=2.5"]))
+    assert g.nodes["sim"].params.agents == 9 and g.nodes["sim"].params.rate_hz == 2.5
+    with pytest.raises(ConfigError, match=r"nodes.sim.params.agents: expected int, got str"):
+        load_graph(path, parse_set(["sim.agents=many"]))
+    with pytest.raises(ConfigError, match=r"--set ghost.\*: no node 'ghost'"):
+        load_graph(path, parse_set(["ghost.x=1"]))
+    with pytest.raises(ConfigError, match=r"--set 'agents=3': expected node.param=value"):
+        parse_set(["agents=3"])
+
+
+def test_cli_reports_config_errors_with_exit_code_2_and_no_traceback(tmp_path: Path) -> None:
+    path = write(tmp_path, "nodes:\n  a: {run: nodes.sim:TrafficSim, params: {rate_hz: fast}}\n")
+    r = subprocess.run([sys.executable, "-m", "pipeline.cli", "launch", str(path)], cwd=REPO,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2
+    assert r.stderr.strip() == f"ERROR: {path}: nodes.a.params.rate_hz: expected float, got str"
+    assert "Traceback" not in r.stdout + r.stderr
+
+
+def test_graph_command_prints_nodes_topics_and_edges() -> None:
+    r = subprocess.run([sys.executable, "-m", "pipeline.cli", "graph", "launch.yaml"], cwd=REPO,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert "nodes:" in r.stdout and "topics:" in r.stdout and "edges:" in r.stdout
+    assert "sim/tracks" in r.stdout

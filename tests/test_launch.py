@@ -1,0 +1,138 @@
+"""The launcher with real node processes: lossless delivery, shutdown deadlines, respawn, failures."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import zmq
+
+from pipeline.codec import decode
+from pipeline.messages import Diagnostics
+from tests.conftest import Launched, pid_alive, wait_for
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "launch.yaml"
+    p.write_text(text)
+    return p
+
+
+def test_three_node_graph_in_block_mode_loses_nothing(tmp_path: Path, launch: Callable[..., Launched]) -> None:
+    out = tmp_path / "got.jsonl"
+    n = 2000
+    path = write(tmp_path, f"""
+name: lossless
+nodes:
+  src: {{run: tests.graph_nodes:Ramp, params: {{count: {n}, per_tick: 50}}}}
+  relay: {{run: tests.graph_nodes:Relay, inputs: {{tracks: {{topic: src/tracks, queue: block}}}}}}
+  sink:
+    run: tests.graph_nodes:Collect
+    params: {{out: {out}, expect: {n}, slow_s: 0.0005}}
+    inputs: {{tracks: {{topic: relay/tracks, queue: block}}}}
+    required: true
+""")
+    rc, log = launch(path).wait(timeout=90)
+    assert rc == 0, log
+    got = [json.loads(line)[0] for line in out.read_text().splitlines()]
+    assert got == list(range(1, n + 1))
+    assert "required node sink finished: ending the graph" in log
+
+
+def test_ctrl_c_stops_every_node_within_5_s(tmp_path: Path, launch: Callable[..., Launched]) -> None:
+    path = write(tmp_path, """
+name: stop
+nodes:
+  sim: {run: nodes.sim:TrafficSim, params: {agents: 8}}
+  printer: {run: nodes.printer:TrackPrinter, inputs: {tracks: sim/tracks}}
+  stubborn: {run: tests.graph_nodes:Stubborn, inputs: {tracks: sim/tracks}}
+""")
+    g = launch(path)
+    pids = wait_for(g.node_pids, 30, "all nodes started")
+    wait_for(lambda: "[printer] INFO seq" in g.output(), 30, "the printer to receive tracks")
+    t0 = time.monotonic()
+    os.kill(g.proc.pid, signal.SIGINT)
+    rc, log = g.wait(timeout=10)
+    elapsed = time.monotonic() - t0
+    assert rc == 130, log
+    assert elapsed < 5.0, f"shutdown took {elapsed:.2f} s"
+    assert "still running: SIGTERM" in log and "still running: SIGKILL" in log  # stubborn needed escalation
+    assert not [n for n, pid in pids.items() if pid_alive(pid)], "orphan node processes"
+    assert not list(g.run_base.glob("*/manifest.json")), "run directory left behind"
+
+
+def test_sigterm_gives_exit_code_143(tmp_path: Path, launch: Callable[..., Launched]) -> None:
+    path = write(tmp_path, "nodes:\n  sim: {run: nodes.sim:TrafficSim}\n")
+    g = launch(path)
+    pids = wait_for(g.node_pids, 30, "the node started")
+    os.kill(g.proc.pid, signal.SIGTERM)
+    rc, log = g.wait(timeout=10)
+    assert rc == 143, log
+    assert not pid_alive(pids["sim"])
+
+
+def test_killed_node_is_respawned_and_the_graph_carries_on(tmp_path: Path, launch: Callable[..., Launched]) -> None:
+    path = write(tmp_path, """
+name: respawn
+nodes:
+  sim: {run: nodes.sim:TrafficSim, params: {agents: 8, rate_hz: 20}}
+  printer:
+    run: nodes.printer:TrackPrinter
+    inputs: {tracks: sim/tracks}
+    respawn: {max: 3, backoff_s: 0.1}
+""")
+    g = launch(path)
+    old = wait_for(g.node_pids, 30, "all nodes started")["printer"]
+    os.kill(old, signal.SIGKILL)
+    new = wait_for(lambda: (p := g.node_pids()) and p["printer"] != old and pid_alive(p["printer"]) and p["printer"],
+                   30, "the printer to be respawned")
+    manifest = g.manifest()
+    assert manifest and manifest["nodes"]["printer"]["restarts"] == 1
+    # the new incarnation receives tracks: its diagnostics count them
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.SUB)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.SUBSCRIBE, b"")
+    sock.connect(manifest["topics"]["printer/diagnostics"]["endpoint"])
+    try:
+        def received() -> bool:
+            if not sock.poll(200):
+                return False
+            msg, _ = decode(sock.recv_multipart()[1:], expect=Diagnostics)
+            return msg.values.get("in.tracks", 0) > 0
+        wait_for(received, 20, "diagnostics from the respawned printer showing received tracks")
+    finally:
+        sock.close(0)
+        ctx.term()
+    assert pid_alive(new)
+    os.kill(g.proc.pid, signal.SIGINT)
+    rc, log = g.wait(timeout=10)
+    assert "printer killed by SIGKILL; respawn in 0.10 s" in log
+    assert rc == 130
+
+
+def test_crash_loop_honours_the_maximum_and_fails_the_graph(tmp_path: Path, launch: Callable[..., Launched]) -> None:
+    path = write(tmp_path, """
+nodes:
+  sim: {run: nodes.sim:TrafficSim}
+  bad: {run: tests.graph_nodes:Crash, respawn: {max: 2, backoff_s: 0.05}, required: true}
+""")
+    t0 = time.monotonic()
+    rc, log = launch(path).wait(timeout=60)
+    assert rc == 1, log
+    assert log.count("respawning bad") == 2
+    assert "respawn in 0.05 s" in log and "respawn in 0.10 s" in log  # exponential back-off
+    assert "bad exited with code 1 after 2 restarts; giving up on it" in log
+    assert "required node bad failed: ending the graph" in log
+    assert time.monotonic() - t0 < 30
+
+
+def test_duration_ends_the_graph_with_exit_code_0(tmp_path: Path, launch: Callable[..., Launched]) -> None:
+    path = write(tmp_path, "nodes:\n  sim: {run: nodes.sim:TrafficSim}\n")
+    rc, log = launch(path, "--duration", "1.5").wait(timeout=30)
+    assert rc == 0, log
+    assert "duration of 1.5 s reached" in log
