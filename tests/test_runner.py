@@ -1,0 +1,72 @@
+"""One node over ZeroMQ (ProcessRuntime): bad messages are counted and dropped, the node lives on."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+import zmq
+
+from pipeline.codec import encode
+from pipeline.messages import Image, Tracks
+from pipeline.runner import ProcessRuntime
+from tests.conftest import wait_for
+
+
+def manifest(run_dir: Path, out: Path) -> dict:
+    ep = lambda name: f"ipc://{run_dir}/{name}.sock"  # noqa: E731
+    return {
+        "name": "t", "run_dir": str(run_dir), "clock": "",
+        "topics": {
+            "src/tracks": {"schema": "drivecast/Tracks", "endpoint": ep("src"), "lossless_endpoint": None},
+            "sink/diagnostics": {"schema": "drivecast/Diagnostics", "endpoint": ep("diag"), "lossless_endpoint": None},
+        },
+        "nodes": {"sink": {"run": "tests.graph_nodes:Collect", "params": {"out": str(out)},
+                           "inputs": {"tracks": {"topic": "src/tracks", "queue": "block", "depth": 10}}}},
+    }
+
+
+def test_bad_messages_are_counted_dropped_and_the_node_keeps_running(run_base: Path) -> None:
+    out = run_base / "got.jsonl"
+    ctx = zmq.Context()
+    pub = ctx.socket(zmq.PUB)
+    pub.setsockopt(zmq.LINGER, 0)
+    pub.bind(f"ipc://{run_base}/src.sock")
+    m = manifest(run_base, out)
+    m["topics"]["src/tracks"]["lossless_endpoint"] = f"ipc://{run_base}/src.sock"
+    rt = ProcessRuntime(m, "sink", ctx=ctx)
+    thread = threading.Thread(target=rt.run, daemon=True)
+    thread.start()
+    try:
+        good = [b"src/tracks", *encode(Tracks(ids=[7], xy=np.zeros((1, 2)), vxy=np.zeros((1, 2)), kind=[1]))]
+        bad = [
+            [b"src/tracks", b"\xc1garbage"],                                 # not msgpack
+            [b"src/tracks"],                                                 # no header
+            good[:3],                                                        # truncated
+            [b"src/tracks", *encode(Image(data=np.zeros((2, 2, 3), np.uint8)))],  # wrong schema
+        ]
+
+        def delivered() -> bool:
+            pub.send_multipart(bad[0])  # resent until the subscription is up (slow joiner)
+            pub.send_multipart(good)
+            return out.exists() and out.read_text().strip() != ""
+        wait_for(delivered, 20, "the first good message")
+        for frames in bad * 3:
+            pub.send_multipart(frames)
+        pub.send_multipart(good)
+        counts = rt.stats.counts
+        wait_for(lambda: counts["decode_errors.truncated"] >= 6 and counts["decode_errors.wrong_schema"] >= 3
+                 and counts["decode_errors.bad_header"] >= 4, 20, "all bad messages counted")
+        n_good = len(out.read_text().splitlines())
+        pub.send_multipart(good)
+        wait_for(lambda: len(out.read_text().splitlines()) > n_good, 20, "a good message after the bad ones")
+        assert thread.is_alive()
+    finally:
+        rt.request_stop(rt.node, "test over")
+        thread.join(timeout=5)
+        rt.node.shutdown()
+        rt.close()
+        pub.close(0)
+        ctx.term()
+    assert not thread.is_alive()
