@@ -14,6 +14,8 @@ class TrackPrinter(Node):
     class Params(NodeParams):
         every_n: int = 10  # print one line per this many messages
 
+    params: Params
+
     inputs = {"tracks": Tracks}
 
     def setup(self) -> None:
@@ -24,7 +26,7 @@ class TrackPrinter(Node):
         self.count += 1
         self.latency_us.append((self.now_ns() - msg.stamp_ns) / 1e3)
         if self.count % self.params.every_n == 0:
-            kinds = {AgentKind.NAMES[int(k)]: int(n) for k, n in zip(*np.unique(msg.kind, return_counts=True))}
+            kinds = {AgentKind.NAMES[int(k)]: int(n) for k, n in zip(*np.unique(msg.kind, return_counts=True), strict=False)}
             lat = np.percentile(self.latency_us, [50, 99])
             self.log.info("seq %d: %d agents %s, latency p50 %.0f us p99 %.0f us",
                           msg.seq, len(msg.ids), kinds, lat[0], lat[1])

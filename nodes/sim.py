@@ -183,6 +183,8 @@ class TrafficSim(Node):
         miss_rate: float = 0.05
         max_ticks: int = 0  # stop after this many messages (0: run until stopped)
 
+    params: Params
+
     outputs = {"tracks": Tracks, "detections": Detections}
 
     def setup(self) -> None:

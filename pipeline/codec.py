@@ -141,7 +141,7 @@ def decode(frames: Sequence[Any], expect: type[Message] | None = None,
         if not isinstance(value, typ) or (typ is int and isinstance(value, bool)):
             raise DecodeError("bad_fields", f"{h.schema}.{name}: expected {typ.__name__}, "
                               f"got {type(value).__name__}")
-        if typ is dict and not all(isinstance(k, str) and isinstance(v, (int, float)) and
+        if isinstance(value, dict) and not all(isinstance(k, str) and isinstance(v, (int, float)) and
                                    not isinstance(v, bool) for k, v in value.items()):
             raise DecodeError("bad_fields", f"{h.schema}.{name}: expected a map of str to number")
         fields[name] = value
@@ -150,13 +150,13 @@ def decode(frames: Sequence[Any], expect: type[Message] | None = None,
         raise DecodeError("bad_fields", f"{h.schema}: arrays {[a.name for a in h.arrays][:16]}, "
                           f"expected {list(cls.ARRAYS)}")
     total = 0
-    for a, frame in zip(h.arrays, frames[1:]):
+    for a, frame in zip(h.arrays, frames[1:], strict=False):
         spec = cls.ARRAYS[a.name]
         if a.dtype not in ALLOWED_DTYPES or np.dtype(a.dtype) != spec.dtype:
             raise DecodeError("bad_dtype", f"{h.schema}.{a.name}: dtype {a.dtype[:16]!r}, "
                               f"expected {spec.dtype.str!r}")
         if len(a.shape) != len(spec.shape) or len(a.shape) > limits.max_ndim or any(
-                d < 0 or (want >= 0 and d != want) for d, want in zip(a.shape, spec.shape)):
+                d < 0 or (want >= 0 and d != want) for d, want in zip(a.shape, spec.shape, strict=False)):
             raise DecodeError("bad_shape", f"{h.schema}.{a.name}: shape {a.shape[:8]}, "
                               f"expected {['N' if d < 0 else d for d in spec.shape]}")
         buf = _buffer(frame)

@@ -203,7 +203,7 @@ def load_graph(path: str | Path, overrides: dict[str, dict[str, Any]] | None = N
                 raise ConfigError(f"{where}: {ikey}.queue: expected latest, drop_oldest or block, got {i.queue!r}")
             if i.depth < 1:
                 raise ConfigError(f"{where}: {key}.inputs.{inp}.depth: expected >= 1, got {i.depth}")
-            inputs[inp] = InputSpec(i.topic, i.queue, i.depth)
+            inputs[inp] = InputSpec(i.topic, i.queue, i.depth)  # type: ignore[arg-type]
         if entry.respawn is True:
             respawn_max, backoff = _Respawn().max, _Respawn().backoff_s
         elif entry.respawn is False:
@@ -216,13 +216,13 @@ def load_graph(path: str | Path, overrides: dict[str, dict[str, Any]] | None = N
             topics[f"{name}/{out}"] = schema
 
     subscribers: dict[str, list[tuple[str, str]]] = {}
-    for name, node in nodes.items():
-        for inp, ispec in node.inputs.items():
+    for name, nspec in nodes.items():
+        for inp, ispec in nspec.inputs.items():
             key = f"nodes.{name}.inputs.{inp}"
             if ispec.topic not in topics:
                 raise ConfigError(f"{where}: {key}: unknown topic {ispec.topic!r} "
                                   f"(topics: {', '.join(sorted(topics))})")
-            want, got = node.cls.inputs[inp], topics[ispec.topic]
+            want, got = nspec.cls.inputs[inp], topics[ispec.topic]
             if want is not got:
                 raise ConfigError(f"{where}: {key}: topic {ispec.topic!r} carries {got.SCHEMA}, "
                                   f"input {inp!r} expects {want.SCHEMA}")

@@ -17,6 +17,7 @@ or a command-line value is wrong; 130 interrupted (SIGINT); 143 terminated (SIGT
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -216,16 +217,12 @@ class Supervisor:
             if sig != signal.SIGINT:
                 self.say(f"{len(procs)} node(s) still running: {sig.name}")
             for p in procs:
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     p.send_signal(sig)
-                except ProcessLookupError:
-                    pass
             deadline = time.monotonic() + wait_s
             for p in procs:
-                try:
+                with contextlib.suppress(subprocess.TimeoutExpired):
                     p.wait(timeout=max(0.0, deadline - time.monotonic()))
-                except subprocess.TimeoutExpired:
-                    pass
         for t in self._readers:
             t.join(timeout=1.0)
         shutil.rmtree(self.run_dir, ignore_errors=True)

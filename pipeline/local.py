@@ -133,8 +133,8 @@ class LocalGraph:
     def advance_to(self, t_ns: int) -> None:
         """Move the clock to `t_ns`, firing due timers in time order, spinning after each."""
         while True:
-            due = [(tm.next_due_ns(), name) for name, tm in self._timers.items() if tm.next_due_ns() is not None]
-            due = [d for d in due if d[0] is not None and d[0] <= t_ns]
+            due = [(when, name) for name, tm in self._timers.items()
+                   if (when := tm.next_due_ns()) is not None and when <= t_ns]
             if not due:
                 break
             when, name = min(due)

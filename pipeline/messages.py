@@ -14,14 +14,27 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 
 __all__ = [
-    "AgentKind", "ArraySpec", "Clock", "Detections", "Diagnostics", "GnssFix", "Image", "Imu",
-    "Message", "Odometry", "PointCloud", "Predictions", "StateEvent", "Tracks", "schema_by_name",
     "SCHEMAS",
+    "AgentKind",
+    "ArraySpec",
+    "Clock",
+    "Detections",
+    "Diagnostics",
+    "GnssFix",
+    "Image",
+    "Imu",
+    "Message",
+    "Odometry",
+    "PointCloud",
+    "Predictions",
+    "StateEvent",
+    "Tracks",
+    "schema_by_name",
 ]
 
 
@@ -43,7 +56,7 @@ class ArraySpec:
     shape: tuple[int, ...]
 
     def empty(self) -> np.ndarray:
-        return np.zeros(tuple(0 if d < 0 else d for d in self.shape), dtype=self.dtype)
+        return np.zeros(tuple(max(d, 0) for d in self.shape), dtype=self.dtype)
 
 
 def array(dtype: str, *shape: int) -> Any:
@@ -53,6 +66,7 @@ def array(dtype: str, *shape: int) -> Any:
 
 
 SCHEMAS: dict[str, type[Message]] = {}
+_M = TypeVar("_M", bound="type[Message]")
 
 
 @dataclass(kw_only=True, eq=False)
@@ -95,7 +109,7 @@ class Message:
         return True
 
 
-def _finish(cls: type[Message]) -> type[Message]:
+def _finish(cls: _M) -> _M:
     """Collect a schema's array and scalar fields once, so the codec never introspects per message."""
     arrays, scalars = {}, {}
     hints = {"int": int, "float": float, "str": str, "bool": bool, "dict[str, float]": dict}
@@ -109,11 +123,8 @@ def _finish(cls: type[Message]) -> type[Message]:
     return cls
 
 
-def schema(cls: type) -> type:
-    return _finish(dataclass(kw_only=True, eq=False)(cls))
-
-
-@schema
+@_finish
+@dataclass(kw_only=True, eq=False)
 class Tracks(Message):
     """Tracked agents at one time: world-frame positions (m) and velocities (m/s)."""
 
@@ -124,7 +135,8 @@ class Tracks(Message):
     kind: np.ndarray = array("uint8", -1)
 
 
-@schema
+@_finish
+@dataclass(kw_only=True, eq=False)
 class Detections(Message):
     """Untracked, noisy object detections (no identities)."""
 
@@ -134,7 +146,8 @@ class Detections(Message):
     score: np.ndarray = array("float32", -1)
 
 
-@schema
+@_finish
+@dataclass(kw_only=True, eq=False)
 class Predictions(Message):
     """Future positions per agent in world coordinates at absolute times `t_ns`.
 
@@ -150,7 +163,8 @@ class Predictions(Message):
     xy: np.ndarray = array("float32", -1, -1, 2)
 
 
-@schema
+@_finish
+@dataclass(kw_only=True, eq=False)
 class Odometry(Message):
     """Pose and twist of `child_frame_id` in `frame_id` (ROS nav_msgs/Odometry, no covariances)."""
 
@@ -162,7 +176,8 @@ class Odometry(Message):
     angular: np.ndarray = array("float64", 3)
 
 
-@schema
+@_finish
+@dataclass(kw_only=True, eq=False)
 class Imu(Message):
     SCHEMA = "drivecast/Imu"
     orientation: np.ndarray = array("float64", 4)
@@ -170,7 +185,8 @@ class Imu(Message):
     linear_acceleration: np.ndarray = array("float64", 3)
 
 
-@schema
+@_finish
+@dataclass(kw_only=True, eq=False)
 class GnssFix(Message):
     SCHEMA = "drivecast/GnssFix"
     latitude: float = 0.0
@@ -179,7 +195,8 @@ class GnssFix(Message):
     status: int = 0
 
 
-@schema
+@_finish
+@dataclass(kw_only=True, eq=False)
 class Image(Message):
     """A camera image, `data` is uint8[height, width, channels]."""
 
@@ -188,7 +205,8 @@ class Image(Message):
     data: np.ndarray = array("uint8", -1, -1, -1)
 
 
-@schema
+@_finish
+@dataclass(kw_only=True, eq=False)
 class PointCloud(Message):
     """Points as float32[N, len(fields)]; `fields` names the columns ("x,y,z,intensity")."""
 
@@ -197,14 +215,16 @@ class PointCloud(Message):
     points: np.ndarray = array("float32", -1, -1)
 
 
-@schema
+@_finish
+@dataclass(kw_only=True, eq=False)
 class Clock(Message):
     """The replayed time: `stamp_ns` is the clock value."""
 
     SCHEMA = "drivecast/Clock"
 
 
-@schema
+@_finish
+@dataclass(kw_only=True, eq=False)
 class Diagnostics(Message):
     """Per-node counters and latency figures, published about once a second."""
 
@@ -213,7 +233,8 @@ class Diagnostics(Message):
     values: dict[str, float] = field(default_factory=dict)
 
 
-@schema
+@_finish
+@dataclass(kw_only=True, eq=False)
 class StateEvent(Message):
     """A node tells downstream that agent states were `restored` or `reset` (and why)."""
 

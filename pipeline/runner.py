@@ -132,7 +132,7 @@ class ProcessRuntime:
         self.stats.callback_done(time.perf_counter() - t0)
 
     def _publish_diagnostics(self) -> None:
-        for sock, (inp, _, sub) in self.inputs.items():
+        for _sock, (inp, _, sub) in self.inputs.items():
             self.stats.counts[f"drops.{inp}"] = sub.dropped
         values = self.stats.values(self.node.diagnostics)
         self.publish(self.node, "diagnostics", Diagnostics(node=self.node_name, values=values))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -89,10 +90,8 @@ class Launched:
 
     def kill(self) -> None:
         if self.proc.poll() is None:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
             self.proc.wait(timeout=5)
 
 
@@ -118,7 +117,5 @@ def launch(run_base: Path) -> Iterator[Callable[..., Launched]]:
         pids = launched.node_pids() or {}
         launched.kill()
         for pid in pids.values():  # no orphan survives a failed test
-            try:
+            with contextlib.suppress(ProcessLookupError, TypeError):
                 os.kill(pid, signal.SIGKILL)
-            except (ProcessLookupError, TypeError):
-                pass

@@ -30,7 +30,7 @@ def test_timers_fire_on_the_manual_clock_and_messages_flow_through_nodes() -> No
 def test_same_seed_gives_identical_traffic_and_another_seed_differs() -> None:
     a, b, c = run_sim(7), run_sim(7), run_sim(8)
     assert all(x == y for x, y in zip(a, b, strict=True))
-    assert any(x != y for x, y in zip(a, c))
+    assert any(x != y for x, y in zip(a, c, strict=False))
 
 
 def test_sim_has_vehicles_and_pedestrians_that_enter_and_leave() -> None:

@@ -15,7 +15,8 @@ from tests.conftest import wait_for
 
 
 def manifest(run_dir: Path, out: Path) -> dict:
-    ep = lambda name: f"ipc://{run_dir}/{name}.sock"  # noqa: E731
+    def ep(name):
+        return f"ipc://{run_dir}/{name}.sock"
     return {
         "name": "t", "run_dir": str(run_dir), "clock": "",
         "topics": {
