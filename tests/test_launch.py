@@ -136,3 +136,24 @@ def test_duration_ends_the_graph_with_exit_code_0(tmp_path: Path, launch: Callab
     rc, log = launch(path, "--duration", "1.5").wait(timeout=30)
     assert rc == 0, log
     assert "duration of 1.5 s reached" in log
+
+
+def test_tcp_transport_on_loopback_loses_nothing(tmp_path: Path, launch: Callable[..., Launched]) -> None:
+    out = tmp_path / "got.jsonl"
+    path = write(tmp_path, f"""
+name: tcp
+transport: {{kind: tcp, host: 127.0.0.1}}
+nodes:
+  src: {{run: tests.graph_nodes:Ramp, params: {{count: 300}}}}
+  sink:
+    run: tests.graph_nodes:Collect
+    params: {{out: {out}, expect: 300}}
+    inputs: {{tracks: {{topic: src/tracks, queue: block}}}}
+    required: true
+""")
+    g = launch(path)
+    manifest = wait_for(g.manifest, 30, "the manifest")
+    assert manifest["topics"]["src/tracks"]["endpoint"].startswith("tcp://127.0.0.1:")
+    rc, log = g.wait(timeout=60)
+    assert rc == 0, log
+    assert [json.loads(line)[0] for line in out.read_text().splitlines()] == list(range(1, 301))
