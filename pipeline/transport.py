@@ -130,8 +130,11 @@ class Subscriber:
         self.depth = depth
         self.sock = ctx.socket(zmq.SUB)
         self.sock.setsockopt(zmq.LINGER, 0)
-        hwm = {"latest": 2, "drop_oldest": depth, "block": 1000}[policy]
-        self.sock.setsockopt(zmq.RCVHWM, hwm)
+        # A large receive HWM for every policy: ZeroMQ's I/O thread then moves whatever arrives
+        # into this process at once, and `drain` sees all of it and applies the policy. With a small
+        # HWM the backlog waited upstream (publisher pipe, kernel buffers) and a `latest` consumer
+        # got messages hundreds of ms old. Memory stays bounded by what arrives during one callback.
+        self.sock.setsockopt(zmq.RCVHWM, 1000)
         self.sock.setsockopt(zmq.SUBSCRIBE, b"")
         self.sock.connect(endpoint)
         self.dropped = 0
@@ -147,10 +150,7 @@ class Subscriber:
             except zmq.Again:
                 break
             q.append(frames)
-            if self.policy == "latest" and len(q) > 1:
-                q.popleft()
-                self.dropped += 1
-            elif self.policy == "drop_oldest" and len(q) > self.depth:
+            if self.policy == "latest" and len(q) > 1 or self.policy == "drop_oldest" and len(q) > self.depth:
                 q.popleft()
                 self.dropped += 1
         return q

@@ -64,7 +64,9 @@ class Collect(Node):
         self.n = 0
 
     def on_tracks(self, msg: Tracks) -> None:
-        self.fh.write(json.dumps([int(i) for i in msg.ids]) + "\n")
+        # [first id, ..., age of the message in ms when its callback ran]
+        age_ms = (time.time_ns() - msg.stamp_ns) / 1e6
+        self.fh.write(json.dumps([*(int(i) for i in msg.ids), round(age_ms, 3)]) + "\n")
         self.fh.flush()
         self.n += 1
         if self.params.slow_s:
