@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "launch": ("pipeline.launch:main", "run a node graph from a launch file"),
     "graph": ("pipeline.introspect:graph_main", "print the nodes, topics and edges of a launch file"),
     "topic": ("pipeline.introspect:topic_main", "list / echo / hz / bw on a running graph"),
+    "keys": ("pipeline.security:keys_main", "make CURVE key pairs for a graph that spans machines"),
     "record": ("pipeline.record:main", "record topics of a running graph into an MCAP file"),
     "play": ("pipeline.play:main", "replay an MCAP or ROS bag recording into a graph"),
     "bag": ("pipeline.bag:main", "inspect or recover recordings (info, recover)"),

@@ -56,11 +56,22 @@ class _Transport(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     base_port: int = 0
 
 
+class _Machine(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    host: str = "127.0.0.1"  # the address this machine's publishers bind and others connect to
+    base_port: int = 7400    # its topics use consecutive ports from here (two per topic)
+
+
+class _Security(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    keys: str  # directory of CURVE keys (`drivecast keys`), relative to the launch file
+
+
 class _LaunchFile(msgspec.Struct, forbid_unknown_fields=True):
     nodes: dict[str, Any]
     name: str = "graph"
     clock: str = ""
     transport: _Transport = _Transport()
+    machines: dict[str, _Machine] = {}
+    security: _Security | None = None
 
 
 @dataclass(frozen=True)
@@ -97,6 +108,8 @@ class Graph:
     tcp_host: str = "127.0.0.1"
     tcp_base_port: int = 0
     subscribers: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
+    machines: dict[str, tuple[str, int]] = field(default_factory=dict)
+    keys_dir: str = ""
 
     def lossless_subscribers(self, topic: str) -> int:
         return sum(1 for node, inp in self.subscribers.get(topic, [])
@@ -227,11 +240,30 @@ def load_graph(path: str | Path, overrides: dict[str, dict[str, Any]] | None = N
                 raise ConfigError(f"{where}: {key}: topic {ispec.topic!r} carries {got.SCHEMA}, "
                                   f"input {inp!r} expects {want.SCHEMA}")
             subscribers.setdefault(ispec.topic, []).append((name, inp))
+    machines = {m: (v.host, v.base_port) for m, v in spec.machines.items()}
+    for name, nspec in nodes.items():
+        if machines and nspec.machine not in machines:
+            raise ConfigError(f"{where}: nodes.{name}.machine: expected one of {', '.join(machines)}, "
+                              f"got {nspec.machine!r}")
+        if nspec.machine and not machines:
+            raise ConfigError(f"{where}: nodes.{name}.machine: no machines: section names {nspec.machine!r}")
+    keys_dir = ""
+    if spec.security is not None:
+        if spec.transport.kind != "tcp" and not machines:
+            raise ConfigError(f"{where}: security: CURVE needs tcp transport (transport: {{kind: tcp}}) or machines:")
+        keys_dir = str((path.parent / spec.security.keys).resolve())
+        for m in list(machines) or [""]:
+            for suffix in (".key", ".key_secret"):
+                f = Path(keys_dir) / f"{m or 'default'}{suffix}"
+                if suffix == ".key" and not f.exists():
+                    raise ConfigError(f"{where}: security.keys: no public key {f} for machine {m or 'default'!r} "
+                                      f"(make it with `drivecast keys {spec.security.keys} {m or 'default'}`)")
     if spec.clock and spec.clock not in topics:
         raise ConfigError(f"{where}: clock: unknown topic {spec.clock!r}")
     _check_block_cycles(where, nodes)
-    return Graph(spec.name, where, nodes, topics, spec.clock, spec.transport.kind, spec.transport.host,
-                 spec.transport.base_port, subscribers)
+    transport = "tcp" if machines else spec.transport.kind
+    return Graph(spec.name, where, nodes, topics, spec.clock, transport, spec.transport.host,
+                 spec.transport.base_port, subscribers, machines, keys_dir)
 
 
 def _check_block_cycles(where: str, nodes: dict[str, NodeSpec]) -> None:

@@ -60,23 +60,33 @@ def make_run_dir(name: str) -> Path:
 
 def build_manifest(graph: Graph, run_dir: Path) -> dict[str, Any]:
     topics: dict[str, Any] = {}
+    next_port = {m: base for m, (_, base) in graph.machines.items()}
     for topic, schema in graph.topics.items():
         lossless = graph.lossless_subscribers(topic)
-        if graph.transport == "tcp":
+        machine = graph.nodes[topic.split("/", 1)[0]].machine
+        if graph.machines:
+            # Deterministic ports: each machine's launcher computes the same endpoints from the file.
+            host, port = graph.machines[machine][0], next_port[machine]
+            next_port[machine] += 2
+            endpoint = f"tcp://{host}:{port}"
+            lossless_ep = f"tcp://{host}:{port + 1}" if lossless else None
+        elif graph.transport == "tcp":
             endpoint = f"tcp://{graph.tcp_host}:{free_tcp_port(graph.tcp_host)}"
             lossless_ep = f"tcp://{graph.tcp_host}:{free_tcp_port(graph.tcp_host)}" if lossless else None
         else:
             endpoint = ipc_endpoint(run_dir, topic)
             lossless_ep = ipc_endpoint(run_dir, topic, lossless=True) if lossless else None
         topics[topic] = {"schema": schema.SCHEMA, "publisher": topic.split("/", 1)[0], "endpoint": endpoint,
-                         "lossless_endpoint": lossless_ep, "lossless_subscribers": lossless}
+                         "lossless_endpoint": lossless_ep, "lossless_subscribers": lossless, "machine": machine}
     nodes = {
         name: {"run": n.run, "params": n.raw_params, "required": n.required, "pid": None, "restarts": 0,
+               "machine": n.machine,
                "inputs": {i: {"topic": s.topic, "queue": s.queue, "depth": s.depth} for i, s in n.inputs.items()}}
         for name, n in graph.nodes.items()
     }
     return {"name": graph.name, "file": graph.path, "run_dir": str(run_dir), "launcher_pid": os.getpid(),
-            "started_ns": time.time_ns(), "clock": graph.clock, "topics": topics, "nodes": nodes}
+            "started_ns": time.time_ns(), "clock": graph.clock, "security": graph.keys_dir,
+            "topics": topics, "nodes": nodes}
 
 
 def write_manifest(run_dir: Path, manifest: dict[str, Any]) -> None:
@@ -98,12 +108,14 @@ class _Child:
 class Supervisor:
     """Starts, watches, respawns and stops the node processes of one graph."""
 
-    def __init__(self, graph: Graph, run_dir: Path, out: IO[str] | None = None) -> None:
+    def __init__(self, graph: Graph, run_dir: Path, out: IO[str] | None = None, machine: str | None = None) -> None:
+        """`machine`: run only that machine's nodes (a graph split over hosts); None runs all."""
         self.graph = graph
         self.run_dir = run_dir
         self.out = out or sys.stdout
         self.manifest = build_manifest(graph, run_dir)
-        self.children = {name: _Child(name) for name in graph.nodes}
+        self.children = {name: _Child(name) for name, n in graph.nodes.items()
+                         if machine is None or n.machine == machine}
         self._lock = threading.Lock()
         self._signal: int | None = None
         self._readers: list[threading.Thread] = []
@@ -234,13 +246,17 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
     ap.add_argument("--set", dest="sets", action="append", default=[], metavar="NODE.PARAM=VALUE",
                     help="override a node parameter (value parsed as YAML); repeatable")
+    ap.add_argument("--machine", default=None, help="run only this machine's nodes (see machines: in the file)")
     args = ap.parse_args(argv)
     try:
         if args.duration is not None and args.duration <= 0:
             raise ConfigError(f"--duration: expected a positive number of seconds, got {args.duration:g}")
         graph = load_graph(args.file, parse_set(args.sets))
-        run_dir = make_run_dir(graph.name)
+        if args.machine is not None and args.machine not in graph.machines:
+            raise ConfigError(f"--machine {args.machine!r}: {args.file} has machines "
+                              f"{', '.join(graph.machines) or '(none)'}")
+        run_dir = make_run_dir(f"{graph.name}.{args.machine}" if args.machine else graph.name)
     except ConfigError as exc:
         print(f"ERROR: {exc}", file=sys.stderr)
         return 2
-    return Supervisor(graph, run_dir).run(args.duration)
+    return Supervisor(graph, run_dir, machine=args.machine).run(args.duration)

@@ -28,6 +28,7 @@ from pipeline.errors import DecodeError
 from pipeline.graph import resolve_class
 from pipeline.messages import Clock, Diagnostics, Message
 from pipeline.node import Node
+from pipeline.security import Curve
 from pipeline.stats import NodeStats
 from pipeline.timers import Timers
 from pipeline.transport import Publisher, Subscriber
@@ -59,6 +60,11 @@ class ProcessRuntime:
         self._clock_ns: int | None = None
         self._parent = os.getppid()
 
+        self.curve: Curve | None = None
+        if manifest.get("security"):
+            self.curve = Curve(Path(manifest["security"]), entry.get("machine") or "default")
+            self.curve.start_authenticator(self.ctx)
+        serve = self.curve.make_server if self.curve else None
         run_dir = Path(manifest["run_dir"])
         state_dir = run_dir / "state" / node_name
         state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -66,20 +72,29 @@ class ProcessRuntime:
         for out in cls.all_outputs():
             t = manifest["topics"][f"{node_name}/{out}"]
             self.publishers[out] = Publisher(self.ctx, f"{node_name}/{out}", t["endpoint"],
-                                             t.get("lossless_endpoint"), t.get("lossless_subscribers", 0))
+                                             t.get("lossless_endpoint"), t.get("lossless_subscribers", 0),
+                                             configure=serve)
         self.inputs: dict[zmq.Socket, tuple[str, type[Message], Subscriber]] = {}
         for inp, spec in entry.get("inputs", {}).items():
             t = manifest["topics"][spec["topic"]]
             endpoint = t["lossless_endpoint"] if spec["queue"] == "block" else t["endpoint"]
-            sub = Subscriber(self.ctx, spec["topic"], endpoint, spec["queue"], spec["depth"])
+            sub = Subscriber(self.ctx, spec["topic"], endpoint, spec["queue"], spec["depth"],
+                             configure=self._client(t))
             self.inputs[sub.sock] = (inp, cls.inputs[inp], sub)
         self.clock_sub: Subscriber | None = None
         clock_topic = manifest.get("clock", "")
         if clock_topic and not clock_topic.startswith(f"{node_name}/"):
-            self.clock_sub = Subscriber(self.ctx, clock_topic, manifest["topics"][clock_topic]["endpoint"], "latest")
+            t = manifest["topics"][clock_topic]
+            self.clock_sub = Subscriber(self.ctx, clock_topic, t["endpoint"], "latest", configure=self._client(t))
             self._clock_ns = 0
         self.node: Node = cls(node_name, params, self, state_dir=state_dir,
                               is_restart=bool(entry.get("restarts", 0)))
+
+    def _client(self, topic: dict[str, Any]) -> Callable[[zmq.Socket], None] | None:
+        curve = self.curve
+        if curve is None:
+            return None
+        return lambda sock: curve.make_client(sock, topic.get("machine") or "default")
 
     # -- Runtime protocol ------------------------------------------------------------------------
     def now_ns(self) -> int:
@@ -184,6 +199,8 @@ class ProcessRuntime:
             sub.close()
         if self.clock_sub is not None:
             self.clock_sub.close()
+        if self.curve is not None:
+            self.curve.stop()
         if self._own_ctx:
             self.ctx.term()  # waits for the lossless sockets' linger, then frees everything
 

@@ -48,12 +48,16 @@ class Publisher:
     """The sending side of one topic."""
 
     def __init__(self, ctx: zmq.Context, topic: str, endpoint: str, lossless_endpoint: str | None = None,
-                 lossless_subscribers: int = 0, sndhwm: int = 100) -> None:
+                 lossless_subscribers: int = 0, sndhwm: int = 100,
+                 configure: Callable[[zmq.Socket], None] | None = None) -> None:
+        """`configure` is applied to each socket before it binds (CURVE server keys)."""
         self.topic = topic
         self._topic = topic.encode()
         self.sock = ctx.socket(zmq.PUB)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.setsockopt(zmq.SNDHWM, sndhwm)
+        if configure:
+            configure(self.sock)
         _bind(self.sock, endpoint)
         self.lossless: zmq.Socket | None = None
         self._expected = lossless_subscribers
@@ -63,6 +67,8 @@ class Publisher:
             self.lossless.setsockopt(zmq.LINGER, 0)
             self.lossless.setsockopt(zmq.XPUB_NODROP, 1)
             self.lossless.setsockopt(zmq.XPUB_VERBOSER, 1)  # every (un)subscribe is reported
+            if configure:
+                configure(self.lossless)
             _bind(self.lossless, lossless_endpoint)
 
     def _count_subscriptions(self) -> None:
@@ -124,7 +130,9 @@ class Subscriber:
     Messages lost in ZeroMQ before reaching us show up as gaps in `seq` (counted by the runner).
     """
 
-    def __init__(self, ctx: zmq.Context, topic: str, endpoint: str, policy: str = "block", depth: int = 10) -> None:
+    def __init__(self, ctx: zmq.Context, topic: str, endpoint: str, policy: str = "block", depth: int = 10,
+                 configure: Callable[[zmq.Socket], None] | None = None) -> None:
+        """`configure` is applied to the socket before it connects (CURVE client keys)."""
         self.topic = topic
         self.policy = policy
         self.depth = depth
@@ -136,6 +144,8 @@ class Subscriber:
         # got messages hundreds of ms old. Memory stays bounded by what arrives during one callback.
         self.sock.setsockopt(zmq.RCVHWM, 1000)
         self.sock.setsockopt(zmq.SUBSCRIBE, b"")
+        if configure:
+            configure(self.sock)
         self.sock.connect(endpoint)
         self.dropped = 0
         self._queue: deque[list[zmq.Frame]] = deque()
