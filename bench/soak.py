@@ -94,7 +94,7 @@ def main() -> int:
             if topic.endswith("/diagnostics"):
                 s = ctx.socket(zmq.SUB)
                 s.setsockopt(zmq.LINGER, 0)
-                s.setsockopt(zmq.SUBSCRIBE, b"")
+                s.setsockopt(zmq.SUBSCRIBE, topic.encode())
                 s.connect(t["endpoint"])
                 poller.register(s, zmq.POLLIN)
                 socks.append(s)

@@ -76,10 +76,12 @@ def encode(msg: Message, publish_ns: int | None = None) -> list[Any]:
     scalars = {name: getattr(msg, name) for name in cls.SCALARS if name not in _HEADER_FIELDS}
     arrays: list[_ArrayHeader] = []
     buffers: list[Any] = []
+    axes: dict[str, tuple[str, int]] = {}
     for name, spec in cls.ARRAYS.items():
         a = getattr(msg, name)
         if not isinstance(a, np.ndarray) or a.dtype != spec.dtype or not a.flags.c_contiguous:
             a = np.ascontiguousarray(a, dtype=spec.dtype)
+        _check_shape(cls.SCHEMA, name, list(a.shape), spec.shape, axes, ValueError)
         arrays.append(_ArrayHeader(name, a.dtype.str, list(a.shape)))
         buffers.append(a.data.cast("B") if a.size else b"")
     header = _Header(
@@ -150,15 +152,15 @@ def decode(frames: Sequence[Any], expect: type[Message] | None = None,
         raise DecodeError("bad_fields", f"{h.schema}: arrays {[a.name for a in h.arrays][:16]}, "
                           f"expected {list(cls.ARRAYS)}")
     total = 0
+    axes: dict[str, tuple[str, int]] = {}
     for a, frame in zip(h.arrays, frames[1:], strict=False):
         spec = cls.ARRAYS[a.name]
         if a.dtype not in ALLOWED_DTYPES or np.dtype(a.dtype) != spec.dtype:
             raise DecodeError("bad_dtype", f"{h.schema}.{a.name}: dtype {a.dtype[:16]!r}, "
                               f"expected {spec.dtype.str!r}")
-        if len(a.shape) != len(spec.shape) or len(a.shape) > limits.max_ndim or any(
-                d < 0 or (want >= 0 and d != want) for d, want in zip(a.shape, spec.shape, strict=False)):
-            raise DecodeError("bad_shape", f"{h.schema}.{a.name}: shape {a.shape[:8]}, "
-                              f"expected {['N' if d < 0 else d for d in spec.shape]}")
+        if len(a.shape) > limits.max_ndim:
+            raise DecodeError("bad_shape", f"{h.schema}.{a.name}: {len(a.shape)} axes exceed the limit")
+        _check_shape(h.schema, a.name, a.shape, spec.shape, axes, _bad_shape)
         buf = _buffer(frame)
         nbytes = spec.dtype.itemsize * int(np.prod(a.shape, dtype=np.int64)) if a.shape else spec.dtype.itemsize
         if nbytes != len(buf):
@@ -171,6 +173,22 @@ def decode(frames: Sequence[Any], expect: type[Message] | None = None,
         arr.flags.writeable = False
         fields[a.name] = arr
     return cls(**fields), h.publish_ns
+
+
+def _bad_shape(text: str) -> DecodeError:
+    return DecodeError("bad_shape", text)
+
+
+def _check_shape(schema: str, name: str, shape: list[int], want: tuple[int | str, ...],
+                 axes: dict[str, tuple[str, int]], error: Any) -> None:
+    """Shape against the declaration; a named axis must have one length across the message."""
+    if len(shape) != len(want) or any(d < 0 or (isinstance(w, int) and d != w) for d, w in zip(shape, want, strict=False)):
+        raise error(f"{schema}.{name}: shape {shape[:8]}, expected {list(want)}")
+    for d, w in zip(shape, want, strict=False):
+        if isinstance(w, str):
+            first = axes.setdefault(w, (name, d))
+            if first[1] != d:
+                raise error(f"{schema}.{name}: axis {w} has length {d}, but {first[0]} has {first[1]}")
 
 
 def _buffer(frame: Any) -> memoryview:

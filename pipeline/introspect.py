@@ -106,7 +106,7 @@ class _Watch:
         self.ctx = zmq.Context()
         self.sock = self.ctx.socket(zmq.SUB)
         self.sock.setsockopt(zmq.LINGER, 0)
-        self.sock.setsockopt(zmq.SUBSCRIBE, b"")
+        self.sock.setsockopt(zmq.SUBSCRIBE, topic.encode())  # the plain variant (not shared memory)
         self.sock.connect(topics[topic]["endpoint"])
         self.stop = False
         signal.signal(signal.SIGINT, self._on_signal)

@@ -3,7 +3,7 @@
 Every message carries the same header fields (`stamp_ns` = sensor time in integer nanoseconds,
 `frame_id`, `seq`). Per-item data are numpy arrays in struct-of-arrays form (`Tracks.xy` is
 `float32[N, 2]`, never a list of objects), so a message of 1000 agents is a handful of buffers that
-travel zero-copy. Each array field declares its dtype and shape (`-1` for a free axis); the codec
+travel zero-copy. Each array field declares its dtype and shape (a name for a free axis); the codec
 checks received arrays against exactly these declarations.
 
 A schema is a dataclass subclass of `Message` with a `SCHEMA` name and a `VERSION`; subclassing
@@ -50,16 +50,18 @@ class AgentKind:
 
 @dataclass(frozen=True)
 class ArraySpec:
-    """Declared dtype and shape of an array field; -1 marks a free (variable) axis."""
+    """Declared dtype and shape of an array field. An axis is a fixed size (int) or a name (str):
+    arrays of one message that name the same axis must agree on its length (`Tracks.ids` and
+    `Tracks.xy` both have N rows), which the codec checks on both sides of the wire."""
 
     dtype: np.dtype
-    shape: tuple[int, ...]
+    shape: tuple[int | str, ...]
 
     def empty(self) -> np.ndarray:
-        return np.zeros(tuple(max(d, 0) for d in self.shape), dtype=self.dtype)
+        return np.zeros(tuple(0 if isinstance(d, str) else d for d in self.shape), dtype=self.dtype)
 
 
-def array(dtype: str, *shape: int) -> Any:
+def array(dtype: str, *shape: int | str) -> Any:
     """Declare an array field of a message (used as a dataclass field default)."""
     spec = ArraySpec(np.dtype(dtype), tuple(shape))
     return field(default_factory=spec.empty, metadata={"array": spec})
@@ -129,10 +131,10 @@ class Tracks(Message):
     """Tracked agents at one time: world-frame positions (m) and velocities (m/s)."""
 
     SCHEMA = "drivecast/Tracks"
-    ids: np.ndarray = array("int64", -1)
-    xy: np.ndarray = array("float32", -1, 2)
-    vxy: np.ndarray = array("float32", -1, 2)
-    kind: np.ndarray = array("uint8", -1)
+    ids: np.ndarray = array("int64", "N")
+    xy: np.ndarray = array("float32", "N", 2)
+    vxy: np.ndarray = array("float32", "N", 2)
+    kind: np.ndarray = array("uint8", "N")
 
 
 @_finish
@@ -141,9 +143,9 @@ class Detections(Message):
     """Untracked, noisy object detections (no identities)."""
 
     SCHEMA = "drivecast/Detections"
-    xy: np.ndarray = array("float32", -1, 2)
-    kind: np.ndarray = array("uint8", -1)
-    score: np.ndarray = array("float32", -1)
+    xy: np.ndarray = array("float32", "N", 2)
+    kind: np.ndarray = array("uint8", "N")
+    score: np.ndarray = array("float32", "N")
 
 
 @_finish
@@ -157,10 +159,10 @@ class Predictions(Message):
 
     SCHEMA = "drivecast/Predictions"
     model: str = ""
-    ids: np.ndarray = array("int64", -1)
-    kind: np.ndarray = array("uint8", -1)
-    t_ns: np.ndarray = array("int64", -1)
-    xy: np.ndarray = array("float32", -1, -1, 2)
+    ids: np.ndarray = array("int64", "N")
+    kind: np.ndarray = array("uint8", "N")
+    t_ns: np.ndarray = array("int64", "T")
+    xy: np.ndarray = array("float32", "N", "T", 2)
 
 
 @_finish
@@ -202,7 +204,7 @@ class Image(Message):
 
     SCHEMA = "drivecast/Image"
     encoding: str = "rgb8"
-    data: np.ndarray = array("uint8", -1, -1, -1)
+    data: np.ndarray = array("uint8", "H", "W", "C")
 
 
 @_finish
@@ -212,7 +214,7 @@ class PointCloud(Message):
 
     SCHEMA = "drivecast/PointCloud"
     fields: str = "x,y,z"
-    points: np.ndarray = array("float32", -1, -1)
+    points: np.ndarray = array("float32", "N", "F")
 
 
 @_finish
@@ -241,7 +243,7 @@ class StateEvent(Message):
     SCHEMA = "drivecast/StateEvent"
     event: str = ""
     reason: str = ""
-    ids: np.ndarray = array("int64", -1)
+    ids: np.ndarray = array("int64", "N")
 
 
 def schema_by_name(name: str) -> type[Message]:

@@ -16,32 +16,29 @@ from pipeline.errors import DecodeError
 from pipeline.messages import SCHEMAS, Image, Message, Tracks
 
 
-def _array_strategy(spec) -> st.SearchStrategy[np.ndarray]:
-    def build(draw_n: int, extra: list[int], seed: int) -> np.ndarray:
-        shape = []
-        it = iter(extra)
-        for d in spec.shape:
-            shape.append(draw_n if d == -1 and not shape else (next(it) if d == -1 else d))
-        rng = np.random.default_rng(seed)
-        if spec.dtype.kind == "f":
-            return rng.normal(size=shape).astype(spec.dtype)
-        if spec.dtype.kind == "b":
-            return rng.random(shape) < 0.5
-        info = np.iinfo(spec.dtype)
-        return rng.integers(info.min, info.max, size=shape, dtype=spec.dtype, endpoint=True)
-
-    return st.builds(build, st.integers(0, 20), st.lists(st.integers(0, 5), min_size=4, max_size=4),
-                     st.integers(0, 2**32 - 1))
-
-
 def _message_strategy(cls: type[Message]) -> st.SearchStrategy[Message]:
+    """Messages with random scalars and random arrays whose named axes agree."""
     scalar = {int: st.integers(-(2**63), 2**63 - 1), float: st.floats(allow_nan=False), str: st.text(max_size=20),
               bool: st.booleans(), dict: st.dictionaries(st.text(max_size=8), st.floats(allow_nan=False), max_size=5)}
-    kwargs = {name: scalar[t] for name, t in cls.SCALARS.items()}
-    kwargs["stamp_ns"] = st.integers(0, 2**63 - 1)
-    kwargs["seq"] = st.integers(0, 2**63 - 1)
-    kwargs.update({name: _array_strategy(spec) for name, spec in cls.ARRAYS.items()})
-    return st.builds(cls, **kwargs)
+
+    @st.composite
+    def build(draw: st.DrawFn) -> Message:
+        kwargs = {name: draw(scalar[t]) for name, t in cls.SCALARS.items()}
+        kwargs["stamp_ns"] = draw(st.integers(0, 2**63 - 1))
+        kwargs["seq"] = draw(st.integers(0, 2**63 - 1))
+        sizes: dict[str, int] = {}
+        rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+        for name, spec in cls.ARRAYS.items():
+            shape = [d if isinstance(d, int) else sizes.setdefault(d, draw(st.integers(0, 12))) for d in spec.shape]
+            if spec.dtype.kind == "f":
+                a = rng.normal(size=shape).astype(spec.dtype)
+            else:
+                info = np.iinfo(spec.dtype)
+                a = rng.integers(info.min, info.max, size=shape, dtype=spec.dtype, endpoint=True)
+            kwargs[name] = a
+        return cls(**kwargs)
+
+    return build()
 
 
 @pytest.mark.parametrize("cls", list(SCHEMAS.values()), ids=lambda c: c.SCHEMA)
@@ -126,10 +123,10 @@ def test_disallowed_or_wrong_dtype_is_rejected(dtype: str) -> None:
 
 
 def test_shape_not_matching_bytes_is_rejected() -> None:
-    frames = _tracks_frames(3)
+    frames = [bytes(f) for f in encode(Image(data=np.zeros((2, 2, 3), np.uint8)))]
     h = _header(frames)
-    h[7][1][2] = [4, 2]
-    with pytest.raises(DecodeError, match=r"bad_size: drivecast/Tracks.xy: shape \[4, 2\] needs 32 bytes, frame has 24"):
+    h[7][0][2] = [2, 2, 4]
+    with pytest.raises(DecodeError, match=r"bad_size: drivecast/Image.data: shape \[2, 2, 4\] needs 16 bytes, frame has 12"):
         decode(_with_header(frames, h))
 
 
@@ -139,6 +136,18 @@ def test_shape_not_matching_declaration_is_rejected() -> None:
     h[7][1][2] = [2, 3]
     with pytest.raises(DecodeError, match=r"bad_shape: drivecast/Tracks.xy: shape \[2, 3\], expected \['N', 2\]"):
         decode(_with_header(frames, h))
+
+
+def test_arrays_sharing_an_axis_must_agree() -> None:
+    msg = Tracks(ids=np.arange(3), xy=np.zeros((3, 2)), vxy=np.zeros((3, 2)), kind=np.ones(3))
+    frames = [bytes(f) for f in encode(msg)]
+    h = _header(frames)
+    h[7][3][2] = [2]  # kind claims 2 rows
+    frames[4] = frames[4][:2]
+    with pytest.raises(DecodeError, match="bad_shape: drivecast/Tracks.kind: axis N has length 2, but ids has 3"):
+        decode(_with_header(frames, h))
+    with pytest.raises(ValueError, match="drivecast/Tracks.xy: axis N has length 0, but ids has 2"):
+        encode(Tracks(ids=[1, 2]))
 
 
 def test_negative_dimension_is_rejected() -> None:
@@ -199,6 +208,6 @@ def test_corrupted_headers_raise_only_decode_errors(cut: int, flip: int) -> None
 
 
 def test_message_equality_compares_arrays() -> None:
-    a = Tracks(ids=[1, 2])
+    a = Tracks(ids=[1, 2], kind=[1, 1])
     assert a == dataclasses.replace(a)
-    assert a != Tracks(ids=[1, 3])
+    assert a != Tracks(ids=[1, 3], kind=[1, 1])

@@ -96,7 +96,7 @@ nodes:
     ctx = zmq.Context()
     sock = ctx.socket(zmq.SUB)
     sock.setsockopt(zmq.LINGER, 0)
-    sock.setsockopt(zmq.SUBSCRIBE, b"")
+    sock.setsockopt(zmq.SUBSCRIBE, b"printer/diagnostics")
     sock.connect(manifest["topics"]["printer/diagnostics"]["endpoint"])
     try:
         def received() -> bool:

@@ -75,11 +75,11 @@ def test_split_graph_over_curve_delivers_and_refuses_unknown_peers(
         mallory = ctx.socket(zmq.SUB)
         mallory.setsockopt(zmq.LINGER, 0)
         mallory.curve_publickey, mallory.curve_secretkey, mallory.curve_serverkey = m_pub, m_sec, pub_a
-        mallory.setsockopt(zmq.SUBSCRIBE, b"")
+        mallory.setsockopt(zmq.SUBSCRIBE, b"src/tracks")
         mallory.connect(endpoint)
         plain = ctx.socket(zmq.SUB)  # no CURVE at all
         plain.setsockopt(zmq.LINGER, 0)
-        plain.setsockopt(zmq.SUBSCRIBE, b"")
+        plain.setsockopt(zmq.SUBSCRIBE, b"src/tracks")
         plain.connect(endpoint)
         wait_for(lambda: "refused a peer with unknown CURVE key" in a.output(), 20, "a to log the refusal")
         n = len(out.read_text().splitlines())
