@@ -24,7 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "record": ("pipeline.record:main", "record topics of a running graph into an MCAP file"),
     "play": ("pipeline.play:main", "replay an MCAP or ROS bag recording into a graph"),
     "bag": ("pipeline.bag:main", "inspect or recover recordings (info, recover)"),
-    "import": ("pipeline.importers:main", "turn a dataset into a drive recording of Tracks"),
+    "import": ("models.drive_import:main", "turn a dataset into a drive recording of Tracks"),
     "train": ("models.train:main", "train a trajectory model (needs the [train] extra)"),
     "eval": ("models.evaluate:main", "evaluate a checkpoint or .onnx model against constant velocity"),
     "export": ("export.onnx_export:main", "export a checkpoint to a self-describing .onnx step model"),
