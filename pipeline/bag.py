@@ -1,8 +1,9 @@
 """`drivecast bag info|recover|convert`: inspect, repair and convert recordings.
 
 - `info FILE [--json] [--types DIR]`: format, start, end, duration, message count, and per topic
-  the type, the count, the mean rate ((count - 1) / recording duration... see `TopicInfo.rate_hz`)
-  and whether it plays (ROS types without a drivecast conversion are listed and skipped).
+  the type, the count, the mean rate ((count - 1) / the recording's duration: read from the index,
+  no pass over the data) and whether it plays (ROS types without a drivecast conversion are listed
+  and skipped on play).
   Works on drivecast MCAP (also cut files: the figures then come from a linear scan and the
   output says so), ROS 1 `.bag`, ROS 2 bag directories and ROS 2 `.mcap`.
 - `recover FILE -o OUT`: rewrite what is readable of a cut drivecast MCAP into a complete file

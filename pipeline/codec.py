@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
 import numpy as np
@@ -25,7 +25,7 @@ import numpy as np
 from pipeline.errors import DecodeError
 from pipeline.messages import SCHEMAS, Message
 
-__all__ = ["ALLOWED_DTYPES", "Limits", "decode", "encode", "peek_schema"]
+__all__ = ["ALLOWED_DTYPES", "HeaderInfo", "Limits", "decode", "encode", "peek_header", "peek_schema"]
 
 # Plain numeric little-endian dtypes only: never object, void or structured arrays.
 ALLOWED_DTYPES = frozenset(
@@ -94,10 +94,24 @@ def encode(msg: Message, publish_ns: int | None = None) -> list[Any]:
 _HEADER_FIELDS = ("stamp_ns", "frame_id", "seq")
 
 
-def peek_schema(header: bytes | memoryview) -> tuple[str, int, int]:
-    """(schema, stamp_ns, publish_ns) from a header frame, validated like `decode` does."""
-    h = _decode_header(header, DEFAULT_LIMITS)
-    return h.schema, h.stamp_ns, h.publish_ns
+class HeaderInfo(NamedTuple):
+    schema: str
+    seq: int
+    stamp_ns: int
+    publish_ns: int
+
+
+def peek_header(header: Any) -> HeaderInfo:
+    """What a header frame says, validated like `decode` does, without touching the arrays
+    (recorders and tools that store or count messages without decoding them)."""
+    h = _decode_header(_buffer(header), DEFAULT_LIMITS)
+    return HeaderInfo(h.schema, h.seq, h.stamp_ns, h.publish_ns)
+
+
+def peek_schema(header: Any) -> tuple[str, int, int]:
+    """(schema, stamp_ns, publish_ns): kept until its last caller moves to `peek_header`."""
+    info = peek_header(header)
+    return info.schema, info.stamp_ns, info.publish_ns
 
 
 def _decode_header(header: Any, limits: Limits) -> _Header:

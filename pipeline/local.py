@@ -38,7 +38,11 @@ __all__ = ["LocalGraph"]
 class LocalGraph:
     """Runs nodes in this process on a manual clock; see the module docstring."""
 
-    def __init__(self, start_ns: int = 0, state_root: Path | None = None, record: bool = True) -> None:
+    def __init__(self, start_ns: int = 0, state_root: Path | None = None, record: bool = True,
+                 on_publish: Callable[[str, list[Any], int, Message], None] | None = None) -> None:
+        """`record`: keep every published message in `published`. `on_publish(topic, frames,
+        t_ns, msg)`: called for each message a node publishes, with the wire frames its
+        subscribers decoded (lockstep replay records them)."""
         self._now = start_ns
         self.state_root = state_root
         self.nodes: dict[str, Node] = {}
@@ -48,6 +52,7 @@ class LocalGraph:
         self._timers: dict[str, Timers] = {}
         self._seq: dict[str, int] = {}
         self._record = record
+        self._on_publish = on_publish
         self.published: dict[str, list[Message]] = {}
         self.stopped: dict[str, str] = {}
         self._started = False
@@ -102,7 +107,9 @@ class LocalGraph:
         if not msg.stamp_ns:
             msg.stamp_ns = self._now
         self.stats[node.name].counts[f"out.{output}"] += 1
-        self.inject(topic, msg)
+        frames = self._deliver(topic, msg)
+        if self._on_publish is not None:
+            self._on_publish(topic, frames, self._now, msg)
 
     def add_timer(self, node: Node, period_s: float, fn: Callable[[], None]) -> None:
         self._timers[node.name].add(self._now, period_s, fn)
@@ -113,12 +120,16 @@ class LocalGraph:
     # -- driving the graph -------------------------------------------------------------------------
     def inject(self, topic: str, msg: Message) -> None:
         """Deliver `msg` on `topic` as if a node had published it (through the codec)."""
+        self._deliver(topic, msg)
+
+    def _deliver(self, topic: str, msg: Message) -> list[Any]:
         frames = encode(msg, publish_ns=self._now)
         if self._record:
             self.published.setdefault(topic, []).append(decode(frames)[0])
         for node, inp, schema in self._subs.get(topic, []):
             received, _ = decode(frames, expect=schema)
             self._queue.append((node, inp, received))
+        return frames
 
     def spin(self) -> int:
         """Deliver queued messages (and what their callbacks publish) until none is left."""

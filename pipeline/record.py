@@ -3,7 +3,12 @@
 `Recorder(path)` writes the layout described in `pipeline.recording`: one `drivecast` channel per
 topic holding each message's wire frames byte for byte (so replay republishes identical bytes),
 zstd chunks, log_time = receive time, publish_time = the header's publish time, plus Foxglove
-mirror channels `/foxglove/<topic>` (`pipeline.foxglove`) unless `foxglove=False`.
+mirror channels `/foxglove/<topic>` (`pipeline.foxglove`) unless `foxglove_mirror=False`.
+Large messages (images, clouds: over `LARGE_BYTES`) are mirrored as previews: at most
+`fox_large_hz` times per second of log time per topic (default 10; 0 = every message), images at
+half resolution and clouds with every 4th point (`foxglove.convert(preview=True)`). A full mirror
+would write every byte twice; the preview adds ~8% to a 30 Hz camera. The lossless channel has
+every message in full.
 
 Crash safety: the recorder closes the current chunk when it reaches `chunk_size` bytes or when
 `flush_s` seconds have passed since the last one, and flushes it to the OS. A process killed with
@@ -31,23 +36,32 @@ from typing import Any
 from mcap.writer import CompressionType, Writer
 
 from pipeline import foxglove
-from pipeline.codec import decode, peek_schema
+from pipeline.codec import decode, peek_header
 from pipeline.errors import ConfigError, DecodeError, DrivecastError
-from pipeline.messages import SCHEMAS
-from pipeline.recording import FOXGLOVE_PREFIX, MESSAGE_ENCODING, PROFILE, SCHEMA_ENCODING, pack_frames, \
-    schema_description
+from pipeline.messages import SCHEMAS, Message
+from pipeline.recording import (
+    FOXGLOVE_PREFIX,
+    MESSAGE_ENCODING,
+    PROFILE,
+    SCHEMA_ENCODING,
+    pack_frames,
+    schema_description,
+)
 
-__all__ = ["Recorder", "main"]
+__all__ = ["LARGE_BYTES", "Recorder", "main"]
+
+LARGE_BYTES = 256 * 1024
 
 
 class Recorder:
     """An MCAP writer for drivecast messages (see the module docstring)."""
 
     def __init__(self, path: str | Path, *, foxglove_mirror: bool = True, chunk_size: int = 1 << 20,
-                 flush_s: float = 1.0, compression: str = "zstd", metadata: dict[str, str] | None = None) -> None:
+                 flush_s: float = 1.0, compression: str = "zstd", metadata: dict[str, str] | None = None,
+                 fox_large_hz: float = 10.0) -> None:
         self.path = Path(path)
         try:
-            self._f = open(self.path, "wb")
+            self._f = open(self.path, "wb")  # noqa: SIM115 (closed by close())
         except OSError as exc:
             raise ConfigError(f"{self.path}: cannot create: {exc.strerror or exc}") from None
         comp = {"zstd": CompressionType.ZSTD, "lz4": CompressionType.LZ4, "none": CompressionType.NONE}[compression]
@@ -60,6 +74,8 @@ class Recorder:
         self._last_flush = time.monotonic_ns()
         self._channels: dict[str, int] = {}
         self._fox_channels: dict[str, int] = {}
+        self._fox_period = int(1e9 / fox_large_hz) if fox_large_hz > 0 else 0
+        self._fox_next: dict[str, int] = {}
         self._schemas: dict[str, int] = {}
         self._seq: dict[str, int] = {}
         self.count = 0
@@ -83,37 +99,54 @@ class Recorder:
     def _fox_channel(self, topic: str, schema: str) -> int:
         cid = self._fox_channels.get(topic)
         if cid is None:
-            name, body = foxglove.json_schema(schema)
-            key = "fox:" + name
+            spec = foxglove.channel_spec(schema)
+            key = "fox:" + spec.schema_name
             sid = self._schemas.get(key)
             if sid is None:
-                sid = self._w.register_schema(name, "jsonschema", body)
+                sid = self._w.register_schema(spec.schema_name, spec.schema_encoding, spec.schema_data)
                 self._schemas[key] = sid
-            cid = self._w.register_channel(FOXGLOVE_PREFIX + topic.lstrip("/"), "json", sid)
+            cid = self._w.register_channel(FOXGLOVE_PREFIX + topic.lstrip("/"), spec.message_encoding, sid)
             self._fox_channels[topic] = cid
         return cid
 
-    def write(self, topic: str, frames: Sequence[Any], log_ns: int | None = None) -> None:
+    def write(self, topic: str, frames: Sequence[Any], log_ns: int | None = None,
+              msg: Message | None = None) -> None:
         """Store one wire message (header + array frames) received on `topic` at `log_ns`.
 
         The header is validated (schema known, publish time read from it); a Foxglove mirror
-        message is written beside it when the schema has a Foxglove form.
+        message is written beside it when the schema has a Foxglove form (from `msg` when the
+        caller has the decoded message already, else decoded from `frames`).
         """
         log_ns = time.time_ns() if log_ns is None else log_ns
-        schema, _, publish_ns = peek_schema(frames[0])
+        schema, _, _, publish_ns = peek_header(frames[0])
         cid = self._channel(topic, schema)
         data = pack_frames(list(frames))
         seq = self._seq.get(topic, 0) + 1
         self._seq[topic] = seq
         self._w.add_message(cid, log_time=log_ns, data=data, publish_time=publish_ns, sequence=seq)
-        if self._foxglove and foxglove.supported(schema):
-            msg, _ = decode(frames)
+        if self._foxglove and foxglove.supported(schema) and self._mirror_now(topic, len(data), log_ns):
+            if msg is None:
+                msg, _ = decode(frames)
             self._w.add_message(self._fox_channel(topic, schema), log_time=log_ns,
-                                data=foxglove.convert(msg, topic), publish_time=publish_ns, sequence=seq)
+                                data=foxglove.convert(msg, topic, preview=len(data) > LARGE_BYTES),
+                                publish_time=publish_ns, sequence=seq)
         self.count += 1
         self.bytes += len(data)
         if self._flush_ns and time.monotonic_ns() - self._last_flush >= self._flush_ns:
             self.flush()
+
+    def _mirror_now(self, topic: str, nbytes: int, log_ns: int) -> bool:
+        if nbytes <= LARGE_BYTES or not self._fox_period:
+            return True
+        # absolute grid (no drift), a tenth of a period early still counts (camera jitter)
+        due = self._fox_next.get(topic, log_ns)
+        if log_ns < due - self._fox_period // 10:
+            return False
+        due += self._fox_period
+        while due <= log_ns:
+            due += self._fox_period
+        self._fox_next[topic] = due
+        return True
 
     def flush(self) -> None:
         """Close the chunk in progress and hand it to the OS (what survives a kill -9)."""
@@ -194,7 +227,7 @@ def main(argv: list[str]) -> int:
         s = ctx.socket(zmq.SUB)
         s.setsockopt(zmq.LINGER, 0)
         s.setsockopt(zmq.RCVHWM, 10000)
-        s.setsockopt(zmq.SUBSCRIBE, b"")
+        s.setsockopt(zmq.SUBSCRIBE, t.encode())  # the plain variant, not the shared-memory one
         ep = known[t].get("lossless_endpoint") if args.lossless else None
         s.connect(ep or known[t]["endpoint"])
         socks[s] = t
@@ -250,8 +283,7 @@ def main(argv: list[str]) -> int:
 
 
 def _seq_of(header: Any) -> int:
-    from pipeline.codec import _decode_header, DEFAULT_LIMITS  # one place parses headers
     try:
-        return _decode_header(memoryview(getattr(header, "buffer", header)), DEFAULT_LIMITS).seq
+        return peek_header(header).seq
     except DecodeError:
         return 0

@@ -35,10 +35,10 @@ import io
 import json
 import struct
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from queue import Queue
+from queue import Full, Queue
 from typing import Any, NamedTuple
 
 from mcap.exceptions import McapError
@@ -123,6 +123,10 @@ class Recording:
         """Messages in log-time order, optionally only `topics`, from `start_ns` on."""
         raise NotImplementedError
 
+    def missing_types(self, topics: Iterable[str] | None = None) -> list[str]:
+        """Message types (of `topics`) that cannot be decoded for lack of a definition."""
+        return []
+
     def close(self) -> None:
         pass
 
@@ -177,7 +181,7 @@ def schema_description(cls: type[DcMessage]) -> bytes:
 _END = object()
 
 
-def prefetch(it: Iterator[Item], depth: int = 256) -> Iterator[Item]:
+def prefetch(it: Iterator[Item], depth: int = 256) -> Generator[Item, None, None]:
     """Read `it` in a background thread, `depth` items ahead: decompression and conversion overlap
     the player's waits, so a large file never starves the schedule. The thread stops when the
     consumer stops iterating (closing the generator)."""
@@ -191,7 +195,7 @@ def prefetch(it: Iterator[Item], depth: int = 256) -> Iterator[Item]:
                     try:
                         q.put(item, timeout=0.1)
                         break
-                    except Exception:  # queue.Full
+                    except Full:
                         continue
                 if stop.is_set():
                     return
@@ -222,7 +226,7 @@ class DrivecastMcap(Recording):
     def __init__(self, path: Path) -> None:
         self.path = path
         try:
-            self._f = open(path, "rb")
+            self._f = open(path, "rb")  # noqa: SIM115 (closed by close())
         except OSError as exc:
             raise RecordingError(f"{path}: cannot open: {exc.strerror or exc}") from None
         self._summary: Any = None
@@ -285,7 +289,7 @@ class DrivecastMcap(Recording):
             if not want:
                 return
             source: Iterable[tuple[Any, Channel, Message]] = self._reader.iter_messages(
-                topics=want, start_time=start_ns, log_time_order=True)
+                topics=want, starting_at=start_ns, log_time_order=True)
             for _, ch, msg in source:
                 yield Item(ch.topic, msg.log_time, msg.publish_time,
                            unpack_frames(msg.data, f"{self.path}: {ch.topic} @ {msg.log_time}"))
@@ -378,6 +382,9 @@ def open_recording(path: str | Path, types_dir: str | Path | None = None) -> Rec
             head = f.read(13)
         if head[:8] == MAGIC:
             profile = _mcap_profile(p)
+            if profile is None:
+                raise RecordingError(f"{p}: MCAP magic, but the MCAP header record cannot be read: "
+                                     "the file is corrupt")
             if profile == PROFILE:
                 return DrivecastMcap(p)
         elif not head.startswith(b"#ROSBAG V2.0") and p.suffix not in (".db3",):
@@ -385,5 +392,10 @@ def open_recording(path: str | Path, types_dir: str | Path | None = None) -> Rec
                                  f"or a ROS 2 bag directory; the file starts with {head[:13]!r}")
     elif p.is_dir() and not (p / "metadata.yaml").exists():
         raise RecordingError(f"{p}: a directory without metadata.yaml is not a ROS 2 bag")
-    from pipeline.rosbag import RosRecording  # rosbags is a heavier import: only when needed
+    try:
+        import rosbags  # noqa: F401  (a heavier import: only when a ROS bag is opened)
+    except ModuleNotFoundError:
+        raise RecordingError(f"{p}: reading ROS bags needs the rosbags package: "
+                             "pip install 'drivecast[ros]'") from None
+    from pipeline.rosbag import RosRecording
     return RosRecording(p, types_dir=types_dir)

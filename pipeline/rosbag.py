@@ -41,12 +41,12 @@ def _stamp(header: Any) -> int:
     return int(header.stamp.sec) * 1_000_000_000 + int(header.stamp.nanosec)
 
 
-def _vec(v: Any) -> list[float]:
-    return [v.x, v.y, v.z]
+def _vec(v: Any) -> np.ndarray:
+    return np.array([v.x, v.y, v.z], dtype=np.float64)
 
 
-def _quat(q: Any) -> list[float]:
-    return [q.x, q.y, q.z, q.w]
+def _quat(q: Any) -> np.ndarray:
+    return np.array([q.x, q.y, q.z, q.w], dtype=np.float64)
 
 
 def _odometry(m: Any, topic: str) -> list[Message]:

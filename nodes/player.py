@@ -1,0 +1,97 @@
+"""Play a recording into a launched graph: `player/tracks`, `player/odom`, ... (one output per schema).
+
+```yaml
+nodes:
+  player:
+    run: nodes.player:Player
+    params: {file: drive.mcap, rate: 1.0, clock_hz: 100}
+    required: true                  # the graph ends when the recording does
+  predictor:
+    run: nodes.predictor:Predictor
+    inputs: {tracks: {topic: player/tracks, queue: block}}
+clock: player/clock                 # nodes' timers and now() follow the replayed time
+```
+
+Options are `drivecast play`'s (`pipeline.play`): rate, loop, start_offset, topics, remap
+(`{recorded topic: output}`; default: the first recorded topic of each schema, by name), clock_hz
+(0 = no clock), delay_s (a wait before the first message, during which the clock is held at the
+first log time: subscribers of the clock, a lossy topic, then know the time before any message;
+default 0.3 s with a clock). The node publishes from a timer every `tick_s` (1 ms) of wall time, each message at
+its absolute deadline `t0 + (log - log0) / rate`; the read-ahead thread keeps the next messages
+ready. Messages are re-published by this node, so `seq` and the publish time are the player's
+(the content is the recording's). For byte-identical frames use `drivecast play`; for a
+deterministic replay through the graph, `drivecast play --lockstep --graph launch.yaml`, which
+recognises this node (`REPLAYS_RECORDING`) and feeds its outputs in-process.
+"""
+
+from __future__ import annotations
+
+import time
+
+from pipeline.codec import decode
+from pipeline.messages import Clock, Detections, GnssFix, Image, Imu, Odometry, PointCloud, Predictions, Tracks
+from pipeline.node import Node, NodeParams
+from pipeline.play import PlayOptions, player_topics, schedule
+from pipeline.recording import open_recording, prefetch
+
+__all__ = ["Player"]
+
+
+class Player(Node):
+    REPLAYS_RECORDING = True
+
+    class Params(NodeParams):
+        file: str
+        rate: float = 1.0
+        loop: bool = False
+        start_offset: float = 0.0
+        topics: list[str] | None = None
+        remap: dict[str, str] = {}
+        clock_hz: float = 0.0
+        types: str = ""
+        tick_s: float = 0.001
+        delay_s: float = -1.0     # wait before the first message; -1: 0.3 s with a clock, else 0
+
+    params: Params
+
+    outputs = {"tracks": Tracks, "detections": Detections, "predictions": Predictions, "odom": Odometry,
+               "imu": Imu, "fix": GnssFix, "image": Image, "points": PointCloud, "clock": Clock}
+
+    def setup(self) -> None:
+        p = self.params
+        self.rec = open_recording(p.file, p.types or None)
+        mapping = {k: v.split("/", 1)[1] for k, v in player_topics(self.rec.info(), p.remap, self.name).items()}
+        opts = PlayOptions(p.rate, p.loop, p.start_offset, [t for t in mapping if p.topics is None or t in p.topics],
+                           mapping, p.clock_hz, "clock")
+        opts.check()
+        self.items = prefetch(schedule(self.rec, opts))
+        self.pending = next(self.items, None)
+        delay = p.delay_s if p.delay_s >= 0 else (0.3 if p.clock_hz else 0.0)
+        self.t0 = time.perf_counter_ns() + int(delay * 1e9)
+        self.next_hold = 0
+        self.log0 = self.pending.log_ns if self.pending else 0
+        self.rate = p.rate
+        self.sent = 0
+        self.log.info("playing %s: %s", p.file, ", ".join(f"{k} -> {v}" for k, v in mapping.items()))
+        self.every(p.tick_s, self.tick)
+
+    def tick(self) -> None:
+        now = time.perf_counter_ns()
+        if now < self.t0 and self.params.clock_hz and self.pending is not None and now >= self.next_hold:
+            # before the start, hold the clock at the first log time: late-joining clock
+            # subscribers (the lossy endpoint) have it before the first message arrives
+            self.next_hold = now + 50_000_000
+            self.publish("clock", Clock(stamp_ns=self.log0))
+        while self.pending is not None and self.t0 + (self.pending.log_ns - self.log0) / self.rate <= now:
+            item = self.pending
+            msg, _ = decode(item.frames)
+            self.publish(item.topic, msg)
+            self.sent += 1
+            self.pending = next(self.items, None)
+        self.diagnostics["played"] = self.sent
+        if self.pending is None:
+            self.stop("end of recording")
+
+    def shutdown(self) -> None:
+        self.items.close()
+        self.rec.close()

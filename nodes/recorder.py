@@ -1,0 +1,76 @@
+"""Record a graph's topics from inside the graph (the launch.yaml form of `drivecast record`).
+
+```yaml
+  recorder:
+    run: nodes.recorder:Recorder
+    params: {file: run.mcap, names: {tracks: sim/tracks, predictions: predictor/predictions}}
+    inputs: {tracks: {topic: sim/tracks, queue: block}, predictions: {topic: predictor/predictions, queue: block}}
+```
+
+One input per schema (wire the ones you want); `names` gives each input's channel name in the file
+(default: the input name). With `queue: block` nothing is lost. The file layout is
+`pipeline.record`'s (zstd chunks, closed at least once a second, Foxglove mirror channels unless
+`foxglove: false`). log_time = the node clock when the message arrives.
+
+Difference from `drivecast record`: a node receives decoded messages, not wire frames, so the
+recorder re-encodes them and the header's publish time becomes the receive time (content, stamps
+and seq are the publisher's). `drivecast record` stores the received frames byte for byte.
+"""
+
+from __future__ import annotations
+
+from pipeline.codec import encode
+from pipeline.messages import Detections, GnssFix, Image, Imu, Message, Odometry, PointCloud, Predictions, Tracks
+from pipeline.node import Node, NodeParams
+from pipeline.record import Recorder as McapRecorder
+
+__all__ = ["Recorder"]
+
+
+class Recorder(Node):
+    class Params(NodeParams):
+        file: str
+        names: dict[str, str] = {}
+        foxglove: bool = True
+        flush_s: float = 1.0
+
+    params: Params
+
+    inputs = {"tracks": Tracks, "detections": Detections, "predictions": Predictions, "odom": Odometry,
+              "imu": Imu, "fix": GnssFix, "image": Image, "points": PointCloud}
+
+    def setup(self) -> None:
+        p = self.params
+        self.out = McapRecorder(p.file, foxglove_mirror=p.foxglove, flush_s=p.flush_s)
+
+    def _write(self, inp: str, msg: Message) -> None:
+        now = self.now_ns()
+        self.out.write(self.params.names.get(inp, inp), encode(msg, publish_ns=now), now, msg)
+        self.diagnostics["recorded"] = self.out.count
+
+    def on_tracks(self, msg: Tracks) -> None:
+        self._write("tracks", msg)
+
+    def on_detections(self, msg: Detections) -> None:
+        self._write("detections", msg)
+
+    def on_predictions(self, msg: Predictions) -> None:
+        self._write("predictions", msg)
+
+    def on_odom(self, msg: Odometry) -> None:
+        self._write("odom", msg)
+
+    def on_imu(self, msg: Imu) -> None:
+        self._write("imu", msg)
+
+    def on_fix(self, msg: GnssFix) -> None:
+        self._write("fix", msg)
+
+    def on_image(self, msg: Image) -> None:
+        self._write("image", msg)
+
+    def on_points(self, msg: PointCloud) -> None:
+        self._write("points", msg)
+
+    def shutdown(self) -> None:
+        self.out.close()

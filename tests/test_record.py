@@ -1,0 +1,206 @@
+"""pipeline/record.py + pipeline/recording.py: lossless MCAP layout, Foxglove mirror channels,
+crash safety (a recorder killed with SIGKILL leaves a readable file), recovery, bad files."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from mcap.reader import make_reader
+
+from pipeline.bag import main as bag_main
+from pipeline.codec import decode, encode
+from pipeline.messages import GnssFix, Image, Imu, Odometry, PointCloud, Predictions, Tracks
+from pipeline.record import Recorder
+from pipeline.recording import RecordingError, open_recording, pack_frames, unpack_frames
+from tests.conftest import REPO, wait_for
+
+T0 = 1_700_000_000_000_000_000
+
+
+def _samples() -> list[tuple[str, object]]:
+    return [
+        ("sim/tracks", Tracks(stamp_ns=T0, frame_id="map", ids=[1, 2], xy=[[0, 1], [2, 3]], vxy=[[1, 0], [0, 0]],
+                              kind=[1, 2])),
+        ("pred/predictions", Predictions(stamp_ns=T0, model="cv", ids=[1], kind=[1], t_ns=[T0 + 1, T0 + 2],
+                                         xy=np.zeros((1, 2, 2)))),
+        ("car/odom", Odometry(stamp_ns=T0, frame_id="odom", child_frame_id="base", position=[1, 2, 3])),
+        ("car/fix", GnssFix(stamp_ns=T0, latitude=42.37, longitude=-71.14, altitude=3.0, status=1)),
+        ("car/imu", Imu(stamp_ns=T0, orientation=[0, 0, 0, 1])),
+        ("cam/image", Image(stamp_ns=T0, data=np.arange(4 * 6 * 3, dtype=np.uint8).reshape(4, 6, 3))),
+        ("lidar/points", PointCloud(stamp_ns=T0, fields="x,y,z,intensity", points=np.ones((5, 4)))),
+    ]
+
+
+@pytest.mark.parametrize("compression", ["zstd", "none"])
+def test_recorder_round_trip_keeps_frames_times_and_every_schema(tmp_path: Path, compression: str) -> None:
+    path = tmp_path / "all.mcap"
+    written = []
+    with Recorder(path, compression=compression) as rec:
+        for i, (topic, msg) in enumerate(_samples()):
+            frames = encode(msg, publish_ns=T0 + 500 + i)
+            rec.write(topic, frames, T0 + 1000 + i)
+            written.append((topic, T0 + 1000 + i, T0 + 500 + i, [bytes(f) for f in frames]))
+    with open_recording(path) as r:
+        got = [(it.topic, it.log_ns, it.publish_ns, [bytes(f) for f in it.frames]) for it in r.items()]
+        info = r.info()
+    assert got == written
+    assert info.format == "drivecast-mcap" and info.count == 7 and not info.truncated
+    assert {t.name: t.type for t in info.topics}["sim/tracks"] == "drivecast/Tracks"
+
+
+def test_recorder_writes_foxglove_channels_with_well_known_schemas(tmp_path: Path) -> None:
+    path = tmp_path / "fox.mcap"
+    with Recorder(path) as rec:
+        for topic, msg in _samples():
+            rec.write(topic, encode(msg), T0)
+    with open(path, "rb") as f:
+        reader = make_reader(f)
+        summary = reader.get_summary()
+        assert summary is not None and summary.chunk_indexes[0].compression == "zstd"
+        fox = {ch.topic: (ch.message_encoding, summary.schemas[ch.schema_id].name)
+               for ch in summary.channels.values() if ch.topic.startswith("/foxglove/")}
+        assert fox == {"/foxglove/sim/tracks": ("json", "foxglove.SceneUpdate"),
+                       "/foxglove/pred/predictions": ("json", "foxglove.SceneUpdate"),
+                       "/foxglove/car/odom": ("json", "foxglove.PoseInFrame"),
+                       "/foxglove/car/fix": ("json", "foxglove.LocationFix"),
+                       "/foxglove/car/imu": ("json", "drivecast.Imu"),
+                       "/foxglove/cam/image": ("cdr", "foxglove_msgs/msg/RawImage"),
+                       "/foxglove/lidar/points": ("cdr", "foxglove_msgs/msg/PointCloud")}
+        schemas = {ch.topic: summary.schemas[ch.schema_id] for ch in summary.channels.values()}
+        bodies = {ch.topic: m.data for _, ch, m in reader.iter_messages(topics=list(fox))}
+    scene = json.loads(bodies["/foxglove/sim/tracks"])["entities"][0]
+    assert scene["frame_id"] == "map" and len(scene["spheres"]) == 2 and scene["texts"][1]["text"] == "2"
+    assert scene["timestamp"] == {"sec": T0 // 10**9, "nsec": T0 % 10**9}
+    assert len(json.loads(bodies["/foxglove/pred/predictions"])["entities"][0]["lines"][0]["points"]) == 2
+    # the CDR forms decode with an independent implementation (rosbags) from the stored ros2msg schemas
+    from rosbags.typesys import Stores, get_types_from_msg, get_typestore
+
+    store = get_typestore(Stores.EMPTY)
+    for topic in ("/foxglove/cam/image", "/foxglove/lidar/points"):
+        text = schemas[topic].data.decode()
+        name, *deps = text.split("\n" + "=" * 80 + "\n")
+        store.register(get_types_from_msg(name, schemas[topic].name))
+        for dep in deps:
+            head, body = dep.split("\n", 1)
+            store.register(get_types_from_msg(body, head.removeprefix("MSG: ").replace("/", "/msg/", 1)))
+    img = store.deserialize_cdr(bodies["/foxglove/cam/image"], "foxglove_msgs/msg/RawImage")
+    assert (img.width, img.height, img.step, img.encoding, img.frame_id) == (6, 4, 18, "rgb8", "world")
+    assert img.timestamp.sec == T0 // 10**9 and bytes(img.data) == bytes(range(72))
+    pc = store.deserialize_cdr(bodies["/foxglove/lidar/points"], "foxglove_msgs/msg/PointCloud")
+    assert pc.point_stride == 16 and [f.name for f in pc.fields] == ["x", "y", "z", "intensity"]
+    assert pc.pose.orientation.w == 1.0 and np.frombuffer(bytes(pc.data), "<f4").tolist() == [1.0] * 20
+
+
+def test_unpack_frames_rejects_corrupt_bodies_with_the_reason() -> None:
+    body = pack_frames([b"abc", b"de"])
+    assert [bytes(f) for f in unpack_frames(body)] == [b"abc", b"de"]
+    with pytest.raises(RecordingError, match="frame count 0, expected 1..64"):
+        unpack_frames(b"\0\0\0\0")
+    with pytest.raises(RecordingError, match="frame lengths sum to 5, body has 4 bytes"):
+        unpack_frames(body[:-1])
+
+
+WRITER = """
+import sys, numpy as np
+from pipeline.codec import encode
+from pipeline.messages import Tracks
+from pipeline.record import Recorder
+rec = Recorder(sys.argv[1], flush_s=0.02, chunk_size=64 * 1024)
+i = 0
+while True:   # until killed
+    m = Tracks(stamp_ns=i, ids=np.arange(10), xy=np.random.rand(10, 2), vxy=np.zeros((10, 2)), kind=np.ones(10))
+    rec.write("sim/tracks", encode(m, publish_ns=i), 1_000_000 + i)
+    i += 1
+    if i % 200 == 0:
+        print(i, flush=True)
+"""
+
+
+def test_recording_cut_by_kill_9_is_readable_and_recoverable(tmp_path: Path, capsys) -> None:
+    path = tmp_path / "cut.mcap"
+    proc = subprocess.Popen([sys.executable, "-c", WRITER, str(path)], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        assert proc.stdout is not None
+        wait_for(lambda: int((proc.stdout.readline() or b"0").split()[0]) >= 1000, 20, "1000 messages written")
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=5)
+    assert proc.returncode == -signal.SIGKILL
+    with open_recording(path) as rec:
+        info = rec.info()
+        assert info.truncated and "linear scan" in info.note
+        assert info.count >= 500                       # all but the last chunk (~20 ms) survive
+        seqs = [decode(it.frames)[0].stamp_ns for it in rec.items()]
+    assert seqs == list(range(len(seqs))) and len(seqs) == info.count
+    assert bag_main(["info", str(path)]) == 0
+    assert "TRUNCATED" in capsys.readouterr().out
+    fixed = tmp_path / "fixed.mcap"
+    assert bag_main(["recover", str(path), "-o", str(fixed)]) == 0
+    with open_recording(fixed) as rec:
+        assert not rec.info().truncated and rec.info().count == info.count
+    with open(fixed, "rb") as f:
+        assert make_reader(f).get_summary() is not None
+
+
+def test_a_file_cut_in_the_middle_reads_to_its_last_complete_chunk(tmp_path: Path) -> None:
+    path = tmp_path / "whole.mcap"
+    with Recorder(path, chunk_size=4096, flush_s=0) as rec:
+        for i in range(300):
+            rec.write("sim/tracks", encode(Tracks(stamp_ns=i, ids=np.arange(20), xy=np.zeros((20, 2)),
+                                                  vxy=np.zeros((20, 2)), kind=np.zeros(20))), i)
+    data = path.read_bytes()
+    cut = tmp_path / "cut.mcap"
+    cut.write_bytes(data[: len(data) // 2])
+    with open_recording(cut) as rec:
+        info = rec.info()
+        n = sum(1 for _ in rec.items())
+    assert info.truncated and 0 < info.count == n < 300
+
+
+def test_not_a_recording_gives_a_clear_error(tmp_path: Path) -> None:
+    junk = tmp_path / "notes.txt"
+    junk.write_text("hello, not a bag")
+    with pytest.raises(RecordingError, match=r"notes.txt: not a recording: expected an MCAP file"):
+        open_recording(junk)
+    with pytest.raises(RecordingError, match="missing.mcap: no such file or directory"):
+        open_recording(tmp_path / "missing.mcap")
+    bad = tmp_path / "bad.mcap"
+    bad.write_bytes(b"\x89MCAP0\r\n" + b"\xff" * 40)
+    with pytest.raises(RecordingError, match="bad.mcap: .*MCAP header"):
+        open_recording(bad)
+
+
+def test_record_without_a_running_graph_says_how_to_start_one(tmp_path: Path, monkeypatch, capsys) -> None:
+    from pipeline.record import main
+
+    monkeypatch.setenv("DRIVECAST_RUN_DIR", str(tmp_path / "runs"))
+    assert main(["--all", "-o", str(tmp_path / "x.mcap")]) == 2
+    assert "no running graph found" in capsys.readouterr().err
+    assert main(["-o", str(tmp_path / "x.mcap")]) == 2
+    assert "give TOPICS or --all" in capsys.readouterr().err
+
+
+def test_large_messages_are_mirrored_as_rate_limited_previews(tmp_path: Path) -> None:
+    path = tmp_path / "cam.mcap"
+    img = Image(stamp_ns=T0, data=np.zeros((480, 640, 3), dtype=np.uint8))     # 900 KiB > LARGE_BYTES
+    with Recorder(path) as rec:
+        for i in range(30):                                                    # 1 s of a 30 Hz camera
+            rec.write("cam/image", encode(img), T0 + i * 33_333_333)
+    with open(path, "rb") as f:
+        reader = make_reader(f)
+        full = [m for _, ch, m in reader.iter_messages(topics=["cam/image"])]
+        previews = [m for _, ch, m in reader.iter_messages(topics=["/foxglove/cam/image"])]
+    assert len(full) == 30 and len(previews) == 10                             # 10 Hz preview
+    width, height = struct.unpack_from("<II", previews[0].data, 24)  # after stamp, "world\0", alignment
+    assert (width, height) == (320, 240)
