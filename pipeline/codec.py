@@ -15,6 +15,7 @@ No pickle, no eval.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Sequence
 from typing import Any, NamedTuple
@@ -73,16 +74,18 @@ def encode(msg: Message, publish_ns: int | None = None) -> list[Any]:
     The caller must not modify the arrays until ZeroMQ has sent them (they go zero-copy).
     """
     cls = type(msg)
-    scalars = {name: getattr(msg, name) for name in cls.SCALARS if name not in _HEADER_FIELDS}
+    plan = _PLANS.get(cls) or _plan(cls)
+    scalars = {name: getattr(msg, name) for name in plan.scalar_names}
     arrays: list[_ArrayHeader] = []
     buffers: list[Any] = []
     axes: dict[str, tuple[str, int]] = {}
-    for name, spec in cls.ARRAYS.items():
+    for name, spec, dtype_str in plan.arrays:
         a = getattr(msg, name)
-        if not isinstance(a, np.ndarray) or a.dtype != spec.dtype or not a.flags.c_contiguous:
+        if type(a) is not np.ndarray or a.dtype != spec.dtype or not a.flags.c_contiguous:
             a = np.ascontiguousarray(a, dtype=spec.dtype)
-        _check_shape(cls.SCHEMA, name, list(a.shape), spec.shape, axes, ValueError)
-        arrays.append(_ArrayHeader(name, a.dtype.str, list(a.shape)))
+        shape = list(a.shape)
+        _check_shape(cls.SCHEMA, name, shape, spec.shape, axes, ValueError)
+        arrays.append(_ArrayHeader(name, dtype_str, shape))
         buffers.append(a.data.cast("B") if a.size else b"")
     header = _Header(
         cls.SCHEMA, cls.VERSION, msg.seq, msg.stamp_ns,
@@ -92,6 +95,25 @@ def encode(msg: Message, publish_ns: int | None = None) -> list[Any]:
 
 
 _HEADER_FIELDS = ("stamp_ns", "frame_id", "seq")
+
+
+class _Plan:
+    """What encode/decode need to know about a schema, computed once per class, not per message."""
+
+    def __init__(self, cls: type[Message]) -> None:
+        self.scalar_names = tuple(n for n in cls.SCALARS if n not in _HEADER_FIELDS)
+        self.scalar_set = frozenset(self.scalar_names)
+        self.scalar_types = tuple((n, cls.SCALARS[n]) for n in self.scalar_names)
+        self.arrays = tuple((n, spec, spec.dtype.str) for n, spec in cls.ARRAYS.items())
+        self.array_names = list(cls.ARRAYS)
+
+
+_PLANS: dict[type, _Plan] = {}
+
+
+def _plan(cls: type[Message]) -> _Plan:
+    plan = _PLANS[cls] = _Plan(cls)
+    return plan
 
 
 class HeaderInfo(NamedTuple):
@@ -145,12 +167,12 @@ def decode(frames: Sequence[Any], expect: type[Message] | None = None,
         raise DecodeError("truncated" if len(frames) - 1 < len(h.arrays) else "bad_frames",
                           f"{h.schema}: header lists {len(h.arrays)} arrays, got {len(frames) - 1} frames")
 
+    plan = _PLANS.get(cls) or _plan(cls)
     fields: dict[str, Any] = {"stamp_ns": h.stamp_ns, "frame_id": h.frame_id, "seq": h.seq}
-    expected_scalars = {n: t for n, t in cls.SCALARS.items() if n not in _HEADER_FIELDS}
-    if set(h.scalars) != set(expected_scalars):
+    if h.scalars.keys() != plan.scalar_set:
         raise DecodeError("bad_fields", f"{h.schema}: scalar fields {sorted(h.scalars)[:16]}, "
-                          f"expected {sorted(expected_scalars)}")
-    for name, typ in expected_scalars.items():
+                          f"expected {sorted(plan.scalar_set)}")
+    for name, typ in plan.scalar_types:
         value = h.scalars[name]
         if typ is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
@@ -162,21 +184,20 @@ def decode(frames: Sequence[Any], expect: type[Message] | None = None,
             raise DecodeError("bad_fields", f"{h.schema}.{name}: expected a map of str to number")
         fields[name] = value
 
-    if [a.name for a in h.arrays] != list(cls.ARRAYS):
+    if [a.name for a in h.arrays] != plan.array_names:
         raise DecodeError("bad_fields", f"{h.schema}: arrays {[a.name for a in h.arrays][:16]}, "
                           f"expected {list(cls.ARRAYS)}")
     total = 0
     axes: dict[str, tuple[str, int]] = {}
-    for a, frame in zip(h.arrays, frames[1:], strict=False):
-        spec = cls.ARRAYS[a.name]
-        if a.dtype not in ALLOWED_DTYPES or np.dtype(a.dtype) != spec.dtype:
+    for a, frame, (_, spec, dtype_str) in zip(h.arrays, frames[1:], plan.arrays, strict=False):
+        if a.dtype != dtype_str:  # declared dtypes are all on the allow-list: one compare checks both
             raise DecodeError("bad_dtype", f"{h.schema}.{a.name}: dtype {a.dtype[:16]!r}, "
                               f"expected {spec.dtype.str!r}")
         if len(a.shape) > limits.max_ndim:
             raise DecodeError("bad_shape", f"{h.schema}.{a.name}: {len(a.shape)} axes exceed the limit")
         _check_shape(h.schema, a.name, a.shape, spec.shape, axes, _bad_shape)
         buf = _buffer(frame)
-        nbytes = spec.dtype.itemsize * int(np.prod(a.shape, dtype=np.int64)) if a.shape else spec.dtype.itemsize
+        nbytes = spec.dtype.itemsize * math.prod(a.shape)
         if nbytes != len(buf):
             raise DecodeError("bad_size", f"{h.schema}.{a.name}: shape {a.shape} needs {nbytes} bytes, "
                               f"frame has {len(buf)}")
@@ -186,7 +207,10 @@ def decode(frames: Sequence[Any], expect: type[Message] | None = None,
         arr = np.frombuffer(buf, dtype=spec.dtype).reshape(a.shape)
         arr.flags.writeable = False
         fields[a.name] = arr
-    return cls(**fields), h.publish_ns
+    # Every field was checked above: skip the dataclass __init__ and its dtype-coercion pass.
+    msg = cls.__new__(cls)
+    msg.__dict__.update(fields)
+    return msg, h.publish_ns
 
 
 def _bad_shape(text: str) -> DecodeError:

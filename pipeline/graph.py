@@ -65,6 +65,14 @@ class _Security(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     keys: str  # directory of CURVE keys (`drivecast keys`), relative to the launch file
 
 
+class _TopicOptions(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """`topics: {TOPIC: {...}}`: how one topic travels (see pipeline/transport.py)."""
+
+    shm: bool | Literal["auto"] = "auto"  # auto: shared memory for subscribers on this machine (ipc)
+    shm_threshold: int = 65536  # array bytes per message from which shared memory is used
+    shm_slots: int = 0  # 0: the launcher picks max(4, deepest local drop_oldest depth + 2)
+
+
 class _LaunchFile(msgspec.Struct, forbid_unknown_fields=True):
     nodes: dict[str, Any]
     name: str = "graph"
@@ -72,6 +80,7 @@ class _LaunchFile(msgspec.Struct, forbid_unknown_fields=True):
     transport: _Transport = _Transport()
     machines: dict[str, _Machine] = {}
     security: _Security | None = None
+    topics: dict[str, Any] = {}
 
 
 @dataclass(frozen=True)
@@ -110,6 +119,7 @@ class Graph:
     subscribers: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
     machines: dict[str, tuple[str, int]] = field(default_factory=dict)
     keys_dir: str = ""
+    topic_options: dict[str, Any] = field(default_factory=dict)  # topic -> _TopicOptions
 
     def lossless_subscribers(self, topic: str) -> int:
         return sum(1 for node, inp in self.subscribers.get(topic, [])
@@ -261,9 +271,18 @@ def load_graph(path: str | Path, overrides: dict[str, dict[str, Any]] | None = N
     if spec.clock and spec.clock not in topics:
         raise ConfigError(f"{where}: clock: unknown topic {spec.clock!r}")
     _check_block_cycles(where, nodes)
+    topic_options: dict[str, _TopicOptions] = {}
+    for t, raw_opt in spec.topics.items():
+        if t not in topics:
+            raise ConfigError(f"{where}: topics.{t}: unknown topic {t!r} (topics: {', '.join(sorted(topics))})")
+        opt = topic_options[t] = _convert(raw_opt, _TopicOptions, where, f"topics.{t}")
+        if opt.shm_slots and not 2 <= opt.shm_slots <= 62:
+            raise ConfigError(f"{where}: topics.{t}.shm_slots: expected 2 to 62, got {opt.shm_slots}")
+        if opt.shm_threshold < 0:
+            raise ConfigError(f"{where}: topics.{t}.shm_threshold: expected >= 0, got {opt.shm_threshold}")
     transport = "tcp" if machines else spec.transport.kind
     return Graph(spec.name, where, nodes, topics, spec.clock, transport, spec.transport.host,
-                 spec.transport.base_port, subscribers, machines, keys_dir)
+                 spec.transport.base_port, subscribers, machines, keys_dir, topic_options)
 
 
 def _check_block_cycles(where: str, nodes: dict[str, NodeSpec]) -> None:

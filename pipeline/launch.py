@@ -32,6 +32,7 @@ from typing import IO, Any
 
 from pipeline.errors import ConfigError
 from pipeline.graph import Graph, load_graph, parse_set
+from pipeline.shm import remove_segments
 from pipeline.transport import free_tcp_port, ipc_endpoint
 
 __all__ = ["Supervisor", "main", "make_run_dir", "runs_base"]
@@ -77,7 +78,8 @@ def build_manifest(graph: Graph, run_dir: Path) -> dict[str, Any]:
             endpoint = ipc_endpoint(run_dir, topic)
             lossless_ep = ipc_endpoint(run_dir, topic, lossless=True) if lossless else None
         topics[topic] = {"schema": schema.SCHEMA, "publisher": topic.split("/", 1)[0], "endpoint": endpoint,
-                         "lossless_endpoint": lossless_ep, "lossless_subscribers": lossless, "machine": machine}
+                         "lossless_endpoint": lossless_ep, "lossless_subscribers": lossless, "machine": machine,
+                         "shm": _shm_options(graph, topic)}
     nodes = {
         name: {"run": n.run, "params": n.raw_params, "required": n.required, "pid": None, "restarts": 0,
                "machine": n.machine,
@@ -87,6 +89,17 @@ def build_manifest(graph: Graph, run_dir: Path) -> dict[str, Any]:
     return {"name": graph.name, "file": graph.path, "run_dir": str(run_dir), "launcher_pid": os.getpid(),
             "started_ns": time.time_ns(), "clock": graph.clock, "security": graph.keys_dir,
             "topics": topics, "nodes": nodes}
+
+
+def _shm_options(graph: Graph, topic: str) -> dict[str, Any]:
+    """Publisher/Subscriber keywords of a topic; the ring outlasts the deepest local queue."""
+    opt = graph.topic_options.get(topic)
+    depth = max((graph.nodes[n].inputs[i].depth for n, i in graph.subscribers.get(topic, [])
+                 if graph.nodes[n].inputs[i].queue == "drop_oldest"), default=1)
+    slots = opt.shm_slots if opt is not None and opt.shm_slots else min(62, max(4, depth + 2))
+    mode = "auto" if opt is None or opt.shm == "auto" else ("on" if opt.shm else "off")
+    return {"shm": mode,
+            "shm_threshold": opt.shm_threshold if opt is not None else 65536, "shm_slots": slots}
 
 
 def write_manifest(run_dir: Path, manifest: dict[str, Any]) -> None:
@@ -237,6 +250,7 @@ class Supervisor:
                     p.wait(timeout=max(0.0, deadline - time.monotonic()))
         for t in self._readers:
             t.join(timeout=1.0)
+        remove_segments(self.run_dir)  # shared memory of nodes that died by kill -9 (or were killed now)
         shutil.rmtree(self.run_dir, ignore_errors=True)
 
 

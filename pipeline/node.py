@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
 import msgspec
+import numpy as np
 
 from pipeline.messages import Diagnostics, Message
 
@@ -95,6 +96,15 @@ class Node:
         """Send `msg` on one of this node's outputs. `seq` is set per output; arrays are sent
         without a copy, so do not modify them afterwards."""
         self._runtime.publish(self, output, msg)
+
+    def loan(self, output: str, shape: tuple[int, ...], dtype: Any = "uint8") -> np.ndarray:
+        """A writable array to fill and then publish on `output` (as the message's one array)
+        without any copy to subscribers on this machine: it lives in shared memory when the
+        runtime has it, else it is a plain `np.empty`. Do not modify it after publishing it."""
+        loan = getattr(self._runtime, "loan", None)
+        if loan is None:
+            return np.empty(shape, dtype=dtype)
+        return loan(self, output, tuple(shape), np.dtype(dtype))  # type: ignore[no-any-return]
 
     def every(self, period_s: float, fn: Callable[[], None]) -> None:
         """Call `fn` every `period_s` seconds of the node's clock (wall time, or replayed time)."""

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+import numpy as np
 import zmq
 
 from pipeline.codec import decode, encode
@@ -73,22 +74,27 @@ class ProcessRuntime:
             t = manifest["topics"][f"{node_name}/{out}"]
             self.publishers[out] = Publisher(self.ctx, f"{node_name}/{out}", t["endpoint"],
                                              t.get("lossless_endpoint"), t.get("lossless_subscribers", 0),
-                                             configure=serve)
+                                             configure=serve, run_dir=run_dir, **t.get("shm", {}))
         self.inputs: dict[zmq.Socket, tuple[str, type[Message], Subscriber]] = {}
         for inp, spec in entry.get("inputs", {}).items():
             t = manifest["topics"][spec["topic"]]
             endpoint = t["lossless_endpoint"] if spec["queue"] == "block" else t["endpoint"]
             sub = Subscriber(self.ctx, spec["topic"], endpoint, spec["queue"], spec["depth"],
-                             configure=self._client(t))
+                             configure=self._client(t), shm=t.get("shm", {}).get("shm", "auto"), run_dir=run_dir)
             self.inputs[sub.sock] = (inp, cls.inputs[inp], sub)
         self.clock_sub: Subscriber | None = None
         clock_topic = manifest.get("clock", "")
         if clock_topic and not clock_topic.startswith(f"{node_name}/"):
             t = manifest["topics"][clock_topic]
-            self.clock_sub = Subscriber(self.ctx, clock_topic, t["endpoint"], "latest", configure=self._client(t))
+            self.clock_sub = Subscriber(self.ctx, clock_topic, t["endpoint"], "latest", configure=self._client(t),
+                                        shm=t.get("shm", {}).get("shm", "auto"), run_dir=run_dir)
             self._clock_ns = 0
         self.node: Node = cls(node_name, params, self, state_dir=state_dir,
                               is_restart=bool(entry.get("restarts", 0)))
+        # Per-message work without string formatting or attribute lookups by name.
+        self._in_key = {inp: f"in.{inp}" for inp in cls.inputs}
+        self._out_key = {out: f"out.{out}" for out in self.publishers}
+        self._callbacks = {inp: getattr(self.node, f"on_{inp}") for inp in cls.inputs}
 
     def _client(self, topic: dict[str, Any]) -> Callable[[zmq.Socket], None] | None:
         curve = self.curve
@@ -110,7 +116,13 @@ class ProcessRuntime:
         if not msg.stamp_ns:
             msg.stamp_ns = self.now_ns()
         pub.send(encode(msg), self.stopped)
-        self.stats.counts[f"out.{output}"] += 1
+        self.stats.counts[self._out_key[output]] += 1
+
+    def loan(self, node: Node, output: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+        pub = self.publishers.get(output)
+        if pub is None:
+            raise KeyError(f"{node.name}: no output {output!r} (outputs: {', '.join(self.publishers)})")
+        return pub.loan(shape, dtype)
 
     def add_timer(self, node: Node, period_s: float, fn: Callable[[], None]) -> None:
         self.timers.add(self.now_ns(), period_s, fn)
@@ -127,7 +139,7 @@ class ProcessRuntime:
 
     # -- the loop --------------------------------------------------------------------------------
     def _deliver(self, inp: str, schema: type[Message], frames: list[Any]) -> None:
-        self.stats.counts[f"in.{inp}"] += 1
+        self.stats.counts[self._in_key[inp]] += 1
         try:
             if len(frames) < 2:
                 raise DecodeError("truncated", "missing topic or header frame")
@@ -143,7 +155,7 @@ class ProcessRuntime:
             self.stats.counts[f"gaps.{inp}"] += msg.seq - last - 1
         self._last_seq[inp] = msg.seq
         t0 = time.perf_counter()
-        getattr(self.node, f"on_{inp}")(msg)
+        self._callbacks[inp](msg)
         self.stats.callback_done(time.perf_counter() - t0)
 
     def _publish_diagnostics(self) -> None:
@@ -176,7 +188,8 @@ class ProcessRuntime:
                 pub.wait_for_subscribers(10.0, self.stopped)
         while not self.stopped():
             due = self.timers.next_due_ns()
-            timeout = _POLL_MAX_MS if due is None else max(0, min(_POLL_MAX_MS, (due - self.now_ns()) // 1_000_000))
+            # ceil, not floor: poll(0) in a loop for the last millisecond before a timer is a busy wait
+            timeout = _POLL_MAX_MS if due is None else max(0, min(_POLL_MAX_MS, -((self.now_ns() - due) // 1_000_000)))
             ready = dict(poller.poll(timeout))
             if self.clock_sub is not None and self.clock_sub.sock in ready:
                 self._update_clock()

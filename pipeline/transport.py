@@ -1,6 +1,6 @@
 """ZeroMQ sockets for topics: the publisher binds, subscribers connect, no broker.
 
-Each topic has one lossy PUB socket (it drops for a subscriber whose queue is full, so a slow
+Each topic has one lossy XPUB socket (it drops for a subscriber whose queue is full, so a slow
 `latest`/`drop_oldest` consumer never blocks the publisher) and, when some subscriber asked for
 `block`, a second, lossless XPUB socket with ZMQ_XPUB_NODROP: the publisher waits while that
 subscriber's queue is full (back-pressure), and before its first message it waits until the
@@ -8,10 +8,27 @@ expected lossless subscribers have subscribed, so nothing is lost to ZeroMQ's sl
 
 Wire: `[topic, header, array frames...]` (see `pipeline.codec`). Frames are sent with
 `copy=False`; pyzmq copies those under its copy threshold (64 kB), where copying is cheaper.
+
+Shared memory (issue 8, `pipeline.shm`): a subscriber on the same machine subscribes to the
+prefix `b"\0" + topic` instead of `topic`. The lossy socket is an XPUB (a PUB that also reports
+subscriptions), so the publisher knows which kinds of subscriber exist and sends each kind its own
+variant, and nothing to an absent kind: to shared-memory subscribers, a message whose arrays total
+at least `shm_threshold` bytes goes as `[b"\0" + topic + b"\0", header, descriptor]`, its arrays
+copied once into a slot of the topic's segment (a smaller one, or any message while every slot is
+held by readers, goes inline as `[b"\0" + topic, header, arrays...]`); to plain subscribers,
+`[topic, header, arrays...]` as always. A remote (tcp) subscriber is a plain one, so a graph that
+mixes both works, and a publisher with shared memory off serves `b"\0"` subscribers inline, so
+a mismatch starves no one. Choice: `shm="auto"` is on for ipc endpoints (same machine by
+construction; the segments live in the namespace of the socket's run directory) and off for tcp;
+`"on"`/`"off"` force it (per topic from launch.yaml); the environment variable DRIVECAST_SHM=on|off
+overrides `auto` for a whole graph (benchmarks, a kill switch). `block` inputs stay on the
+lossless socket, plain. A generic tool that subscribes to b"" gets both variants: subscribe to
+`topic` (plain) or use a `Subscriber`.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import socket as _socket
 import time
@@ -20,13 +37,39 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import zmq
 
 from pipeline.errors import ConfigError
 
-__all__ = ["Publisher", "Subscriber", "free_tcp_port", "ipc_endpoint"]
+__all__ = ["SHM_THRESHOLD", "Publisher", "Subscriber", "free_tcp_port", "ipc_endpoint"]
 
 _IPC_PATH_MAX = 100  # sun_path is 108 bytes on Linux
+# From this many array bytes per message on, a shared-memory subscriber gets a descriptor; below,
+# ZeroMQ moving the bytes costs less than a memcpy plus four lock system calls (bench/transport.py).
+SHM_THRESHOLD = 64 * 1024
+SHM_MODES = ("auto", "on", "off")
+_PREFIX_CHECK_S = 0.02  # between two looks at the XPUB's subscriptions once someone listens
+
+
+def _shm_wanted(mode: str, endpoint: str) -> bool:
+    if mode not in SHM_MODES:
+        raise ConfigError(f"shm: expected one of {', '.join(SHM_MODES)}, got {mode!r}")
+    if mode == "auto":
+        env = os.environ.get("DRIVECAST_SHM", "auto")
+        mode = env if env in ("on", "off") else "auto"
+    if mode == "auto":
+        return endpoint.startswith("ipc://")
+    return mode == "on"
+
+
+def _shm_namespace(endpoint: str, run_dir: Path | str | None) -> Path | None:
+    """The run directory whose namespace holds a topic's segments: given, or the ipc socket's."""
+    if run_dir is not None:
+        return Path(run_dir)
+    if endpoint.startswith("ipc://"):
+        return Path(endpoint[len("ipc://"):]).parent
+    return None
 
 
 def ipc_endpoint(run_dir: Path, topic: str, lossless: bool = False) -> str:
@@ -49,16 +92,31 @@ class Publisher:
 
     def __init__(self, ctx: zmq.Context, topic: str, endpoint: str, lossless_endpoint: str | None = None,
                  lossless_subscribers: int = 0, sndhwm: int = 100,
-                 configure: Callable[[zmq.Socket], None] | None = None) -> None:
-        """`configure` is applied to each socket before it binds (CURVE server keys)."""
+                 configure: Callable[[zmq.Socket], None] | None = None, *, shm: str = "auto",
+                 shm_threshold: int = SHM_THRESHOLD, shm_slots: int = 4,
+                 run_dir: Path | str | None = None) -> None:
+        """`configure` is applied to each socket before it binds (CURVE server keys). `shm`,
+        `shm_threshold`, `shm_slots`: the shared-memory path (see the module); `run_dir` names
+        the segments' namespace when the endpoint is not an ipc socket in the run directory."""
         self.topic = topic
         self._topic = topic.encode()
-        self.sock = ctx.socket(zmq.PUB)
+        self._shm_topic = b"\0" + self._topic
+        self._shm_desc_topic = self._shm_topic + b"\0"
+        self.sock = ctx.socket(zmq.XPUB)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.setsockopt(zmq.SNDHWM, sndhwm)
         if configure:
             configure(self.sock)
         _bind(self.sock, endpoint)
+        self._prefixes: set[bytes] = set()
+        self._plain = self._shm = False
+        self._next_check = 0.0
+        self.shm_threshold = shm_threshold
+        self._writer: Any = None
+        namespace = _shm_namespace(endpoint, run_dir)
+        if _shm_wanted(shm, endpoint) and namespace is not None:
+            from pipeline.shm import ShmWriter  # only publishers that may use it pay the import
+            self._writer = ShmWriter(namespace, topic, shm_slots)
         self.lossless: zmq.Socket | None = None
         self._expected = lossless_subscribers
         self._subscribed = 0
@@ -94,18 +152,67 @@ class Publisher:
                 return False
             self.lossless.poll(50)
 
+    @property
+    def shm_fallbacks(self) -> int:
+        """Large messages sent inline to shared-memory subscribers because every slot was held."""
+        return 0 if self._writer is None else int(self._writer.fallbacks)
+
+    def _poll_prefixes(self) -> None:
+        """Apply the (un)subscriptions waiting on the XPUB. Without XPUB_VERBOSE it reports the
+        first subscriber of a prefix and the last one to leave: presence, which is all we need."""
+        sock = self.sock
+        changed = False
+        while sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            event = sock.recv()
+            if event[:1] == b"\x01":
+                self._prefixes.add(event[1:])
+            elif event[:1] == b"\x00":
+                self._prefixes.discard(event[1:])
+            changed = True
+        if changed:
+            # b"" (a generic tool's subscription) matches every frame: it counts as plain.
+            self._plain = any(self._topic.startswith(p) for p in self._prefixes)
+            self._shm = self._shm_topic in self._prefixes
+
+    def loan(self, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+        """A writable array to fill and then send as a message's (only) array without any copy:
+        it lives in a free shared-memory slot when this topic has shared memory (the slot is
+        locked against readers until the message is sent or the array dropped), else it is a
+        plain array. Do not modify it after sending (as for any array sent zero-copy)."""
+        dt = np.dtype(dtype)
+        nbytes = dt.itemsize * math.prod(shape)
+        view = self._writer.loan(nbytes) if self._writer is not None and nbytes >= self.shm_threshold else None
+        if view is None:
+            return np.empty(shape, dtype=dt)
+        # Through a memoryview, so that the reference count of `view` tells whether the caller
+        # still holds the array (numpy would otherwise point its base at the mapping itself).
+        return np.frombuffer(memoryview(view), dtype=dt).reshape(shape)
+
     def send(self, frames: list[Any], stopped: Callable[[], bool]) -> bool:
         """Send one message; on the lossless socket wait (in slices, so a stop is noticed) while a
         subscriber's queue is full. Returns False if a stop interrupted the wait."""
+        now = time.monotonic()
+        if not self._prefixes or now >= self._next_check:
+            # A subscriber of a kind not seen yet waits at most this long (ZeroMQ's slow joiner).
+            self._next_check = now + _PREFIX_CHECK_S
+            self._poll_prefixes()
         parts = [self._topic, *frames]
-        self.sock.send_multipart(parts, copy=False)
+        writer = self._writer
+        # A loaned slot is rewritten later: whoever gets ZeroMQ frames of it gets a copy.
+        loan = writer.loaned(frames[1:]) if writer is not None and writer.loans else -1
+        if self._shm:
+            self._send_shm(frames)  # consumes the loan: the descriptor points at the slot
+        elif loan >= 0:
+            writer.drop_loan(loan)
+        if self._plain:
+            self.sock.send_multipart(parts, copy=loan >= 0)
         if self.lossless is None:
             return True
         if self._expected:
             self.wait_for_subscribers(10.0, stopped)
         while True:
             try:
-                self.lossless.send_multipart(parts, flags=zmq.NOBLOCK, copy=False)
+                self.lossless.send_multipart(parts, flags=zmq.NOBLOCK, copy=loan >= 0)
                 return True
             except zmq.Again:
                 if stopped():
@@ -113,12 +220,25 @@ class Publisher:
                 self.lossless.poll(100, zmq.POLLOUT)
                 self._count_subscriptions()
 
+    def _send_shm(self, frames: list[Any]) -> None:
+        writer = self._writer
+        if writer is not None and len(frames) > 1 and sum(len(f) for f in frames[1:]) >= self.shm_threshold:
+            descriptor = writer.write(frames[1:])
+            if descriptor is not None:
+                self.sock.send_multipart([self._shm_desc_topic, frames[0], descriptor], copy=False)
+                return
+        self.sock.send_multipart([self._shm_topic, *frames], copy=False)
+
     def close(self, linger_s: float = 2.0) -> None:
         """Close; the lossless socket keeps up to `linger_s` to flush what subscribers have not
-        taken yet (a source that ends right after its last message loses nothing)."""
+        taken yet (a source that ends right after its last message loses nothing). The topic's
+        shared-memory segment is removed (readers keep their mapping until they let go)."""
         self.sock.close(0)
         if self.lossless is not None:
             self.lossless.close(int(linger_s * 1000))
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
 
 
 class Subscriber:
@@ -128,10 +248,15 @@ class Subscriber:
     - `drop_oldest`: keeps the newest `depth` messages
     - `block`: lossless, in order; the publisher waits when this queue is full
     Messages lost in ZeroMQ before reaching us show up as gaps in `seq` (counted by the runner).
+
+    Over shared memory (never for `block`), `drain` hands out `[topic, header, arrays...]` exactly
+    as over ZeroMQ, the arrays being read-only views of the publisher's slot; a message whose slot
+    was rewritten before we could lock it is dropped, counted in `dropped` and `shm_overruns`.
     """
 
     def __init__(self, ctx: zmq.Context, topic: str, endpoint: str, policy: str = "block", depth: int = 10,
-                 configure: Callable[[zmq.Socket], None] | None = None) -> None:
+                 configure: Callable[[zmq.Socket], None] | None = None, *, shm: str = "auto",
+                 run_dir: Path | str | None = None) -> None:
         """`configure` is applied to the socket before it connects (CURVE client keys)."""
         self.topic = topic
         self.policy = policy
@@ -141,32 +266,88 @@ class Subscriber:
         # A large receive HWM for every policy: ZeroMQ's I/O thread then moves whatever arrives
         # into this process at once, and `drain` sees all of it and applies the policy. With a small
         # HWM the backlog waited upstream (publisher pipe, kernel buffers) and a `latest` consumer
-        # got messages hundreds of ms old. Memory stays bounded by what arrives during one callback.
+        # got messages hundreds of ms old. Memory stays bounded by what arrives during one callback
+        # (over shared memory a queued message is a descriptor of a few dozen bytes).
         self.sock.setsockopt(zmq.RCVHWM, 1000)
-        self.sock.setsockopt(zmq.SUBSCRIBE, b"")
+        self.reader: Any = None
+        namespace = _shm_namespace(endpoint, run_dir)
+        if policy != "block" and namespace is not None and _shm_wanted(shm, endpoint):
+            from pipeline.shm import ShmReader
+            self.reader = ShmReader(namespace, topic)
+            self._prefix = b"\0" + topic.encode()
+        else:
+            self._prefix = topic.encode()
+        self.sock.setsockopt(zmq.SUBSCRIBE, self._prefix)
         if configure:
             configure(self.sock)
         self.sock.connect(endpoint)
         self.dropped = 0
         self._queue: deque[list[zmq.Frame]] = deque()
 
+    @property
+    def shm_overruns(self) -> int:
+        return 0 if self.reader is None else int(self.reader.overruns)
+
     def drain(self, max_block: int = 64) -> deque[list[zmq.Frame]]:
         """Receive what is waiting, apply the policy, return the queue to process (oldest first)."""
         q = self._queue
+        reader = self.reader
+        if reader is not None and reader.leases:
+            reader.release()  # slots of messages the node is done with go back to the publisher
         limit = max_block if self.policy == "block" else 100_000
-        for _ in range(limit):
+        sock = self.sock
+        received = 0
+        # ZMQ_EVENTS rather than a last recv that fails: raising zmq.Again costs more.
+        while received < limit and sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
             try:
-                frames = self.sock.recv_multipart(zmq.NOBLOCK, copy=False)
+                frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 break
+            received += 1
             q.append(frames)
             if self.policy == "latest" and len(q) > 1 or self.policy == "drop_oldest" and len(q) > self.depth:
                 q.popleft()
                 self.dropped += 1
+        if reader is not None and received:
+            self._resolve(q, min(received, len(q)))
         return q
+
+    def _resolve(self, q: deque[Any], new: int) -> None:
+        """Replace the descriptors among the `new` newest queued messages by the slot's arrays
+        (only messages that survived the policy lock a slot)."""
+        n = len(q)
+        lost = False
+        for i in range(n - new, n):
+            frames = q[i]
+            if len(frames) == 3 and len(frames[0]) == len(self._prefix) + 1:
+                arrays = self.reader.resolve(frames[2])
+                if arrays is None:
+                    q[i] = None
+                    lost = True
+                else:
+                    q[i] = [frames[0], frames[1], *arrays]
+        if lost:
+            kept = [f for f in q if f is not None]
+            self.dropped += len(q) - len(kept)
+            q.clear()
+            q.extend(kept)
+        if self.reader.unreachable >= 3:
+            self._fall_back_to_plain()
+
+    def _fall_back_to_plain(self) -> None:
+        """The publisher's segments cannot be opened here (shm forced on across machines?): take
+        the plain variant from now on rather than lose every large message."""
+        self.sock.setsockopt(zmq.UNSUBSCRIBE, self._prefix)
+        self._prefix = self.topic.encode()
+        self.sock.setsockopt(zmq.SUBSCRIBE, self._prefix)
+        self.reader.close()
+        self.reader = None
 
     def close(self) -> None:
         self.sock.close(0)
+        if self.reader is not None:
+            self.reader.close()
+            self.reader = None
 
 
 def _bind(sock: zmq.Socket, endpoint: str) -> None:

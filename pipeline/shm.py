@@ -1,0 +1,451 @@
+"""Shared memory for large frames between processes of one machine (issue 8).
+
+A publisher copies a message's arrays into one slot of a ring of slots in a shared-memory segment
+and sends over ZeroMQ only the header and a small descriptor (segment, slot, sequence number,
+offset and length of each array). A subscriber maps the segment once and hands the node read-only
+numpy views of the slot: one copy in all (into the slot), then zero-copy, and ZeroMQ wakes the
+subscriber up as before.
+
+Safety, without any lock-free trickery that Python cannot express:
+- Each slot is guarded by an open-file-description (OFD) byte-range lock on the segment file. The
+  publisher takes a non-blocking *write* lock to rewrite a slot; a subscriber takes a non-blocking
+  *read* lock before it looks at a slot and keeps it while any array of that slot is alive in its
+  process (a reference count on the slot's buffer tells; it is checked at the next drain).
+- So the publisher never rewrites a slot that a subscriber is reading (it skips to the next free
+  slot; if all are held, it sends that message inline over ZeroMQ: it never waits), and a
+  subscriber never reads a slot that is being rewritten (it cannot get the read lock) or was
+  rewritten after the descriptor was sent (the slot's sequence number differs): such a message is
+  counted as an overrun and not delivered. Torn frames cannot be delivered.
+- The kernel drops the locks of a process that dies (also by `kill -9`), so a crashed subscriber
+  pins nothing. Lock calls are system calls: they order the memory accesses on both sides.
+
+Segments are files in /dev/shm (tmpfs; the run directory when there is none), named after the
+run directory (`run_prefix`), created with mode 0600 and O_EXCL, mapped with MAP_POPULATE. Each
+mapping holds two descriptors (ours, for the locks, and the mmap object's own), so a topic costs
+two fds per side however many messages flow. A publisher removes its segments when it
+closes and, when it starts, the stale segments of an earlier incarnation of itself (after a
+`kill -9`); `remove_segments(run_dir)` removes what is left of a whole graph (the launcher calls it
+when the graph stops).
+
+Loans (`ShmWriter.loan`, `Publisher.loan`): a source may fill a free slot directly (write-locked
+while on loan) and publish the array it got; the publisher then sends its descriptor without any
+copy. A loan dropped unpublished is reclaimed when nothing refers to its array any more.
+
+Descriptors come from a socket: they are untrusted. A subscriber opens only a segment whose name
+is exactly one of its topic's names in its run directory's namespace, that belongs to its user and
+is not accessible to others, and checks that every offset and length lies inside the slot.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import hashlib
+import mmap
+import os
+import re
+import secrets
+import struct
+import sys
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import numpy as np
+
+__all__ = ["DESCRIPTOR_MAGIC", "ShmReader", "ShmWriter", "remove_segments", "run_prefix", "segment_dir"]
+
+DESCRIPTOR_MAGIC = b"DCSHM1"
+_MAGIC_LEN = len(DESCRIPTOR_MAGIC)
+_HEADER_BYTES = 4096  # page 0: magic, layout, and one 64-byte line per slot (its sequence number)
+_MAX_SLOTS = 62  # slot lines must fit in page 0 after the layout line
+_ALIGN = 64
+_SEG_MAGIC = b"DCSEG1\0\0"
+_LAYOUT = struct.Struct("<8sQQ")  # magic, slots, slot_size
+_SEQ = struct.Struct("<Q")
+_FLOCK = struct.Struct("hhqqi4x")  # struct flock on 64-bit Linux (l_pid must be 0 for OFD locks)
+_BUSY = (errno.EAGAIN, errno.EACCES)
+
+
+class _Descriptor(msgspec.Struct, array_like=True, forbid_unknown_fields=True):
+    segment: str
+    slot: int
+    seq: int
+    arrays: list[tuple[int, int]]  # (offset in slot, length) per array
+
+
+_encoder = msgspec.msgpack.Encoder()
+_decoder = msgspec.msgpack.Decoder(_Descriptor)
+
+
+def segment_dir(run_dir: Path) -> Path:
+    """Where segments live: /dev/shm when it is a tmpfs we can write to, else the run directory."""
+    shm = Path("/dev/shm")
+    if shm.is_dir() and os.access(shm, os.W_OK | os.X_OK):
+        return shm
+    return Path(run_dir)
+
+
+def run_prefix(run_dir: Path) -> str:
+    """The namespace of one run directory: every segment of the graph starts with it."""
+    digest = hashlib.sha1(str(Path(run_dir).resolve()).encode(), usedforsecurity=False).hexdigest()[:12]
+    return f"drivecast-{os.getuid()}-{digest}"
+
+
+def _topic_stem(run_dir: Path, topic: str) -> str:
+    return f"{run_prefix(run_dir)}.{topic.replace('/', '.')}."
+
+
+def remove_segments(run_dir: Path) -> int:
+    """Remove every segment of the graph that ran in `run_dir` (any topic, any incarnation)."""
+    prefix = run_prefix(run_dir) + "."
+    removed = 0
+    for d in {segment_dir(run_dir), Path(run_dir)}:
+        try:
+            names = os.listdir(d)
+        except OSError:
+            continue
+        for name in names:
+            if name.startswith(prefix):
+                try:
+                    os.unlink(d / name)
+                    removed += 1
+                except FileNotFoundError:
+                    pass
+    return removed
+
+
+_LOCKS = {(kind, slot): _FLOCK.pack(kind, os.SEEK_SET, slot, 1, 0)
+          for kind in (fcntl.F_RDLCK, fcntl.F_WRLCK, fcntl.F_UNLCK) for slot in range(_MAX_SLOTS)}
+
+
+def _lock(fd: int, kind: int, slot: int) -> bool:
+    """Non-blocking OFD lock (or unlock) of the byte that stands for `slot`; False if held by another."""
+    try:
+        fcntl.fcntl(fd, fcntl.F_OFD_SETLK, _LOCKS[kind, slot])
+        return True
+    except OSError as exc:
+        if exc.errno in _BUSY:
+            return False
+        raise
+
+
+class _Segment:
+    """One mapped segment: `slots` slots of `slot_size` bytes after the header page."""
+
+    def __init__(self, path: Path, fd: int, writable: bool) -> None:
+        self.path = path
+        self.name = path.name
+        self.fd = fd  # kept for the slot locks (Python's mmap holds a second, private duplicate)
+        try:
+            size = os.fstat(fd).st_size
+            if size < _HEADER_BYTES:
+                raise ValueError(f"{path}: {size} bytes is too small for a drivecast segment")
+            if writable:
+                # MAP_POPULATE: page faults now, not on the first frames.
+                self.mm = mmap.mmap(fd, size, flags=mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0))
+            else:
+                # ACCESS_READ makes the buffer itself read-only: no numpy flag can make a view
+                # writable (a write would otherwise be a SIGSEGV on this PROT_READ mapping).
+                self.mm = mmap.mmap(fd, size, access=mmap.ACCESS_READ)
+                with contextlib.suppress(OSError, ValueError):
+                    self.mm.madvise(getattr(mmap, "MADV_POPULATE_READ", 22))  # Linux >= 5.14
+        except BaseException:
+            os.close(fd)
+            raise
+        magic, self.slots, self.slot_size = _LAYOUT.unpack_from(self.mm, 0)
+        if magic != _SEG_MAGIC or not 0 < self.slots <= _MAX_SLOTS or \
+                size != _HEADER_BYTES + self.slots * self.slot_size:
+            self.mm.close()
+            os.close(fd)
+            raise ValueError(f"{path}: not a drivecast segment of a consistent size")
+        # A uint8 view of the whole segment; slices of it are what nodes receive.
+        self.array = np.frombuffer(self.mm, dtype=np.uint8)
+        self.leases = 0
+
+    def data_offset(self, slot: int) -> int:
+        return _HEADER_BYTES + slot * self.slot_size
+
+    def close(self) -> None:
+        """Unmap now if no array of this segment is alive; otherwise the last one unmaps it."""
+        if self.fd < 0:
+            return
+        self.array = None  # type: ignore[assignment]
+        os.close(self.fd)  # our locks stay while the mmap's own duplicate lives, which is harmless
+        self.fd = -1
+        with contextlib.suppress(BufferError):  # views still alive: the last of them unmaps it
+            self.mm.close()
+
+
+class ShmWriter:
+    """The publisher's side: copies arrays into a free slot and returns the descriptor frame."""
+
+    def __init__(self, run_dir: Path, topic: str, slots: int = 4) -> None:
+        if not 2 <= slots <= _MAX_SLOTS:
+            raise ValueError(f"shm slots: expected 2..{_MAX_SLOTS}, got {slots}")
+        self.run_dir = Path(run_dir)
+        self.dir = segment_dir(self.run_dir)
+        self.stem = _topic_stem(self.run_dir, topic)
+        self.slots = slots
+        self.seg: _Segment | None = None
+        self.next_slot = 0
+        self.seq = 0
+        self.fallbacks = 0  # messages sent inline because every slot was held by readers
+        # Loaned slots (see `loan`): write-locked by us, each with the slot's uint8 array.
+        self.loans: list[tuple[_Segment, int, np.ndarray]] = []
+        self._remove_stale()
+
+    def _remove_stale(self) -> None:
+        """Segments of this topic left by an earlier incarnation of this publisher (kill -9)."""
+        for name in os.listdir(self.dir):
+            if name.startswith(self.stem):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self.dir / name)
+
+    def _new_segment(self, need: int) -> _Segment:
+        slot_size = -(-max(need + need // 4, 4096) // 4096) * 4096  # room to grow by a quarter
+        path = self.dir / f"{self.stem}{secrets.token_hex(6)}"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            os.ftruncate(fd, _HEADER_BYTES + self.slots * slot_size)
+            os.pwrite(fd, _LAYOUT.pack(_SEG_MAGIC, self.slots, slot_size), 0)
+        except BaseException:
+            os.close(fd)
+            os.unlink(path)
+            raise
+        try:
+            return _Segment(path, fd, writable=True)  # closes fd itself if it fails
+        except BaseException:
+            os.unlink(path)
+            raise
+
+    def _segment_for(self, need: int) -> _Segment:
+        seg = self.seg
+        if seg is None or need > seg.slot_size:
+            if seg is not None:
+                self._drop(seg)  # loans in it keep their mapping; publishing them will copy
+            seg = self.seg = self._new_segment(need)
+            self.next_slot = 0
+        return seg
+
+    def _free_slot(self, seg: _Segment) -> int | None:
+        """Write-lock the next slot that no reader holds and that is not on loan."""
+        loaned = {slot for s, slot, _ in self.loans if s is seg}
+        for k in range(seg.slots):
+            slot = (self.next_slot + k) % seg.slots
+            # (our own lock never conflicts with itself: loaned slots are skipped by hand)
+            if slot not in loaned and _lock(seg.fd, fcntl.F_WRLCK, slot):
+                return slot
+        return None
+
+    def loan(self, nbytes: int) -> np.ndarray | None:
+        """A slot's first `nbytes` as a writable uint8 array, to be filled and then published
+        without a copy (see `write`), or None when every slot is held. The slot stays locked
+        against readers until it is published, or until nothing refers to the array any more."""
+        self.reclaim()
+        seg = self._segment_for(-(-max(nbytes, 1) // _ALIGN) * _ALIGN)
+        slot = self._free_slot(seg)
+        if slot is None:
+            return None
+        _SEQ.pack_into(seg.mm, _ALIGN * (slot + 1), 0)
+        base = seg.data_offset(slot)
+        view = seg.array[base:base + nbytes]
+        self.loans.append((seg, slot, view))
+        self.next_slot = slot + 1
+        return view
+
+    def reclaim(self) -> None:
+        """Unlock loaned slots whose array was dropped without being published."""
+        if not self.loans:
+            return
+        kept = []
+        for loan in self.loans:
+            # ours: the tuple, `loan[2]` on the stack... counted as in ShmReader.release
+            if sys.getrefcount(loan[2]) > 2:
+                kept.append(loan)
+            elif loan[0].fd >= 0:
+                _lock(loan[0].fd, fcntl.F_UNLCK, loan[1])
+        self.loans = kept
+
+    def loaned(self, buffers: list[Any]) -> int:
+        """The index in `loans` of the loan `buffers` (one array) was built on, or -1."""
+        if not self.loans or len(buffers) != 1 or not len(buffers[0]):
+            return -1
+        address = np.frombuffer(buffers[0], dtype=np.uint8).__array_interface__["data"][0]
+        for i, (seg, _, view) in enumerate(self.loans):
+            if seg is self.seg and view.__array_interface__["data"][0] == address \
+                    and len(buffers[0]) <= len(view):
+                return i
+        return -1
+
+    def drop_loan(self, index: int) -> None:
+        seg, slot, _ = self.loans.pop(index)
+        if seg.fd >= 0:
+            _lock(seg.fd, fcntl.F_UNLCK, slot)
+
+    def write(self, buffers: list[Any]) -> bytes | None:
+        """Copy `buffers` into a free slot (no copy if they are a loaned slot's array); the
+        descriptor frame, or None when every slot is held."""
+        sizes = [len(b) for b in buffers]
+        i = self.loaned(buffers)
+        if i >= 0:
+            seg, slot, _ = self.loans.pop(i)
+            self.seq += 1
+            _SEQ.pack_into(seg.mm, _ALIGN * (slot + 1), self.seq)
+            _lock(seg.fd, fcntl.F_UNLCK, slot)
+            return DESCRIPTOR_MAGIC + _encoder.encode(_Descriptor(seg.name, slot, self.seq, [(0, sizes[0])]))
+        offsets, pos = [], 0
+        for n in sizes:
+            offsets.append(pos)
+            pos += -(-n // _ALIGN) * _ALIGN
+        seg = self._segment_for(pos)
+        free = self._free_slot(seg)
+        if free is None:
+            self.fallbacks += 1
+            return None
+        slot = free
+        try:
+            self.seq += 1
+            _SEQ.pack_into(seg.mm, _ALIGN * (slot + 1), 0)  # 0: being written
+            base = seg.data_offset(slot)
+            arr = seg.array
+            for off, n, buf in zip(offsets, sizes, buffers, strict=True):
+                if n:
+                    arr[base + off:base + off + n] = np.frombuffer(buf, dtype=np.uint8)  # the one copy
+            _SEQ.pack_into(seg.mm, _ALIGN * (slot + 1), self.seq)
+        finally:
+            _lock(seg.fd, fcntl.F_UNLCK, slot)
+        self.next_slot = slot + 1
+        return DESCRIPTOR_MAGIC + _encoder.encode(
+            _Descriptor(seg.name, slot, self.seq, list(zip(offsets, sizes, strict=True))))
+
+    def _drop(self, seg: _Segment) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(seg.path)
+        seg.close()
+
+    def close(self) -> None:
+        self.loans.clear()
+        if self.seg is not None:
+            self._drop(self.seg)
+            self.seg = None
+
+
+class ShmReader:
+    """The subscriber's side: turns a descriptor into read-only arrays of the slot (no copy)."""
+
+    def __init__(self, run_dir: Path, topic: str) -> None:
+        self.run_dir = Path(run_dir)
+        self.dir = segment_dir(self.run_dir)
+        stem = _topic_stem(self.run_dir, topic)
+        self._name = re.compile(re.escape(stem) + r"[0-9a-f]{12}")
+        self.segments: dict[str, _Segment] = {}
+        self.current: str | None = None
+        # (segment, slot, the slot's frame arrays): held read locks, released once unused.
+        self.leases: list[tuple[_Segment, int, list[np.ndarray]]] = []
+        self.overruns = 0  # descriptors whose slot was being or had been rewritten: not delivered
+        self.bad = 0  # descriptors that failed validation
+        self.unreachable = 0  # descriptors naming a segment this process cannot open (another host?)
+
+    def _segment(self, name: str) -> _Segment | None:
+        seg = self.segments.get(name)
+        if seg is not None:
+            return seg
+        if not self._name.fullmatch(name):
+            return None
+        try:
+            fd = os.open(self.dir / name, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        except OSError:
+            self.unreachable += 1
+            return None
+        try:
+            st = os.fstat(fd)
+            if st.st_uid != os.getuid() or st.st_mode & 0o077:
+                raise ValueError(f"{self.dir / name}: not owned by this user with mode 0600")
+        except (OSError, ValueError):
+            os.close(fd)
+            return None
+        try:
+            seg = _Segment(self.dir / name, fd, writable=False)
+        except (OSError, ValueError):
+            return None
+        self.segments[name] = seg
+        if self.current is not None and self.current != name:
+            self._retire(self.current)
+        self.current = name
+        return seg
+
+    def _retire(self, name: str) -> None:
+        """The publisher moved to a new segment: unmap the old one once no lease holds it."""
+        seg = self.segments.get(name)
+        if seg is not None and seg.leases == 0:
+            del self.segments[name]
+            seg.close()
+
+    def resolve(self, descriptor: Any) -> list[np.ndarray] | None:
+        """The arrays a descriptor points to, each a read-only uint8 view of the slot, or None
+        (counted) if the descriptor is invalid or the slot was rewritten."""
+        raw = getattr(descriptor, "bytes", descriptor)  # a descriptor is a few dozen bytes
+        if raw[:_MAGIC_LEN] != DESCRIPTOR_MAGIC:
+            self.bad += 1
+            return None
+        try:
+            d = _decoder.decode(memoryview(raw)[_MAGIC_LEN:])
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            self.bad += 1
+            return None
+        seg = self.segments.get(d.segment) or self._segment(d.segment)
+        slot = d.slot
+        if seg is None or not 0 <= slot < seg.slots:
+            self.bad += 1
+            return None
+        for o, n in d.arrays:
+            if o < 0 or n < 0 or o + n > seg.slot_size:
+                self.bad += 1
+                return None
+        if not _lock(seg.fd, fcntl.F_RDLCK, slot):
+            self.overruns += 1  # the publisher is rewriting this slot right now
+            return None
+        if _SEQ.unpack_from(seg.mm, _ALIGN * (slot + 1))[0] != d.seq:
+            _lock(seg.fd, fcntl.F_UNLCK, slot)
+            self.overruns += 1  # rewritten since the descriptor was sent
+            return None
+        base = _HEADER_BYTES + slot * seg.slot_size
+        array = seg.array
+        frames = [array[base + o:base + o + n] for o, n in d.arrays]
+        seg.leases += 1
+        self.leases.append((seg, slot, frames))
+        return frames
+
+    def release(self) -> int:
+        """Unlock the slots whose arrays nobody holds any more; returns how many stay held.
+
+        A decoded array, and any view of it, keeps a reference to the slot's frame array (through
+        the buffer it was made from), so a reference count above ours means "still in use".
+        """
+        if not self.leases:
+            return 0
+        kept = []
+        for lease in self.leases:
+            seg, slot, frames = lease
+            held = False
+            for f in frames:
+                if sys.getrefcount(f) > 3:  # ours: the `frames` list, `f`, getrefcount's argument
+                    held = True
+                    break
+            if held:
+                kept.append(lease)
+                continue
+            _lock(seg.fd, fcntl.F_UNLCK, slot)
+            seg.leases -= 1
+            if seg.leases == 0 and seg.name != self.current:
+                self._retire(seg.name)
+        self.leases = kept
+        return len(kept)
+
+    def close(self) -> None:
+        self.leases.clear()  # closing the mappings' fds drops the locks
+        for seg in self.segments.values():
+            seg.close()
+        self.segments.clear()

@@ -1,0 +1,450 @@
+"""pipeline/shm.py through pipeline/transport.py: large frames over shared memory (issue 8).
+
+Integrity under a full-speed publisher and a slow subscriber, kill -9 of either side, a mixed
+local + tcp subscriber set, no fd leak, owner-only segments in the run's namespace, untrusted
+descriptors. Every wait has a deadline; child processes are killed in `finally`.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import stat
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import zmq
+
+from pipeline.codec import decode, encode, peek_schema
+from pipeline.messages import Clock, Image
+from pipeline.node import Node, NodeParams
+from pipeline.shm import DESCRIPTOR_MAGIC, ShmReader, remove_segments, run_prefix, segment_dir
+from pipeline.transport import Publisher, Subscriber, free_tcp_port
+from tests.conftest import REPO, Launched, pid_alive, wait_for
+
+TOPIC = "cam/image"
+BIG = (256, 1024, 1)  # 256 KiB: above the threshold, small enough to go fast
+
+
+@pytest.fixture
+def ctx() -> Iterator[zmq.Context]:
+    context = zmq.Context()
+    yield context
+    context.destroy(linger=0)
+
+
+@pytest.fixture
+def closing() -> Iterator[list[Any]]:
+    items: list[Any] = []
+    yield items
+    for item in reversed(items):
+        item.close()
+
+
+def _segments(run_dir: Path) -> list[Path]:
+    prefix = run_prefix(run_dir) + "."
+    return sorted(p for p in segment_dir(run_dir).iterdir() if p.name.startswith(prefix))
+
+
+def _connected(pub: Publisher, sub: Subscriber, timeout: float = 5.0) -> None:
+    def probe() -> bool:
+        pub.send(encode(Clock(frame_id="probe")), lambda: False)
+        return bool(sub.sock.poll(20))
+    wait_for(probe, timeout, f"subscriber of {sub.topic} to connect", interval=0)
+    wait_for(lambda: not _take(sub) and not sub.sock.poll(20), timeout, "probes to drain", interval=0)
+    sub.dropped = 0
+
+
+def _take(sub: Subscriber) -> list[list[Any]]:
+    q = sub.drain()
+    out = list(q)
+    q.clear()
+    return out
+
+
+def _image(seq: int, shape: tuple[int, ...] = BIG) -> Image:
+    return Image(data=np.full(shape, seq & 0xFF, dtype=np.uint8), seq=seq)
+
+
+def _images(messages: list[list[Any]]) -> list[Image]:
+    return [decode(m[1:], expect=Image)[0] for m in messages]  # type: ignore[misc]
+
+
+def test_a_local_subscriber_gets_read_only_views_of_the_slot_and_zmq_carries_only_a_descriptor(
+        ctx: zmq.Context, closing: list[Any], tmp_path: Path) -> None:
+    pub = Publisher(ctx, TOPIC, f"ipc://{tmp_path}/cam.sock", shm="on")
+    sub = Subscriber(ctx, TOPIC, f"ipc://{tmp_path}/cam.sock", "latest", shm="on")
+    closing += [pub, sub]
+    _connected(pub, sub)
+    sent = np.random.default_rng(1).integers(0, 255, (720, 1280, 3), dtype=np.uint8)
+    pub.send(encode(Image(data=sent, seq=1)), lambda: False)
+    raw = sub.sock.recv_multipart(copy=False) if sub.sock.poll(5000) else pytest.fail("nothing received")
+    assert sum(len(f) for f in raw) < 1024  # header + descriptor, not 2.7 MB
+    sub._queue.append(raw)  # hand it back to the subscriber as if drain had received it
+    sub._resolve(sub._queue, 1)
+    msg = _images(_take(sub))[0]
+    seg = next(iter(sub.reader.segments.values()))
+    assert np.shares_memory(msg.data, seg.array)  # a view of the slot: no copy on this side
+    assert not msg.data.flags.writeable
+    with pytest.raises(ValueError):
+        msg.data.flags.writeable = True
+    assert np.array_equal(msg.data, sent)
+
+
+def test_small_messages_go_inline_and_tcp_subscribers_get_plain_frames_in_a_mixed_set(
+        ctx: zmq.Context, closing: list[Any], tmp_path: Path) -> None:
+    endpoint = f"tcp://127.0.0.1:{free_tcp_port()}"
+    pub = Publisher(ctx, TOPIC, endpoint, run_dir=tmp_path, shm="on")
+    local = Subscriber(ctx, TOPIC, endpoint, "drop_oldest", shm="on", run_dir=tmp_path)
+    remote = Subscriber(ctx, TOPIC, endpoint, "drop_oldest")  # tcp: plain unless forced
+    closing += [pub, local, remote]
+    assert local.reader is not None and remote.reader is None
+    _connected(pub, local)
+    _connected(pub, remote)
+    for seq in range(1, 6):
+        pub.send(encode(_image(seq, BIG if seq % 2 else (8, 8, 1))), lambda: False)
+    got: dict[str, list[list[Any]]] = {"local": [], "remote": []}
+
+    def both() -> bool:  # (the probes that connected `remote` also reached `local`: skip them)
+        got["local"] += [m for m in _take(local) if peek_schema(m[1].buffer)[0] == Image.SCHEMA]
+        got["remote"] += [m for m in _take(remote) if peek_schema(m[1].buffer)[0] == Image.SCHEMA]
+        return len(got["local"]) == len(got["remote"]) == 5
+    wait_for(both, 5, "5 messages on both subscribers")
+    for name, messages in got.items():
+        images = _images(messages)
+        assert [m.seq for m in images] == [1, 2, 3, 4, 5], name
+        assert all((m.data == m.seq).all() for m in images), name
+    # large ones came through shared memory to the local one only
+    assert [isinstance(m[2], zmq.Frame) for m in got["local"]] == [False, True, False, True, False]
+    assert all(isinstance(m[2], zmq.Frame) for m in got["remote"])
+
+
+def test_a_publisher_with_shm_off_serves_shm_subscribers_inline(
+        ctx: zmq.Context, closing: list[Any], tmp_path: Path) -> None:
+    pub = Publisher(ctx, TOPIC, f"ipc://{tmp_path}/cam.sock", shm="off")
+    sub = Subscriber(ctx, TOPIC, f"ipc://{tmp_path}/cam.sock", "drop_oldest", shm="on")
+    closing += [pub, sub]
+    _connected(pub, sub)
+    pub.send(encode(_image(3)), lambda: False)
+    msg = _images(wait_for(lambda: _take(sub), 5, "the frame"))[0]
+    assert msg.seq == 3 and (msg.data == 3).all()
+    assert _segments(tmp_path) == []
+
+
+def test_every_slot_held_by_the_node_makes_the_publisher_send_inline_not_wait(
+        ctx: zmq.Context, closing: list[Any], tmp_path: Path) -> None:
+    pub = Publisher(ctx, TOPIC, f"ipc://{tmp_path}/cam.sock", shm="on", shm_slots=2)
+    sub = Subscriber(ctx, TOPIC, f"ipc://{tmp_path}/cam.sock", "drop_oldest", shm="on")
+    closing += [pub, sub]
+    _connected(pub, sub)
+    kept: list[Image] = []  # a node that keeps every frame it gets
+    for seq in range(1, 7):
+        pub.send(encode(_image(seq)), lambda: pytest.fail("publisher waited"))
+        kept += _images(wait_for(lambda: _take(sub), 5, f"frame {seq}"))
+    assert [m.seq for m in kept] == list(range(1, 7))
+    assert all((m.data == m.seq).all() for m in kept)  # held slots were never rewritten
+    assert pub.shm_fallbacks == 4  # two slots held, the other four went inline
+    assert len(sub.reader.leases) == 2
+    kept.clear()
+    sub.drain()  # the node let go: the next drain releases the slots
+    assert sub.reader.leases == []
+
+
+_FULL_SPEED_PUBLISHER = textwrap.dedent("""
+    import sys, time, zmq, numpy as np
+    from pipeline.codec import encode
+    from pipeline.messages import Image
+    from pipeline.transport import Publisher
+    ctx = zmq.Context()
+    pub = Publisher(ctx, "cam/image", sys.argv[1], shm="on", shm_slots=4)
+    print("ready", flush=True)
+    end, seq, longest = time.monotonic() + float(sys.argv[2]), 0, 0.0
+    while time.monotonic() < end:
+        seq += 1
+        msg = Image(data=np.full((256, 1024, 1), seq & 0xFF, dtype=np.uint8), seq=seq)
+        t0 = time.monotonic()
+        pub.send(encode(msg), lambda: False)
+        longest = max(longest, time.monotonic() - t0)
+    print("sent", seq, "longest_send_s", longest, "fallbacks", pub.shm_fallbacks, flush=True)
+    pub.close()
+""")
+
+
+def _child(code: str, *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-c", code, *args], cwd=REPO, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def _kill(proc: subprocess.Popen[str]) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=5)
+
+
+def test_a_slow_subscriber_of_a_full_speed_publisher_never_gets_a_torn_frame(
+        ctx: zmq.Context, closing: list[Any], tmp_path: Path) -> None:
+    endpoint = f"ipc://{tmp_path}/cam.sock"
+    sub = Subscriber(ctx, TOPIC, endpoint, "drop_oldest", depth=4, shm="on")
+    closing.append(sub)
+    proc = _child(_FULL_SPEED_PUBLISHER, endpoint, "2.0")
+    try:
+        delivered, torn = 0, 0
+        end = time.monotonic() + 20
+        while proc.poll() is None and time.monotonic() < end:
+            if not sub.sock.poll(100):
+                continue
+            q = sub.drain()
+            while q:
+                msg = _images([q.popleft()])[0]
+                first = msg.data[0, 0, 0]
+                time.sleep(0.003)  # a slow callback (work, not synchronisation)...
+                # ...during which the publisher went round the ring many times: the slot is held
+                if first != (msg.seq & 0xFF) or not (msg.data == first).all():
+                    torn += 1
+                delivered += 1
+                del msg
+        out = proc.communicate(timeout=10)[0]
+    finally:
+        _kill(proc)
+    assert "sent" in out, out
+    sent = int(out.split()[out.split().index("sent") + 1])
+    assert torn == 0
+    assert delivered > 20
+    assert sent > 3 * delivered, out  # the publisher ran at its own pace
+    assert sub.dropped > 0 and sub.dropped >= sub.shm_overruns
+    assert float(out.split("longest_send_s")[1].split()[0]) < 0.5, out  # it never waited for us
+
+
+def test_descriptors_are_untrusted(tmp_path: Path) -> None:
+    reader = ShmReader(tmp_path, TOPIC)
+    import msgspec
+    outside = tmp_path / "secret"
+    outside.write_bytes(b"x" * 8192)
+    for segment in ["../../etc/passwd", str(outside), "drivecast-0-abc.cam.image.000000000000",
+                    run_prefix(tmp_path) + ".cam.other.0123456789ab"]:
+        d = DESCRIPTOR_MAGIC + msgspec.msgpack.encode([segment, 0, 1, [[0, 10]]])
+        assert reader.resolve(d) is None
+    for size in (0, 10, 5000):  # a file of the right name that is not a segment
+        junk = segment_dir(tmp_path) / (run_prefix(tmp_path) + f".cam.image.{size:012x}")
+        junk.write_bytes(b"\0" * size)
+        junk.chmod(0o600)
+        try:
+            d = DESCRIPTOR_MAGIC + msgspec.msgpack.encode([junk.name, 0, 1, [[0, 10]]])
+            assert reader.resolve(d) is None
+        finally:
+            junk.unlink()
+    assert reader.resolve(b"garbage") is None
+    assert reader.resolve(DESCRIPTOR_MAGIC + b"\xff\x00") is None
+    assert reader.bad == 9 and reader.segments == {}
+
+
+def test_a_descriptor_outside_the_slot_or_of_a_rewritten_slot_is_not_delivered(
+        ctx: zmq.Context, closing: list[Any], tmp_path: Path) -> None:
+    import msgspec
+    pub = Publisher(ctx, TOPIC, f"ipc://{tmp_path}/cam.sock", shm="on", shm_slots=2)
+    closing.append(pub)
+    writer = pub._writer
+    desc = writer.write([np.zeros(100_000, np.uint8).data])
+    name, slot, seq, arrays = msgspec.msgpack.decode(desc[len(DESCRIPTOR_MAGIC):])
+    reader = ShmReader(tmp_path, TOPIC)
+    try:
+        bad = DESCRIPTOR_MAGIC + msgspec.msgpack.encode([name, slot, seq, [[0, 10**9]]])
+        assert reader.resolve(bad) is None and reader.bad == 1
+        writer.write([np.ones(100_000, np.uint8).data])
+        writer.write([np.ones(100_000, np.uint8).data])  # two slots: the first one is rewritten
+        assert reader.resolve(desc) is None and reader.overruns == 1
+    finally:
+        reader.close()
+
+
+def test_segments_are_owner_only_in_the_run_namespace_and_leave_with_the_publisher(
+        ctx: zmq.Context, closing: list[Any], tmp_path: Path) -> None:
+    pub = Publisher(ctx, TOPIC, f"ipc://{tmp_path}/cam.sock", shm="on")
+    sub = Subscriber(ctx, TOPIC, f"ipc://{tmp_path}/cam.sock", "latest", shm="on")
+    closing.append(sub)
+    _connected(pub, sub)
+    pub.send(encode(_image(1)), lambda: False)
+    wait_for(lambda: _take(sub), 5, "a frame")
+    (seg,) = _segments(tmp_path)
+    assert seg.name.startswith(run_prefix(tmp_path) + ".cam.image.")
+    assert stat.S_IMODE(seg.stat().st_mode) == 0o600 and seg.stat().st_uid == os.getuid()
+    pub.close()
+    assert _segments(tmp_path) == []
+
+
+def _fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_no_file_descriptor_leak_over_many_frames_and_growing_sizes(
+        ctx: zmq.Context, closing: list[Any], tmp_path: Path) -> None:
+    pub = Publisher(ctx, TOPIC, f"ipc://{tmp_path}/cam.sock", shm="on")
+    sub = Subscriber(ctx, TOPIC, f"ipc://{tmp_path}/cam.sock", "latest", shm="on")
+    closing += [pub, sub]
+    _connected(pub, sub)
+    before = None
+    for seq in range(1, 401):
+        rows = 64 + 32 * (seq // 50)  # the frame grows now and then: new, larger segments
+        pub.send(encode(_image(seq, (rows, 1024, 1))), lambda: False)
+        msgs = _images(wait_for(lambda: _take(sub), 5, f"frame {seq}"))
+        assert all((m.data == m.seq & 0xFF).all() for m in msgs)
+        del msgs
+        if seq == 20:
+            before = _fds()
+    assert before is not None and _fds() <= before + 4
+    assert len(_segments(tmp_path)) == 1  # the publisher removed the segments it outgrew
+
+
+def test_kill_9_of_a_publisher_leaves_a_segment_that_its_restart_and_the_launcher_remove(
+        tmp_path: Path) -> None:
+    endpoint = f"ipc://{tmp_path}/cam.sock"
+    ctx = zmq.Context()
+    sub = Subscriber(ctx, TOPIC, endpoint, "latest", shm="on")
+    try:
+        for _ in range(2):
+            proc = _child(_FULL_SPEED_PUBLISHER, endpoint, "30")
+            try:
+                wait_for(lambda: sub.sock.poll(10) and _take(sub) and len(_segments(tmp_path)) == 1, 10,
+                         "frames from the publisher")
+                os.kill(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=5)
+            finally:
+                _kill(proc)
+            assert len(_segments(tmp_path)) == 1  # the dead one's: the restart (next round) replaces it
+        assert remove_segments(tmp_path) == 1  # what Supervisor.stop() does for the whole graph
+        assert _segments(tmp_path) == []
+    finally:
+        sub.close()
+        ctx.destroy(linger=0)
+
+
+class CamSource(Node):
+    """Publishes a 256 KiB image every 10 ms (a test node)."""
+
+    class Params(NodeParams):
+        rows: int = 256
+
+    outputs = {"image": Image}
+
+    def setup(self) -> None:
+        self.seq = 0
+        self.every(0.01, self.tick)
+
+    def tick(self) -> None:
+        self.seq += 1
+        self.publish("image", Image(data=np.full((self.params.rows, 1024, 1), self.seq & 0xFF, np.uint8)))
+
+
+class CamViewer(Node):
+    """Checks every frame and logs how many it got (a test node)."""
+
+    inputs = {"image": Image}
+
+    def setup(self) -> None:
+        self.n = 0
+
+    def on_image(self, msg: Image) -> None:
+        assert (msg.data == msg.data.flat[0]).all(), "torn frame"
+        self.n += 1
+        if self.n % 20 == 0:
+            self.log.info("frames %d", self.n)
+
+
+@pytest.mark.slow
+def test_kill_9_of_either_node_mid_stream_the_graph_recovers_and_stop_leaves_no_segment(
+        tmp_path: Path, run_base: Path) -> None:
+    launch_file = tmp_path / "launch.yaml"
+    launch_file.write_text(textwrap.dedent("""
+        name: shm
+        nodes:
+          cam: {run: tests.test_shm:CamSource, respawn: {max: 3, backoff_s: 0.1}}
+          view:
+            run: tests.test_shm:CamViewer
+            inputs: {image: {topic: cam/image, queue: latest}}
+            respawn: {max: 3, backoff_s: 0.1}
+    """))
+    g = Launched(launch_file, run_base)
+    try:
+        pids = wait_for(g.node_pids, 30, "both nodes started")
+        run_dir = Path(g.manifest()["run_dir"])  # type: ignore[index]
+
+        def frames_after(mark: int) -> bool:
+            return g.output().count("[view] INFO frames") > mark
+        wait_for(lambda: frames_after(0), 30, "frames at the viewer")
+        assert len(_segments(run_dir)) == 1
+        for victim in ("cam", "view"):
+            mark = g.output().count("[view] INFO frames")
+            old = pids[victim]
+            os.kill(old, signal.SIGKILL)
+
+            def respawned(victim: str = victim, old: int = old) -> bool:
+                p = g.node_pids()
+                return bool(p) and p[victim] != old  # type: ignore[index]
+            wait_for(respawned, 15, f"{victim} respawned")
+            pids = g.node_pids()  # type: ignore[assignment]
+            wait_for(lambda mark=mark: frames_after(mark + 1), 30, f"frames again after kill -9 of {victim}")
+            assert len(_segments(run_dir)) == 1, f"stale segment after kill -9 of {victim}"
+        assert "torn frame" not in g.output()
+        os.kill(g.proc.pid, signal.SIGINT)
+        rc, log = g.wait(timeout=15)
+        assert rc == 130, log
+        assert not any(pid_alive(p) for p in pids.values())
+        assert _segments(run_dir) == []
+    finally:
+        g.kill()
+
+
+def test_a_loaned_frame_is_published_from_its_slot_without_a_copy(
+        ctx: zmq.Context, closing: list[Any], tmp_path: Path) -> None:
+    pub = Publisher(ctx, TOPIC, f"ipc://{tmp_path}/cam.sock", shm="on")
+    sub = Subscriber(ctx, TOPIC, f"ipc://{tmp_path}/cam.sock", "latest", shm="on")
+    closing += [pub, sub]
+    _connected(pub, sub)
+    writer = pub._writer
+    for seq in range(1, 4):
+        frame = pub.loan(BIG, np.uint8)
+        frame.fill(seq)
+        (_, slot, _), = writer.loans
+        pub.send(encode(Image(data=frame, seq=seq)), lambda: False)
+        assert writer.loans == []
+        del frame
+        msg = _images(wait_for(lambda: _take(sub), 5, f"loaned frame {seq}"))[0]
+        assert msg.seq == seq and (msg.data == seq).all()
+        assert sub.reader.leases[-1][1] == slot  # read from the very slot it was written into
+        del msg
+    assert writer.fallbacks == 0
+
+
+def test_a_dropped_loan_frees_its_slot_and_plain_subscribers_get_a_copy_of_a_loaned_frame(
+        ctx: zmq.Context, closing: list[Any], tmp_path: Path) -> None:
+    pub = Publisher(ctx, TOPIC, f"ipc://{tmp_path}/cam.sock", shm="on", shm_slots=2)
+    local = Subscriber(ctx, TOPIC, f"ipc://{tmp_path}/cam.sock", "drop_oldest", shm="on")
+    plain = Subscriber(ctx, TOPIC, f"ipc://{tmp_path}/cam.sock", "drop_oldest", shm="off")
+    closing += [pub, local, plain]
+    _connected(pub, local)
+    _connected(pub, plain)
+    unused = [pub.loan(BIG, np.uint8) for _ in range(2)]
+    extra = pub.loan(BIG, np.uint8)  # every slot is on loan: a plain array, nothing waits
+    assert len(pub._writer.loans) == 2 and extra.shape == BIG
+    unused.clear()  # dropped without being published: the slots come back
+    frame = pub.loan(BIG, np.uint8)
+    assert len(pub._writer.loans) == 1
+    frame.fill(1)
+    pub.send(encode(Image(data=frame, seq=1)), lambda: False)
+    del frame
+    for seq in (2, 3):  # rewrite both slots
+        pub.send(encode(_image(seq)), lambda: False)
+    got: list[Image] = []
+
+    def three() -> bool:
+        got.extend(_images([m for m in _take(plain) if peek_schema(m[1].buffer)[0] == Image.SCHEMA]))
+        return len(got) == 3
+    wait_for(three, 5, "3 frames on the plain subscriber")
+    assert [m.seq for m in got] == [1, 2, 3] and all((m.data == m.seq).all() for m in got)
