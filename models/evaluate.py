@@ -1,0 +1,307 @@
+"""`drivecast eval MODEL --dataset D --data DIR [--fold F] [--split val|test|all] [--json FILE] [--plot DIR]`.
+
+Everything here runs a plain step callable: `.meta` (cell, layers, hidden, input_dim, horizon, obs_len,
+dt_s, features), `.zero_state(batch)`, `.step(x float32[B,F], state) -> (pred[B,T,2], state)`, numpy in
+and out. A checkpoint is wrapped in `TorchStepper`; an .onnx file is `export.runtime.StepModel`; both go
+through the same code and so give the same ADE/FDE up to float error.
+
+Two protocols, on the same windows (obs_len observed + horizon future samples, all present):
+- window: the state starts at zero obs_len samples before the prediction, and the agent's own history
+  features are cut at the window start (the standard benchmark);
+- streaming: the state is carried from the agent's first sample (what the predictor node does).
+Constant velocity (best k, chosen on the validation split) is computed on the same windows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from typing import Protocol as TypingProtocol
+
+import numpy as np
+
+from export.features import history_len, to_world
+from models.baselines import choose_k, constant_velocity, displacement_errors
+from models.datasets import DATASETS, DatasetError, Grid, load_scenes, to_grid
+from models.sequences import find_windows, track_sequences, window_inputs
+
+__all__ = ["EvalSet", "Stepper", "TorchStepper", "evaluate", "load_stepper", "main", "prepare", "run_streams"]
+
+
+class Stepper(TypingProtocol):
+    meta: Any
+
+    def zero_state(self, batch: int) -> tuple[np.ndarray, ...]: ...
+
+    def step(self, x: np.ndarray, state: tuple[np.ndarray, ...]) -> tuple[np.ndarray, tuple[np.ndarray, ...]]: ...
+
+
+class TorchStepper:
+    """A TrajectoryModel behind the numpy step interface that export.runtime.StepModel also has.
+
+    State is (h, c) for an LSTM and (h,) for a GRU, each float32[L,B,H].
+    """
+
+    def __init__(self, model: Any, cfg: Any, metrics: dict[str, Any] | None = None) -> None:
+        import torch  # lazily: an .onnx evaluation must not need torch
+
+        self._torch = torch
+        self.model = model.eval()
+        self.meta = {"cell": cfg.cell, "layers": cfg.layers, "hidden": cfg.hidden, "input_dim": cfg.input_dim,
+                     "horizon": cfg.horizon, "obs_len": cfg.obs_len, "dt_s": cfg.dt_s,
+                     "features": cfg.features, "metrics": metrics or {}}
+
+    def zero_state(self, batch: int) -> tuple[np.ndarray, ...]:
+        h = np.zeros((self.meta["layers"], batch, self.meta["hidden"]), np.float32)
+        return (h, h.copy()) if self.meta["cell"] == "lstm" else (h,)
+
+    def step(self, x: np.ndarray, state: tuple[np.ndarray, ...]) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
+        t = self._torch
+        with t.no_grad():
+            h = t.from_numpy(np.ascontiguousarray(state[0]))
+            c = t.from_numpy(np.ascontiguousarray(state[1])) if len(state) > 1 else None
+            pred, h, c = self.model.step(t.from_numpy(np.ascontiguousarray(x, np.float32)), h, c)
+        new = (h.numpy(), c.numpy()) if c is not None else (h.numpy(),)
+        return pred.numpy(), new
+
+
+def load_stepper(path: str | Path) -> Stepper:
+    """A checkpoint (.pt, anything torch.load reads) or an .onnx step model."""
+    path = Path(path)
+    if path.suffix == ".onnx":
+        from export.runtime import StepModel  # torch-free runtime, written for the predictor node
+
+        return StepModel(str(path))
+    from models.trajectory import load_checkpoint
+
+    model, cfg, blob = load_checkpoint(path)
+    return TorchStepper(model, cfg, blob.get("metrics"))
+
+
+# ---------------------------------------------------------------- evaluation sets
+
+
+@dataclass
+class EvalSet:
+    """Everything needed to score one split, built once (the validation set is reused every epoch)."""
+
+    obs_len: int
+    horizon: int
+    x_win: np.ndarray          # [W, obs_len, F] window-protocol inputs
+    hist_win: np.ndarray       # [W, K+1, 2] history at the window end (window-capped)
+    n_win: np.ndarray          # [W]
+    streams: list[np.ndarray]  # per streamed agent x[L,F]
+    stream_idx: np.ndarray     # [W] which stream
+    stream_step: np.ndarray    # [W] index in that stream of the window end
+    hist_stream: np.ndarray    # [W, K+1, 2] history at the window end (whole past)
+    n_stream: np.ndarray
+    obs: np.ndarray            # [W, obs_len, 2] observed positions
+    truth: np.ndarray          # [W, T, 2]
+    scene: np.ndarray          # [W] per-scene group (ETH/UCY scene, Argoverse city, ApolloScape recording)
+    kind: np.ndarray           # [W] agent class
+    window_ref: list[tuple[str, int, int]]   # (grid name, agent, end) for plots
+
+
+def prepare(spec: dict[str, Any], grids: list[Grid], obs_len: int, horizon: int, focal_only: bool) -> EvalSet:
+    hl = history_len(spec)
+    parts: dict[str, list[Any]] = defaultdict(list)
+    streams: list[np.ndarray] = []
+    for g in grids:
+        win = find_windows(g, obs_len, horizon, focal_only)
+        if len(win.agent) == 0:
+            continue
+        x, hist, n = window_inputs(spec, g, win, obs_len)
+        agents = np.unique(win.agent)
+        wanted = set(agents.tolist())
+        seqs = {q.agent: q for q in track_sequences(spec, g, 1, min_len=1) if q.agent in wanted}
+        base = len(streams)
+        slot = {a: base + i for i, a in enumerate(agents.tolist())}
+        streams += [seqs[a].x for a in agents.tolist()]
+        first = g.first()
+        hs = np.zeros((len(win.agent), hl, 2))
+        ns = np.minimum(win.end - first[win.agent] + 1, hl)
+        for i, (a, e) in enumerate(zip(win.agent, win.end, strict=True)):
+            lo = e - hl + 1
+            hs[i, max(0, -lo):] = g.xy[a, max(0, lo): e + 1]
+        parts["x_win"].append(x)
+        parts["hist_win"].append(hist)
+        parts["n_win"].append(n)
+        parts["stream_idx"].append(np.array([slot[a] for a in win.agent.tolist()]))
+        parts["stream_step"].append(win.end - first[win.agent])
+        parts["hist_stream"].append(hs)
+        parts["n_stream"].append(ns)
+        parts["obs"].append(win.obs)
+        parts["truth"].append(win.truth)
+        parts["scene"].append(np.array([g.group] * len(win.agent), dtype=object))
+        parts["kind"].append(np.array([g.kinds[a] for a in win.agent], dtype=object))
+        parts["ref"].append([(g.name, int(a), int(e)) for a, e in zip(win.agent, win.end, strict=True)])
+    if not streams:
+        raise DatasetError(f"no evaluation windows of {obs_len}+{horizon} samples in {len(grids)} scenes")
+    cat = {k: np.concatenate(v) for k, v in parts.items() if k != "ref"}
+    return EvalSet(obs_len, horizon, cat["x_win"], cat["hist_win"], cat["n_win"], streams, cat["stream_idx"],
+                   cat["stream_step"], cat["hist_stream"], cat["n_stream"], cat["obs"], cat["truth"],
+                   cat["scene"], cat["kind"], [r for rs in parts["ref"] for r in rs])
+
+
+def run_windows(stepper: Stepper, x: np.ndarray, batch: int = 4096) -> np.ndarray:
+    """Window protocol: zero state, step obs_len times, keep the last prediction. x[W,S,F] -> [W,T,2]."""
+    out = []
+    for lo in range(0, len(x), batch):
+        xb = x[lo: lo + batch]
+        state = stepper.zero_state(len(xb))
+        for j in range(xb.shape[1]):
+            pred, state = stepper.step(xb[:, j], state)
+        out.append(pred)
+    return np.concatenate(out)
+
+
+def run_streams(stepper: Stepper, streams: list[np.ndarray], batch: int = 4096) -> list[np.ndarray]:
+    """Streaming: every agent from its first sample, state carried; returns pred[L,T,2] per agent."""
+    out: list[np.ndarray] = [np.zeros(0)] * len(streams)
+    order = sorted(range(len(streams)), key=lambda i: len(streams[i]))
+    for lo in range(0, len(order), batch):
+        ids = order[lo: lo + batch]
+        length = max(len(streams[i]) for i in ids)
+        f = streams[ids[0]].shape[1]
+        x = np.zeros((len(ids), length, f), np.float32)
+        for j, i in enumerate(ids):
+            x[j, : len(streams[i])] = streams[i]
+        state = stepper.zero_state(len(ids))
+        preds = []
+        for s in range(length):   # padded tails run on zeros; their predictions are never read
+            pred, state = stepper.step(x[:, s], state)
+            preds.append(pred)
+        p = np.stack(preds, 1)
+        for j, i in enumerate(ids):
+            out[i] = p[j, : len(streams[i])]
+    return out
+
+
+def _summary(ade: np.ndarray, fde: np.ndarray) -> dict[str, float]:
+    return {"ade": float(ade.mean()), "fde": float(fde.mean()), "n": int(len(ade))}
+
+
+def evaluate(stepper: Stepper, es: EvalSet, cv_k: int, streaming: bool = True) -> dict[str, Any]:
+    """ADE/FDE (meters) of the model (window and streaming protocols) and CV(k) on the same windows."""
+    spec = stepper.meta["features"]
+    if isinstance(spec, str):
+        spec = json.loads(spec)
+    preds: dict[str, np.ndarray] = {}
+    preds["model"] = to_world(spec, run_windows(stepper, es.x_win), es.hist_win, es.n_win)
+    if streaming:
+        sp = run_streams(stepper, es.streams)
+        raw = np.stack([sp[i][j] for i, j in zip(es.stream_idx, es.stream_step, strict=True)])
+        preds["stream"] = to_world(spec, raw, es.hist_stream, es.n_stream)
+    preds["cv"] = constant_velocity(es.obs, cv_k, es.horizon)
+    result: dict[str, Any] = {"cv_k": cv_k, "windows": int(len(es.truth))}
+    errs = {name: displacement_errors(p, es.truth) for name, p in preds.items()}
+    for name, (ade, fde) in errs.items():
+        result[name] = _summary(ade, fde)
+    for key, labels in (("per_scene", es.scene), ("per_class", es.kind)):
+        table = {}
+        for lab in sorted(set(labels.tolist())):
+            m = labels == lab
+            table[lab] = {name: _summary(ade[m], fde[m]) for name, (ade, fde) in errs.items()}
+        result[key] = table
+    result["_preds"] = preds
+    return result
+
+
+# ---------------------------------------------------------------- command line
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="drivecast eval", description=__doc__.split("\n")[0])
+    p.add_argument("model", help="checkpoint (.pt) or exported step model (.onnx)")
+    p.add_argument("--dataset", required=True, choices=sorted(DATASETS))
+    p.add_argument("--data", required=True, help="dataset directory (e.g. ../shared/data/eth_ucy)")
+    p.add_argument("--fold", default=None, help="eth_ucy fold: eth, hotel, univ, zara1, zara2 (or all)")
+    p.add_argument("--split", default="val", choices=["val", "test", "all"])
+    p.add_argument("--cv-k", type=int, default=None,
+                   help="CV k (default: the model's validation choice, else chosen on the val split)")
+    p.add_argument("--no-streaming", action="store_true", help="skip the streaming protocol")
+    p.add_argument("--json", default=None, help="write the metrics JSON here")
+    p.add_argument("--plot", default=None, help="write PNG plots of predicted vs true paths here")
+    return p
+
+
+def _cv_k(args: argparse.Namespace, stepper: Stepper, spec: dict[str, Any], proto: Any, es: EvalSet
+          ) -> tuple[int, str]:
+    if args.cv_k is not None:
+        return args.cv_k, "command line"
+    metrics = stepper.meta.get("metrics") if hasattr(stepper.meta, "get") else None
+    if isinstance(metrics, str):
+        metrics = json.loads(metrics)
+    if isinstance(metrics, dict) and isinstance(metrics.get("cv_k"), int):
+        return metrics["cv_k"], "model's validation split"
+    try:
+        grids = [to_grid(s, proto.dt_s) for s in load_scenes(args.dataset, args.data, "val", args.fold)]
+        val = prepare(spec, grids, proto.obs_len, proto.horizon, proto.focal_only)
+        return choose_k(val.obs, val.truth)[0], "val split"
+    except DatasetError:
+        return choose_k(es.obs, es.truth)[0], "evaluated split (no val split found: optimistic for CV)"
+
+
+def _table(res: dict[str, Any], key: str) -> str:
+    names = [n for n in ("model", "stream", "cv") if n in res]
+    head = f"{key[4:]:<22}{'n':>7}" + "".join(f"{n + ' ADE/FDE':>20}" for n in names)
+    lines = [head]
+    rows = list(res[key].items()) + [("ALL", {n: res[n] for n in names})]
+    for lab, r in rows:
+        cells = "".join(f"{r[n]['ade']:>11.3f}/{r[n]['fde']:<8.3f}" for n in names)
+        lines.append(f"{lab:<22}{r[names[0]]['n']:>7}" + cells)
+    return "\n".join(lines)
+
+
+def main(argv: list[str]) -> int:
+    args = _parser().parse_args(argv)
+    if not str(args.model).endswith(".onnx"):
+        import torch
+
+        # one thread: a small LSTM step spin-waits for OpenMP workers on a shared CPU (measured 23-47 ms
+        # per step with 2 threads against 0.07-0.35 ms with 1, by the export engineer)
+        torch.set_num_threads(1)
+    try:
+        stepper = load_stepper(args.model)
+    except (ValueError, OSError) as exc:
+        print(f"ERROR: {exc}", file=sys.stderr)
+        return 1
+    meta = stepper.meta
+    spec = meta["features"] if not isinstance(meta["features"], str) else json.loads(meta["features"])
+    proto = DATASETS[args.dataset]
+    obs_len, horizon, dt_s = int(meta["obs_len"]), int(meta["horizon"]), float(meta["dt_s"])
+    if (obs_len, horizon) != (proto.obs_len, proto.horizon) or abs(dt_s - proto.dt_s) > 1e-9:
+        print(f"note: model protocol {obs_len}->{horizon} at {dt_s}s differs from {args.dataset}'s "
+              f"{proto.obs_len}->{proto.horizon} at {proto.dt_s}s; evaluating the model's", file=sys.stderr)
+    proto = type(proto)(obs_len, horizon, dt_s, proto.focal_only, proto.agent_kind)
+    try:
+        scenes = load_scenes(args.dataset, args.data, args.split, args.fold)
+        grids = [to_grid(s, dt_s) for s in scenes]
+        es = prepare(spec, grids, obs_len, horizon, proto.focal_only)
+        cv_k, cv_from = _cv_k(args, stepper, spec, proto, es)
+    except DatasetError as exc:
+        print(f"ERROR: {exc}", file=sys.stderr)
+        return 1
+    res = evaluate(stepper, es, cv_k, streaming=not args.no_streaming)
+    preds = res.pop("_preds")
+    res.update({"cv_k_from": cv_from, "dataset": args.dataset, "split": args.split, "fold": args.fold,
+                "model_path": str(args.model), "files": [s.path for s in scenes]})
+    print(f"{args.dataset} split={args.split} fold={args.fold}: {res['windows']} windows, "
+          f"CV k={cv_k} ({cv_from}); ADE/FDE in meters, K=1")
+    print(_table(res, "per_scene"))
+    if len(res["per_class"]) > 1:
+        print(_table(res, "per_class"))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(res, indent=1))
+    if args.plot:
+        from models.plots import plot_windows
+
+        for path in plot_windows(es, preds, Path(args.plot)):
+            print(f"wrote {path}")
+    return 0

@@ -1,0 +1,303 @@
+"""`drivecast train --dataset {eth_ucy,argoverse,apolloscape} --data DIR [--fold F] [--cell lstm|gru] ...`
+
+Reads top to bottom, nanoGPT style: defaults, data, model, evaluation, one loop.
+
+Training is many-to-many over whole tracks: every agent from its first to its last sample, a prediction
+of the whole horizon at every step, the loss masked where the future is not in the data (partial tracks
+still teach). Sequences are cut into chunks of --bptt steps for truncated back-propagation through time,
+the state carried (detached) from chunk to chunk, so the state a streaming node carries over a track's
+whole life is in distribution. Gradients are clipped by norm. Loss = mean Euclidean error in the
+normalised agent frame (the ADE the benchmark measures, not its square: a few wild tracks do not dominate).
+
+Validation (each epoch) runs both protocols on the validation split; the checkpoint with the lowest mean
+of window and streaming ADE is kept, and training stops after --patience epochs without improvement.
+Outputs under --out: the checkpoint (--name, default best.pt) and <name stem>.metrics.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from export.features import default_spec, feature_dim, flag_mask, mirror_sign, validate_spec
+from models.baselines import choose_k
+from models.datasets import DATASETS, DatasetError, load_scenes, to_grid
+from models.evaluate import TorchStepper, evaluate, prepare
+from models.sequences import TrackSeq, track_sequences
+from models.trajectory import ModelConfig, TrajectoryModel, save_checkpoint
+
+__all__ = ["main", "masked_ade_loss", "train_batches"]
+
+# Defaults per dataset, measured on this 2-core CPU. ETH/UCY is small (56k samples per fold, ~2 s an
+# epoch): many epochs and small batches. Argoverse has 750k samples (~10 s an epoch at hidden 128): fewer
+# epochs; tracks shorter than 1 s are mostly parked cars and tracker fragments and only slow it down.
+_DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
+    "eth_ucy": {"bptt": 16, "min_len": 3, "epochs": 150, "batch": 32, "patience": 25, "focal_repeat": 1},
+    "argoverse": {"bptt": 25, "min_len": 10, "epochs": 30, "batch": 64, "patience": 8, "focal_repeat": 3},
+    "apolloscape": {"bptt": 12, "min_len": 3, "epochs": 100, "batch": 32, "patience": 20, "focal_repeat": 1},
+}
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="drivecast train", description=__doc__.split("\n")[0])
+    p.add_argument("--dataset", required=True, choices=sorted(DATASETS))
+    p.add_argument("--data", required=True, help="dataset directory (e.g. ../shared/data/eth_ucy)")
+    p.add_argument("--fold", default=None, help="eth_ucy fold (eth, hotel, univ, zara1, zara2) or 'all'")
+    p.add_argument("--cell", default="lstm", choices=["lstm", "gru"])
+    p.add_argument("--hidden", type=int, default=128)
+    p.add_argument("--layers", type=int, default=1)
+    p.add_argument("--dropout", type=float, default=0.0, help="between stacked layers")
+    p.add_argument("--epochs", type=int, default=None, help="maximum epochs (default per dataset)")
+    p.add_argument("--batch", type=int, default=None, help="tracks per batch (default per dataset)")
+    p.add_argument("--bptt", type=int, default=None, help="truncated BPTT chunk, samples (default per dataset)")
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--weight-decay", type=float, default=1e-4)
+    p.add_argument("--clip", type=float, default=1.0, help="gradient-norm clip")
+    p.add_argument("--no-mirror", action="store_true", help="disable left/right mirror augmentation")
+    p.add_argument("--speed-aug", type=float, default=0.2,
+                   help="scale each training track's lengths by U(1-a, 1+a): other walkers, other cars")
+    p.add_argument("--ema", type=float, default=0.995,
+                   help="exponential moving average of the weights, per batch (0 = off); validated and saved")
+    p.add_argument("--focal-repeat", type=int, default=None,
+                   help="each epoch sees focal tracks (the Argoverse AGENT) this many times (default per dataset)")
+    p.add_argument("--min-len", type=int, default=None, help="shortest track used for training, samples")
+    p.add_argument("--patience", type=int, default=None,
+                   help="epochs without validation improvement before stopping (default per dataset)")
+    p.add_argument("--max-minutes", type=float, default=30.0, help="wall-clock budget; stops after the epoch")
+    p.add_argument("--feature", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a feature-spec entry (export/features.py), e.g. --feature k_neighbors=6")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest for small LSTMs)")
+    p.add_argument("--out", default=None, help="output directory (default runs/<dataset>_<fold>_<cell>)")
+    p.add_argument("--name", default="best.pt", help="checkpoint file name inside --out")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (logs, CI)")
+    return p
+
+
+# ---------------------------------------------------------------- batches and loss
+
+
+def train_batches(seqs: list[TrackSeq], batch: int, rng: random.Random) -> list[list[TrackSeq]]:
+    """Shuffled batches of similar-length tracks (little padding), in shuffled order."""
+    order = seqs[:]
+    rng.shuffle(order)
+    pool = 32 * batch
+    batches = []
+    for lo in range(0, len(order), pool):
+        chunk = sorted(order[lo: lo + pool], key=lambda q: len(q.x))
+        batches += [chunk[i: i + batch] for i in range(0, len(chunk), batch)]
+    rng.shuffle(batches)
+    return batches
+
+
+def _pad(group: list[TrackSeq], sign: np.ndarray | None, lengths: np.ndarray, speed_aug: float,
+         rng: random.Random) -> tuple[torch.Tensor, ...]:
+    length = max(len(q.x) for q in group)
+    b, f = len(group), group[0].x.shape[1]
+    t = group[0].y.shape[1]
+    x = np.zeros((b, length, f), np.float32)
+    y = np.zeros((b, length, t, 2), np.float32)
+    m = np.zeros((b, length, t), np.float32)
+    for i, q in enumerate(group):
+        n = len(q.x)
+        x[i, :n], y[i, :n], m[i, :n] = q.x, q.y, q.mask
+        if sign is not None and rng.random() < 0.5:
+            x[i, :n] *= sign
+            y[i, :n, :, 1] *= -1.0
+        if speed_aug > 0:
+            k = rng.uniform(1 - speed_aug, 1 + speed_aug)
+            x[i, :n] *= np.where(lengths, k, 1.0).astype(np.float32)
+            y[i, :n] *= k
+    return torch.from_numpy(x), torch.from_numpy(y), torch.from_numpy(m)
+
+
+def masked_ade_loss(pred: torch.Tensor, y: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    """Mean Euclidean error over the (step, horizon) cells whose future is known."""
+    d = torch.sqrt(((pred - y) ** 2).sum(-1) + 1e-6)
+    return (d * m).sum() / m.sum().clamp(min=1.0)
+
+
+# ---------------------------------------------------------------- main
+
+
+def main(argv: list[str]) -> int:
+    args = _parser().parse_args(argv)
+    proto = DATASETS[args.dataset]
+    for key, value in _DATASET_DEFAULTS[args.dataset].items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    bptt, min_len, epochs = args.bptt, args.min_len, args.epochs
+    out = Path(args.out or f"runs/{args.dataset}_{args.fold or 'all'}_{args.cell}")
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    torch.set_num_threads(args.threads)
+    rng = random.Random(args.seed)
+    t_start = time.time()
+
+    # -- data: train tracks (many-to-many sequences) and the validation evaluation set
+    spec = default_spec(proto.agent_kind)
+    for item in args.feature:
+        key, _, value = item.partition("=")
+        if key not in spec or key in ("name", "version") or not value:
+            print(f"ERROR: --feature {item!r}: expected KEY=VALUE with KEY one of "
+                  f"{sorted(k for k in spec if k not in ('name', 'version'))}", file=sys.stderr)
+            return 2
+        try:
+            spec[key] = type(spec[key])(value)
+        except ValueError:
+            print(f"ERROR: --feature {item!r}: expected a {type(spec[key]).__name__}", file=sys.stderr)
+            return 2
+    try:
+        validate_spec(spec)
+    except ValueError as exc:
+        print(f"ERROR: {exc}", file=sys.stderr)
+        return 2
+    try:
+        train_scenes = load_scenes(args.dataset, args.data, "train", args.fold)
+        val_scenes = load_scenes(args.dataset, args.data, "val", args.fold)
+    except DatasetError as exc:
+        print(f"ERROR: {exc}", file=sys.stderr)
+        return 1
+    seqs = [q for s in train_scenes for q in track_sequences(spec, to_grid(s, proto.dt_s), proto.horizon, min_len)]
+    seqs = [q for q in seqs if q.mask.any()]
+    if not seqs:
+        print(f"ERROR: no training track of at least {min_len} samples in {args.data} (dataset={args.dataset}, "
+              f"fold={args.fold})", file=sys.stderr)
+        return 1
+    # the evaluated agents (Argoverse AGENT: chosen for interesting motion) weigh more than parked OTHERS
+    seqs += [q for q in seqs if q.focal] * (args.focal_repeat - 1)
+    val_grids = [to_grid(s, proto.dt_s) for s in val_scenes]
+    try:
+        val = prepare(spec, val_grids, proto.obs_len, proto.horizon, proto.focal_only)
+    except DatasetError as exc:
+        print(f"ERROR: validation split: {exc}", file=sys.stderr)
+        return 1
+    cv_k, cv_scores = choose_k(val.obs, val.truth)
+    steps = sum(len(q.x) for q in seqs)
+    print(f"train: {len(train_scenes)} files, {len(seqs)} tracks, {steps} samples; val: {len(val_scenes)} files, "
+          f"{len(val.truth)} windows; CV k={cv_k} (chosen on val); {time.time() - t_start:.1f}s to load")
+
+    # -- model
+    cfg = ModelConfig(cell=args.cell, input_dim=feature_dim(spec), hidden=args.hidden, layers=args.layers,
+                      horizon=proto.horizon, obs_len=proto.obs_len, dt_s=proto.dt_s, features=spec,
+                      dropout=args.dropout, agent_kind=proto.agent_kind)
+    model = TrajectoryModel(cfg)
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    sign = None if args.no_mirror else mirror_sign(spec)
+    lengths = ~flag_mask(spec)
+    # averaged weights: SGD noise on small data moves validation ADE by several percent epoch to epoch
+    ema = [p.detach().clone() for p in model.parameters()] if args.ema > 0 else None
+    n_batches = math.ceil(len(seqs) / args.batch)
+    total = epochs * n_batches
+
+    def lr_at(it: int) -> float:
+        # short warm-up, then cosine to a tenth: the nanoGPT schedule, counted in batches
+        warm = min(100, total // 10)
+        if it < warm:
+            return args.lr * (it + 1) / warm
+        return args.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, (it - warm) / max(1, total - warm)))))
+
+    def swap_ema() -> None:
+        if ema is not None:
+            with torch.no_grad():
+                for p, e in zip(model.parameters(), ema, strict=True):
+                    tmp = p.detach().clone()
+                    p.copy_(e)
+                    e.copy_(tmp)
+
+    def validate() -> dict[str, Any]:
+        model.eval()
+        res = evaluate(TorchStepper(model, cfg), val, cv_k)
+        res.pop("_preds")
+        model.train()
+        return res
+
+    # -- the loop
+    best, best_epoch, history, it = math.inf, -1, [], 0
+    best_res: dict[str, Any] = {}
+    for epoch in range(epochs):
+        model.train()
+        batches = train_batches(seqs, args.batch, rng)
+        bar = tqdm(batches, desc=f"epoch {epoch + 1}/{epochs}", disable=args.no_progress, leave=False)
+        run_loss, run_n = 0.0, 0
+        for group in bar:
+            x, y, m = _pad(group, sign, lengths, args.speed_aug, rng)
+            h = c = None
+            for t0 in range(0, x.shape[1], bptt):
+                for g in opt.param_groups:
+                    g["lr"] = lr_at(it)
+                pred, h, c = model(x[:, t0: t0 + bptt], h, c)
+                loss = masked_ade_loss(pred, y[:, t0: t0 + bptt], m[:, t0: t0 + bptt])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)
+                opt.step()
+                if ema is not None:
+                    with torch.no_grad():
+                        for p, e in zip(model.parameters(), ema, strict=True):
+                            e.lerp_(p, 1.0 - args.ema)
+                # truncated BPTT: keep the state, cut the graph
+                h = h.detach()
+                c = c.detach() if c is not None else None
+                run_loss += float(loss.detach()) * len(group)
+                run_n += len(group)
+            it += 1
+            bar.set_postfix(loss=f"{run_loss / max(run_n, 1):.4f}")
+        swap_ema()   # validate and save the averaged weights; train on with the raw ones
+        res = validate()
+        score = 0.5 * (res["model"]["ade"] + res["stream"]["ade"])
+        entry = {"epoch": epoch + 1, "train_loss": run_loss / max(run_n, 1), "val_window_ade": res["model"]["ade"],
+                 "val_window_fde": res["model"]["fde"], "val_stream_ade": res["stream"]["ade"],
+                 "val_stream_fde": res["stream"]["fde"], "minutes": (time.time() - t_start) / 60}
+        history.append(entry)
+        improved = score < best
+        print(f"epoch {epoch + 1}: loss {entry['train_loss']:.4f} | val window {res['model']['ade']:.3f}/"
+              f"{res['model']['fde']:.3f} stream {res['stream']['ade']:.3f}/{res['stream']['fde']:.3f} | "
+              f"CV(k={cv_k}) {res['cv']['ade']:.3f}/{res['cv']['fde']:.3f}{' *' if improved else ''}", flush=True)
+        if improved:
+            best, best_epoch, best_res = score, epoch + 1, res
+            metrics = _metrics(args, argv, best_res, cv_k, cv_scores, history, best_epoch, t_start)
+            save_checkpoint(out / args.name, model, cfg, metrics, _data_info(args, train_scenes, val_scenes),
+                            {"train_args": vars(args), "epoch": epoch + 1})
+        swap_ema()
+        if epoch + 1 - best_epoch >= args.patience:
+            print(f"early stop: no validation improvement for {args.patience} epochs")
+            break
+        if (time.time() - t_start) / 60 > args.max_minutes:
+            print(f"stopping: --max-minutes {args.max_minutes} reached")
+            break
+
+    metrics = _metrics(args, argv, best_res, cv_k, cv_scores, history, best_epoch, t_start)
+    metrics_path = out / (Path(args.name).stem + ".metrics.json")
+    metrics_path.write_text(json.dumps(metrics, indent=1))
+    print(f"best epoch {best_epoch}: val window {best_res['model']['ade']:.3f}/{best_res['model']['fde']:.3f}, "
+          f"stream {best_res['stream']['ade']:.3f}/{best_res['stream']['fde']:.3f}, CV {best_res['cv']['ade']:.3f}/"
+          f"{best_res['cv']['fde']:.3f}; wrote {out / args.name} and {metrics_path}")
+    return 0
+
+
+def _metrics(args: argparse.Namespace, argv: list[str], res: dict[str, Any], cv_k: int,
+             cv_scores: dict[int, tuple[float, float]], history: list[dict[str, Any]], best_epoch: int,
+             t_start: float) -> dict[str, Any]:
+    return {"split": "val", "dataset": args.dataset, "fold": args.fold, "cv_k": cv_k,
+            "cv_k_scores": {str(k): v for k, v in cv_scores.items()},
+            "model": res.get("model"), "stream": res.get("stream"), "cv": res.get("cv"),
+            "per_scene": res.get("per_scene"), "per_class": res.get("per_class"),
+            "best_epoch": best_epoch, "history": history, "train_minutes": (time.time() - t_start) / 60,
+            "command": "drivecast train " + " ".join(argv)}
+
+
+def _data_info(args: argparse.Namespace, train: list[Any], val: list[Any]) -> dict[str, Any]:
+    return {"dataset": args.dataset, "fold": args.fold, "train_files": [Path(s.path).name for s in train],
+            "val_files": [Path(s.path).name for s in val], "seed": args.seed}

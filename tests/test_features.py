@@ -1,0 +1,155 @@
+"""export/features.py: frames, round trips, and the training builder equals step-by-step calls."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from export.features import (
+    FeatureSpecError,
+    agent_frames,
+    default_spec,
+    feature_dim,
+    history_len,
+    mirror_sign,
+    step_features,
+    to_frame,
+    to_world,
+    validate_spec,
+)
+
+
+def _random_pool(rng: np.random.Generator, spec: dict, n: int) -> tuple[np.ndarray, np.ndarray]:
+    hl = history_len(spec)
+    start = rng.uniform(-5, 5, (n, 1, 2))
+    steps = rng.normal(0, 0.4, (n, hl, 2)).cumsum(axis=1)
+    hist = start + steps
+    n_obs = rng.integers(1, hl + 1, n)
+    # what a node does not know is not to be read: poison it
+    for i in range(n):
+        hist[i, : hl - n_obs[i]] = np.nan
+    return hist, n_obs
+
+
+def test_features_module_does_not_import_torch() -> None:
+    import export.features as f
+
+    assert "torch" not in f.__dict__
+    src = Path(f.__file__).read_text()
+    assert "import torch" not in src
+
+
+def test_feature_dim_matches_step_features_output() -> None:
+    for kind in ("pedestrian", "vehicle"):
+        spec = default_spec(kind)
+        hist, n_obs = _random_pool(np.random.default_rng(0), spec, 7)
+        x = step_features(spec, hist, n_obs)
+        assert x.shape == (7, feature_dim(spec)) and x.dtype == np.float32
+        assert np.isfinite(x).all()
+
+
+def test_to_world_inverts_to_frame() -> None:
+    spec = default_spec("pedestrian")
+    rng = np.random.default_rng(1)
+    hist, n_obs = _random_pool(rng, spec, 9)
+    fut = rng.normal(0, 3, (9, 12, 2))
+    back = to_world(spec, to_frame(spec, fut, hist, n_obs), hist, n_obs)
+    np.testing.assert_allclose(back, fut, atol=1e-9)
+
+
+def test_frame_x_axis_points_along_heading() -> None:
+    spec = default_spec("vehicle")
+    hl = history_len(spec)
+    heading = np.deg2rad(30.0)
+    line = np.arange(hl)[:, None] * np.array([np.cos(heading), np.sin(heading)])
+    origin, rot = agent_frames(spec, line[None], np.array([hl]))
+    np.testing.assert_allclose(rot[0] @ (line[-1] - line[-2]), [1.0, 0.0], atol=1e-12)
+    np.testing.assert_allclose(origin[0], line[-1])
+
+
+def test_features_are_rotation_and_translation_invariant() -> None:
+    spec = default_spec("pedestrian")
+    hist, n_obs = _random_pool(np.random.default_rng(2), spec, 6)
+    n_obs[:] = history_len(spec)   # every agent moving with a known heading
+    hist = np.nan_to_num(hist)
+    a = np.deg2rad(73.0)
+    r = np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
+    moved = hist @ r.T + np.array([100.0, -40.0])
+    np.testing.assert_allclose(step_features(spec, moved, n_obs), step_features(spec, hist, n_obs), atol=1e-5)
+
+
+def test_mirror_sign_equals_features_of_mirrored_scene() -> None:
+    spec = default_spec("pedestrian")
+    hist, n_obs = _random_pool(np.random.default_rng(3), spec, 6)
+    n_obs[:] = history_len(spec)
+    hist = np.nan_to_num(hist)
+    mirrored = hist * np.array([1.0, -1.0])
+    np.testing.assert_allclose(step_features(spec, mirrored, n_obs),
+                               step_features(spec, hist, n_obs) * mirror_sign(spec), atol=1e-5)
+
+
+def test_rows_and_row_cap_select_and_forget_history() -> None:
+    spec = default_spec("pedestrian")
+    hist, n_obs = _random_pool(np.random.default_rng(4), spec, 5)
+    n_obs[:] = history_len(spec)
+    full = step_features(spec, hist, n_obs)
+    np.testing.assert_array_equal(step_features(spec, hist, n_obs, rows=np.array([3, 1])), full[[3, 1]])
+    capped = step_features(spec, hist, n_obs, rows=np.array([2]), row_n_obs=np.array([1]))
+    k = spec["history"]
+    assert not capped[0, : 3 * k].any()   # a fresh agent knows no displacement
+
+
+def test_neighbours_beyond_radius_are_absent() -> None:
+    spec = default_spec("pedestrian")
+    hl = history_len(spec)
+    hist = np.zeros((2, hl, 2))
+    hist[1] += [spec["radius"] + 1.0, 0.0]
+    x = step_features(spec, hist, np.array([hl, hl]))
+    assert not x[:, 3 * spec["history"]:].any()
+
+
+def test_validate_spec_names_the_bad_key() -> None:
+    spec = dict(default_spec("vehicle"), scale="big")
+    with pytest.raises(FeatureSpecError, match="scale='big'"):
+        validate_spec(spec)
+    with pytest.raises(FeatureSpecError, match="name/version"):
+        validate_spec(dict(spec, version=99))
+
+
+def test_training_sequences_equal_step_by_step_calls() -> None:
+    """What training feeds the model is what a streaming node computes from its history buffers."""
+    from models.datasets import Scene, Track, to_grid
+    from models.sequences import track_sequences
+
+    spec = default_spec("pedestrian")
+    rng = np.random.default_rng(5)
+    tracks = []
+    for i in range(6):
+        n = int(rng.integers(3, 15))
+        t0 = float(rng.integers(0, 8)) * 0.4
+        xy = rng.normal(0, 0.3, (n, 2)).cumsum(0) + rng.uniform(-3, 3, 2)
+        tracks.append(Track(str(i), "pedestrian", t0 + 0.4 * np.arange(n), xy))
+    grid = to_grid(Scene("s", "s", "mem", tracks), 0.4)
+    seqs = {q.agent: q for q in track_sequences(spec, grid, 12, min_len=1)}
+
+    # a node: one history buffer per agent, fed one sample time at a time
+    hl = history_len(spec)
+    buf: dict[int, list[np.ndarray]] = {}
+    for s in range(grid.valid.shape[1]):
+        present = np.nonzero(grid.valid[:, s])[0]
+        for a in present:
+            buf.setdefault(int(a), []).append(grid.xy[a, s])
+        if len(present) == 0:
+            continue
+        hist = np.zeros((len(present), hl, 2))
+        n_obs = np.zeros(len(present), np.int64)
+        for i, a in enumerate(present):
+            recent = buf[int(a)][-hl:]
+            hist[i, hl - len(recent):] = recent
+            n_obs[i] = len(recent)
+        x = step_features(spec, hist, n_obs)
+        for i, a in enumerate(present):
+            q = seqs[int(a)]
+            np.testing.assert_array_equal(q.x[s - q.first], x[i])

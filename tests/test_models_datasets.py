@@ -1,0 +1,99 @@
+"""models/datasets.py: loaders on the real files, resampling, and errors that name file and line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from models.datasets import DatasetError, Scene, Track, load_scene, load_scenes, scene_files, to_grid
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def _need(sub: str) -> Path:
+    path = DATA / sub
+    if not path.is_dir():
+        pytest.skip(f"dataset {path} not present (../shared/data beside the checkout)")
+    return path
+
+
+def test_eth_ucy_fold_loads_train_files_at_2_5_hz() -> None:
+    root = _need("eth_ucy")
+    files = scene_files("eth_ucy", root, "train", "zara1")
+    assert "crowds_zara01_train.txt" not in {p.name for p in files}   # the held-out scene
+    scene = load_scene("eth_ucy", root / "zara1" / "train" / "crowds_zara02_train.txt")
+    assert scene.group == "crowds_zara02" and len(scene.tracks) > 50
+    steps = np.concatenate([np.diff(t.t_s) for t in scene.tracks])
+    assert np.isclose(np.median(steps), 0.4)
+
+
+def test_eth_ucy_fold_all_counts_each_scene_once() -> None:
+    root = _need("eth_ucy")
+    names = [p.name for p in scene_files("eth_ucy", root, "train", "all")]
+    assert len(names) == len(set(names)) == 8   # 8 scene files, each in 4 folds on disk
+
+
+def test_argoverse_split_is_seeded_and_disjoint() -> None:
+    root = _need("argoverse1_forecasting")
+    parts = {s: set(scene_files("argoverse", root, s)) for s in ("train", "val", "test")}
+    assert not parts["train"] & parts["val"] and not parts["val"] & parts["test"]
+    assert len(parts["val"]) == len(parts["test"]) == 120
+    scene = load_scene("argoverse", sorted(parts["val"])[0])
+    agent = [t for t in scene.tracks if t.focal]
+    assert len(agent) == 1 and len(agent[0].t_s) == 50
+    grid = to_grid(scene, 0.1)
+    assert grid.valid[grid.focal].sum() == 50
+
+
+def test_apolloscape_splits_by_recording() -> None:
+    root = _need("apolloscape_trajectory")
+    rec = {s: {p.name.split("_")[1] for p in scene_files("apolloscape", root, s)} for s in ("train", "val", "test")}
+    assert not rec["train"] & rec["val"] and not rec["train"] & rec["test"]
+    scene = load_scenes("apolloscape", root, "val")[0]
+    assert {t.kind for t in scene.tracks} <= {"vehicle", "pedestrian", "bicycle", "other"}
+
+
+def test_wrong_data_path_names_the_path(tmp_path: Path) -> None:
+    missing = tmp_path / "nope"
+    with pytest.raises(DatasetError, match="nope.*does not exist"):
+        scene_files("eth_ucy", missing, "train", "eth")
+    with pytest.raises(DatasetError, match=r"no directory .*zara9.*folds here"):
+        scene_files("eth_ucy", tmp_path, "train", "zara9")
+
+
+def test_malformed_eth_ucy_file_names_file_and_line(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.txt"
+    bad.write_text("0\t1\t1.0\t2.0\n10\t1\t1.5\n")
+    with pytest.raises(DatasetError, match=r"bad\.txt:2: expected 4 tab-separated columns"):
+        load_scene("eth_ucy", bad)
+    bad.write_text("0\t1\t1.0\tabc\n")
+    with pytest.raises(DatasetError, match=r"bad\.txt:1: expected numbers"):
+        load_scene("eth_ucy", bad)
+
+
+def test_malformed_argoverse_file_names_file_and_line(tmp_path: Path) -> None:
+    bad = tmp_path / "7.csv"
+    bad.write_text("TIMESTAMP,TRACK_ID,OBJECT_TYPE,X,Y,CITY_NAME\n1.0,a,AGENT,1,2,MIA\n1.1,a,AGENT,x,2,MIA\n")
+    with pytest.raises(DatasetError, match=r"7\.csv:3: expected numbers"):
+        load_scene("argoverse", bad)
+    bad.write_text("T,ID\n")
+    with pytest.raises(DatasetError, match=r"7\.csv:1: expected header"):
+        load_scene("argoverse", bad)
+
+
+def test_malformed_apolloscape_file_names_file_and_line(tmp_path: Path) -> None:
+    bad = tmp_path / "result_1_1_frame.txt"
+    bad.write_text("0 4 1 256.2 76.9 37.7 4.6 2.0 1.4 -0.02\n1 4 9 256.2 76.9 37.7 4.6 2.0 1.4 -0.02\n")
+    with pytest.raises(DatasetError, match=r"result_1_1_frame\.txt:2: object_type 9"):
+        load_scene("apolloscape", bad)
+
+
+def test_to_grid_interpolates_short_gaps_and_splits_long_ones() -> None:
+    t = np.array([0.0, 0.4, 1.2, 1.6, 4.0, 4.4])   # a 0.8 s gap (interpolated) and a 2.4 s gap (split)
+    xy = np.stack([t, 2 * t], -1)
+    grid = to_grid(Scene("s", "s", "mem", [Track("1", "pedestrian", t, xy)]), 0.4)
+    assert grid.xy.shape[0] == 2
+    np.testing.assert_allclose(grid.xy[0, 2], [0.8, 1.6])
+    assert grid.valid[0].sum() == 5 and grid.valid[1].sum() == 2
