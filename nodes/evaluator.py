@@ -1,0 +1,231 @@
+"""Live accuracy of a predictor: predictions matched with the ground truth that arrives later.
+
+Each Predictions row (agent, future positions at absolute times `t_ns`) waits until the truth Tracks
+cover its last time; truth positions at `t_ns` are interpolated between the two truth messages around
+each time (a row whose agent is missing from either is skipped: no made-up truth). ADE is the mean L2
+error over the horizon, FDE the error at its end, in meters, per agent kind and overall (overall
+averages rows of every model, each over its own horizon).
+
+Beside the model, on exactly the same rows: constant velocity from the same inputs (truth positions up
+to the prediction's sample time t0 = t_ns[0] - dt): v = (p(t0) - p(t0 - k*dt)) / (k*dt), for each k in
+`cv_ks` (capped by how long the agent has been seen); the best k per kind is reported, which flatters
+the baseline rather than the model (models/baselines.py picks k on validation data instead).
+
+Output: a summary line every `report_s` (accuracy, prediction latency = receive time - Tracks stamp,
+and the predictor's own step latency when its diagnostics are wired in), a table at shutdown, and with
+`plot: FILE.png` a picture of recent predicted, constant-velocity and true paths (needs matplotlib).
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from collections import defaultdict, deque
+
+import numpy as np
+
+from pipeline.messages import AgentKind, Diagnostics, Predictions, StateEvent, Tracks
+from pipeline.node import Node, NodeParams
+
+__all__ = ["Evaluator"]
+
+
+class _Frame:
+    """One truth message, ids sorted for vectorised lookups."""
+
+    def __init__(self, msg: Tracks) -> None:
+        order = np.argsort(msg.ids, kind="stable")
+        self.stamp = msg.stamp_ns
+        self.ids = msg.ids[order]
+        self.xy = msg.xy[order].astype(np.float64)
+
+    def lookup(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        pos = np.minimum(np.searchsorted(self.ids, ids), max(len(self.ids) - 1, 0))
+        ok = (self.ids[pos] == ids) if len(self.ids) else np.zeros(len(ids), bool)
+        return self.xy[pos] if len(self.ids) else np.zeros((len(ids), 2)), ok
+
+
+class _Score:
+    """Running sums for one group of rows (a kind, or everything)."""
+
+    def __init__(self, n_k: int) -> None:
+        self.n = 0
+        self.model = np.zeros(2)          # sum of ADE, FDE
+        self.cv = np.zeros((n_k, 2))      # per k
+
+    def add(self, model: np.ndarray, cv: np.ndarray) -> None:
+        """model: [R,T] errors; cv: [K,R,T]."""
+        self.n += model.shape[0]
+        self.model += (model.mean(1).sum(), model[:, -1].sum())
+        self.cv += np.stack([cv.mean(2).sum(1), cv[:, :, -1].sum(1)], 1)
+
+
+class Evaluator(Node):
+    """Predictions + truth Tracks in; ADE/FDE beside constant velocity out (log lines, final table)."""
+
+    class Params(NodeParams):
+        report_s: float = 5.0               # period of the summary line (0: only the final table)
+        cv_ks: tuple[int, ...] = (1, 2, 3, 5)  # constant-velocity windows, in model periods
+        keep_s: float = 12.0                # truth history kept (>= longest horizon + k*dt + latency)
+        plot: str = ""                      # write a PNG of recent paths here at shutdown
+
+    params: Params
+    inputs = {"predictions": Predictions, "truth": Tracks, "events": StateEvent, "diagnostics": Diagnostics}
+
+    def setup(self) -> None:
+        if not self.params.cv_ks or min(self.params.cv_ks) < 1:
+            raise ValueError(f"{self.name}: params.cv_ks: expected a non-empty list of ints >= 1, "
+                             f"got {list(self.params.cv_ks)}")
+        self.ks = sorted(set(self.params.cv_ks))
+        self.frames: deque[_Frame] = deque()
+        self.stamps: deque[int] = deque()
+        # per model, in stamp order; bounded, in case the truth stops coming
+        self.pending: dict[str, deque[Predictions]] = defaultdict(lambda: deque(maxlen=1000))
+        self.scores: dict[str, _Score] = defaultdict(lambda: _Score(len(self.ks)))
+        self.latency_ms: deque[float] = deque(maxlen=2048)
+        self.events: list[str] = []
+        self.pred_diag: dict[str, float] = {}
+        self.paths: deque[tuple[np.ndarray, np.ndarray, np.ndarray]] = deque(maxlen=30)
+        if self.params.report_s > 0:
+            self.every(self.params.report_s, lambda: self.log.info("%s", self.summary()))
+
+    def on_truth(self, msg: Tracks) -> None:
+        if self.stamps and msg.stamp_ns <= self.stamps[-1]:
+            return  # a duplicate or a late truth message: the history is ordered by stamp
+        self.frames.append(_Frame(msg))
+        self.stamps.append(msg.stamp_ns)
+        while self.stamps[0] < msg.stamp_ns - self.params.keep_s * 1e9:
+            self.frames.popleft()
+            self.stamps.popleft()
+        self._flush()
+
+    def _flush(self) -> None:
+        """Evaluate every pending prediction whose horizon the truth now covers."""
+        latest = self.stamps[-1] if self.stamps else -1
+        for queue in self.pending.values():
+            while queue and queue[0].t_ns[-1] <= latest:
+                self._evaluate(queue.popleft())
+
+    def on_predictions(self, msg: Predictions) -> None:
+        self.latency_ms.append((self.now_ns() - msg.stamp_ns) / 1e6)
+        if len(msg.ids) and len(msg.t_ns) >= 2:
+            self.pending[msg.model].append(msg)
+            self._flush()
+
+    def on_events(self, msg: StateEvent) -> None:
+        self.events.append(f"{msg.event} {len(msg.ids)} ({msg.reason})")
+        self.log.info("predictor states %s: %d agents (%s)", msg.event, len(msg.ids), msg.reason)
+
+    def on_diagnostics(self, msg: Diagnostics) -> None:
+        self.pred_diag = dict(msg.values)
+
+    # -- matching ---------------------------------------------------------------------------------
+    def _truth_at(self, ids: np.ndarray, t_ns: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Truth xy[N,T,2] at the times t_ns, interpolated; ok[N,T] where both neighbours hold the agent."""
+        xy = np.zeros((len(ids), len(t_ns), 2))
+        ok = np.zeros((len(ids), len(t_ns)), bool)
+        for j, t in enumerate(t_ns.tolist()):
+            b = bisect_left(self.stamps, t)
+            if b == len(self.stamps) or (self.stamps[b] != t and b == 0):
+                continue
+            fb = self.frames[b]
+            pb, okb = fb.lookup(ids)
+            if fb.stamp == t:
+                xy[:, j], ok[:, j] = pb, okb
+                continue
+            fa = self.frames[b - 1]
+            pa, oka = fa.lookup(ids)
+            w = (t - fa.stamp) / (fb.stamp - fa.stamp)
+            xy[:, j], ok[:, j] = pa + w * (pb - pa), oka & okb
+        return xy, ok
+
+    def _evaluate(self, msg: Predictions) -> None:
+        dt = int(msg.t_ns[1] - msg.t_ns[0])
+        t0 = int(msg.t_ns[0]) - dt
+        ks = self.ks
+        truth, ok = self._truth_at(msg.ids, msg.t_ns)
+        past, past_ok = self._truth_at(msg.ids, t0 - dt * np.array([0, *ks], np.int64))
+        rows = ok.all(1) & past_ok[:, 0]
+        if not rows.any():
+            return
+        truth, past, past_ok = truth[rows], past[rows], past_ok[rows]
+        pred = msg.xy[rows].astype(np.float64)
+        err = np.linalg.norm(pred - truth, axis=-1)
+        steps = (msg.t_ns - t0) / dt
+        r = np.arange(len(truth))
+        cv = np.empty((len(ks), len(truth), len(msg.t_ns), 2))
+        for i in range(len(ks)):
+            # the longest window <= ks[i] that the agent has been seen for (none: it stands still)
+            j = np.where(past_ok[:, 1:i + 2], np.arange(i + 1), -1).max(1)
+            back = np.where(j >= 0, np.asarray(ks)[j], 0)
+            v = np.where((j >= 0)[:, None], (past[:, 0] - past[r, j + 1]) / np.maximum(back, 1)[:, None], 0.0)
+            cv[i] = past[:, 0, None, :] + steps[None, :, None] * v[:, None, :]
+        cv_err = np.linalg.norm(cv - truth[None], axis=-1)
+        kinds = msg.kind[rows]
+        for code in np.unique(kinds).tolist():
+            sel = kinds == code
+            self.scores[AgentKind.NAMES.get(code, str(code))].add(err[sel], cv_err[:, sel])
+        self.scores["all"].add(err, cv_err)
+        if self.params.plot:
+            self.paths.append((pred[0], cv[-1, 0], truth[0]))
+
+    # -- reporting -----------------------------------------------------------------------------------
+    def _row(self, name: str, s: _Score) -> tuple[str, int, float, float, int, float, float]:
+        m = s.model / max(s.n, 1)
+        cv = s.cv / max(s.n, 1)
+        b = int(np.argmin(cv[:, 0]))
+        return name, s.n, float(m[0]), float(m[1]), self.ks[b], float(cv[b, 0]), float(cv[b, 1])
+
+    def summary(self) -> str:
+        parts = []
+        for name in sorted(self.scores, key=lambda n: (n == "all", n)):
+            _, n, ade, fde, k, cade, cfde = self._row(name, self.scores[name])
+            parts.append(f"{name} n={n} ADE/FDE {ade:.2f}/{fde:.2f} m (CV k={k}: {cade:.2f}/{cfde:.2f})")
+        line = " | ".join(parts) or "no predictions matched yet"
+        if self.latency_ms:
+            p50, p99 = np.percentile(np.fromiter(self.latency_ms, float), [50, 99])
+            line += f" | latency p50 {p50:.1f} ms p99 {p99:.1f} ms"
+        d = self.pred_diag
+        if "step_p50_us" in d:
+            line += f" | predictor step p50 {d['step_p50_us']:.0f} us p99 {d.get('step_p99_us', 0):.0f} us"
+        if "agents" in d:
+            line += f", {d['agents']:.0f} agents"
+        return line
+
+    def table(self) -> str:
+        head = f"{'kind':<12}{'rows':>8}{'ADE':>8}{'FDE':>8}{'CV k':>6}{'CV ADE':>8}{'CV FDE':>8}{'ADE gain':>10}"
+        lines = ["final accuracy (meters)", head]
+        for name in sorted(self.scores, key=lambda n: (n == "all", n)):
+            name, n, ade, fde, k, cade, cfde = self._row(name, self.scores[name])
+            gain = f"{(1 - ade / cade) * 100:+.0f}%" if cade > 0 else "-"
+            lines.append(f"{name:<12}{n:>8}{ade:>8.3f}{fde:>8.3f}{k:>6}{cade:>8.3f}{cfde:>8.3f}{gain:>10}")
+        if self.events:
+            lines.append("predictor state events: " + "; ".join(self.events))
+        return "\n".join(lines)
+
+    def shutdown(self) -> None:
+        print(self.table(), flush=True)
+        if self.params.plot and self.paths:
+            self._plot()
+
+    def _plot(self) -> None:
+        try:
+            import matplotlib
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+        except ImportError:
+            self.log.warning("plot %s not written: matplotlib is not installed", self.params.plot)
+            return
+        fig, ax = plt.subplots(figsize=(10, 4))
+        for i, (pred, cv, truth) in enumerate(self.paths):
+            lab = i == 0
+            ax.plot(truth[:, 0], truth[:, 1], "k-", lw=1, label="truth" if lab else None)
+            ax.plot(pred[:, 0], pred[:, 1], "r.-", ms=2, lw=0.8, label="model" if lab else None)
+            ax.plot(cv[:, 0], cv[:, 1], "b:", lw=0.8, label=f"CV k={self.ks[-1]}" if lab else None)
+        ax.set_aspect("equal")
+        ax.set_xlabel("x (m)")
+        ax.set_ylabel("y (m)")
+        ax.legend(loc="upper right")
+        ax.set_title("recent predictions vs truth")
+        fig.savefig(self.params.plot, dpi=120, bbox_inches="tight")
+        plt.close(fig)
+        self.log.info("wrote %s", self.params.plot)
