@@ -169,7 +169,7 @@ def step_features(
     disp = h[:, :0:-1, :] - h[:, -2::-1, :]                       # [B, K, 2]
     known = np.arange(1, k_hist + 1)[None, :] < own_n[:, None]     # displacement j needs j+1 positions
     disp = np.where(known[:, :, None], disp, 0.0)
-    disp_f = np.einsum("bij,bkj->bki", rot, disp) / scale
+    disp_f = _rotate(rot, disp) / scale
     out[:, : 2 * k_hist] = disp_f.reshape(b, 2 * k_hist)
     out[:, 2 * k_hist: 3 * k_hist] = known
 
@@ -188,12 +188,24 @@ def step_features(
         present = np.isfinite(near)
         nrel = np.take_along_axis(rel, order[:, :, None], axis=1)
         nvel = vel[order] - own_vel[:, None, :]
-        nrel_f = np.einsum("bij,bkj->bki", rot, nrel) / radius
-        nvel_f = np.einsum("bij,bkj->bki", rot, nvel) / scale
+        nrel_f = _rotate(rot, nrel) / radius
+        nvel_f = _rotate(rot, nvel) / scale
         block = np.concatenate([nrel_f, nvel_f, np.ones((b, k, 1))], axis=2)
         block = np.where(present[:, :, None], block, 0.0)
         out[:, 3 * k_hist: 3 * k_hist + 5 * k] = block.reshape(b, 5 * k)
     return out.astype(np.float32)
+
+
+def _rotate(rot: np.ndarray, v: np.ndarray, inverse: bool = False) -> np.ndarray:
+    """rot[b] (2x2) applied to every vector v[b, k, :] (its transpose, the inverse, if `inverse`).
+
+    Written out as multiply-adds: np.einsum took ~100 us for 48 agents x 30 steps where these take
+    ~5 us, a third of the predictor's budget per message. Same products, same sums.
+    """
+    r = rot.transpose(0, 2, 1) if inverse else rot
+    x, y = v[..., 0], v[..., 1]
+    return np.stack([r[:, None, 0, 0] * x + r[:, None, 0, 1] * y,
+                     r[:, None, 1, 0] * x + r[:, None, 1, 1] * y], axis=-1)
 
 
 def to_world(spec: dict[str, Any], pred: np.ndarray, hist: np.ndarray, n_obs: np.ndarray) -> np.ndarray:
@@ -203,15 +215,14 @@ def to_world(spec: dict[str, Any], pred: np.ndarray, hist: np.ndarray, n_obs: np
     """
     origin, rot = agent_frames(spec, hist, n_obs)
     p = np.asarray(pred, dtype=np.float64) * float(spec["scale"])
-    # world = origin + R^T p
-    return origin[:, None, :] + np.einsum("bji,btj->bti", rot, p)
+    return origin[:, None, :] + _rotate(rot, p, inverse=True)  # world = origin + R^T p
 
 
 def to_frame(spec: dict[str, Any], xy: np.ndarray, hist: np.ndarray, n_obs: np.ndarray) -> np.ndarray:
     """Inverse of `to_world`: world positions [B,T,2] -> model output space (training targets)."""
     origin, rot = agent_frames(spec, hist, n_obs)
     d = np.asarray(xy, dtype=np.float64) - origin[:, None, :]
-    return np.einsum("bij,btj->bti", rot, d) / float(spec["scale"])
+    return _rotate(rot, d) / float(spec["scale"])
 
 
 def mirror_sign(spec: dict[str, Any]) -> np.ndarray:

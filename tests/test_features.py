@@ -153,3 +153,14 @@ def test_training_sequences_equal_step_by_step_calls() -> None:
         for i, a in enumerate(present):
             q = seqs[int(a)]
             np.testing.assert_array_equal(q.x[s - q.first], x[i])
+
+
+def test_rotation_written_out_equals_einsum() -> None:
+    from export.features import _rotate
+
+    rng = np.random.default_rng(1)
+    ang = rng.uniform(-np.pi, np.pi, 40)
+    rot = np.stack([np.stack([np.cos(ang), np.sin(ang)], 1), np.stack([-np.sin(ang), np.cos(ang)], 1)], 1)
+    v = rng.normal(0, 50, (40, 30, 2))
+    np.testing.assert_allclose(_rotate(rot, v), np.einsum("bij,bkj->bki", rot, v), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(_rotate(rot, v, inverse=True), np.einsum("bji,bkj->bki", rot, v), rtol=0, atol=1e-12)

@@ -371,19 +371,6 @@ def test_a_bad_state_file_resets_instead_of_crashing(models: dict[str, Path], tm
     assert event.event == "reset" and "bad state file" in event.reason
 
 
-def test_the_nodes_world_transform_equals_the_shared_feature_module() -> None:
-    from export.features import default_spec
-    from nodes.predictor import _to_world
-
-    rng = np.random.default_rng(1)
-    spec = default_spec("vehicle")
-    hist = np.cumsum(rng.normal(0, 1, (40, 9, 2)), 1) + rng.uniform(0, 300, (40, 1, 2))
-    n_obs = rng.integers(1, 10, 40)
-    pred = rng.normal(0, 3, (40, 30, 2)).astype(np.float32)
-    np.testing.assert_array_equal(_to_world(spec, pred, hist, n_obs),
-                                  to_world(spec, pred, hist, n_obs).astype(np.float32))
-
-
 def test_the_grid_lag_absorbs_stamp_jitter_so_each_message_closes_one_tick(models: dict[str, Path]) -> None:
     rng = np.random.default_rng(0)
     msgs = straight(50, [1, 2])
