@@ -25,7 +25,7 @@ from pipeline.graph import load_graph
 from pipeline.launch import runs_base
 from pipeline.messages import Message
 
-__all__ = ["find_run", "format_message", "graph_main", "topic_main"]
+__all__ = ["find_run", "format_message", "graph_main", "pid_alive", "topic_main"]
 
 
 def graph_main(argv: list[str]) -> int:
@@ -54,7 +54,8 @@ def graph_main(argv: list[str]) -> int:
     return 0
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process exists (a graph's launcher still runs)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -76,7 +77,7 @@ def find_run(which: str | None = None) -> dict[str, Any]:
             m = json.loads(path.read_text())
         except (OSError, ValueError):
             continue
-        if _alive(int(m.get("launcher_pid", -1))) and (not which or Path(which).is_dir() or m.get("name") == which):
+        if pid_alive(int(m.get("launcher_pid", -1))) and (not which or Path(which).is_dir() or m.get("name") == which):
             live.append(m)
     if not live:
         where = which or str(runs_base())

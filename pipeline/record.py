@@ -25,7 +25,6 @@ Messages lost on the way show up as gaps in the per-topic `seq`, reported at the
 from __future__ import annotations
 
 import argparse
-import os
 import signal
 import sys
 import time
@@ -171,16 +170,6 @@ class Recorder:
 
 # -- drivecast record -----------------------------------------------------------------------------------
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="drivecast record", description="Record topics of a running graph into MCAP.")
     ap.add_argument("topics", nargs="*", help="topics to record (see `drivecast topic list`)")
@@ -196,7 +185,7 @@ def main(argv: list[str]) -> int:
     args = ap.parse_args(argv)
     import zmq
 
-    from pipeline.introspect import find_run
+    from pipeline.introspect import find_run, pid_alive
 
     try:
         if bool(args.topics) == args.all:
@@ -264,7 +253,7 @@ def main(argv: list[str]) -> int:
                 break
             if now_m >= next_check:
                 next_check = now_m + 1.0
-                if not _alive(launcher):
+                if not pid_alive(launcher):
                     if not args.quiet:
                         print("the graph has ended", file=sys.stderr)
                     break
