@@ -100,12 +100,10 @@ class TrafficWorld:
             if not on.any():
                 continue
             py = self.ped["y"][on]
-            x_veh = np.where(d > 0, s, self.length - s)
             stop_s = np.where(d > 0, cx - 3.0, self.length - cx - 3.0)
             ahead = (stop_s - s > -1.0) & (stop_s - s < 60.0)
-            blocked = np.array([np.any(np.abs(py - yy) < LANE_W) for yy in y]) & ahead
+            blocked = (np.abs(py[None, :] - y[:, None]) < LANE_W).any(axis=1) & ahead
             gap = np.where(blocked, np.minimum(gap, np.maximum(stop_s - s, 0.1)), gap)
-            del x_veh
         return gap
 
     def _idm(self, v: np.ndarray, v0: np.ndarray, gap: np.ndarray, lead_v: np.ndarray) -> np.ndarray:
