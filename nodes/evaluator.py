@@ -23,6 +23,7 @@ from collections import defaultdict, deque
 
 import numpy as np
 
+from pipeline.errors import ConfigError
 from pipeline.messages import AgentKind, Diagnostics, Predictions, StateEvent, Tracks
 from pipeline.node import Node, NodeParams
 
@@ -73,7 +74,7 @@ class Evaluator(Node):
 
     def setup(self) -> None:
         if not self.params.cv_ks or min(self.params.cv_ks) < 1:
-            raise ValueError(f"{self.name}: params.cv_ks: expected a non-empty list of ints >= 1, "
+            raise ConfigError(f"{self.name}: params.cv_ks: expected a non-empty list of ints >= 1, "
                              f"got {list(self.params.cv_ks)}")
         self.ks = sorted(set(self.params.cv_ks))
         self.frames: deque[_Frame] = deque()

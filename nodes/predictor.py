@@ -54,6 +54,7 @@ import numpy as np
 from export.features import FeatureSpecError, feature_dim, history_len, step_features, to_world, validate_spec
 from export.runtime import ModelError, StepModel
 from nodes.state_table import AgentTable, save_npz
+from pipeline.errors import ConfigError
 from pipeline.messages import AgentKind, Predictions, StateEvent, Tracks
 from pipeline.node import Node, NodeParams
 
@@ -101,24 +102,24 @@ class Predictor(Node):
     def setup(self) -> None:
         p = self.params
         if not p.models:
-            raise ValueError(f"{self.name}: params.models: expected at least one 'kind: model.onnx' entry")
+            raise ConfigError(f"{self.name}: params.models: expected at least one 'kind: model.onnx' entry")
         for key, low in (("capacity", 1), ("min_obs", 1), ("ttl_s", 1e-9), ("max_gap_steps", 1.0), ("lag_s", 0.0),
                          ("max_age_s", 0.0), ("save_every_s", 0.0), ("threads", 1)):
             if getattr(p, key) < low:
-                raise ValueError(f"{self.name}: params.{key}: expected >= {low:g}, got {getattr(p, key)}")
+                raise ConfigError(f"{self.name}: params.{key}: expected >= {low:g}, got {getattr(p, key)}")
         self.routes: list[_Route] = []
         self.kind_route = np.full(256, -1, np.int64)  # kind code -> route index
         for kind, path in p.models.items():
             if kind not in _KIND_CODE:
-                raise ValueError(f"{self.name}: params.models.{kind}: unknown agent kind; "
+                raise ConfigError(f"{self.name}: params.models.{kind}: unknown agent kind; "
                                  f"expected one of {', '.join(_KIND_CODE)}")
             try:
                 model = StepModel(_resolve(path), threads=p.threads)
                 spec = validate_spec(model.meta.features)
             except (ModelError, FeatureSpecError) as exc:
-                raise ValueError(f"{self.name}: params.models.{kind}: {exc}") from None
+                raise ConfigError(f"{self.name}: params.models.{kind}: {exc}") from None
             if feature_dim(spec) != model.meta.input_dim:
-                raise ValueError(f"{self.name}: params.models.{kind}: {path}: features give "
+                raise ConfigError(f"{self.name}: params.models.{kind}: {path}: features give "
                                  f"{feature_dim(spec)} inputs, the model takes {model.meta.input_dim}")
             self.kind_route[_KIND_CODE[kind]] = len(self.routes)
             self.routes.append(_Route(kind, model, p.capacity))

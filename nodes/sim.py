@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from pipeline.errors import ConfigError
 from pipeline.messages import AgentKind, Detections, Tracks
 from pipeline.node import Node, NodeParams
 
@@ -188,7 +189,7 @@ class TrafficSim(Node):
     def setup(self) -> None:
         p = self.params
         if p.rate_hz <= 0 or p.agents < 0:
-            raise ValueError(f"{self.name}: rate_hz must be > 0 and agents >= 0")
+            raise ConfigError(f"{self.name}: params: rate_hz must be > 0 and agents >= 0, got {p.rate_hz} and {p.agents}")
         self.world = TrafficWorld(p.agents, p.pedestrian_fraction, p.road_length_m, 1.0 / p.rate_hz, p.seed)
         self.noise = np.random.default_rng(p.seed + 1)
         self.ticks = 0

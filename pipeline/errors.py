@@ -10,8 +10,9 @@ class DrivecastError(Exception):
     """Base of every error the runtime raises on purpose (the CLI prints these as one line)."""
 
 
-class ConfigError(DrivecastError):
-    """A launch file, a parameter or a command-line value is wrong."""
+class ConfigError(DrivecastError, ValueError):
+    """A launch file, a parameter or a command-line value is wrong. A node's `setup()` raises it
+    for bad params: the node exits with code 2 and the launcher does not respawn it."""
 
 
 class DecodeError(DrivecastError):

@@ -5,7 +5,10 @@
   `manifest.json` (nodes, topics, endpoints, pids) that `drivecast topic ...` attaches to.
 - Each node's output lines are printed prefixed with `[node]`.
 - A node that fails (non-zero exit, or killed) is respawned after `backoff_s * 2**k` (capped at
-  30 s) up to `respawn.max` times; a `required` node that exits ends the graph.
+  30 s) up to `respawn.max` times, except for exit code 2 (bad configuration: a respawn would not
+  help); a `required` node that exits ends the graph.
+- A graph that ends (duration, required node finished) drains: nodes with lossless (`block`) inputs
+  finish their queues and stop on their publishers' end of stream, so nothing is lost at the end.
 - Ctrl-C / SIGTERM / `--duration`: SIGINT to every node, SIGTERM to those left after 2 s, SIGKILL
   after 3.5 s; everything is gone within 5 s.
 
@@ -38,6 +41,7 @@ from pipeline.transport import free_tcp_port, ipc_endpoint
 __all__ = ["Supervisor", "main", "make_run_dir", "runs_base"]
 
 STOP_SIGINT_S = 2.0
+DRAIN_S = 10.0  # at a graph's end, how long nodes with lossless inputs may take to finish their queues
 STOP_SIGTERM_S = 1.5
 MAX_BACKOFF_S = 30.0
 
@@ -178,10 +182,13 @@ class Supervisor:
                     break
                 if end is not None and time.monotonic() >= end:
                     self.say(f"duration of {duration_s:g} s reached: stopping the graph")
+                    self._drain()
                     break
                 outcome = self._watch()
                 if outcome is not None:
                     rc = outcome
+                    if rc == 0:
+                        self._drain()
                     break
                 time.sleep(0.05)  # supervision tick, not synchronisation
         finally:
@@ -215,7 +222,9 @@ class Supervisor:
                     return 0
             else:
                 how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"
-                if child.restarts < spec.respawn_max:
+                if code == 2:
+                    how += " (a configuration error: not respawned)"
+                if child.restarts < spec.respawn_max and code != 2:
                     delay = min(MAX_BACKOFF_S, spec.respawn_backoff_s * 2 ** child.restarts)
                     child.restarts += 1
                     child.respawn_at = now + delay
@@ -231,6 +240,27 @@ class Supervisor:
             self.say("all nodes have exited")
             return 0
         return None
+
+    def _drain(self) -> None:
+        """A graph that ends (duration, required node finished) first stops every node without
+        lossless inputs; the others finish their queues and stop on their publishers' end of
+        stream (pipeline.runner), in a cascade, so `block` mode loses nothing at the end either.
+        Nodes still running after DRAIN_S are stopped as usual."""
+        lossless = {n for n, spec in self.graph.nodes.items() if any(i.queue == "block" for i in spec.inputs.values())}
+        running = {n: c.proc for n, c in self.children.items() if c.proc is not None and c.proc.poll() is None}
+        waiting = [p for n, p in running.items() if n in lossless]
+        if not waiting:
+            return
+        for n, p in running.items():
+            if n not in lossless:
+                p.send_signal(signal.SIGINT)
+        deadline = time.monotonic() + DRAIN_S
+        for p in waiting:
+            try:
+                p.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                self.say(f"nodes with lossless inputs still busy after {DRAIN_S:g} s: stopping them")
+                break
 
     def stop(self) -> None:
         """SIGINT, then SIGTERM, then SIGKILL: every node is gone within 5 s."""

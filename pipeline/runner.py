@@ -26,14 +26,14 @@ import numpy as np
 import zmq
 
 from pipeline.codec import decode, encode
-from pipeline.errors import DecodeError
+from pipeline.errors import ConfigError, DecodeError
 from pipeline.graph import resolve_class
 from pipeline.messages import Clock, Diagnostics, Message
 from pipeline.node import Node
 from pipeline.security import Curve
 from pipeline.stats import NodeStats
 from pipeline.timers import Timers
-from pipeline.transport import Publisher, Subscriber
+from pipeline.transport import END_OF_STREAM, Publisher, Subscriber
 
 __all__ = ["ProcessRuntime", "main"]
 
@@ -96,6 +96,10 @@ class ProcessRuntime:
         self._in_key = {inp: f"in.{inp}" for inp in cls.inputs}
         self._out_key = {out: f"out.{out}" for out in self.publishers}
         self._callbacks = {inp: getattr(self.node, f"on_{inp}") for inp in cls.inputs}
+        # Lossless inputs whose publisher has not ended its stream: when the last one ends, this
+        # node has processed everything it was promised and stops by itself (graph end, replay).
+        self._open_block_inputs = {inp for inp, spec in entry.get("inputs", {}).items() if spec["queue"] == "block"}
+        self.setup_done = False
 
     def _client(self, topic: dict[str, Any]) -> Callable[[zmq.Socket], None] | None:
         curve = self.curve
@@ -140,6 +144,11 @@ class ProcessRuntime:
 
     # -- the loop --------------------------------------------------------------------------------
     def _deliver(self, inp: str, schema: type[Message], frames: list[Any]) -> None:
+        if len(frames) == 2 and bytes(frames[1]) == END_OF_STREAM:
+            self._open_block_inputs.discard(inp)
+            if not self._open_block_inputs:
+                self.request_stop(self.node, "every lossless input ended")
+            return
         self.stats.counts[self._in_key[inp]] += 1
         try:
             if len(frames) < 2:
@@ -183,6 +192,7 @@ class ProcessRuntime:
         if self.clock_sub is not None:
             poller.register(self.clock_sub.sock, zmq.POLLIN)
         self.node.setup()
+        self.setup_done = True
         # Everything allocated so far (modules, models, tables) lives as long as the node: move it out
         # of the collector's sight. A full collection over it took 17-26 ms in a predictor process.
         gc.freeze()
@@ -208,6 +218,11 @@ class ProcessRuntime:
             for fn in self.timers.pop_due(self.now_ns()):
                 fn()
         return 0
+
+    def end_streams(self) -> None:
+        """After a clean finish: tell lossless subscribers that nothing more will come."""
+        for pub in self.publishers.values():
+            pub.end_of_stream()
 
     def close(self) -> None:
         for pub in self.publishers.values():
@@ -237,11 +252,19 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
+    clean = False
     try:
         rc = runtime.run()
+        clean = True
+    except ConfigError as exc:  # bad params found by setup(): a respawn would not help
+        runtime.node.log.error("%s", exc)
+        rc = 2
     finally:
         try:
-            runtime.node.shutdown()
+            if runtime.setup_done:  # shutdown() may rely on what setup() made
+                runtime.node.shutdown()
+            if clean:  # not after a crash: a respawned publisher carries on the stream
+                runtime.end_streams()
         finally:
             runtime.close()
     sys.stdout.flush()

@@ -42,7 +42,10 @@ import zmq
 
 from pipeline.errors import ConfigError
 
-__all__ = ["SHM_THRESHOLD", "Publisher", "Subscriber", "free_tcp_port", "ipc_endpoint"]
+__all__ = ["END_OF_STREAM", "SHM_THRESHOLD", "Publisher", "Subscriber", "free_tcp_port", "ipc_endpoint"]
+
+# The second frame of `[topic, END_OF_STREAM]`: never a valid header (msgpack of a header starts with 0x98).
+END_OF_STREAM = b"drivecast/end-of-stream"
 
 _IPC_PATH_MAX = 100  # sun_path is 108 bytes on Linux
 # From this many array bytes per message on, a shared-memory subscriber gets a descriptor; below,
@@ -228,6 +231,21 @@ class Publisher:
                 self.sock.send_multipart([self._shm_desc_topic, frames[0], descriptor], copy=False)
                 return
         self.sock.send_multipart([self._shm_topic, *frames], copy=False)
+
+    def end_of_stream(self, timeout_s: float = 2.0) -> None:
+        """Tell lossless subscribers that this stream ended cleanly (after its last message), so
+        they can finish their queues and stop instead of being cut off (see pipeline.runner)."""
+        if self.lossless is None:
+            return
+        end = time.monotonic() + timeout_s
+        while True:
+            try:
+                self.lossless.send_multipart([self._topic, END_OF_STREAM], flags=zmq.NOBLOCK)
+                return
+            except zmq.Again:
+                if time.monotonic() > end:
+                    return
+                self.lossless.poll(50, zmq.POLLOUT)
 
     def close(self, linger_s: float = 2.0) -> None:
         """Close; the lossless socket keeps up to `linger_s` to flush what subscribers have not

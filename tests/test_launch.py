@@ -157,3 +157,37 @@ nodes:
     rc, log = g.wait(timeout=60)
     assert rc == 0, log
     assert [json.loads(line)[0] for line in out.read_text().splitlines()] == list(range(1, 301))
+
+
+def test_block_consumers_finish_their_queues_when_the_graph_ends(tmp_path: Path, launch: Callable[..., Launched]) -> None:
+    # The source (required) finishes long before the slow consumer: the graph must still deliver all.
+    out = tmp_path / "got.jsonl"
+    path = write(tmp_path, f"""
+nodes:
+  src: {{run: tests.graph_nodes:Ramp, params: {{count: 300, per_tick: 100}}, required: true}}
+  relay: {{run: tests.graph_nodes:Relay, inputs: {{tracks: {{topic: src/tracks, queue: block}}}}}}
+  sink:
+    run: tests.graph_nodes:Collect
+    params: {{out: {out}, slow_s: 0.005}}
+    inputs: {{tracks: {{topic: relay/tracks, queue: block}}}}
+""")
+    rc, log = launch(path).wait(timeout=60)
+    assert rc == 0, log
+    assert [json.loads(line)[0] for line in out.read_text().splitlines()] == list(range(1, 301))
+
+
+def test_a_configuration_error_in_setup_is_not_respawned(tmp_path: Path, launch: Callable[..., Launched]) -> None:
+    path = write(tmp_path, """
+nodes:
+  sim: {run: nodes.sim:TrafficSim}
+  pred:
+    run: nodes.predictor:Predictor
+    params: {models: {vehicle: /nonexistent/model.onnx}}
+    inputs: {tracks: sim/tracks}
+    respawn: {max: 5, backoff_s: 0.05}
+    required: true
+""")
+    rc, log = launch(path).wait(timeout=60)
+    assert rc == 1, log
+    assert "pred exited with code 2 (a configuration error: not respawned)" in log
+    assert "respawning pred" not in log and "Traceback" not in log
