@@ -26,7 +26,7 @@ import numpy as np
 from pipeline.errors import DecodeError
 from pipeline.messages import SCHEMAS, Message
 
-__all__ = ["ALLOWED_DTYPES", "HeaderInfo", "Limits", "decode", "encode", "peek_header", "peek_schema"]
+__all__ = ["ALLOWED_DTYPES", "HeaderInfo", "Limits", "decode", "encode", "peek_header"]
 
 # Plain numeric little-endian dtypes only: never object, void or structured arrays.
 ALLOWED_DTYPES = frozenset(
@@ -105,6 +105,9 @@ class _Plan:
         self.scalar_set = frozenset(self.scalar_names)
         self.scalar_types = tuple((n, cls.SCALARS[n]) for n in self.scalar_names)
         self.arrays = tuple((n, spec, spec.dtype.str) for n, spec in cls.ARRAYS.items())
+        for n, spec in cls.ARRAYS.items():  # decode compares dtype strings: each must be a safe one
+            if spec.dtype.str not in ALLOWED_DTYPES:
+                raise TypeError(f"{cls.SCHEMA}.{n}: dtype {spec.dtype} is not on the codec's allow-list")
         self.array_names = list(cls.ARRAYS)
 
 
@@ -128,12 +131,6 @@ def peek_header(header: Any) -> HeaderInfo:
     (recorders and tools that store or count messages without decoding them)."""
     h = _decode_header(_buffer(header), DEFAULT_LIMITS)
     return HeaderInfo(h.schema, h.seq, h.stamp_ns, h.publish_ns)
-
-
-def peek_schema(header: Any) -> tuple[str, int, int]:
-    """(schema, stamp_ns, publish_ns): kept until its last caller moves to `peek_header`."""
-    info = peek_header(header)
-    return info.schema, info.stamp_ns, info.publish_ns
 
 
 def _decode_header(header: Any, limits: Limits) -> _Header:

@@ -80,6 +80,7 @@ class _LaunchFile(msgspec.Struct, forbid_unknown_fields=True):
     transport: _Transport = _Transport()
     machines: dict[str, _Machine] = {}
     security: _Security | None = None
+    insecure: bool = False  # allow plaintext tcp to non-loopback hosts (no `security:`)
     topics: dict[str, Any] = {}
 
 
@@ -196,6 +197,8 @@ def load_graph(path: str | Path, overrides: dict[str, dict[str, Any]] | None = N
     spec = _convert(raw, _LaunchFile, where, "")
     if not spec.nodes:
         raise ConfigError(f"{where}: nodes: expected at least one node")
+    if not _NAME.match(spec.name):  # it names the run directory: no '/' or '..'
+        raise ConfigError(f"{where}: name: letters, digits, '_' and '-' only, got {spec.name!r}")
 
     overrides = overrides or {}
     for node in overrides:
@@ -257,6 +260,10 @@ def load_graph(path: str | Path, overrides: dict[str, dict[str, Any]] | None = N
                               f"got {nspec.machine!r}")
         if nspec.machine and not machines:
             raise ConfigError(f"{where}: nodes.{name}.machine: no machines: section names {nspec.machine!r}")
+    exposed = [m for m, (host, _) in machines.items() if not _loopback(host)]
+    if exposed and spec.security is None and not spec.insecure:
+        raise ConfigError(f"{where}: machines.{exposed[0]}.host: {machines[exposed[0]][0]} is not loopback; "
+                          "add security: {keys: DIR} (CURVE), or insecure: true to send plaintext")
     keys_dir = ""
     if spec.security is not None:
         if spec.transport.kind != "tcp" and not machines:
@@ -283,6 +290,10 @@ def load_graph(path: str | Path, overrides: dict[str, dict[str, Any]] | None = N
     transport = "tcp" if machines else spec.transport.kind
     return Graph(spec.name, where, nodes, topics, spec.clock, transport, spec.transport.host,
                  spec.transport.base_port, subscribers, machines, keys_dir, topic_options)
+
+
+def _loopback(host: str) -> bool:
+    return host == "localhost" or host.startswith("127.") or host == "::1"
 
 
 def _check_block_cycles(where: str, nodes: dict[str, NodeSpec]) -> None:

@@ -50,8 +50,11 @@ def runs_base() -> Path:
     """Where run directories live: $DRIVECAST_RUN_DIR, else /tmp/drivecast-<uid> (mode 0700)."""
     base = Path(os.environ.get("DRIVECAST_RUN_DIR") or f"/tmp/drivecast-{os.getuid()}")
     base.mkdir(mode=0o700, parents=True, exist_ok=True)
-    if base.stat().st_uid != os.getuid():
+    st = base.stat()
+    if st.st_uid != os.getuid():
         raise ConfigError(f"run directory {base} belongs to another user")
+    if st.st_mode & 0o077:
+        raise ConfigError(f"run directory {base} is open to other users (mode {st.st_mode & 0o777:o}); chmod 700 it")
     return base
 
 
@@ -75,6 +78,10 @@ def build_manifest(graph: Graph, run_dir: Path) -> dict[str, Any]:
             next_port[machine] += 2
             endpoint = f"tcp://{host}:{port}"
             lossless_ep = f"tcp://{host}:{port + 1}" if lossless else None
+        elif graph.transport == "tcp" and graph.tcp_base_port:
+            port = graph.tcp_base_port + 2 * len(topics)  # the user's ports, two per topic
+            endpoint = f"tcp://{graph.tcp_host}:{port}"
+            lossless_ep = f"tcp://{graph.tcp_host}:{port + 1}" if lossless else None
         elif graph.transport == "tcp":
             endpoint = f"tcp://{graph.tcp_host}:{free_tcp_port(graph.tcp_host)}"
             lossless_ep = f"tcp://{graph.tcp_host}:{free_tcp_port(graph.tcp_host)}" if lossless else None

@@ -188,20 +188,24 @@ def prefetch(it: Iterator[Item], depth: int = 256) -> Generator[Item, None, None
     q: Queue[Any] = Queue(maxsize=depth)
     stop = threading.Event()
 
+    def put(item: Any) -> bool:
+        """Hand over one item unless the consumer has stopped (then give up, never block)."""
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except Full:
+                continue
+        return False
+
     def work() -> None:
         try:
             for item in it:
-                while not stop.is_set():
-                    try:
-                        q.put(item, timeout=0.1)
-                        break
-                    except Full:
-                        continue
-                if stop.is_set():
+                if not put(item):
                     return
-            q.put(_END)
+            put(_END)
         except BaseException as exc:  # handed to the consumer, raised there
-            q.put(exc)
+            put(exc)
 
     t = threading.Thread(target=work, name="recording-prefetch", daemon=True)
     t.start()

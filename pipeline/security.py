@@ -32,18 +32,25 @@ log = logging.getLogger("security")
 
 def generate_keys(keys_dir: Path, names: list[str]) -> list[Path]:
     """Make a key pair per name; the secret files are readable by their owner only."""
-    keys_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     made = []
-    for name in names:
-        if (keys_dir / f"{name}.key_secret").exists():
-            raise ConfigError(f"{keys_dir / (name + '.key_secret')}: exists; remove it to make a new key pair")
-        public, secret = zmq.auth.create_certificates(keys_dir, name)
-        os.chmod(secret, 0o600)
-        made += [Path(public), Path(secret)]
+    old = os.umask(0o077)  # secrets are never readable by others, not even for a moment
+    try:
+        keys_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        for name in names:
+            if (keys_dir / f"{name}.key_secret").exists():
+                raise ConfigError(f"{keys_dir / (name + '.key_secret')}: exists; remove it to make a new key pair")
+            public, secret = zmq.auth.create_certificates(keys_dir, name)
+            os.chmod(public, 0o644)
+            made += [Path(public), Path(secret)]
+    finally:
+        os.umask(old)
     return made
 
 
 def _load(path: Path, secret: bool) -> tuple[bytes, bytes | None]:
+    if secret and path.exists() and path.stat().st_mode & 0o077:
+        raise ConfigError(f"{path}: secret key is readable by others (mode {path.stat().st_mode & 0o777:o}); "
+                          "chmod 600 it")
     try:
         public, sec = zmq.auth.load_certificate(path)
     except (OSError, ValueError) as exc:

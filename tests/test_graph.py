@@ -106,3 +106,16 @@ def test_graph_command_prints_nodes_topics_and_edges() -> None:
     assert r.returncode == 0, r.stderr
     assert "nodes:" in r.stdout and "topics:" in r.stdout and "edges:" in r.stdout
     assert "sim/tracks" in r.stdout
+
+
+@pytest.mark.parametrize("name", ["../../tmp/x", "a/b", ""])
+def test_graph_name_cannot_escape_the_run_directory(tmp_path: Path, name: str) -> None:
+    with pytest.raises(ConfigError, match=r"launch.yaml: name: letters, digits, '_' and '-' only"):
+        load_graph(write(tmp_path, f"name: {name!r}\n" + GOOD.split("\n", 2)[2]))
+
+
+def test_non_loopback_machines_need_security_or_an_explicit_insecure(tmp_path: Path) -> None:
+    text = "machines: {a: {host: 192.0.2.7}}\nnodes:\n  s: {run: nodes.sim:TrafficSim, machine: a}\n"
+    with pytest.raises(ConfigError, match=r"machines.a.host: 192.0.2.7 is not loopback; add security"):
+        load_graph(write(tmp_path, text))
+    assert load_graph(write(tmp_path, "insecure: true\n" + text)).machines == {"a": ("192.0.2.7", 7400)}

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 import zmq
 
-from pipeline.codec import decode, encode, peek_schema
+from pipeline.codec import decode, encode, peek_header
 from pipeline.messages import Clock, Image
 from pipeline.node import Node, NodeParams
 from pipeline.shm import DESCRIPTOR_MAGIC, ShmReader, remove_segments, run_prefix, segment_dir
@@ -113,8 +113,8 @@ def test_small_messages_go_inline_and_tcp_subscribers_get_plain_frames_in_a_mixe
     got: dict[str, list[list[Any]]] = {"local": [], "remote": []}
 
     def both() -> bool:  # (the probes that connected `remote` also reached `local`: skip them)
-        got["local"] += [m for m in _take(local) if peek_schema(m[1].buffer)[0] == Image.SCHEMA]
-        got["remote"] += [m for m in _take(remote) if peek_schema(m[1].buffer)[0] == Image.SCHEMA]
+        got["local"] += [m for m in _take(local) if peek_header(m[1].buffer).schema == Image.SCHEMA]
+        got["remote"] += [m for m in _take(remote) if peek_header(m[1].buffer).schema == Image.SCHEMA]
         return len(got["local"]) == len(got["remote"]) == 5
     wait_for(both, 5, "5 messages on both subscribers")
     for name, messages in got.items():
@@ -444,7 +444,7 @@ def test_a_dropped_loan_frees_its_slot_and_plain_subscribers_get_a_copy_of_a_loa
     got: list[Image] = []
 
     def three() -> bool:
-        got.extend(_images([m for m in _take(plain) if peek_schema(m[1].buffer)[0] == Image.SCHEMA]))
+        got.extend(_images([m for m in _take(plain) if peek_header(m[1].buffer).schema == Image.SCHEMA]))
         return len(got) == 3
     wait_for(three, 5, "3 frames on the plain subscriber")
     assert [m.seq for m in got] == [1, 2, 3] and all((m.data == m.seq).all() for m in got)
