@@ -301,7 +301,13 @@ class StepModel:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ModelError(f"{source}: not a loadable ONNX model: {first}") from None
 
-        props = self._sess.get_modelmeta().custom_metadata_map
+        try:  # onnxruntime decodes the file's strings lazily: a damaged byte surfaces here
+            props = self._sess.get_modelmeta().custom_metadata_map
+            inputs, outputs = self._sess.get_inputs(), self._sess.get_outputs()
+            _ = [(a.name, a.type, a.shape) for a in (*inputs, *outputs)]
+        except UnicodeDecodeError as exc:
+            raise ModelError(f"{source}: corrupt model file: a metadata value or graph name is not UTF-8 "
+                             f"({exc.reason} at byte {exc.start})") from None
         self.meta = ModelMeta.from_props(props, source)
         m = self.meta
         state_names = ["h", "c"] if m.cell == "lstm" else ["h"]
@@ -309,20 +315,26 @@ class StepModel:
         _check_io(
             source,
             "input",
-            self._sess.get_inputs(),
+            inputs,
             [("x", ["batch", m.input_dim])] + [(n, state_shape) for n in state_names],
         )
         _check_io(
             source,
             "output",
-            self._sess.get_outputs(),
+            outputs,
             [("pred", ["batch", m.horizon, 2])] + [(n + "_out", state_shape) for n in state_names],
         )
         self._input_names = ["x", *state_names]
         self._output_names = ["pred"] + [n + "_out" for n in state_names]
         self._state_shape = (m.layers, m.hidden)
         self.providers: list[str] = self._sess.get_providers()
-        self._warm_up()
+        try:
+            self._warm_up()
+        except ModelError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a graph that loads but cannot run (a damaged weight shape)
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ModelError(f"{source}: the model loads but does not run: {first}") from None
 
     def __repr__(self) -> str:
         m = self.meta

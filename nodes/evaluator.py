@@ -19,7 +19,7 @@ and the predictor's own step latency when its diagnostics are wired in), a table
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections import defaultdict, deque
+from collections import Counter, defaultdict, deque
 
 import numpy as np
 
@@ -83,6 +83,7 @@ class Evaluator(Node):
         self.pending: dict[str, deque[Predictions]] = defaultdict(lambda: deque(maxlen=1000))
         self.scores: dict[str, _Score] = defaultdict(lambda: _Score(len(self.ks)))
         self.latency_ms: deque[float] = deque(maxlen=2048)
+        self.dropped: Counter[str] = Counter()
         self.events: list[str] = []
         self.pred_diag: dict[str, float] = {}
         self.paths: deque[tuple[np.ndarray, np.ndarray, np.ndarray]] = deque(maxlen=30)
@@ -108,9 +109,18 @@ class Evaluator(Node):
 
     def on_predictions(self, msg: Predictions) -> None:
         self.latency_ms.append((self.now_ns() - msg.stamp_ns) / 1e6)
-        if len(msg.ids) and len(msg.t_ns) >= 2:
-            self.pending[msg.model].append(msg)
-            self._flush()
+        t = msg.t_ns
+        if not len(msg.ids) or len(t) < 2:
+            return
+        # times a predictor produces: increasing, within int64 with room for the CV window (no overflow)
+        if t[0] < 0 or t[-1] > 2**62 or not (np.diff(t) > 0).all():
+            self.dropped["bad_times"] += 1
+            return
+        if msg.model not in self.pending and len(self.pending) >= 16:  # a model per agent kind: a handful
+            self.dropped["too_many_models"] += 1
+            return
+        self.pending[msg.model].append(msg)
+        self._flush()
 
     def on_events(self, msg: StateEvent) -> None:
         self.events.append(f"{msg.event} {len(msg.ids)} ({msg.reason})")

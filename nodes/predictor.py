@@ -141,6 +141,15 @@ class Predictor(Node):
             self.publish("events", self.event)
             self.event = None
         s = msg.stamp_ns
+        if self.last_stamp is not None and self.last_stamp - s > self.params.ttl_s * 1e9:
+            # Time went back by more than any state lives (a replay restarted, a source that resynced its
+            # clock, a corrupt stamp before): start over, as ROS nodes do on a jump back, instead of
+            # dropping every later message as out of order.
+            self._reset_tables()
+            self.counts["time_jumps_back"] += 1
+            back_s = (self.last_stamp - s) / 1e9
+            self.publish("events", StateEvent(event="reset", reason=f"time jumped back {back_s:.3g} s"))
+            self.last_stamp = None
         if self.last_stamp is not None and s <= self.last_stamp:
             self.counts["drops.duplicate" if s == self.last_stamp else "drops.out_of_order"] += 1
             return
@@ -317,6 +326,12 @@ class Predictor(Node):
         self.diagnostics["restored"] = float(len(ids))
         self.bridging = True
         return StateEvent(event="restored", reason=f"respawn: state {age_s:.2f} s old", ids=ids)
+
+    def _reset_tables(self) -> None:
+        for r in self.routes:
+            m = r.model.meta
+            r.table = AgentTable(r.table.capacity, len(r.table.state), m.layers, m.hidden, r.hl)
+            r.t0, r.k_next = None, 0
 
     def shutdown(self) -> None:
         if hasattr(self, "routes"):

@@ -26,7 +26,9 @@ class TrackPrinter(Node):
         self.count += 1
         self.latency_us.append((self.now_ns() - msg.stamp_ns) / 1e3)
         if self.count % self.params.every_n == 0:
-            kinds = {AgentKind.NAMES[int(k)]: int(n) for k, n in zip(*np.unique(msg.kind, return_counts=True), strict=False)}
+            codes, counts = np.unique(msg.kind, return_counts=True)
+            # any uint8 may arrive: an unknown code is shown as its number, never a KeyError
+            kinds = {AgentKind.NAMES.get(int(k), str(int(k))): int(n) for k, n in zip(codes, counts, strict=True)}
             lat = np.percentile(self.latency_us, [50, 99])
             self.log.info("seq %d: %d agents %s, latency p50 %.0f us p99 %.0f us",
                           msg.seq, len(msg.ids), kinds, lat[0], lat[1])

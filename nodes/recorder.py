@@ -19,6 +19,8 @@ and seq are the publisher's). `drivecast record` stores the received frames byte
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pipeline.codec import encode
 from pipeline.messages import Detections, GnssFix, Image, Imu, Message, Odometry, PointCloud, Predictions, Tracks
 from pipeline.node import Node, NodeParams
@@ -41,7 +43,14 @@ class Recorder(Node):
 
     def setup(self) -> None:
         p = self.params
-        self.out = McapRecorder(p.file, foxglove_mirror=p.foxglove, flush_s=p.flush_s)
+        path = Path(p.file)
+        if self.is_restart and path.exists():  # the previous life's recording: keep it, go on in a new file
+            n = 1
+            while (nxt := path.with_name(f"{path.stem}.{n}{path.suffix}")).exists():
+                n += 1
+            self.log.warning("respawned: keeping %s, recording into %s", path, nxt)
+            path = nxt
+        self.out = McapRecorder(path, foxglove_mirror=p.foxglove, flush_s=p.flush_s)
 
     def _write(self, inp: str, msg: Message) -> None:
         now = self.now_ns()

@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
-from typing import Any, NamedTuple
+from typing import Annotated, Any, NamedTuple
 
 import msgspec
 import numpy as np
@@ -53,12 +53,15 @@ class _ArrayHeader(msgspec.Struct, array_like=True, forbid_unknown_fields=True):
     shape: list[int]
 
 
+_Int64 = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]
+
+
 class _Header(msgspec.Struct, array_like=True, forbid_unknown_fields=True):
     schema: str
     version: int
-    seq: int
-    stamp_ns: int
-    publish_ns: int
+    seq: _Int64       # msgpack carries uint64; stamps and seq end up in int64 arrays
+    stamp_ns: _Int64
+    publish_ns: _Int64
     frame_id: str
     scalars: dict[str, Any]
     arrays: list[_ArrayHeader]

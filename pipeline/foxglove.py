@@ -119,7 +119,9 @@ class _Cdr:
         self.pos += pad + struct.calcsize(fmt)
 
     def time(self, ns: int) -> None:
-        self._put("<iI", 4, ns // 1_000_000_000, ns % 1_000_000_000)
+        # builtin_interfaces/Time has int32 seconds: saturate stamps outside 1901..2038
+        sec = min(max(ns // 1_000_000_000, -(2**31)), 2**31 - 1)
+        self._put("<iI", 4, sec, ns % 1_000_000_000)
 
     def u32(self, v: int) -> None:
         self._put("<I", 4, v)
@@ -134,7 +136,7 @@ class _Cdr:
         self.pos += len(b)
 
     def blob(self, data: Any) -> None:
-        view = memoryview(data).cast("B")
+        view = memoryview(data).cast("B") if getattr(data, "size", 1) else memoryview(b"")
         self.u32(view.nbytes)
         self.parts.append(view)
         self.pos += view.nbytes

@@ -254,7 +254,8 @@ class LockstepStats:
 
 
 def lockstep(rec: Recording, graph: Any, opts: PlayOptions,
-             sink: Callable[[str, list[Any], int, Message], None] | None = None) -> LockstepStats:
+             sink: Callable[[str, list[Any], int, Message], None] | None = None,
+             stop: Callable[[], bool] = lambda: False) -> LockstepStats:
     """Replay `rec` through `graph` (a `pipeline.graph.Graph`) in this process; see the module doc.
     `sink(topic, frames, log_ns, msg)` receives every injected and published message in order."""
     from pipeline.local import LocalGraph
@@ -280,6 +281,8 @@ def lockstep(rec: Recording, graph: Any, opts: PlayOptions,
     g = None
     t_start = time.perf_counter()
     for item in schedule(rec, opts):
+        if stop():
+            break
         if g is None:
             first = item.log_ns
             # on_publish hands the sink the same frames the subscribers decoded: same bytes, same clock
@@ -377,21 +380,31 @@ def main(argv: list[str]) -> int:
 
 
 def _run_lockstep(rec: Recording, args: argparse.Namespace, opts: PlayOptions) -> int:
+    import signal
+
     from pipeline.graph import load_graph
     from pipeline.record import Recorder
 
     graph = load_graph(args.graph)
     out = Recorder(args.output, flush_s=0) if args.output else None
+    flag = {"stop": False}
+
+    def on_signal(signum: int, frame: Any) -> None:
+        flag["stop"] = True
+
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        stats = lockstep(rec, graph, opts, out.write if out else None)
+        stats = lockstep(rec, graph, opts, out.write if out else None, stop=lambda: flag["stop"])
     finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
         if out is not None:
             out.close()
     if not args.quiet:
         print(f"lockstep: {stats.injected} messages in, {stats.published} deliveries, "
               f"{stats.replayed_ns / 1e9:.2f} s replayed in {stats.wall_s:.2f} s "
               f"(x{stats.x_realtime:.0f} real time)" + (f"; wrote {args.output}" if out else ""), file=sys.stderr)
-    return 0
+    return 130 if flag["stop"] else 0
 
 
 def _run_live(rec: Recording, args: argparse.Namespace, opts: PlayOptions, info: Any) -> int:

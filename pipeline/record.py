@@ -25,6 +25,7 @@ Messages lost on the way show up as gaps in the per-topic `seq`, reported at the
 from __future__ import annotations
 
 import argparse
+import contextlib
 import signal
 import sys
 import time
@@ -47,9 +48,13 @@ from pipeline.recording import (
     schema_description,
 )
 
-__all__ = ["LARGE_BYTES", "Recorder", "main"]
+__all__ = ["LARGE_BYTES", "RecordWriteError", "Recorder", "main"]
 
 LARGE_BYTES = 256 * 1024
+
+
+class RecordWriteError(DrivecastError):
+    """The recording cannot be written (disk full, I/O error): names the file and the cause."""
 
 
 class Recorder:
@@ -80,6 +85,7 @@ class Recorder:
         self.count = 0
         self.bytes = 0
         self._closed = False
+        self._broken = False
 
     def _channel(self, topic: str, schema: str) -> int:
         cid = self._channels.get(topic)
@@ -122,13 +128,16 @@ class Recorder:
         data = pack_frames(list(frames))
         seq = self._seq.get(topic, 0) + 1
         self._seq[topic] = seq
-        self._w.add_message(cid, log_time=log_ns, data=data, publish_time=publish_ns, sequence=seq)
-        if self._foxglove and foxglove.supported(schema) and self._mirror_now(topic, len(data), log_ns):
-            if msg is None:
-                msg, _ = decode(frames)
-            self._w.add_message(self._fox_channel(topic, schema), log_time=log_ns,
-                                data=foxglove.convert(msg, topic, preview=len(data) > LARGE_BYTES),
-                                publish_time=publish_ns, sequence=seq)
+        try:
+            self._w.add_message(cid, log_time=log_ns, data=data, publish_time=publish_ns, sequence=seq)
+            if self._foxglove and foxglove.supported(schema) and self._mirror_now(topic, len(data), log_ns):
+                if msg is None:
+                    msg, _ = decode(frames)
+                self._w.add_message(self._fox_channel(topic, schema), log_time=log_ns,
+                                    data=foxglove.convert(msg, topic, preview=len(data) > LARGE_BYTES),
+                                    publish_time=publish_ns, sequence=seq)
+        except OSError as exc:
+            raise self._failed(exc) from None
         self.count += 1
         self.bytes += len(data)
         if self._flush_ns and time.monotonic_ns() - self._last_flush >= self._flush_ns:
@@ -149,17 +158,29 @@ class Recorder:
 
     def flush(self) -> None:
         """Close the chunk in progress and hand it to the OS (what survives a kill -9)."""
-        self._w.flush()
+        try:
+            self._w.flush()
+        except OSError as exc:
+            raise self._failed(exc) from None
         self._last_flush = time.monotonic_ns()
+
+    def _failed(self, exc: OSError) -> RecordWriteError:
+        self._broken = True
+        return RecordWriteError(f"{self.path}: write failed after {self.count} messages: {exc.strerror or exc}; "
+                                "the file is readable up to its last complete chunk (`drivecast bag recover`)")
 
     def close(self) -> None:
         if self._closed:
             return
         self._closed = True
         try:
-            self._w.finish()
+            if not self._broken:  # after a failed write the summary cannot be written either
+                self._w.finish()
+        except OSError as exc:
+            raise self._failed(exc) from None
         finally:
-            self._f.close()
+            with contextlib.suppress(OSError):
+                self._f.close()
 
     def __enter__(self) -> Recorder:
         return self
@@ -224,6 +245,7 @@ def main(argv: list[str]) -> int:
     launcher = int(manifest.get("launcher_pid", -1))
     end = None if args.duration is None else time.monotonic() + args.duration
     bad = 0
+    failed = ""
     last_seq: dict[str, int] = {}
     gaps = 0
     next_check = time.monotonic() + 1.0
@@ -244,6 +266,10 @@ def main(argv: list[str]) -> int:
                     except DecodeError:
                         bad += 1
                         continue
+                    except RecordWriteError as exc:
+                        failed = str(exc)
+                        stop["flag"] = True
+                        break
                     seq = _seq_of(frames[1])
                     if topic in last_seq and seq > last_seq[topic] + 1:
                         gaps += seq - last_seq[topic] - 1
@@ -258,12 +284,18 @@ def main(argv: list[str]) -> int:
                         print("the graph has ended", file=sys.stderr)
                     break
     finally:
-        rec.close()
+        try:
+            rec.close()
+        except RecordWriteError as exc:
+            failed = failed or str(exc)
         for s in socks:
             s.close(0)
         ctx.term()
         for sig, h in old.items():
             signal.signal(sig, h)
+    if failed:
+        print(f"ERROR: {failed}", file=sys.stderr)
+        return 1
     if not args.quiet:
         size = Path(args.output).stat().st_size
         print(f"wrote {rec.count} messages ({size / 1e6:.2f} MB) to {args.output}; "

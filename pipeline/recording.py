@@ -236,14 +236,17 @@ class DrivecastMcap(Recording):
         self._summary: Any = None
         self._info: RecordingInfo | None = None
         try:
-            reader = SeekingReader(self._f)
+            size = self._f.seek(0, io.SEEK_END)
+            self._f.seek(0)
+            # no record is longer than the file: a damaged length must not allocate gigabytes
+            reader = SeekingReader(self._f, record_size_limit=max(size, 1))
             self._summary = reader.get_summary()
             if self._summary is not None and not self._summary.chunk_indexes and self._summary.statistics \
                     and self._summary.statistics.message_count:
                 self._summary = None
-        except (McapError, struct.error, ValueError, EOFError, OSError):
+        except Exception:  # McapError, struct, unicode, overflow, key errors from a damaged summary
             self._summary = None  # no footer / summary: cut file; info() scans
-        self._reader = SeekingReader(self._f) if self._summary is not None else None
+        self._reader = reader if self._summary is not None else None  # a second reader read magic mid-file
 
     def close(self) -> None:
         self._f.close()
@@ -255,7 +258,8 @@ class DrivecastMcap(Recording):
     def info(self) -> RecordingInfo:
         if self._info is not None:
             return self._info
-        if self._summary is not None and self._summary.statistics is not None:
+        if self._summary is not None and self._summary.statistics is not None and all(
+                ch.schema_id == 0 or ch.schema_id in self._summary.schemas for ch in self._channels().values()):
             st = self._summary.statistics
             topics = [TopicInfo(ch.topic, self._summary.schemas[ch.schema_id].name if ch.schema_id else "",
                                 st.channel_message_counts.get(cid, 0), True,
@@ -294,10 +298,19 @@ class DrivecastMcap(Recording):
                 return
             source: Iterable[tuple[Any, Channel, Message]] = self._reader.iter_messages(
                 topics=want, starting_at=start_ns, log_time_order=True)
-            for _, ch, msg in source:
+            it = iter(source)
+            n = 0
+            while True:
+                try:
+                    _, ch, msg = next(it)
+                except StopIteration:
+                    return
+                except Exception as exc:  # mcap, zstd, lz4 and struct errors from a damaged chunk or index
+                    raise RecordingError(f"{self.path}: corrupt data after {n} messages: {type(exc).__name__}: "
+                                         f"{str(exc)[:120]}; `drivecast bag recover` keeps what is readable") from None
+                n += 1
                 yield Item(ch.topic, msg.log_time, msg.publish_time,
                            unpack_frames(msg.data, f"{self.path}: {ch.topic} @ {msg.log_time}"))
-            return
         # Linear scan: chunks are written in log-time order by one recorder, so file order is
         # log-time order within a small window; sort each chunk's messages to be safe.
         for ch, _, msg in _Scan(self._f, self.path).messages():

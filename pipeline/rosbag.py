@@ -202,7 +202,7 @@ class RosRecording(Recording):
         if not conns:
             return
         deser = self._reader.deserialize
-        for conn, t_ns, raw in self._reader.messages(connections=conns, start=start_ns):
+        for conn, t_ns, raw in _guarded(self._reader.messages(connections=conns, start=start_ns), self.path):
             try:
                 ros = deser(raw, conn.msgtype)
             except Exception as exc:
@@ -210,3 +210,17 @@ class RosRecording(Recording):
                                      f"{conn.msgtype}: {exc}") from None
             for msg in CONVERSIONS[conn.msgtype][1](ros, conn.topic):
                 yield Item(conn.topic, t_ns, t_ns, encode(msg, publish_ns=t_ns))
+
+
+def _guarded(it: Iterator[Any], path: Path) -> Iterator[Any]:
+    """`it`, with any error of the bag reader (a corrupt chunk: bz2, lz4, zstd, struct errors) as RecordingError."""
+    n = 0
+    while True:
+        try:
+            item = next(it)
+        except StopIteration:
+            return
+        except Exception as exc:  # rosbags raises whatever its decompressor or parser raises
+            raise RecordingError(f"{path}: corrupt data after {n} messages: {type(exc).__name__}: {exc}") from None
+        n += 1
+        yield item
