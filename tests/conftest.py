@@ -119,3 +119,33 @@ def launch(run_base: Path) -> Iterator[Callable[..., Launched]]:
         for pid in pids.values():  # no orphan survives a failed test
             with contextlib.suppress(ProcessLookupError, TypeError):
                 os.kill(pid, signal.SIGKILL)
+
+
+@pytest.fixture
+def closing() -> Iterator[list[Any]]:
+    """Publishers and subscribers to close (linger 0) at the end of the test, even on failure."""
+    items: list[Any] = []
+    yield items
+    for item in reversed(items):
+        item.close()
+
+
+def connected(pub: Any, sub: Any, timeout: float = 5.0) -> None:
+    """Send probes until the subscriber gets one (ZeroMQ's slow joiner), then drop the probes."""
+    from pipeline.codec import encode
+    from pipeline.messages import Clock
+
+    def probe() -> bool:
+        pub.send(encode(Clock(frame_id="probe")), lambda: False)
+        return bool(sub.sock.poll(20))
+    wait_for(probe, timeout, f"subscriber of {sub.topic} to connect", interval=0)
+    wait_for(lambda: not take(sub) and not sub.sock.poll(20), timeout, "probes to drain", interval=0)
+    sub.dropped = 0
+
+
+def take(sub: Any) -> list[list[Any]]:
+    """Everything a Subscriber has queued now, its queue emptied."""
+    q = sub.drain()
+    out = list(q)
+    q.clear()
+    return out

@@ -23,11 +23,11 @@ import pytest
 import zmq
 
 from pipeline.codec import decode, encode, peek_header
-from pipeline.messages import Clock, Image
+from pipeline.messages import Image
 from pipeline.node import Node, NodeParams
 from pipeline.shm import DESCRIPTOR_MAGIC, ShmReader, remove_segments, run_prefix, segment_dir
 from pipeline.transport import Publisher, Subscriber, free_tcp_port
-from tests.conftest import REPO, Launched, pid_alive, wait_for
+from tests.conftest import REPO, Launched, connected, pid_alive, take, wait_for
 
 TOPIC = "cam/image"
 BIG = (256, 1024, 1)  # 256 KiB: above the threshold, small enough to go fast
@@ -40,33 +40,9 @@ def ctx() -> Iterator[zmq.Context]:
     context.destroy(linger=0)
 
 
-@pytest.fixture
-def closing() -> Iterator[list[Any]]:
-    items: list[Any] = []
-    yield items
-    for item in reversed(items):
-        item.close()
-
-
 def _segments(run_dir: Path) -> list[Path]:
     prefix = run_prefix(run_dir) + "."
     return sorted(p for p in segment_dir(run_dir).iterdir() if p.name.startswith(prefix))
-
-
-def _connected(pub: Publisher, sub: Subscriber, timeout: float = 5.0) -> None:
-    def probe() -> bool:
-        pub.send(encode(Clock(frame_id="probe")), lambda: False)
-        return bool(sub.sock.poll(20))
-    wait_for(probe, timeout, f"subscriber of {sub.topic} to connect", interval=0)
-    wait_for(lambda: not _take(sub) and not sub.sock.poll(20), timeout, "probes to drain", interval=0)
-    sub.dropped = 0
-
-
-def _take(sub: Subscriber) -> list[list[Any]]:
-    q = sub.drain()
-    out = list(q)
-    q.clear()
-    return out
 
 
 def _image(seq: int, shape: tuple[int, ...] = BIG) -> Image:
@@ -82,14 +58,14 @@ def test_a_local_subscriber_gets_read_only_views_of_the_slot_and_zmq_carries_onl
     pub = Publisher(ctx, TOPIC, f"ipc://{tmp_path}/cam.sock", shm="on")
     sub = Subscriber(ctx, TOPIC, f"ipc://{tmp_path}/cam.sock", "latest", shm="on")
     closing += [pub, sub]
-    _connected(pub, sub)
+    connected(pub, sub)
     sent = np.random.default_rng(1).integers(0, 255, (720, 1280, 3), dtype=np.uint8)
     pub.send(encode(Image(data=sent, seq=1)), lambda: False)
     raw = sub.sock.recv_multipart(copy=False) if sub.sock.poll(5000) else pytest.fail("nothing received")
     assert sum(len(f) for f in raw) < 1024  # header + descriptor, not 2.7 MB
     sub._queue.append(raw)  # hand it back to the subscriber as if drain had received it
     sub._resolve(sub._queue, 1)
-    msg = _images(_take(sub))[0]
+    msg = _images(take(sub))[0]
     seg = next(iter(sub.reader.segments.values()))
     assert np.shares_memory(msg.data, seg.array)  # a view of the slot: no copy on this side
     assert not msg.data.flags.writeable
@@ -106,15 +82,15 @@ def test_small_messages_go_inline_and_tcp_subscribers_get_plain_frames_in_a_mixe
     remote = Subscriber(ctx, TOPIC, endpoint, "drop_oldest")  # tcp: plain unless forced
     closing += [pub, local, remote]
     assert local.reader is not None and remote.reader is None
-    _connected(pub, local)
-    _connected(pub, remote)
+    connected(pub, local)
+    connected(pub, remote)
     for seq in range(1, 6):
         pub.send(encode(_image(seq, BIG if seq % 2 else (8, 8, 1))), lambda: False)
     got: dict[str, list[list[Any]]] = {"local": [], "remote": []}
 
     def both() -> bool:  # (the probes that connected `remote` also reached `local`: skip them)
-        got["local"] += [m for m in _take(local) if peek_header(m[1].buffer).schema == Image.SCHEMA]
-        got["remote"] += [m for m in _take(remote) if peek_header(m[1].buffer).schema == Image.SCHEMA]
+        got["local"] += [m for m in take(local) if peek_header(m[1].buffer).schema == Image.SCHEMA]
+        got["remote"] += [m for m in take(remote) if peek_header(m[1].buffer).schema == Image.SCHEMA]
         return len(got["local"]) == len(got["remote"]) == 5
     wait_for(both, 5, "5 messages on both subscribers")
     for name, messages in got.items():
@@ -131,9 +107,9 @@ def test_a_publisher_with_shm_off_serves_shm_subscribers_inline(
     pub = Publisher(ctx, TOPIC, f"ipc://{tmp_path}/cam.sock", shm="off")
     sub = Subscriber(ctx, TOPIC, f"ipc://{tmp_path}/cam.sock", "drop_oldest", shm="on")
     closing += [pub, sub]
-    _connected(pub, sub)
+    connected(pub, sub)
     pub.send(encode(_image(3)), lambda: False)
-    msg = _images(wait_for(lambda: _take(sub), 5, "the frame"))[0]
+    msg = _images(wait_for(lambda: take(sub), 5, "the frame"))[0]
     assert msg.seq == 3 and (msg.data == 3).all()
     assert _segments(tmp_path) == []
 
@@ -143,11 +119,11 @@ def test_every_slot_held_by_the_node_makes_the_publisher_send_inline_not_wait(
     pub = Publisher(ctx, TOPIC, f"ipc://{tmp_path}/cam.sock", shm="on", shm_slots=2)
     sub = Subscriber(ctx, TOPIC, f"ipc://{tmp_path}/cam.sock", "drop_oldest", shm="on")
     closing += [pub, sub]
-    _connected(pub, sub)
+    connected(pub, sub)
     kept: list[Image] = []  # a node that keeps every frame it gets
     for seq in range(1, 7):
         pub.send(encode(_image(seq)), lambda: pytest.fail("publisher waited"))
-        kept += _images(wait_for(lambda: _take(sub), 5, f"frame {seq}"))
+        kept += _images(wait_for(lambda: take(sub), 5, f"frame {seq}"))
     assert [m.seq for m in kept] == list(range(1, 7))
     assert all((m.data == m.seq).all() for m in kept)  # held slots were never rewritten
     assert pub.shm_fallbacks == 4  # two slots held, the other four went inline
@@ -269,9 +245,9 @@ def test_segments_are_owner_only_in_the_run_namespace_and_leave_with_the_publish
     pub = Publisher(ctx, TOPIC, f"ipc://{tmp_path}/cam.sock", shm="on")
     sub = Subscriber(ctx, TOPIC, f"ipc://{tmp_path}/cam.sock", "latest", shm="on")
     closing.append(sub)
-    _connected(pub, sub)
+    connected(pub, sub)
     pub.send(encode(_image(1)), lambda: False)
-    wait_for(lambda: _take(sub), 5, "a frame")
+    wait_for(lambda: take(sub), 5, "a frame")
     (seg,) = _segments(tmp_path)
     assert seg.name.startswith(run_prefix(tmp_path) + ".cam.image.")
     assert stat.S_IMODE(seg.stat().st_mode) == 0o600 and seg.stat().st_uid == os.getuid()
@@ -288,12 +264,12 @@ def test_no_file_descriptor_leak_over_many_frames_and_growing_sizes(
     pub = Publisher(ctx, TOPIC, f"ipc://{tmp_path}/cam.sock", shm="on")
     sub = Subscriber(ctx, TOPIC, f"ipc://{tmp_path}/cam.sock", "latest", shm="on")
     closing += [pub, sub]
-    _connected(pub, sub)
+    connected(pub, sub)
     before = None
     for seq in range(1, 401):
         rows = 64 + 32 * (seq // 50)  # the frame grows now and then: new, larger segments
         pub.send(encode(_image(seq, (rows, 1024, 1))), lambda: False)
-        msgs = _images(wait_for(lambda: _take(sub), 5, f"frame {seq}"))
+        msgs = _images(wait_for(lambda: take(sub), 5, f"frame {seq}"))
         assert all((m.data == m.seq & 0xFF).all() for m in msgs)
         del msgs
         if seq == 20:
@@ -311,7 +287,7 @@ def test_kill_9_of_a_publisher_leaves_a_segment_that_its_restart_and_the_launche
         for _ in range(2):
             proc = _child(_FULL_SPEED_PUBLISHER, endpoint, "30")
             try:
-                wait_for(lambda: sub.sock.poll(10) and _take(sub) and len(_segments(tmp_path)) == 1, 10,
+                wait_for(lambda: sub.sock.poll(10) and take(sub) and len(_segments(tmp_path)) == 1, 10,
                          "frames from the publisher")
                 os.kill(proc.pid, signal.SIGKILL)
                 proc.wait(timeout=5)
@@ -406,7 +382,7 @@ def test_a_loaned_frame_is_published_from_its_slot_without_a_copy(
     pub = Publisher(ctx, TOPIC, f"ipc://{tmp_path}/cam.sock", shm="on")
     sub = Subscriber(ctx, TOPIC, f"ipc://{tmp_path}/cam.sock", "latest", shm="on")
     closing += [pub, sub]
-    _connected(pub, sub)
+    connected(pub, sub)
     writer = pub._writer
     for seq in range(1, 4):
         frame = pub.loan(BIG, np.uint8)
@@ -415,7 +391,7 @@ def test_a_loaned_frame_is_published_from_its_slot_without_a_copy(
         pub.send(encode(Image(data=frame, seq=seq)), lambda: False)
         assert writer.loans == []
         del frame
-        msg = _images(wait_for(lambda: _take(sub), 5, f"loaned frame {seq}"))[0]
+        msg = _images(wait_for(lambda: take(sub), 5, f"loaned frame {seq}"))[0]
         assert msg.seq == seq and (msg.data == seq).all()
         assert sub.reader.leases[-1][1] == slot  # read from the very slot it was written into
         del msg
@@ -428,8 +404,8 @@ def test_a_dropped_loan_frees_its_slot_and_plain_subscribers_get_a_copy_of_a_loa
     local = Subscriber(ctx, TOPIC, f"ipc://{tmp_path}/cam.sock", "drop_oldest", shm="on")
     plain = Subscriber(ctx, TOPIC, f"ipc://{tmp_path}/cam.sock", "drop_oldest", shm="off")
     closing += [pub, local, plain]
-    _connected(pub, local)
-    _connected(pub, plain)
+    connected(pub, local)
+    connected(pub, plain)
     unused = [pub.loan(BIG, np.uint8) for _ in range(2)]
     extra = pub.loan(BIG, np.uint8)  # every slot is on loan: a plain array, nothing waits
     assert len(pub._writer.loans) == 2 and extra.shape == BIG
@@ -444,7 +420,7 @@ def test_a_dropped_loan_frees_its_slot_and_plain_subscribers_get_a_copy_of_a_loa
     got: list[Image] = []
 
     def three() -> bool:
-        got.extend(_images([m for m in _take(plain) if peek_header(m[1].buffer).schema == Image.SCHEMA]))
+        got.extend(_images([m for m in take(plain) if peek_header(m[1].buffer).schema == Image.SCHEMA]))
         return len(got) == 3
     wait_for(three, 5, "3 frames on the plain subscriber")
     assert [m.seq for m in got] == [1, 2, 3] and all((m.data == m.seq).all() for m in got)

@@ -20,9 +20,9 @@ import pytest
 import zmq
 
 from pipeline.codec import decode, encode
-from pipeline.messages import Clock, Image
+from pipeline.messages import Image
 from pipeline.transport import Publisher, Subscriber
-from tests.conftest import wait_for
+from tests.conftest import connected, take, wait_for
 
 CAMERA = (720, 1280, 3)  # 2.7 MB
 
@@ -32,32 +32,6 @@ def ctx() -> Iterator[zmq.Context]:
     context = zmq.Context()
     yield context
     context.destroy(linger=0)  # closes any socket a failed test left open
-
-
-@pytest.fixture
-def closing() -> Iterator[list[Any]]:
-    """Publishers and subscribers to close (linger 0) at the end of the test, even on failure."""
-    items: list[Any] = []
-    yield items
-    for item in items:
-        item.close()
-
-
-def _connected(pub: Publisher, sub: Subscriber, timeout: float = 5.0) -> None:
-    """Send probes until the subscriber gets one (ZeroMQ's slow joiner), then drop the probes."""
-    def probe() -> bool:
-        pub.send(encode(Clock(frame_id="probe")), lambda: False)
-        return bool(sub.sock.poll(20))
-    wait_for(probe, timeout, f"subscriber of {sub.topic} to connect", interval=0)
-    wait_for(lambda: not _take(sub) and not sub.sock.poll(20), timeout, "probes to drain", interval=0)
-    sub.dropped = 0
-
-
-def _take(sub: Subscriber) -> list[list[Any]]:
-    q = sub.drain()
-    out = list(q)
-    q.clear()
-    return out
 
 
 def _seqs(messages: list[list[Any]]) -> list[int]:
@@ -93,10 +67,10 @@ def _pair(ctx: zmq.Context, closing: list[Any], endpoint: str, policy: str, dept
 def test_a_received_camera_frame_shares_memory_with_the_zmq_frame(
         ctx: zmq.Context, closing: list[Any], tmp_path: Path) -> None:
     pub, sub = _pair(ctx, closing, f"ipc://{tmp_path}/cam.sock", "latest", shm="off")
-    _connected(pub, sub)
+    connected(pub, sub)
     sent = np.random.default_rng(0).integers(0, 255, CAMERA, dtype=np.uint8)
     pub.send(encode(Image(data=sent, seq=7)), lambda: False)
-    got = wait_for(lambda: _take(sub), 5, "the camera frame")
+    got = wait_for(lambda: take(sub), 5, "the camera frame")
     frames = got[-1]
     msg, _ = decode(frames[1:], expect=Image)
     assert isinstance(frames[-1], zmq.Frame)
@@ -112,9 +86,9 @@ def test_a_received_camera_frame_shares_memory_with_the_zmq_frame(
 def test_latest_keeps_only_the_newest_message_of_a_burst(
         ctx: zmq.Context, closing: list[Any], tmp_path: Path, shm: str) -> None:
     pub, sub = _pair(ctx, closing, "inproc://latest", "latest", shm=shm, run_dir=tmp_path)
-    _connected(pub, sub)
+    connected(pub, sub)
     _burst(pub, 20)
-    assert _checked_seqs(_take(sub)) == [20]
+    assert _checked_seqs(take(sub)) == [20]
     assert sub.dropped == 19
 
 
@@ -123,9 +97,9 @@ def test_latest_keeps_only_the_newest_message_of_a_burst(
 def test_drop_oldest_keeps_the_newest_depth_messages(
         ctx: zmq.Context, closing: list[Any], tmp_path: Path, depth: int, shm: str) -> None:
     pub, sub = _pair(ctx, closing, "inproc://drop", "drop_oldest", depth, shm=shm, run_dir=tmp_path)
-    _connected(pub, sub)
+    connected(pub, sub)
     _burst(pub, 20)
-    assert _checked_seqs(_take(sub)) == list(range(21 - depth, 21))
+    assert _checked_seqs(take(sub)) == list(range(21 - depth, 21))
     assert sub.dropped == 20 - depth
 
 
@@ -155,7 +129,7 @@ def test_block_loses_nothing_with_a_slow_consumer_and_the_publisher_waits(
         assert time.monotonic() < end, "publisher stuck"
 
     def rest() -> bool:
-        got.extend(_seqs(_take(sub)))
+        got.extend(_seqs(take(sub)))
         return len(got) >= n
     wait_for(rest, 10, f"all {n} messages")
     assert got == list(range(1, n + 1))
@@ -173,7 +147,7 @@ def _take_at_most(sub: Subscriber, k: int) -> list[list[Any]]:
 def test_a_publisher_with_a_stalled_latest_subscriber_never_blocks(
         ctx: zmq.Context, closing: list[Any], tmp_path: Path, shm: str) -> None:
     pub, sub = _pair(ctx, closing, f"ipc://{tmp_path}/cam.sock", "latest", shm=shm)
-    _connected(pub, sub)
+    connected(pub, sub)
     frame = np.zeros((64, 1024, 1), dtype=np.uint8)  # 64 KiB: the kernel buffers fill quickly
     t0 = time.monotonic()
     for seq in range(1, 3001):
@@ -187,7 +161,7 @@ def test_a_publisher_with_a_stalled_latest_subscriber_never_blocks(
         nonlocal seq
         seq += 1
         pub.send(encode(Image(data=frame, seq=seq)), lambda: False)
-        taken = _seqs(_take(sub))
+        taken = _seqs(take(sub))
         assert len(taken) <= 1
         got.extend(taken)
         return bool(got) and got[-1] > 3000
