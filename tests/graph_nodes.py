@@ -60,7 +60,7 @@ class Collect(Node):
     inputs = {"tracks": Tracks}
 
     def setup(self) -> None:
-        self.fh = Path(self.params.out).open("a")
+        self.fh = Path(self.params.out).open("a")  # noqa: SIM115 (closed in shutdown)
         self.n = 0
 
     def on_tracks(self, msg: Tracks) -> None:
