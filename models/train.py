@@ -8,6 +8,8 @@ still teach). Sequences are cut into chunks of --bptt steps for truncated back-p
 the state carried (detached) from chunk to chunk, so the state a streaming node carries over a track's
 whole life is in distribution. Gradients are clipped by norm. Loss = mean Euclidean error in the
 normalised agent frame (the ADE the benchmark measures, not its square: a few wild tracks do not dominate).
+Options: --cv-init starts the head at constant velocity (the model learns a residual over CV);
+--window-weight adds a loss on training windows run exactly as the window protocol evaluates them.
 
 Validation (each epoch) runs both protocols on the validation split; the checkpoint with the lowest mean
 of window and streaming ADE is kept, and training stops after --patience epochs without improvement.
@@ -29,14 +31,14 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from export.features import default_spec, feature_dim, flag_mask, mirror_sign, validate_spec
+from export.features import default_spec, feature_dim, flag_mask, mirror_sign, to_frame, validate_spec
 from models.baselines import choose_k
 from models.datasets import DATASETS, DatasetError, load_scenes, to_grid
 from models.evaluate import TorchStepper, evaluate, prepare
-from models.sequences import TrackSeq, track_sequences
+from models.sequences import TrackSeq, find_windows, track_sequences, window_inputs
 from models.trajectory import ModelConfig, TrajectoryModel, save_checkpoint
 
-__all__ = ["main", "masked_ade_loss", "train_batches"]
+__all__ = ["init_head_cv", "main", "masked_ade_loss", "train_batches", "training_windows"]
 
 # Defaults per dataset, measured on this 2-core CPU. ETH/UCY is small (56k samples per fold, ~2 s an
 # epoch): many epochs and small batches. Argoverse has 750k samples (~10 s an epoch at hidden 128): fewer
@@ -76,6 +78,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--max-minutes", type=float, default=30.0, help="wall-clock budget; stops after the epoch")
     p.add_argument("--feature", action="append", default=[], metavar="KEY=VALUE",
                    help="override a feature-spec entry (export/features.py), e.g. --feature k_neighbors=6")
+    p.add_argument("--cv-init", action="store_true",
+                   help="initialise the head's skip path to constant velocity (CV k from val, capped at the "
+                        "feature history): the model starts at CV and learns a residual correction")
+    p.add_argument("--window-weight", type=float, default=0.0,
+                   help="add this weight times the window-protocol loss on training windows (state from zero "
+                        "obs_len samples before the prediction, own history cut at the window start, loss on "
+                        "the last step's whole horizon), one batch of --window-batch windows per track batch")
+    p.add_argument("--window-batch", type=int, default=128)
+    p.add_argument("--window-stride", type=int, default=1, help="stride of the training windows, samples")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest for small LSTMs)")
     p.add_argument("--out", default=None, help="output directory (default runs/<dataset>_<fold>_<cell>)")
@@ -119,6 +130,42 @@ def _pad(group: list[TrackSeq], sign: np.ndarray | None, lengths: np.ndarray, sp
             x[i, :n] *= np.where(lengths, k, 1.0).astype(np.float32)
             y[i, :n] *= k
     return torch.from_numpy(x), torch.from_numpy(y), torch.from_numpy(m)
+
+
+def init_head_cv(model: TrajectoryModel, spec: dict[str, Any], k: int) -> None:
+    """Set the head so that pred = CV(k) from x_t's own displacements (recurrent part and bias zero).
+
+    x_t holds the last `history` displacements newest first, (x, y) in the agent frame in units of scale,
+    and pred is the offset from the current position in the same units: CV(k) at step t is
+    t * mean of the last k displacements, a linear function of x_t. Same architecture and graph, only
+    the starting point moves: training learns the correction over CV instead of CV itself.
+    """
+    cfg = model.cfg
+    with torch.no_grad():
+        w = model.head.weight            # [2T, H + F]
+        w.zero_()
+        model.head.bias.zero_()
+        for t in range(cfg.horizon):
+            for j in range(k):
+                for d in range(2):
+                    w[2 * t + d, cfg.hidden + 2 * j + d] = (t + 1) / k
+
+
+def training_windows(spec: dict[str, Any], grids: list[Any], obs_len: int, horizon: int, stride: int = 1
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Window-protocol inputs x[W,obs_len,F] and last-step targets y[W,T,2] of every agent in `grids`."""
+    xs, ys = [], []
+    for g in grids:
+        win = find_windows(g, obs_len, horizon, False, stride)
+        if len(win.agent) == 0:
+            continue
+        x, hist, n = window_inputs(spec, g, win, obs_len)
+        xs.append(x)
+        ys.append(to_frame(spec, win.truth, hist, n).astype(np.float32))
+    f = feature_dim(spec)
+    if not xs:
+        return torch.zeros(0, obs_len, f), torch.zeros(0, horizon, 2)
+    return torch.from_numpy(np.concatenate(xs)), torch.from_numpy(np.concatenate(ys))
 
 
 def masked_ade_loss(pred: torch.Tensor, y: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
@@ -177,6 +224,11 @@ def main(argv: list[str]) -> int:
         return 1
     # the evaluated agents (Argoverse AGENT: chosen for interesting motion) weigh more than parked OTHERS
     seqs += [q for q in seqs if q.focal] * (args.focal_repeat - 1)
+    win_x = win_y = None
+    if args.window_weight > 0:
+        win_x, win_y = training_windows(spec, [to_grid(s, proto.dt_s) for s in train_scenes], proto.obs_len,
+                                        proto.horizon, args.window_stride)
+        print(f"train windows: {len(win_x)} (window-protocol loss weight {args.window_weight})")
     val_grids = [to_grid(s, proto.dt_s) for s in val_scenes]
     try:
         val = prepare(spec, val_grids, proto.obs_len, proto.horizon, proto.focal_only)
@@ -193,6 +245,8 @@ def main(argv: list[str]) -> int:
                       horizon=proto.horizon, obs_len=proto.obs_len, dt_s=proto.dt_s, features=spec,
                       dropout=args.dropout, agent_kind=proto.agent_kind)
     model = TrajectoryModel(cfg)
+    if args.cv_init:
+        init_head_cv(model, spec, min(cv_k, int(spec["history"])))
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     sign = None if args.no_mirror else mirror_sign(spec)
     lengths = ~flag_mask(spec)
@@ -207,6 +261,18 @@ def main(argv: list[str]) -> int:
         if it < warm:
             return args.lr * (it + 1) / warm
         return args.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, (it - warm) / max(1, total - warm)))))
+
+    def update(loss: torch.Tensor) -> None:
+        """One optimiser step with gradient-norm clipping (against exploding gradients through
+        time), then the weight average (EMA) follows the raw weights."""
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)
+        opt.step()
+        if ema is not None:
+            with torch.no_grad():
+                for p, e in zip(model.parameters(), ema, strict=True):
+                    e.lerp_(p, 1.0 - args.ema)
 
     def swap_ema() -> None:
         if ema is not None:
@@ -239,19 +305,26 @@ def main(argv: list[str]) -> int:
                     g["lr"] = lr_at(it)
                 pred, h, c = model(x[:, t0: t0 + bptt], h, c)
                 loss = masked_ade_loss(pred, y[:, t0: t0 + bptt], m[:, t0: t0 + bptt])
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)
-                opt.step()
-                if ema is not None:
-                    with torch.no_grad():
-                        for p, e in zip(model.parameters(), ema, strict=True):
-                            e.lerp_(p, 1.0 - args.ema)
+                update(loss)
                 # truncated BPTT: keep the state, cut the graph
                 h = h.detach()
                 c = c.detach() if c is not None else None
                 run_loss += float(loss.detach()) * len(group)
                 run_n += len(group)
+            if win_x is not None and win_y is not None:
+                sel = torch.from_numpy(np.array(rng.sample(range(len(win_x)), min(args.window_batch, len(win_x)))))
+                wx, wy = win_x[sel].clone(), win_y[sel].clone()
+                if sign is not None:
+                    flip = torch.rand(len(sel)) < 0.5
+                    wx[flip] *= torch.from_numpy(sign)
+                    wy[flip, :, 1] *= -1.0
+                if args.speed_aug > 0:
+                    k = 1 + args.speed_aug * (2 * torch.rand(len(sel), 1) - 1)
+                    wx = torch.where(torch.from_numpy(lengths)[None, None, :], wx * k[:, :, None], wx)
+                    wy = wy * k[:, :, None]
+                pred, _, _ = model(wx)
+                loss = args.window_weight * masked_ade_loss(pred[:, -1], wy, torch.ones(wy.shape[:2]))
+                update(loss)
             it += 1
             bar.set_postfix(loss=f"{run_loss / max(run_n, 1):.4f}")
         swap_ema()   # validate and save the averaged weights; train on with the raw ones

@@ -65,3 +65,46 @@ def test_train_on_a_wrong_path_prints_an_error(tmp_path: Path, capsys: pytest.Ca
     rc = train.main(["--dataset", "argoverse", "--data", str(tmp_path / "missing"), "--no-progress"])
     assert rc == 1
     assert "missing" in capsys.readouterr().err
+
+
+def test_train_with_window_loss_and_cv_init(tiny_eth: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run_w"
+    rc = train.main(["--dataset", "eth_ucy", "--data", str(tiny_eth), "--fold", "zz", "--epochs", "2",
+                     "--hidden", "8", "--window-weight", "1", "--window-batch", "8", "--cv-init",
+                     "--out", str(out), "--no-progress"])
+    assert rc == 0
+    metrics = json.loads((out / "best.metrics.json").read_text())
+    assert metrics["model"]["ade"] >= 0
+
+
+def test_cv_init_head_reproduces_constant_velocity() -> None:
+    import torch
+
+    from export.features import default_spec, feature_dim
+    from models.baselines import ConstantVelocityStep
+    from models.trajectory import ModelConfig, TrajectoryModel
+
+    spec = default_spec("vehicle")
+    cfg = ModelConfig(input_dim=feature_dim(spec), hidden=16, horizon=30, obs_len=20, dt_s=0.1, features=spec)
+    model = TrajectoryModel(cfg)
+    train.init_head_cv(model, spec, 8)
+    x = np.random.default_rng(0).normal(size=(5, feature_dim(spec))).astype(np.float32)
+    x[:, 16:24] = 1.0   # all 8 displacements known
+    h, c = model.zero_state(5)
+    pred, _, _ = model.step(torch.from_numpy(x), h, c)
+    cv, _ = ConstantVelocityStep(spec, 8, 30, 20, 0.1).step(x, ())
+    np.testing.assert_allclose(pred.detach().numpy(), cv, atol=1e-4)
+
+
+def test_training_windows_match_the_window_protocol(tiny_eth: Path) -> None:
+    from export.features import default_spec
+    from models.datasets import load_scenes, to_grid
+
+    spec = default_spec("pedestrian")
+    grids = [to_grid(s, 0.4) for s in load_scenes("eth_ucy", tiny_eth, "train", "zz")]
+    x, y = train.training_windows(spec, grids, 8, 12)
+    assert x.shape[1:] == (8, 3 * 4 + 5 * 4) and y.shape[1:] == (12, 2) and len(x) == len(y) > 0
+    # straight walkers: the target is the current velocity extrapolated, in the heading frame (+x)
+    v = x[:, -1, 0:2]
+    steps = np.arange(1, 13, dtype=np.float32)[None, :, None]
+    np.testing.assert_allclose(y.numpy(), v.numpy()[:, None, :] * steps, atol=2e-2)
