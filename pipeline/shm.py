@@ -346,7 +346,7 @@ class ShmReader:
         self.leases: list[tuple[_Segment, int, list[np.ndarray]]] = []
         self.overruns = 0  # descriptors whose slot was being or had been rewritten: not delivered
         self.bad = 0  # descriptors that failed validation
-        self.unreachable = 0  # descriptors naming a segment this process cannot open (another host?)
+        self.unreachable = 0  # consecutive descriptors naming a segment we cannot open (another host?)
 
     def _segment(self, name: str) -> _Segment | None:
         seg = self.segments.get(name)
@@ -371,6 +371,7 @@ class ShmReader:
         except (OSError, ValueError):
             return None
         self.segments[name] = seg
+        self.unreachable = 0  # counts consecutive failures: one that opens proves the path works
         if self.current is not None and self.current != name:
             self._retire(self.current)
         self.current = name
