@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import select
 import signal
 import struct
 import subprocess
@@ -131,7 +132,12 @@ def test_recording_cut_by_kill_9_is_readable_and_recoverable(tmp_path: Path, cap
                             stderr=subprocess.PIPE, start_new_session=True)
     try:
         assert proc.stdout is not None
-        wait_for(lambda: int((proc.stdout.readline() or b"0").split()[0]) >= 1000, 20, "1000 messages written")
+        out = proc.stdout
+
+        def progress() -> bool:  # readline only when a line is ready: the deadline holds even if it hangs
+            ready, _, _ = select.select([out], [], [], 0.2)
+            return bool(ready) and int((out.readline() or b"0").split()[0]) >= 1000
+        wait_for(progress, 20, "1000 messages written")
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
