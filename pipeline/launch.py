@@ -262,12 +262,13 @@ class Supervisor:
             if n not in lossless:
                 p.send_signal(signal.SIGINT)
         deadline = time.monotonic() + DRAIN_S
-        for p in waiting:
-            try:
-                p.wait(timeout=max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
+        while any(p.poll() is None for p in waiting):
+            if self._signal is not None:  # Ctrl-C while draining: stop now, as always
+                return
+            if time.monotonic() > deadline:
                 self.say(f"nodes with lossless inputs still busy after {DRAIN_S:g} s: stopping them")
-                break
+                return
+            time.sleep(0.05)  # supervision tick
 
     def stop(self) -> None:
         """SIGINT, then SIGTERM, then SIGKILL: every node is gone within 5 s."""

@@ -70,7 +70,9 @@ def last_stamp_logged(log: Path) -> int:
 def finish(launched: Launched) -> str:
     """Stop the graph: it may already have ended by itself (the source finished, and the nodes with
     lossless inputs stopped on its end of stream: exit code 0), else Ctrl-C (130)."""
-    if launched.proc.poll() is None:
+    try:  # a graph whose source finishes ends by itself: give it the chance, then Ctrl-C
+        launched.proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
         launched.proc.send_signal(signal.SIGINT)
     rc, out = launched.wait(timeout=20)
     assert rc in (0, 130), out
