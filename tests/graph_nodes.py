@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.messages import Tracks
+from pipeline.messages import Image, Tracks
 from pipeline.node import Node, NodeParams
 
 
@@ -96,3 +96,18 @@ class Crash(Node):
 
     def setup(self) -> None:
         raise RuntimeError("crash on purpose")
+
+
+class FrameCheck(Node):
+    """Checks that every image is uniform (a torn frame is not) and logs the count every 20 frames."""
+
+    inputs = {"image": Image}
+
+    def setup(self) -> None:
+        self.n = 0
+
+    def on_image(self, msg: Image) -> None:
+        assert (msg.data == msg.data.flat[0]).all(), "torn frame"
+        self.n += 1
+        if self.n % 20 == 0:
+            self.log.info("frames %d", self.n)

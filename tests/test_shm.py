@@ -318,21 +318,6 @@ class CamSource(Node):
         self.publish("image", Image(data=np.full((self.params.rows, 1024, 1), self.seq & 0xFF, np.uint8)))
 
 
-class CamViewer(Node):
-    """Checks every frame and logs how many it got (a test node)."""
-
-    inputs = {"image": Image}
-
-    def setup(self) -> None:
-        self.n = 0
-
-    def on_image(self, msg: Image) -> None:
-        assert (msg.data == msg.data.flat[0]).all(), "torn frame"
-        self.n += 1
-        if self.n % 20 == 0:
-            self.log.info("frames %d", self.n)
-
-
 @pytest.mark.slow
 def test_kill_9_of_either_node_mid_stream_the_graph_recovers_and_stop_leaves_no_segment(
         tmp_path: Path, run_base: Path) -> None:
@@ -342,7 +327,7 @@ def test_kill_9_of_either_node_mid_stream_the_graph_recovers_and_stop_leaves_no_
         nodes:
           cam: {run: tests.test_shm:CamSource, respawn: {max: 3, backoff_s: 0.1}}
           view:
-            run: tests.test_shm:CamViewer
+            run: tests.graph_nodes:FrameCheck
             inputs: {image: {topic: cam/image, queue: latest}}
             respawn: {max: 3, backoff_s: 0.1}
     """))

@@ -36,26 +36,13 @@ class LoanCam(Node):
         self.publish("image", Image(data=data))
 
 
-class Check(Node):
-    inputs = {"image": Image}
-
-    def setup(self) -> None:
-        self.n = 0
-
-    def on_image(self, msg: Image) -> None:
-        assert (msg.data == msg.data.flat[0]).all(), "torn frame"
-        self.n += 1
-        if self.n % 20 == 0:
-            self.log.info("frames %d", self.n)
-
-
 def _write(tmp: Path, extra: str = "") -> Path:
     p = tmp / "launch.yaml"
     p.write_text(textwrap.dedent("""
         name: shmg
         nodes:
           cam: {run: tests.test_shm_graph:LoanCam}
-          view: {run: tests.test_shm_graph:Check, inputs: {image: {topic: cam/image, queue: drop_oldest, depth: 7}}}
+          view: {run: tests.graph_nodes:FrameCheck, inputs: {image: {topic: cam/image, queue: drop_oldest, depth: 7}}}
     """) + extra)
     return p
 
