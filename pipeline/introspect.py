@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import sys
 import time
 from pathlib import Path
@@ -24,6 +23,7 @@ from pipeline.errors import ConfigError, DecodeError
 from pipeline.graph import load_graph
 from pipeline.launch import runs_base
 from pipeline.messages import Message
+from pipeline.signals import StopSignals
 
 __all__ = ["find_run", "format_message", "graph_main", "pid_alive", "topic_main"]
 
@@ -109,12 +109,7 @@ class _Watch:
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.setsockopt(zmq.SUBSCRIBE, topic.encode())  # the plain variant (not shared memory)
         self.sock.connect(topics[topic]["endpoint"])
-        self.stop = False
-        signal.signal(signal.SIGINT, self._on_signal)
-        signal.signal(signal.SIGTERM, self._on_signal)
-
-    def _on_signal(self, *_: Any) -> None:
-        self.stop = True
+        self.stop = StopSignals()
 
     def recv(self, timeout_s: float) -> list[zmq.Frame] | None:
         if self.sock.poll(int(timeout_s * 1000)):
@@ -124,6 +119,7 @@ class _Watch:
     def close(self) -> None:
         self.sock.close(0)
         self.ctx.term()
+        self.stop.restore()
 
 
 def topic_main(argv: list[str]) -> int:
@@ -165,7 +161,7 @@ def _list(manifest: dict[str, Any]) -> int:
 
 def _echo(watch: _Watch, args: argparse.Namespace) -> int:
     count = 0
-    while not watch.stop:
+    while not watch.stop():
         frames = watch.recv(args.timeout or 0.2)
         if frames is None:
             if args.timeout:
@@ -191,7 +187,7 @@ def _hz(watch: _Watch, args: argparse.Namespace) -> int:
     sizes: list[int] = []
     window_end = time.monotonic() + args.window
     last_msg = time.monotonic()
-    while not watch.stop:
+    while not watch.stop():
         frames = watch.recv(0.05)
         now = time.monotonic()
         if frames is not None:

@@ -36,6 +36,7 @@ from typing import IO, Any
 from pipeline.errors import ConfigError
 from pipeline.graph import Graph, load_graph, parse_set
 from pipeline.shm import remove_segments
+from pipeline.signals import StopSignals
 from pipeline.transport import free_tcp_port, ipc_endpoint
 
 __all__ = ["Supervisor", "main", "make_run_dir", "runs_base"]
@@ -141,7 +142,7 @@ class Supervisor:
         self.children = {name: _Child(name) for name, n in graph.nodes.items()
                          if machine is None or n.machine == machine}
         self._lock = threading.Lock()
-        self._signal: int | None = None
+        self._signals: StopSignals | None = None
         self._readers: list[threading.Thread] = []
 
     def say(self, text: str, node: str = "launch") -> None:
@@ -170,12 +171,9 @@ class Supervisor:
         t.start()
         self._readers.append(t)
 
-    def _on_signal(self, signum: int, frame: Any) -> None:
-        self._signal = signum
-
     def run(self, duration_s: float | None = None) -> int:
         """Run until the duration passes, a signal arrives or the graph ends; return the exit code."""
-        old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        self._signals = signals = StopSignals()
         rc = 0
         try:
             self.say(f"graph {self.graph.name!r}: {len(self.children)} nodes, run directory {self.run_dir}")
@@ -183,9 +181,9 @@ class Supervisor:
                 self._spawn(child)
             end = None if duration_s is None else time.monotonic() + duration_s
             while True:
-                if self._signal is not None:
-                    rc = 128 + self._signal
-                    self.say(f"{signal.Signals(self._signal).name}: stopping the graph")
+                if signals.signum is not None:
+                    rc = 128 + signals.signum
+                    self.say(f"{signal.Signals(signals.signum).name}: stopping the graph")
                     break
                 if end is not None and time.monotonic() >= end:
                     self.say(f"duration of {duration_s:g} s reached: stopping the graph")
@@ -200,8 +198,7 @@ class Supervisor:
                 time.sleep(0.05)  # supervision tick, not synchronisation
         finally:
             self.stop()
-            for s, h in old.items():
-                signal.signal(s, h)
+            signals.restore()
         if rc == 0 and any(c.failed for c in self.children.values()):
             rc = 1
         self.say(f"exit code {rc}")
@@ -263,7 +260,7 @@ class Supervisor:
                 p.send_signal(signal.SIGINT)
         deadline = time.monotonic() + DRAIN_S
         while any(p.poll() is None for p in waiting):
-            if self._signal is not None:  # Ctrl-C while draining: stop now, as always
+            if self._signals is not None and self._signals():  # Ctrl-C while draining: stop now, as always
                 return
             if time.monotonic() > deadline:
                 self.say(f"nodes with lossless inputs still busy after {DRAIN_S:g} s: stopping them")

@@ -39,7 +39,7 @@ class LocalGraph:
     """Runs nodes in this process on a manual clock; see the module docstring."""
 
     def __init__(self, start_ns: int = 0, state_root: Path | None = None, record: bool = True,
-                 on_publish: Callable[[str, list[Any], int, Message], None] | None = None) -> None:
+                 on_publish: Callable[[str, list[Any], int, Message], object] | None = None) -> None:
         """`record`: keep every published message in `published`. `on_publish(topic, frames,
         t_ns, msg)`: called for each message a node publishes, with the wire frames its
         subscribers decoded (lockstep replay records them)."""

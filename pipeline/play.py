@@ -51,6 +51,7 @@ from pipeline.codec import decode, encode
 from pipeline.errors import ConfigError, DrivecastError
 from pipeline.messages import Clock, Detections, GnssFix, Image, Imu, Message, Odometry, PointCloud, Predictions, Tracks
 from pipeline.recording import Item, Recording, open_recording, prefetch
+from pipeline.signals import StopSignals
 
 __all__ = ["SCHEMA_OUTPUTS", "PlayOptions", "PlayStats", "lockstep", "main", "parse_remap", "play",
            "player_topics", "schedule"]
@@ -254,7 +255,7 @@ class LockstepStats:
 
 
 def lockstep(rec: Recording, graph: Any, opts: PlayOptions,
-             sink: Callable[[str, list[Any], int, Message], None] | None = None,
+             sink: Callable[[str, list[Any], int, Message], object] | None = None,
              stop: Callable[[], bool] = lambda: False) -> LockstepStats:
     """Replay `rec` through `graph` (a `pipeline.graph.Graph`) in this process; see the module doc.
     `sink(topic, frames, log_ns, msg)` receives every injected and published message in order."""
@@ -380,58 +381,41 @@ def main(argv: list[str]) -> int:
 
 
 def _run_lockstep(rec: Recording, args: argparse.Namespace, opts: PlayOptions) -> int:
-    import signal
-
     from pipeline.graph import load_graph
     from pipeline.record import Recorder
 
     graph = load_graph(args.graph)
     out = Recorder(args.output, flush_s=0) if args.output else None
-    flag = {"stop": False}
-
-    def on_signal(signum: int, frame: Any) -> None:
-        flag["stop"] = True
-
-    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    stopped = StopSignals()
     try:
-        stats = lockstep(rec, graph, opts, out.write if out else None, stop=lambda: flag["stop"])
+        stats = lockstep(rec, graph, opts, out.write if out else None, stop=stopped)
     finally:
-        for sig, handler in old.items():
-            signal.signal(sig, handler)
+        stopped.restore()
         if out is not None:
             out.close()
     if not args.quiet:
         print(f"lockstep: {stats.injected} messages in, {stats.published} deliveries, "
               f"{stats.replayed_ns / 1e9:.2f} s replayed in {stats.wall_s:.2f} s "
               f"(x{stats.x_realtime:.0f} real time)" + (f"; wrote {args.output}" if out else ""), file=sys.stderr)
-    return 130 if flag["stop"] else 0
+    return 130 if stopped() else 0
 
 
 def _run_live(rec: Recording, args: argparse.Namespace, opts: PlayOptions, info: Any) -> int:
     import shutil
-    import signal
 
     topics = {opts.remap.get(t.name, t.name): t.schema for t in info.topics
               if t.converted and (opts.topics is None or t.name in opts.topics)}
     if opts.clock_hz:
         topics[opts.clock_topic] = Clock.SCHEMA
     run_dir, pubs, ctx = _publishers(topics, args.wait_for)
-    flag = {"stop": False}
-
-    def on_signal(signum: int, frame: Any) -> None:
-        flag["stop"] = True
-
-    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-
-    def stopped() -> bool:
-        return flag["stop"]
+    stopped = StopSignals()
 
     def send(topic: str, frames: list[Any]) -> None:
         pubs[topic].send(list(frames), stopped)
 
     try:
         end = time.monotonic() + max(0.0, args.delay)
-        while time.monotonic() < end and not flag["stop"]:  # --delay: subscribers join meanwhile
+        while time.monotonic() < end and not stopped():  # --delay: subscribers join meanwhile
             if opts.clock_hz:
                 t = info.start_ns + int(opts.start_offset_s * 1e9)
                 send(opts.clock_topic, encode(Clock(stamp_ns=t), publish_ns=t))
@@ -442,12 +426,11 @@ def _run_live(rec: Recording, args: argparse.Namespace, opts: PlayOptions, info:
             p.close()
         ctx.term()
         shutil.rmtree(run_dir, ignore_errors=True)
-        for sig, handler in old.items():
-            signal.signal(sig, handler)
+        stopped.restore()
     if not args.quiet:
         s = stats.summary()
         print(f"played {stats.messages} messages, {s['replayed_s']:.2f} s of recording in {s['wall_s']:.2f} s; "
               f"lateness median {s['late_median_ms']:.3f} ms, p99 {s['late_p99_ms']:.3f} ms, "
               f"max {s['late_max_ms']:.3f} ms", file=sys.stderr)
-    return 130 if flag["stop"] else 0
+    return 130 if stopped() else 0
 

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -36,7 +35,7 @@ from typing import Any
 from mcap.writer import CompressionType, Writer
 
 from pipeline import foxglove
-from pipeline.codec import decode, peek_header
+from pipeline.codec import HeaderInfo, decode, peek_header
 from pipeline.errors import ConfigError, DecodeError, DrivecastError
 from pipeline.messages import SCHEMAS, Message
 from pipeline.recording import (
@@ -47,6 +46,7 @@ from pipeline.recording import (
     pack_frames,
     schema_description,
 )
+from pipeline.signals import StopSignals
 
 __all__ = ["LARGE_BYTES", "RecordWriteError", "Recorder", "main"]
 
@@ -115,15 +115,17 @@ class Recorder:
         return cid
 
     def write(self, topic: str, frames: Sequence[Any], log_ns: int | None = None,
-              msg: Message | None = None) -> None:
-        """Store one wire message (header + array frames) received on `topic` at `log_ns`.
+              msg: Message | None = None) -> HeaderInfo:
+        """Store one wire message (header + array frames) received on `topic` at `log_ns`, and
+        return what its header says (the caller counts seq gaps without parsing it again).
 
         The header is validated (schema known, publish time read from it); a Foxglove mirror
         message is written beside it when the schema has a Foxglove form (from `msg` when the
         caller has the decoded message already, else decoded from `frames`).
         """
         log_ns = time.time_ns() if log_ns is None else log_ns
-        schema, _, _, publish_ns = peek_header(frames[0])
+        info = peek_header(frames[0])
+        schema, publish_ns = info.schema, info.publish_ns
         cid = self._channel(topic, schema)
         data = pack_frames(list(frames))
         seq = self._seq.get(topic, 0) + 1
@@ -142,6 +144,7 @@ class Recorder:
         self.bytes += len(data)
         if self._flush_ns and time.monotonic_ns() - self._last_flush >= self._flush_ns:
             self.flush()
+        return info
 
     def _mirror_now(self, topic: str, nbytes: int, log_ns: int) -> bool:
         if nbytes <= LARGE_BYTES or not self._fox_period:
@@ -224,12 +227,7 @@ def main(argv: list[str]) -> int:
         print(f"ERROR: {exc}", file=sys.stderr)
         return 2
 
-    stop = {"flag": False}
-
-    def on_signal(signum: int, frame: Any) -> None:
-        stop["flag"] = True
-
-    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    stopped = StopSignals()
     ctx = zmq.Context()
     socks: dict[Any, str] = {}
     poller = zmq.Poller()
@@ -252,7 +250,7 @@ def main(argv: list[str]) -> int:
     if not args.quiet:
         print(f"recording {len(topics)} topics of graph {manifest['name']!r} into {args.output}", file=sys.stderr)
     try:
-        while not stop["flag"]:
+        while not stopped() and not failed:
             for s, _ in poller.poll(100):
                 for _ in range(1000):  # drain what is waiting, bounded so the stop check runs
                     try:
@@ -262,15 +260,13 @@ def main(argv: list[str]) -> int:
                     now = time.time_ns()
                     topic = socks[s]
                     try:
-                        rec.write(topic, frames[1:], now)
+                        seq = rec.write(topic, frames[1:], now).seq
                     except DecodeError:
                         bad += 1
                         continue
                     except RecordWriteError as exc:
                         failed = str(exc)
-                        stop["flag"] = True
                         break
-                    seq = _seq_of(frames[1])
                     if topic in last_seq and seq > last_seq[topic] + 1:
                         gaps += seq - last_seq[topic] - 1
                     last_seq[topic] = seq
@@ -291,8 +287,7 @@ def main(argv: list[str]) -> int:
         for s in socks:
             s.close(0)
         ctx.term()
-        for sig, h in old.items():
-            signal.signal(sig, h)
+        stopped.restore()
     if failed:
         print(f"ERROR: {failed}", file=sys.stderr)
         return 1
@@ -302,9 +297,3 @@ def main(argv: list[str]) -> int:
               f"{gaps} lost on the way (seq gaps), {bad} undecodable", file=sys.stderr)
     return 0
 
-
-def _seq_of(header: Any) -> int:
-    try:
-        return peek_header(header).seq
-    except DecodeError:
-        return 0

@@ -31,6 +31,7 @@ from pipeline.graph import resolve_class
 from pipeline.messages import Clock, Diagnostics, Message
 from pipeline.node import Node
 from pipeline.security import Curve
+from pipeline.signals import StopSignals
 from pipeline.stats import NodeStats
 from pipeline.timers import Timers
 from pipeline.transport import END_OF_STREAM, Publisher, Subscriber
@@ -247,11 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     manifest = json.loads((run_dir / "manifest.json").read_text())
     runtime = ProcessRuntime(manifest, node_name)
 
-    def on_signal(signum: int, frame: Any) -> None:
-        runtime.request_stop(runtime.node, signal.Signals(signum).name)
-
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
+    StopSignals(lambda signum: runtime.request_stop(runtime.node, signal.Signals(signum).name))
     clean = False
     try:
         rc = runtime.run()
