@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
-from typing import Annotated, Any, NamedTuple
+from typing import Annotated, Any, Literal, NamedTuple
 
 import msgspec
 import numpy as np
@@ -78,30 +78,38 @@ def encode(msg: Message, publish_ns: int | None = None) -> list[Any]:
     """
     cls = type(msg)
     plan = _PLANS.get(cls) or _plan(cls)
-    scalars = {name: getattr(msg, name) for name in plan.scalar_names}
-    arrays: list[_ArrayHeader] = []
+    arrays: list[tuple[str, str, tuple[int, ...]]] = []
     buffers: list[Any] = []
-    axes: dict[str, tuple[str, int]] = {}
     for name, spec, dtype_str in plan.arrays:
         a = getattr(msg, name)
         if type(a) is not np.ndarray or a.dtype != spec.dtype or not a.flags.c_contiguous:
             a = np.ascontiguousarray(a, dtype=spec.dtype)
-        shape = list(a.shape)
-        _check_shape(cls.SCHEMA, name, shape, spec.shape, axes, ValueError)
-        arrays.append(_ArrayHeader(name, dtype_str, shape))
+        arrays.append((name, dtype_str, a.shape))
         buffers.append(a.data.cast("B") if a.size else b"")
-    header = _Header(
-        cls.SCHEMA, cls.VERSION, msg.seq, msg.stamp_ns,
-        time.time_ns() if publish_ns is None else publish_ns, msg.frame_id, scalars, arrays,
-    )
+    if not plan.shapes_ok(arrays):
+        axes: dict[str, tuple[str, int]] = {}
+        for (name, _, shape), (_, spec, _) in zip(arrays, plan.arrays, strict=True):
+            _check_shape(cls.SCHEMA, name, list(shape), spec.shape, axes, ValueError)
+    # A tuple encodes as the msgpack array that `_Header` and `_Plan.decoder` decode.
+    header = (cls.SCHEMA, cls.VERSION, msg.seq, msg.stamp_ns, time.time_ns() if publish_ns is None else publish_ns,
+              msg.frame_id, {name: getattr(msg, name) for name in plan.scalar_names}, arrays)
     return [_encoder.encode(header), *buffers]
 
 
 _HEADER_FIELDS = ("stamp_ns", "frame_id", "seq")
 
 
+_NonNegative = Annotated[int, msgspec.Meta(ge=0)]
+_SCALAR_TYPES: dict[type, Any] = {int: int, float: float, str: str, bool: bool, dict: dict[str, float]}
+
+
 class _Plan:
-    """What encode/decode need to know about a schema, computed once per class, not per message."""
+    """What encode/decode need to know about a schema, computed once per class, not per message.
+
+    `decoder` decodes this schema's header into a Struct that msgspec validates in C (schema name,
+    version, scalar names and types, array names, dtypes, ranks, fixed axis lengths): the fast
+    path of `decode`. Named axes (one length across the message) and byte lengths stay in Python.
+    """
 
     def __init__(self, cls: type[Message]) -> None:
         self.scalar_names = tuple(n for n in cls.SCALARS if n not in _HEADER_FIELDS)
@@ -112,6 +120,44 @@ class _Plan:
             if spec.dtype.str not in ALLOWED_DTYPES:
                 raise TypeError(f"{cls.SCHEMA}.{n}: dtype {spec.dtype} is not on the codec's allow-list")
         self.array_names = list(cls.ARRAYS)
+        self.dtypes = tuple((spec.dtype, spec.dtype.itemsize) for spec in cls.ARRAYS.values())
+        # (array, axis) pairs that must equal an earlier (array, axis) of the same name
+        first: dict[str, tuple[int, int]] = {}
+        self.same_axes: list[tuple[int, int, int, int]] = []
+        self.fixed: list[tuple[int, int, int]] = []
+        for i, spec in enumerate(cls.ARRAYS.values()):
+            for j, d in enumerate(spec.shape):
+                if isinstance(d, str):
+                    i0, j0 = first.setdefault(d, (i, j))
+                    if (i0, j0) != (i, j):
+                        self.same_axes.append((i, j, i0, j0))
+                else:
+                    self.fixed.append((i, j, d))
+        self.ranks = tuple(len(spec.shape) for spec in cls.ARRAYS.values())
+        self.max_rank = max(self.ranks, default=0)
+
+        scalars = msgspec.defstruct(f"{cls.__name__}Scalars", [(n, _SCALAR_TYPES[t]) for n, t in self.scalar_types],
+                                    forbid_unknown_fields=True)
+        arrays = tuple[tuple(  # type: ignore[misc]
+            tuple[Literal[n], Literal[spec.dtype.str],  # type: ignore[valid-type]
+                  tuple[tuple(Literal[d] if isinstance(d, int) else _NonNegative for d in spec.shape)]]
+            for n, spec in cls.ARRAYS.items())] if cls.ARRAYS else tuple[()]
+        header = msgspec.defstruct(
+            f"{cls.__name__}Header",
+            [("version", Literal[cls.VERSION]), ("seq", _Int64), ("stamp_ns", _Int64), ("publish_ns", _Int64),
+             ("frame_id", str), ("scalars", scalars), ("arrays", arrays)],
+            array_like=True, tag=cls.SCHEMA, forbid_unknown_fields=True)
+        self.decoder = msgspec.msgpack.Decoder(header)
+
+    def shapes_ok(self, arrays: Sequence[tuple[str, str, Sequence[int]]]) -> bool:
+        """Ranks, fixed lengths and named axes of `(name, dtype, shape)` entries, without messages."""
+        for (_, _, shape), rank in zip(arrays, self.ranks, strict=True):
+            if len(shape) != rank or min(shape, default=0) < 0:
+                return False
+        for i, j, d in self.fixed:
+            if arrays[i][2][j] != d:
+                return False
+        return all(arrays[i][2][j] == arrays[i0][2][j0] for i, j, i0, j0 in self.same_axes)
 
 
 _PLANS: dict[type, _Plan] = {}
@@ -152,7 +198,55 @@ def decode(frames: Sequence[Any], expect: type[Message] | None = None,
 
     `expect` restricts the schema (an input declared as Tracks accepts nothing else). Arrays in the
     result are read-only views of the received frames.
+
+    With `expect`, msgspec validates the header against that schema in C (`_Plan.decoder`): a
+    node's input pays for a few Python lines per message. Whatever that path refuses goes through
+    `_decode_checked`, which finds what exactly is wrong and raises the `DecodeError` for it.
     """
+    if expect is not None and frames:
+        header = _buffer(frames[0])
+        plan = _PLANS.get(expect) or _plan(expect)
+        if len(header) <= limits.max_header_bytes:
+            try:
+                h = plan.decoder.decode(header)
+            except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError):
+                h = None
+            if h is not None:
+                msg = _build(expect, plan, h, frames, limits)
+                if msg is not None:
+                    return msg, h.publish_ns
+    return _decode_checked(frames, expect, limits)
+
+
+def _build(cls: type[Message], plan: _Plan, h: Any, frames: Sequence[Any], limits: Limits) -> Message | None:
+    """The message of a header that msgspec validated, or None if the frames do not fit it."""
+    specs = h.arrays
+    if len(frames) - 1 != len(specs) or plan.max_rank > limits.max_ndim:
+        return None
+    for i, j, i0, j0 in plan.same_axes:
+        if specs[i][2][j] != specs[i0][2][j0]:
+            return None
+    msg = cls.__new__(cls)
+    fields = msg.__dict__
+    fields["stamp_ns"], fields["frame_id"], fields["seq"] = h.stamp_ns, h.frame_id, h.seq
+    scalars = h.scalars
+    for name in plan.scalar_names:
+        fields[name] = getattr(scalars, name)
+    total = 0
+    for (name, _, shape), frame, (dtype, itemsize) in zip(specs, frames[1:], plan.dtypes, strict=False):
+        buf = _buffer(frame)
+        nbytes = itemsize * math.prod(shape)
+        total += nbytes
+        if nbytes != len(buf) or nbytes > limits.max_array_bytes or total > limits.max_total_bytes:
+            return None
+        # frombuffer of a memoryview: the array's base holds the frame, so `ShmReader.release`
+        # can tell by the frame's reference count whether a decoded array is still alive.
+        fields[name] = np.frombuffer(buf.toreadonly(), dtype).reshape(shape)
+    return msg
+
+
+def _decode_checked(frames: Sequence[Any], expect: type[Message] | None, limits: Limits) -> tuple[Message, int]:
+    """`decode` that checks one thing after the other in Python, to say which one is wrong."""
     if not frames:
         raise DecodeError("truncated", "no header frame")
     h = _decode_header(_buffer(frames[0]), limits)
