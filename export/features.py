@@ -27,6 +27,7 @@ Input vector x_t (feature spec "disp_nbr" version 1), `feature_dim(spec)` = 3*hi
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import numpy as np
@@ -58,6 +59,11 @@ _REQUIRED: dict[str, type] = {
     "scale": float,
     "min_move": float,
 }
+
+# agent_frames builds R = [[cos, sin], [-sin, cos]] from (cos, sin) with one gather and one product.
+_WORLD_X = np.array([1.0, 0.0])  # (cos, sin) of an agent that keeps the world axes
+_ROT_INDEX = np.array([[0, 1], [1, 0]])
+_ROT_SIGN = np.array([[1.0, 1.0], [-1.0, 1.0]])
 
 
 class FeatureSpecError(ValueError):
@@ -117,22 +123,21 @@ def agent_frames(spec: dict[str, Any], hist: np.ndarray, n_obs: np.ndarray) -> t
     """Each agent's frame: origin [N,2] (current position) and rotation [N,2,2] world -> agent frame.
 
     The heading is the direction from the position `m = min(n_obs - 1, heading_steps)` samples ago to now,
-    averaged over m steps so that tracker jitter does not spin the frame.
+    averaged over m steps so that tracker jitter does not spin the frame (m = 0 reads the current position
+    itself: no direction).
     """
-    hist = np.asarray(hist, dtype=np.float64)
-    n_obs = np.asarray(n_obs)
-    origin = hist[:, -1, :]
-    m = np.clip(n_obs - 1, 0, int(spec["heading_steps"]))
-    back = hist[np.arange(len(hist)), hist.shape[1] - 1 - m, :]
-    d = np.where((m > 0)[:, None], origin - back, 0.0)
+    hist, n_obs = np.asarray(hist, dtype=np.float64), np.asarray(n_obs)
+    origin, steps = hist[:, -1, :], int(spec["heading_steps"])
+    if n_obs.min(initial=steps + 1) > steps:  # all have m = heading_steps (a node's steady state): no gather
+        back = hist[:, -1 - steps, :]
+    else:
+        back = hist[np.arange(len(hist)), hist.shape[1] - 1 - np.minimum(np.maximum(n_obs - 1, 0), steps)]
+    d = origin - back
     norm = np.hypot(d[:, 0], d[:, 1])
     moving = norm >= float(spec["min_move"])
-    safe = np.where(moving, norm, 1.0)
-    cos = np.where(moving, d[:, 0] / safe, 1.0)
-    sin = np.where(moving, d[:, 1] / safe, 0.0)
-    # rows of R are the frame's axes: R @ v gives v in the agent frame.
-    rot = np.stack([np.stack([cos, sin], -1), np.stack([-sin, cos], -1)], -2)
-    return origin, rot
+    cos_sin = np.where(moving[:, None], d / np.where(moving, norm, 1.0)[:, None], _WORLD_X)
+    # rows of R are the frame's axes, (cos, sin) and (-sin, cos): R @ v gives v in the agent frame.
+    return origin, cos_sin[:, _ROT_INDEX] * _ROT_SIGN
 
 
 def step_features(
@@ -141,6 +146,7 @@ def step_features(
     n_obs: np.ndarray,
     rows: np.ndarray | None = None,
     row_n_obs: np.ndarray | None = None,
+    frames: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> np.ndarray:
     """x_t [B,F] float32 for the agents `rows` among the N agents present at one sample time.
 
@@ -148,6 +154,11 @@ def step_features(
     All N agents form the neighbour pool. rows: int[B] indices into N (default: all). row_n_obs: optional
     int[B] that caps the agent's OWN history for that row (the window protocol forgets what came before
     the window; a row may repeat an agent with different caps); neighbours always use n_obs.
+    frames: `agent_frames` of the B rows (with their capped n_obs), when the caller already has them:
+    the predictor node computes them once per step for both this and `to_world`.
+
+    Few numpy calls rather than clear intermediate arrays: the node calls this once per message,
+    right after it wakes, where each call costs several microseconds of cold caches.
     """
     hist = np.asarray(hist, dtype=np.float64)
     n_obs = np.asarray(n_obs, dtype=np.int64)
@@ -155,67 +166,110 @@ def step_features(
     k_hist = int(spec["history"])
     if hlen != k_hist + 1 or hist.shape[2:] != (2,):
         raise FeatureSpecError(f"hist shape {hist.shape}: expected (N, {k_hist + 1}, 2)")
-    rows = np.arange(n) if rows is None else np.asarray(rows, dtype=np.int64)
-    own_n = n_obs[rows] if row_n_obs is None else np.minimum(np.asarray(row_n_obs, dtype=np.int64), n_obs[rows])
-    b = len(rows)
+    if rows is None:
+        h, own_n = hist, n_obs
+    else:
+        rows = np.asarray(rows, dtype=np.int64)
+        h, own_n = hist[rows], n_obs[rows]
+    if row_n_obs is not None:
+        own_n = np.minimum(np.asarray(row_n_obs, dtype=np.int64), own_n)
+    b = len(h)
     scale, radius, kn = float(spec["scale"]), float(spec["radius"]), int(spec["k_neighbors"])
-    out = np.zeros((b, feature_dim(spec)), dtype=np.float64)
+    out = np.zeros((b, feature_dim(spec)))  # rounded to float32 once, at the end
     if b == 0:
         return out.astype(np.float32)
 
-    h = hist[rows]
-    origin, rot = agent_frames(spec, h, own_n)
-    # own displacements, newest first: hist[-1]-hist[-2], hist[-2]-hist[-3], ...
-    disp = h[:, :0:-1, :] - h[:, -2::-1, :]                       # [B, K, 2]
-    known = np.arange(1, k_hist + 1)[None, :] < own_n[:, None]     # displacement j needs j+1 positions
-    disp = np.where(known[:, :, None], disp, 0.0)
-    disp_f = _rotate(rot, disp) / scale
-    out[:, : 2 * k_hist] = disp_f.reshape(b, 2 * k_hist)
-    out[:, 2 * k_hist: 3 * k_hist] = known
-
-    if kn > 0 and n > 1:
-        pos = hist[:, -1, :]
-        vel = np.where((n_obs >= 2)[:, None], hist[:, -1, :] - hist[:, -2, :], 0.0)
-        own_vel = np.where((own_n >= 2)[:, None], h[:, -1, :] - h[:, -2, :], 0.0)
-        rel = pos[None, :, :] - pos[rows][:, None, :]                 # [B, N, 2]
-        dist = np.hypot(rel[..., 0], rel[..., 1])
-        dist[np.arange(b), rows] = np.inf                             # not your own neighbour
-        dist[dist > radius] = np.inf
-        k = min(kn, n - 1)
-        # stable sort: ties broken by index, so every caller picks the same neighbours.
+    origin, rot = agent_frames(spec, h, own_n) if frames is None else frames
+    # Layout matters as much as the number of calls: numpy runs its inner loop over the last axis, and an
+    # operation that broadcasts along a trailing (x, y) axis of 2 runs it 2 elements at a time (5-10x
+    # slower); a float64 -> float32 store inside an operation is slower still. So the work below is on
+    # flat rows, on x and y planes or on whole (x, y) rows, in float64, and every vector (own
+    # displacements, neighbour positions and velocities) is rotated and scaled by one set of calls.
+    known = _needs(k_hist) < own_n[:, None]                      # [B, 2K]: x, y of each displacement
+    # own displacements: hist[1]-hist[0], ..., hist[-1]-hist[-2], turned newest first
+    vec = np.where(known, (h[:, 1:] - h[:, :-1]).reshape(b, 2 * k_hist), 0.0).reshape(b, k_hist, 2)[:, ::-1]
+    k = min(kn, n - 1)
+    if k > 0:
+        # pool rows: x, y, vx, vy of every agent (velocity = last displacement, 0 if unknown)
+        if rows is None and row_n_obs is None:  # the rows are the pool: vec[:, 0] is that displacement
+            own = pool = np.concatenate((hist[:, -1, :], vec[:, 0, :]), axis=1)
+        else:
+            pool = np.zeros((n, 4))
+            pool[:, :2] = hist[:, -1, :]
+            np.subtract(hist[:, -1, :], hist[:, -2, :], out=pool[:, 2:], where=(n_obs >= 2)[:, None])
+            if row_n_obs is None:
+                own = pool[rows]
+            else:
+                own = np.zeros((b, 4))
+                own[:, :2] = origin
+                np.subtract(origin, h[:, -2, :], out=own[:, 2:], where=(own_n >= 2)[:, None])
+        rel = np.subtract(pool.T[:2, None, :], own.T[:2, :, None], order="C")  # [2, B, N]: x and y planes
+        sq = rel * rel
+        # hypot (slow) only where the squared sum (a few ulp off) says a pair may lie within radius;
+        # not your own neighbour
+        near = sq[0] + sq[1] <= (radius * (1 + 1e-9)) ** 2
+        near[np.arange(b), np.arange(n) if rows is None else rows] = False
+        dist = np.empty((b, n))
+        dist.fill(np.inf)
+        np.hypot(rel[0], rel[1], out=dist, where=near)
+        # stable sort: ties broken by index, so every caller picks the same neighbours. (Beyond radius
+        # by less than the margin: sorted after those within, marked absent like them.)
         order = np.argsort(dist, axis=1, kind="stable")[:, :k]         # [B, k]
-        near = np.take_along_axis(dist, order, axis=1)
-        present = np.isfinite(near)
-        nrel = np.take_along_axis(rel, order[:, :, None], axis=1)
-        nvel = vel[order] - own_vel[:, None, :]
-        nrel_f = _rotate(rot, nrel) / radius
-        nvel_f = _rotate(rot, nvel) / scale
-        block = np.concatenate([nrel_f, nvel_f, np.ones((b, k, 1))], axis=2)
-        block = np.where(present[:, :, None], block, 0.0)
-        out[:, 3 * k_hist: 3 * k_hist + 5 * k] = block.reshape(b, 5 * k)
+        present = dist[np.arange(b)[:, None], order] <= radius
+        nbr = pool[order] - own[:, None, :]                             # [B, k, (x, y, vx, vy)]
+        vec = np.concatenate((vec, nbr.reshape(b, 2 * k, 2)), axis=1)  # [B, K + 2k, 2]
+    vec = _rotate(rot, vec) / _divisors(k_hist, k, scale, radius)
+    out[:, : 2 * k_hist] = vec[:, :k_hist].reshape(b, 2 * k_hist)
+    out[:, 2 * k_hist: 3 * k_hist] = known[:, -2::-2]
+    if k > 0:
+        block = out[:, 3 * k_hist: 3 * k_hist + 5 * k].reshape(b, k, 5)  # a view: writes land in out
+        block[:, :, :4] = np.where(present[:, :, None], vec[:, k_hist:].reshape(b, k, 4), 0.0)
+        block[:, :, 4] = present
     return out.astype(np.float32)
+
+
+@functools.cache
+def _needs(k_hist: int) -> np.ndarray:
+    """[2K]: how many positions the x and y of each own displacement (oldest first) need to be known."""
+    needs = k_hist - np.arange(2 * k_hist) // 2
+    needs.flags.writeable = False  # shared by every call
+    return needs
+
+
+@functools.cache
+def _divisors(k_hist: int, k: int, scale: float, radius: float) -> np.ndarray:
+    """[K + 2k, 2]: what each rotated vector of `step_features` is divided by (x and y alike)."""
+    div = np.repeat([scale] * k_hist + [radius, scale] * k, 2).reshape(-1, 2)
+    div.flags.writeable = False  # shared by every call
+    return div
 
 
 def _rotate(rot: np.ndarray, v: np.ndarray, inverse: bool = False) -> np.ndarray:
     """rot[b] (2x2) applied to every vector v[b, k, :] (its transpose, the inverse, if `inverse`).
 
     Written out as multiply-adds: np.einsum took ~100 us for 48 agents x 30 steps where these take
-    ~5 us, a third of the predictor's budget per message. Same products, same sums.
+    ~5 us, and np.matmul may fuse a multiply-add (other bits than training's features).
     """
     r = rot.transpose(0, 2, 1) if inverse else rot
     x, y = v[..., 0], v[..., 1]
-    return np.stack([r[:, None, 0, 0] * x + r[:, None, 0, 1] * y,
-                     r[:, None, 1, 0] * x + r[:, None, 1, 1] * y], axis=-1)
+    out = np.empty(v.shape)
+    np.add(r[:, None, 0, 0] * x, r[:, None, 0, 1] * y, out=out[..., 0])
+    np.add(r[:, None, 1, 0] * x, r[:, None, 1, 1] * y, out=out[..., 1])
+    return out
 
 
-def to_world(spec: dict[str, Any], pred: np.ndarray, hist: np.ndarray, n_obs: np.ndarray) -> np.ndarray:
+def to_world(spec: dict[str, Any], pred: np.ndarray, hist: np.ndarray, n_obs: np.ndarray,
+             frames: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
     """Model output pred[B,T,2] (agent frame, units of scale) -> absolute world positions [B,T,2] float64.
 
-    hist/n_obs are the predicted agents' own histories, as given to `step_features` (after any row cap).
+    hist/n_obs are the predicted agents' own histories, as given to `step_features` (after any row cap);
+    frames: their `agent_frames`, when the caller already has them.
     """
-    origin, rot = agent_frames(spec, hist, n_obs)
-    p = np.asarray(pred, dtype=np.float64) * float(spec["scale"])
-    return origin[:, None, :] + _rotate(rot, p, inverse=True)  # world = origin + R^T p
+    origin, rot = agent_frames(spec, hist, n_obs) if frames is None else frames
+    world = _rotate(rot, np.multiply(pred, float(spec["scale"]), dtype=np.float64), inverse=True)  # R^T p
+    world[..., 0] += origin[:, None, 0]
+    world[..., 1] += origin[:, None, 1]
+    return world
 
 
 def to_frame(spec: dict[str, Any], xy: np.ndarray, hist: np.ndarray, n_obs: np.ndarray) -> np.ndarray:

@@ -23,6 +23,12 @@ one Predictions message per model (world frame, `t_ns` = t_k + j*dt, stamp = the
 agents with at least `min_obs` samples. A message normally closes at most one tick; when Tracks come
 slower than the model period (or a message was lost) it closes several, and each is one step.
 
+Cost: the node runs right after it wakes for a message, when each numpy call costs several times what
+it does in a hot loop (and each distinct kind of call more than a repeated one). So the message path
+is written for few calls rather than per-agent steps: one stable sort splits the rows by route, one
+sorted-array search finds the slots, the usual case (no new agent, all last seen in one message)
+skips its masks, and one `agent_frames` per step serves both the features and `to_world`.
+
 Lifecycle: a new id starts from the zero state; an agent unseen for `ttl_s` is evicted (the table is
 scanned every ttl_s/8 of stamp time; a reused id then starts fresh); one whose previous observation
 is more than `max_gap_steps` periods old is reset (to_grid splits such tracks). A missed tick within
@@ -43,6 +49,7 @@ between the last observation before the crash and the first after it (about 20 b
 
 from __future__ import annotations
 
+import math
 import os
 import time
 import zipfile
@@ -51,7 +58,15 @@ from pathlib import Path
 
 import numpy as np
 
-from export.features import FeatureSpecError, feature_dim, history_len, step_features, to_world, validate_spec
+from export.features import (
+    FeatureSpecError,
+    agent_frames,
+    feature_dim,
+    history_len,
+    step_features,
+    to_world,
+    validate_spec,
+)
 from export.runtime import ModelError, StepModel
 from nodes.state_table import AgentTable, save_npz
 from pipeline.errors import ConfigError
@@ -61,17 +76,19 @@ from pipeline.node import Node, NodeParams
 __all__ = ["Predictor"]
 
 STATE_FILE = "predictor_state.npz"
-STATE_VERSION = 1
+STATE_VERSION = 2  # 2: no per-agent kind and first_k (nothing read them); last_k = NEVER until sampled
 _KIND_CODE = {name: code for code, name in AgentKind.NAMES.items()}
 
 
 class _Route:
     """One model and its agents: its sample grid (t0, next tick) and its state table."""
 
-    def __init__(self, name: str, model: StepModel, capacity: int) -> None:
+    def __init__(self, name: str, model: StepModel, capacity: int, max_gap_steps: float) -> None:
         self.name, self.model = name, model
         self.spec = model.meta.features
         self.dt_ns = int(round(model.meta.dt_s * 1e9))
+        # a gap resets an agent when s - last_t > max_gap_steps * dt_ns, i.e. (integers) > this:
+        self.max_gap_ns = math.floor(max_gap_steps * self.dt_ns)
         self.hl = history_len(self.spec)
         self.steps_ns = self.dt_ns * np.arange(1, model.meta.horizon + 1, dtype=np.int64)
         n_state = 2 if model.meta.cell == "lstm" else 1
@@ -122,7 +139,8 @@ class Predictor(Node):
                 raise ConfigError(f"{self.name}: params.models.{kind}: {path}: features give "
                                  f"{feature_dim(spec)} inputs, the model takes {model.meta.input_dim}")
             self.kind_route[_KIND_CODE[kind]] = len(self.routes)
-            self.routes.append(_Route(kind, model, p.capacity))
+            self.routes.append(_Route(kind, model, p.capacity, p.max_gap_steps))
+        self.route_edges = np.arange(len(self.routes) + 1)  # route i's rows lie between edges i and i + 1
         self.last_stamp: int | None = None
         self.counts: Counter[str] = Counter()
         self.step_us: deque[float] = deque(maxlen=1024)
@@ -160,19 +178,22 @@ class Predictor(Node):
             self.log.info("bridging %.2f s of downtime for the restored agents", (s - self.last_stamp) / 1e9)
         self.last_stamp = s
         ids, xy, kinds = msg.ids, msg.xy, msg.kind
-        ok = np.isfinite(xy).all(1) & (ids >= 0)
-        if not ok.all() or len(np.unique(ids)) != len(ids):
-            ok &= _first_occurrence(ids)  # a repeated id in one message: keep its first row
+        if len(ids) and not (np.isfinite(xy).all() and ids.min() >= 0 and _distinct(ids)):
+            ok = np.isfinite(xy).all(1) & (ids >= 0) & _first_occurrence(ids)  # a repeated id: keep its first row
             self.counts["drops.bad_rows"] += int(len(ids) - ok.sum())
             ids, xy, kinds = ids[ok], xy[ok], kinds[ok]
+        # one stable sort by route instead of a mask per route: each route's rows are a slice, in message order
         route_of = self.kind_route[kinds]
+        by_route = np.argsort(route_of, kind="stable")
+        ids, xy, kinds = ids[by_route], xy[by_route].astype(np.float64), kinds[by_route]
+        edges = np.searchsorted(route_of[by_route], self.route_edges).tolist()
         for i, route in enumerate(self.routes):
-            rows = np.flatnonzero(route_of == i)
-            out = self._advance(route, s, ids[rows], xy[rows].astype(np.float64), kinds[rows])
+            rows = slice(edges[i], edges[i + 1])
+            out = self._advance(route, s, ids[rows], xy[rows], kinds[rows])
             if out is not None:
                 self.publish("predictions", Predictions(stamp_ns=s, frame_id=msg.frame_id, model=route.name,
                                                         ids=out[0], kind=out[1], t_ns=out[2], xy=out[3]))
-        self.counts["unrouted"] += int(np.count_nonzero(route_of < 0))
+        self.counts["unrouted"] += edges[0]  # kind_route -1 sorts first
         self.dirty = True
         self.bridging = False
         self.n_msgs += 1
@@ -193,64 +214,70 @@ class Predictor(Node):
         if len(ids) == 0:
             return None
         slots, new = tab.slots_for(ids)
-        if (full := slots < 0).any():
+        fresh = bool(new.any())  # most messages bring no new agent: skip the masks that follow
+        if fresh and (full := slots < 0).any():
             self.counts["drops.capacity"] += int(full.sum())
             slots, new, ids, xy, kind = slots[~full], new[~full], ids[~full], xy[~full], kind[~full]
-        tab.kind[slots] = kind
-        gap = ~new & (s - tab.last_t[slots] > p.max_gap_steps * route.dt_ns)
-        if gap.any() and not self.bridging:
-            tab.reset(slots[gap])
-            self.counts["resets"] += int(gap.sum())
-            new |= gap
+            fresh = bool(new.any())
+        gap = tab.last_t[slots] < s - route.max_gap_ns  # (a new agent's last_t is stale: excluded below)
+        if not self.bridging and gap.any():
+            gap &= ~new
+            if gap.any():
+                tab.reset(slots[gap])
+                self.counts["resets"] += int(gap.sum())
+                new |= gap
+                fresh = True
         if route.t0 is None:
             route.t0 = s - int(p.lag_s * 1e9)
         k_last = (s - route.t0) // route.dt_ns
         out = None
         # only old agents can be sampled before the last tick: after an idle hour, skip its ticks at once
-        k_first = route.k_next if not new.all() else max(route.k_next, k_last)
+        all_new = bool(new.all()) if fresh else len(slots) == 0
+        k_first = max(route.k_next, k_last) if all_new else route.k_next
         for k in range(k_first, k_last + 1):
             t_k = route.t0 + k * route.dt_ns
-            take = ~new | (t_k >= s)   # a new agent joins at the first tick not before it appeared
-            if take.any():
-                out = self._step(route, k, t_k, s, slots[take], xy[take], new[take])
+            if t_k >= s or not fresh:
+                if len(slots):
+                    out = self._step(route, k, t_k, s, slots, xy, ids, kind, new if fresh else None)
+            elif not all_new:  # a new agent joins at the first tick not before it appeared
+                old = ~new
+                out = self._step(route, k, t_k, s, slots[old], xy[old], ids[old], kind[old], None)
         route.k_next = max(route.k_next, k_last + 1)
         tab.last_t[slots], tab.last_xy[slots] = s, xy
         return out
 
-    def _step(self, route: _Route, k: int, t_k: int, s: int, slots: np.ndarray, xy: np.ndarray,
-              new: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """Sample the agents in `slots` at tick k, run one batched model step, return predictions."""
+    def _step(self, route: _Route, k: int, t_k: int, s: int, slots: np.ndarray, xy: np.ndarray, ids: np.ndarray,
+              kind: np.ndarray, new: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Sample the agents in `slots` at tick k, run one batched model step, return predictions.
+
+        new: which agents have no sample yet (None: none), sampled at their observation itself.
+        """
         tab = route.table
-        prev_t, prev_xy = tab.last_t[slots], tab.last_xy[slots]
-        first = tab.n_obs[slots] == 0
-        missed = np.flatnonzero(~first & (tab.last_k[slots] < k - 1))
-        for j in missed:  # absent from earlier ticks (within the gap limit): fill the history only
-            for kk in range(int(tab.last_k[slots[j]]) + 1, k):
-                self._push(tab, slots[j:j + 1], _interp(prev_t[j:j + 1], prev_xy[j:j + 1], s, xy[j:j + 1],
-                                                         t_k - (k - kk) * route.dt_ns, new[j:j + 1]))
-        self._push(tab, slots, _interp(prev_t, prev_xy, s, xy, t_k, new))
-        tab.last_k[slots] = k
-        tab.first_k[slots[first]] = k
-        hist, n_obs = tab.hist[slots], np.minimum(tab.n_obs[slots], route.hl)
-        x = step_features(route.spec, hist, n_obs)
-        state = tuple(st[:, slots] for st in tab.state)
+        prev_t, prev_xy, last_k = tab.last_t[slots], tab.last_xy[slots], tab.last_k[slots]
+        for j in np.flatnonzero(last_k < k - 1).tolist():  # absent from earlier ticks (within the gap limit;
+            for kk in range(int(last_k[j]) + 1, k):         # not sampled yet: NEVER): fill the history only
+                pos = _interp(prev_t[j:j + 1], prev_xy[j:j + 1], s, xy[j:j + 1], t_k - (k - kk) * route.dt_ns, None)
+                tab.hist[slots[j]] = np.concatenate((tab.hist[slots[j], 1:], pos))
+                tab.n_obs[slots[j]] += 1
+        hist = np.concatenate((tab.hist[slots, 1:], _interp(prev_t, prev_xy, s, xy, t_k, new)[:, None]), axis=1)
+        count = tab.n_obs[slots] + 1
+        tab.hist[slots], tab.n_obs[slots], tab.last_k[slots] = hist, count, k
+        n_obs = np.minimum(count, route.hl)
+        frames = agent_frames(route.spec, hist, n_obs)  # once, for the features and for to_world
+        x = step_features(route.spec, hist, n_obs, frames=frames)
+        state = tab.state[:, :, slots]
         t0 = time.perf_counter()
-        pred, new_state = route.model.step(x, state)  # the one batched step of this tick
+        pred, new_state = route.model.step(x, tuple(state))  # the one batched step of this tick
         self.step_us.append((time.perf_counter() - t0) * 1e6)
         for st, ns in zip(tab.state, new_state, strict=True):
             st[:, slots] = ns
         self.counts["steps"] += 1
         self.counts["agent_steps"] += len(slots)
-        ready = tab.n_obs[slots] >= self.params.min_obs
-        world = to_world(route.spec, pred[ready], hist[ready], n_obs[ready]).astype(np.float32)
-        sel = slots[ready]
-        return tab.ids[sel].copy(), tab.kind[sel].copy(), t_k + route.steps_ns, world
-
-    @staticmethod
-    def _push(tab: AgentTable, slots: np.ndarray, pos: np.ndarray) -> None:
-        tab.hist[slots, :-1] = tab.hist[slots, 1:]
-        tab.hist[slots, -1] = pos
-        tab.n_obs[slots] += 1
+        world = to_world(route.spec, pred, hist, n_obs, frames=frames).astype(np.float32)
+        ready = count >= self.params.min_obs
+        if not ready.all():
+            ids, kind, world = ids[ready], kind[ready], world[ready]
+        return ids, kind, t_k + route.steps_ns, world
 
     # -- diagnostics --------------------------------------------------------------------------------
     def _update_diagnostics(self) -> None:
@@ -338,11 +365,17 @@ class Predictor(Node):
             self.save_state()
 
 
-def _interp(prev_t: np.ndarray, prev_xy: np.ndarray, s: int, xy: np.ndarray, t: int, new: np.ndarray) -> np.ndarray:
-    """Positions at time t between the previous observation and this one (no extrapolation)."""
-    w = np.clip((t - prev_t) / np.maximum(s - prev_t, 1), 0.0, 1.0)
-    out = prev_xy + w[:, None] * (xy - prev_xy)
-    return np.where((new | (w >= 1.0))[:, None], xy, out)
+def _interp(prev_t: np.ndarray, prev_xy: np.ndarray, s: int, xy: np.ndarray, t: int,
+            new: np.ndarray | None) -> np.ndarray:
+    """Positions at time t between the previous observation and this one (no extrapolation); the new
+    agents' (no previous observation) are this one."""
+    if (prev_t == prev_t[0]).all():  # usually all were last seen in one message: one weight, fewer calls
+        w0 = min(max(float(t - int(prev_t[0])) / float(max(s - int(prev_t[0]), 1)), 0.0), 1.0)  # as numpy's
+        pos = xy if w0 >= 1.0 else prev_xy + w0 * (xy - prev_xy)
+        return pos if new is None else np.where(new[:, None], xy, pos)
+    w = np.minimum(np.maximum((t - prev_t) / np.maximum(s - prev_t, 1), 0.0), 1.0)
+    at_xy = w >= 1.0 if new is None else (w >= 1.0) | new
+    return np.where(at_xy[:, None], xy, prev_xy + w[:, None] * (xy - prev_xy))
 
 
 def _resolve(path: str) -> Path:
@@ -353,6 +386,11 @@ def _resolve(path: str) -> Path:
         return p
     packaged = Path(__file__).resolve().parent.parent / p
     return packaged if packaged.exists() else p
+
+
+def _distinct(ids: np.ndarray) -> bool:
+    ordered = np.sort(ids)
+    return not (ordered[1:] == ordered[:-1]).any()
 
 
 def _first_occurrence(ids: np.ndarray) -> np.ndarray:

@@ -8,8 +8,12 @@ fancy-indexing operation each way.
 A slot holds the LSTM state (h, c), the agent's position history resampled to the model period
 (`hist[slot, -1]` = newest sample, as `export.features` expects), how many samples it has (`n_obs`, not
 capped), the last raw observation (`last_t`, `last_xy`: the left end of the next interpolation) and the
-grid index of its last sample (`last_k`). `arrays`/`restore` move the rows in use to and from one `.npz`
-(no pickle), written by `save_npz` with an atomic replace.
+grid index of its last sample (`last_k`, `NEVER` until the first). `arrays`/`restore` move the rows in
+use to and from one `.npz` (no pickle), written by `save_npz` with an atomic replace.
+
+id -> slot is a sorted array of the ids in use searched with one `np.searchsorted` per message, not a
+dict: a Python lookup per agent costs more than the whole search from about 30 agents on, and the
+arrays change only when agents come or go.
 """
 
 from __future__ import annotations
@@ -19,9 +23,12 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["AgentTable", "save_npz"]
+__all__ = ["NEVER", "AgentTable", "save_npz"]
 
-_ARRAYS = ("ids", "kind", "state", "hist", "n_obs", "last_t", "last_xy", "last_k", "first_k")
+NEVER = np.iinfo(np.int64).max
+"""`last_k` of an agent not sampled yet: `last_k < k - 1` (it missed ticks) never holds for it."""
+
+_ARRAYS = ("ids", "state", "hist", "n_obs", "last_t", "last_xy", "last_k")
 
 
 class AgentTable:
@@ -32,54 +39,64 @@ class AgentTable:
             raise ValueError(f"capacity: expected >= 1, got {capacity}")
         self.capacity = capacity
         self.ids = np.full(capacity, -1, np.int64)            # -1: free slot
-        self.kind = np.zeros(capacity, np.uint8)
         self.state = np.zeros((n_state, layers, capacity, hidden), np.float32)
         self.hist = np.zeros((capacity, hist_len, 2), np.float64)
         self.n_obs = np.zeros(capacity, np.int64)
         self.last_t = np.zeros(capacity, np.int64)            # stamp of the last raw observation
         self.last_xy = np.zeros((capacity, 2), np.float64)
-        self.last_k = np.zeros(capacity, np.int64)            # grid index of the last sample
-        self.first_k = np.zeros(capacity, np.int64)           # grid index of the first sample
-        self._slot: dict[int, int] = {}
-        self._free = list(range(capacity - 1, -1, -1))       # a stack: low slots are reused first
+        self.last_k = np.full(capacity, NEVER, np.int64)      # grid index of the last sample
+        self._keys = np.zeros(0, np.int64)                    # ids in use, ascending
+        self._key_slot = np.zeros(0, np.int64)                # the slot of each
+        self._free = np.arange(capacity - 1, -1, -1)          # a stack (top = end): low slots are reused first
+        self._n_free = capacity
 
     def __len__(self) -> int:
-        return len(self._slot)
+        return len(self._keys)
 
     def active(self) -> np.ndarray:
         """Slots in use, ascending."""
         return np.flatnonzero(self.ids >= 0)
 
     def slots_for(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(slot per id, is_new per id); slot -1 where the table is full."""
-        slots = np.empty(len(ids), np.int64)
-        new = np.zeros(len(ids), bool)
-        get = self._slot.get
-        for i, agent in enumerate(ids.tolist()):  # a dict lookup per agent: ~50 ns each
-            s = get(agent)
-            if s is None:
-                if not self._free:
-                    slots[i] = -1
-                    continue
-                s = self._free.pop()
-                self._slot[agent] = s
-                self.ids[s] = agent
-                new[i] = True
-            slots[i] = s
+        """(slot per id, is_new per id) for distinct ids; slot -1 (a new id) where the table is full."""
+        keys = self._keys
+        if len(keys):
+            at = np.minimum(np.searchsorted(keys, ids), len(keys) - 1)
+            slots, new = self._key_slot[at], keys[at] != ids
+        else:
+            slots, new = np.full(len(ids), -1, np.int64), np.ones(len(ids), bool)
         if new.any():
-            self.reset(slots[new])
+            self._add(ids, slots, new)
         return slots, new
+
+    def _add(self, ids: np.ndarray, slots: np.ndarray, new: np.ndarray) -> None:
+        """Give the new ids free slots (in place in `slots`); those beyond capacity get -1."""
+        rows = np.flatnonzero(new)
+        n = min(len(rows), self._n_free)
+        got = self._free[self._n_free - n: self._n_free][::-1]
+        self._n_free -= n
+        slots[rows[:n]] = got
+        slots[rows[n:]] = -1
+        self.ids[got] = ids[rows[:n]]
+        self._index()
+        self.reset(got)
+
+    def _index(self) -> None:
+        used = self.active()
+        order = np.argsort(self.ids[used])
+        self._keys, self._key_slot = self.ids[used][order], used[order]
 
     def reset(self, slots: np.ndarray) -> None:
         """Start these agents afresh (zero state, no history), keeping their slots."""
         self.state[:, :, slots] = 0.0
         self.n_obs[slots] = 0
+        self.last_k[slots] = NEVER
 
     def free(self, slots: np.ndarray) -> None:
-        for s in slots.tolist():
-            del self._slot[int(self.ids[s])]
-            self.ids[s] = -1
-            self._free.append(s)
+        self.ids[slots] = -1
+        self._free[self._n_free: self._n_free + len(slots)] = slots
+        self._n_free += len(slots)
+        self._index()
         self.reset(slots)
 
     # -- persistence ---------------------------------------------------------------------------
@@ -108,6 +125,8 @@ class AgentTable:
                 raise ValueError(f"saved array {key!r} is {value.dtype}{list(value.shape)}, "
                                  f"expected {mine.dtype}{list(want)}")
             rows[name] = value
+        if len(np.unique(used)) != len(used):
+            raise ValueError(f"saved {prefix}slots repeat a slot")
         if np.any(rows["ids"] < 0) or len(np.unique(rows["ids"])) != len(used):
             raise ValueError(f"saved {prefix}ids are not distinct agent ids")
         for name, value in rows.items():
@@ -115,8 +134,9 @@ class AgentTable:
                 self.state[:, :, used] = value
             else:
                 getattr(self, name)[used] = value
-        self._slot = {int(a): int(s) for a, s in zip(rows["ids"].tolist(), used.tolist(), strict=True)}
-        self._free = [s for s in range(self.capacity - 1, -1, -1) if self.ids[s] < 0]
+        self._index()
+        free = np.flatnonzero(self.ids < 0)[::-1]
+        self._free[: len(free)], self._n_free = free, len(free)
 
 
 def save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:

@@ -110,6 +110,39 @@ def test_neighbours_beyond_radius_are_absent() -> None:
     assert not x[:, 3 * spec["history"]:].any()
 
 
+
+def test_a_neighbour_at_exactly_the_radius_is_present_and_just_beyond_it_is_absent() -> None:
+    spec = default_spec("pedestrian")
+    hl, k = history_len(spec), spec["history"]
+    hist = np.zeros((3, hl, 2))
+    hist[1] += [spec["radius"], 0.0]
+    hist[2] += [0.0, np.nextafter(spec["radius"], np.inf)]
+    x = step_features(spec, hist, np.array([hl, hl, hl]))
+    assert x[0, 3 * k + 4] == 1.0 and x[0, 3 * k] == 1.0   # agent 1, one radius east, relative x 1
+    assert not x[0, 3 * k + 5:].any()                         # agent 2 is not there
+
+
+def test_neighbours_at_equal_distance_are_ordered_by_index() -> None:
+    spec = default_spec("pedestrian")
+    hl, k = history_len(spec), spec["history"]
+    hist = np.zeros((4, hl, 2))
+    hist[1:] += np.array([[0.0, 2.0], [2.0, 0.0], [0.0, -2.0]])[:, None, :]  # all 2 m from agent 0
+    x = step_features(spec, hist, np.full(4, hl))[0, 3 * k:].reshape(-1, 5)
+    r = spec["radius"]
+    np.testing.assert_array_equal(x[:3, :2], (np.array([[0.0, 2.0], [2.0, 0.0], [0.0, -2.0]]) / r).astype(np.float32))
+
+
+def test_frames_given_by_the_caller_give_the_same_features_and_world_positions() -> None:
+    """The predictor node computes agent_frames once per step and passes them to both."""
+    for kind in ("pedestrian", "vehicle"):
+        spec = default_spec(kind)
+        rng = np.random.default_rng(6)
+        hist, n_obs = _random_pool(rng, spec, 11)
+        frames = agent_frames(spec, hist, n_obs)
+        np.testing.assert_array_equal(step_features(spec, hist, n_obs, frames=frames), step_features(spec, hist, n_obs))
+        pred = rng.normal(0, 2, (11, 12, 2)).astype(np.float32)
+        np.testing.assert_array_equal(to_world(spec, pred, hist, n_obs, frames=frames), to_world(spec, pred, hist, n_obs))
+
 def test_validate_spec_names_the_bad_key() -> None:
     spec = dict(default_spec("vehicle"), scale="big")
     with pytest.raises(FeatureSpecError, match="scale='big'"):
