@@ -12,9 +12,8 @@ out, for B = 1, 16, 64 and 256 agents. Candidates:
 - torch.jit: the step traced and frozen (`torch.jit.trace` + `torch.jit.freeze`), one thread.
 
 Timing is interleaved: every round runs every candidate in turn, so a noisy neighbour slows them all
-alike; reported are the median and p99 over all rounds. Without --ckpt the model is a TrajectoryModel
-with the default training config for vehicles (Argoverse: F=44, LSTM 128x1, T=30) and random weights
-(the time of a step does not depend on the values).
+alike; reported are the median and p99 over all rounds. The model is the shipped vehicle checkpoint
+(models/pretrained/vehicle_lstm.pt: F=44, LSTM 112x1, T=30) unless --ckpt names another.
 
 Bars (issue 4): speedup_b1_vs_best_torch >= 3, ort_b64_p50_us <= 150.
 """
@@ -38,11 +37,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch
 
-from export.features import default_spec, feature_dim
 from export.onnx_export import export_module, load_checkpoint, write_variant
 from export.runtime import StepModel
-from models.trajectory import ModelConfig, TrajectoryModel
 
+SHIPPED = Path(__file__).resolve().parent.parent / "models" / "pretrained" / "vehicle_lstm.pt"
 BATCHES = (1, 16, 64, 256)
 StepFn = Callable[[np.ndarray, tuple[np.ndarray, ...]], object]
 
@@ -106,19 +104,12 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="fewer rounds (< 60 s)")
     p.add_argument("--json", default=None, help="write results here")
-    p.add_argument("--ckpt", default=None, help="benchmark this checkpoint instead of the default model")
+    p.add_argument("--ckpt", default=str(SHIPPED), help="the checkpoint to benchmark (default: the shipped vehicle model)")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch's 'all cores' setting")
     args = p.parse_args(argv)
     rounds, n, budget, warm = (3, 250, 0.08, 10) if args.quick else (7, 2000, 0.6, 50)
 
-    if args.ckpt:
-        model, cfg, _ = load_checkpoint(args.ckpt)
-    else:
-        torch.manual_seed(0)
-        spec = default_spec("vehicle")
-        cfg = ModelConfig(cell="lstm", input_dim=feature_dim(spec), hidden=128, layers=1, horizon=30, obs_len=20,
-                          dt_s=0.1, features=spec)
-        model = TrajectoryModel(cfg)
+    model, cfg, _ = load_checkpoint(args.ckpt)
     model = model.eval()
     tmp = Path(tempfile.mkdtemp(prefix="bench_step_"))
     export_module(model, cfg, tmp / "m.onnx")
