@@ -216,6 +216,7 @@ class ProcessRuntime:
                 q = sub.drain()
                 while q and not self._stopping:
                     self._deliver(inp, schema, q.popleft())
+                sub.release()
             for fn in self.timers.pop_due(self.now_ns()):
                 fn()
         return 0

@@ -284,11 +284,11 @@ class ShmWriter:
         if seg.fd >= 0:
             _lock(seg.fd, fcntl.F_UNLCK, slot)
 
-    def write(self, buffers: list[Any]) -> bytes | None:
-        """Copy `buffers` into a free slot (no copy if they are a loaned slot's array); the
-        descriptor frame, or None when every slot is held."""
+    def write(self, buffers: list[Any], loan: int = -1) -> bytes | None:
+        """Copy `buffers` into a free slot, or publish loan number `loan` (`loaned(buffers)`)
+        without a copy; the descriptor frame, or None when every slot is held."""
         sizes = [len(b) for b in buffers]
-        i = self.loaned(buffers)
+        i = loan
         if i >= 0:
             seg, slot, _ = self.loans.pop(i)
             self.seq += 1

@@ -204,7 +204,7 @@ class Publisher:
         # A loaned slot is rewritten later: whoever gets ZeroMQ frames of it gets a copy.
         loan = writer.loaned(frames[1:]) if writer is not None and writer.loans else -1
         if self._shm:
-            self._send_shm(frames)  # consumes the loan: the descriptor points at the slot
+            self._send_shm(frames, loan)  # consumes the loan: the descriptor points at the slot
         elif loan >= 0:
             writer.drop_loan(loan)
         if self._plain:
@@ -223,10 +223,10 @@ class Publisher:
                 self.lossless.poll(100, zmq.POLLOUT)
                 self._count_subscriptions()
 
-    def _send_shm(self, frames: list[Any]) -> None:
+    def _send_shm(self, frames: list[Any], loan: int) -> None:
         writer = self._writer
         if writer is not None and len(frames) > 1 and sum(len(f) for f in frames[1:]) >= self.shm_threshold:
-            descriptor = writer.write(frames[1:])
+            descriptor = writer.write(frames[1:], loan)
             if descriptor is not None:
                 self.sock.send_multipart([self._shm_desc_topic, frames[0], descriptor], copy=False)
                 return
@@ -306,12 +306,18 @@ class Subscriber:
     def shm_overruns(self) -> int:
         return 0 if self.reader is None else int(self.reader.overruns)
 
+    def release(self) -> None:
+        """Give the publisher back the slots of messages the node is done with (the runner calls
+        this after the callbacks, so that the system calls it takes are not on the next message's
+        path; `drain` calls it too)."""
+        if self.reader is not None and self.reader.leases:
+            self.reader.release()
+
     def drain(self, max_block: int = 64) -> deque[list[zmq.Frame]]:
         """Receive what is waiting, apply the policy, return the queue to process (oldest first)."""
         q = self._queue
         reader = self.reader
-        if reader is not None and reader.leases:
-            reader.release()  # slots of messages the node is done with go back to the publisher
+        self.release()
         limit = max_block if self.policy == "block" else 100_000
         sock = self.sock
         received = 0
