@@ -138,13 +138,15 @@ class _Plan:
 
         scalars = msgspec.defstruct(f"{cls.__name__}Scalars", [(n, _SCALAR_TYPES[t]) for n, t in self.scalar_types],
                                     forbid_unknown_fields=True)
-        arrays = tuple[tuple(  # type: ignore[misc]
-            tuple[Literal[n], Literal[spec.dtype.str],  # type: ignore[valid-type]
-                  tuple[tuple(Literal[d] if isinstance(d, int) else _NonNegative for d in spec.shape)]]
+        # Types built from values at run time (msgspec reads them; a type checker cannot).
+        lit: Any = Literal
+        tup: Any = tuple
+        arrays = tup[tuple(
+            tup[lit[n], lit[spec.dtype.str], tup[tuple(lit[d] if isinstance(d, int) else _NonNegative for d in spec.shape)]]
             for n, spec in cls.ARRAYS.items())] if cls.ARRAYS else tuple[()]
         header = msgspec.defstruct(
             f"{cls.__name__}Header",
-            [("version", Literal[cls.VERSION]), ("seq", _Int64), ("stamp_ns", _Int64), ("publish_ns", _Int64),
+            [("version", lit[cls.VERSION]), ("seq", _Int64), ("stamp_ns", _Int64), ("publish_ns", _Int64),
              ("frame_id", str), ("scalars", scalars), ("arrays", arrays)],
             array_like=True, tag=cls.SCHEMA, forbid_unknown_fields=True)
         self.decoder = msgspec.msgpack.Decoder(header)
@@ -207,6 +209,7 @@ def decode(frames: Sequence[Any], expect: type[Message] | None = None,
         header = _buffer(frames[0])
         plan = _PLANS.get(expect) or _plan(expect)
         if len(header) <= limits.max_header_bytes:
+            h: Any
             try:
                 h = plan.decoder.decode(header)
             except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError):

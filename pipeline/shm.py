@@ -18,6 +18,11 @@ Safety, without any lock-free trickery that Python cannot express:
   counted as an overrun and not delivered. Torn frames cannot be delivered.
 - The kernel drops the locks of a process that dies (also by `kill -9`), so a crashed subscriber
   pins nothing. Lock calls are system calls: they order the memory accesses on both sides.
+- The publisher sends the descriptor right after it has write-locked the slot and marked it "seq N
+  being written", and only then copies: the subscriber's wake-up (ZeroMQ's I/O threads, about as
+  long as a 2.7 MB copy on this machine) overlaps the copy instead of following it. A subscriber
+  that finds the slot still locked and still marked "N being written" waits for the copy to end
+  (non-blocking lock attempts, `WAIT_S` at most); any other state means the slot moved on: overrun.
 
 Segments are files in /dev/shm (tmpfs; the run directory when there is none), named after the
 run directory (`run_prefix`), created with mode 0600 and O_EXCL, mapped with MAP_POPULATE. Each
@@ -48,13 +53,15 @@ import re
 import secrets
 import struct
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import msgspec
 import numpy as np
 
-__all__ = ["DESCRIPTOR_MAGIC", "ShmReader", "ShmWriter", "remove_segments", "run_prefix", "segment_dir"]
+__all__ = ["DESCRIPTOR_MAGIC", "WAIT_S", "ShmReader", "ShmWriter", "remove_segments", "run_prefix", "segment_dir"]
 
 DESCRIPTOR_MAGIC = b"DCSHM1"
 _MAGIC_LEN = len(DESCRIPTOR_MAGIC)
@@ -63,7 +70,9 @@ _MAX_SLOTS = 62  # slot lines must fit in page 0 after the layout line
 _ALIGN = 64
 _SEG_MAGIC = b"DCSEG1\0\0"
 _LAYOUT = struct.Struct("<8sQQ")  # magic, slots, slot_size
-_SEQ = struct.Struct("<Q")
+_WRITING = 1 << 63  # in a slot's sequence word: the message of that seq is being copied in
+WAIT_S = 0.05  # longest a subscriber waits for an announced slot's copy (a 64 MiB one takes ~6 ms)
+_SPIN_S = 0.001  # yield the CPU between lock attempts this long, then sleep between them
 _FLOCK = struct.Struct("hhqqi4x")  # struct flock on 64-bit Linux (l_pid must be 0 for OFD locks)
 _BUSY = (errno.EAGAIN, errno.EACCES)
 
@@ -162,6 +171,10 @@ class _Segment:
             raise ValueError(f"{path}: not a drivecast segment of a consistent size")
         # A uint8 view of the whole segment; slices of it are what nodes receive.
         self.array = np.frombuffer(self.mm, dtype=np.uint8)
+        # Each slot's sequence word (on its own 64-byte line of page 0), read and written as one
+        # aligned 8-byte access: a subscriber peeks at it without the lock (`ShmReader._await_copy`),
+        # and struct.pack_into writes it a byte at a time (a peek then sees values never written).
+        self.seq_words = np.frombuffer(self.mm, dtype=np.uint64, count=_HEADER_BYTES // 8)[_ALIGN // 8::_ALIGN // 8]
         self.leases = 0
 
     def data_offset(self, slot: int) -> int:
@@ -171,7 +184,7 @@ class _Segment:
         """Unmap now if no array of this segment is alive; otherwise the last one unmaps it."""
         if self.fd < 0:
             return
-        self.array = None  # type: ignore[assignment]
+        self.array = self.seq_words = None  # type: ignore[assignment]
         os.close(self.fd)  # our locks stay while the mmap's own duplicate lives, which is harmless
         self.fd = -1
         with contextlib.suppress(BufferError):  # views still alive: the last of them unmaps it
@@ -248,7 +261,7 @@ class ShmWriter:
         slot = self._free_slot(seg)
         if slot is None:
             return None
-        _SEQ.pack_into(seg.mm, _ALIGN * (slot + 1), 0)
+        seg.seq_words[slot] = 0
         base = seg.data_offset(slot)
         view = seg.array[base:base + nbytes]
         self.loans.append((seg, slot, view))
@@ -284,17 +297,18 @@ class ShmWriter:
         if seg.fd >= 0:
             _lock(seg.fd, fcntl.F_UNLCK, slot)
 
-    def write(self, buffers: list[Any], loan: int = -1) -> bytes | None:
-        """Copy `buffers` into a free slot, or publish loan number `loan` (`loaned(buffers)`)
-        without a copy; the descriptor frame, or None when every slot is held."""
+    def write(self, buffers: list[Any], send: Callable[[bytes], None], loan: int = -1) -> bool:
+        """Put `buffers` in a slot and `send` its descriptor frame; False (nothing sent) when
+        every slot is held. Loan number `loan` (`loaned(buffers)`) is published without a copy;
+        otherwise the descriptor is sent before the copy, which the subscriber waits for."""
         sizes = [len(b) for b in buffers]
-        i = loan
-        if i >= 0:
-            seg, slot, _ = self.loans.pop(i)
+        if loan >= 0:
+            seg, slot, _ = self.loans.pop(loan)
             self.seq += 1
-            _SEQ.pack_into(seg.mm, _ALIGN * (slot + 1), self.seq)
+            seg.seq_words[slot] = self.seq
             _lock(seg.fd, fcntl.F_UNLCK, slot)
-            return DESCRIPTOR_MAGIC + _encoder.encode(_Descriptor(seg.name, slot, self.seq, [(0, sizes[0])]))
+            send(DESCRIPTOR_MAGIC + _encoder.encode(_Descriptor(seg.name, slot, self.seq, [(0, sizes[0])])))
+            return True
         offsets, pos = [], 0
         for n in sizes:
             offsets.append(pos)
@@ -303,22 +317,23 @@ class ShmWriter:
         free = self._free_slot(seg)
         if free is None:
             self.fallbacks += 1
-            return None
+            return False
         slot = free
         try:
             self.seq += 1
-            _SEQ.pack_into(seg.mm, _ALIGN * (slot + 1), 0)  # 0: being written
+            seg.seq_words[slot] = self.seq | _WRITING
+            send(DESCRIPTOR_MAGIC + _encoder.encode(
+                _Descriptor(seg.name, slot, self.seq, list(zip(offsets, sizes, strict=True)))))
             base = seg.data_offset(slot)
             arr = seg.array
             for off, n, buf in zip(offsets, sizes, buffers, strict=True):
                 if n:
                     arr[base + off:base + off + n] = np.frombuffer(buf, dtype=np.uint8)  # the one copy
-            _SEQ.pack_into(seg.mm, _ALIGN * (slot + 1), self.seq)
+            seg.seq_words[slot] = self.seq
         finally:
-            _lock(seg.fd, fcntl.F_UNLCK, slot)
+            _lock(seg.fd, fcntl.F_UNLCK, slot)  # on an error the word still says "being written": an overrun
         self.next_slot = slot + 1
-        return DESCRIPTOR_MAGIC + _encoder.encode(
-            _Descriptor(seg.name, slot, self.seq, list(zip(offsets, sizes, strict=True))))
+        return True
 
     def _drop(self, seg: _Segment) -> None:
         with contextlib.suppress(FileNotFoundError):
@@ -405,10 +420,10 @@ class ShmReader:
             if o < 0 or n < 0 or o + n > seg.slot_size:
                 self.bad += 1
                 return None
-        if not _lock(seg.fd, fcntl.F_RDLCK, slot):
-            self.overruns += 1  # the publisher is rewriting this slot right now
+        if not _lock(seg.fd, fcntl.F_RDLCK, slot) and not self._await_copy(seg, slot, d.seq):
+            self.overruns += 1  # the publisher is rewriting this slot for a later message
             return None
-        if _SEQ.unpack_from(seg.mm, _ALIGN * (slot + 1))[0] != d.seq:
+        if int(seg.seq_words[slot]) != d.seq:
             _lock(seg.fd, fcntl.F_UNLCK, slot)
             self.overruns += 1  # rewritten since the descriptor was sent
             return None
@@ -418,6 +433,24 @@ class ShmReader:
         seg.leases += 1
         self.leases.append((seg, slot, frames))
         return frames
+
+    @staticmethod
+    def _await_copy(seg: _Segment, slot: int, seq: int) -> bool:
+        """Read-lock `slot` once the publisher has copied message `seq` into it (it announced the
+        message before the copy, and marks it done just before it unlocks); False as soon as the
+        slot holds another message, or when `WAIT_S` passes."""
+        start = time.monotonic()
+        while int(seg.seq_words[slot]) in (seq | _WRITING, seq):
+            waited = time.monotonic() - start
+            if waited > WAIT_S:
+                return False
+            if waited < _SPIN_S:
+                os.sched_yield()
+            else:
+                time.sleep(0.0001)
+            if _lock(seg.fd, fcntl.F_RDLCK, slot):
+                return True
+        return False
 
     def release(self) -> int:
         """Unlock the slots whose arrays nobody holds any more; returns how many stay held.

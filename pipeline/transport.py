@@ -226,9 +226,9 @@ class Publisher:
     def _send_shm(self, frames: list[Any], loan: int) -> None:
         writer = self._writer
         if writer is not None and len(frames) > 1 and sum(len(f) for f in frames[1:]) >= self.shm_threshold:
-            descriptor = writer.write(frames[1:], loan)
-            if descriptor is not None:
+            def send(descriptor: bytes) -> None:
                 self.sock.send_multipart([self._shm_desc_topic, frames[0], descriptor], copy=False)
+            if writer.write(frames[1:], send, loan):
                 return
         self.sock.send_multipart([self._shm_topic, *frames], copy=False)
 

@@ -13,10 +13,12 @@ import stat
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -227,14 +229,16 @@ def test_a_descriptor_outside_the_slot_or_of_a_rewritten_slot_is_not_delivered(
     pub = Publisher(ctx, TOPIC, f"ipc://{tmp_path}/cam.sock", shm="on", shm_slots=2)
     closing.append(pub)
     writer = pub._writer
-    desc = writer.write([np.zeros(100_000, np.uint8).data])
+    sent: list[bytes] = []
+    assert writer.write([np.zeros(100_000, np.uint8).data], sent.append)
+    desc = sent[0]
     name, slot, seq, arrays = msgspec.msgpack.decode(desc[len(DESCRIPTOR_MAGIC):])
     reader = ShmReader(tmp_path, TOPIC)
     try:
         bad = DESCRIPTOR_MAGIC + msgspec.msgpack.encode([name, slot, seq, [[0, 10**9]]])
         assert reader.resolve(bad) is None and reader.bad == 1
-        writer.write([np.ones(100_000, np.uint8).data])
-        writer.write([np.ones(100_000, np.uint8).data])  # two slots: the first one is rewritten
+        writer.write([np.ones(100_000, np.uint8).data], sent.append)
+        writer.write([np.ones(100_000, np.uint8).data], sent.append)  # two slots: the first one is rewritten
         assert reader.resolve(desc) is None and reader.overruns == 1
     finally:
         reader.close()
@@ -409,3 +413,53 @@ def test_a_dropped_loan_frees_its_slot_and_plain_subscribers_get_a_copy_of_a_loa
         return len(got) == 3
     wait_for(three, 5, "3 frames on the plain subscriber")
     assert [m.seq for m in got] == [1, 2, 3] and all((m.data == m.seq).all() for m in got)
+
+
+def test_a_descriptor_sent_before_its_copy_is_delivered_once_the_copy_is_complete(
+        ctx: zmq.Context, closing: list[Any], tmp_path: Path) -> None:
+    """The publisher announces a frame before copying it (the subscriber's wake-up overlaps the
+    copy): a reader that gets the descriptor mid-copy waits for the copy, then gets all of it."""
+    pub = Publisher(ctx, TOPIC, f"ipc://{tmp_path}/cam.sock", shm="on", shm_slots=2)
+    closing.append(pub)
+    reader = ShmReader(tmp_path, TOPIC)
+    got: list[Any] = []
+    resolving: list[threading.Thread] = []
+    waiting = threading.Event()
+    real_yield = os.sched_yield
+
+    def yield_and_tell() -> None:
+        waiting.set()
+        real_yield()
+
+    def announce(descriptor: bytes) -> None:  # the copy starts when this returns
+        resolving.append(threading.Thread(target=lambda: got.append(reader.resolve(descriptor))))
+        resolving[0].start()
+        assert waiting.wait(5), "the reader did not wait for the slot"
+
+    try:
+        with mock.patch("pipeline.shm.os.sched_yield", yield_and_tell):
+            assert pub._writer.write([np.full(100_000, 7, np.uint8).data], announce)
+            resolving[0].join(5)
+        frames = got[0]
+        assert frames is not None and reader.overruns == 0
+        assert len(frames[0]) == 100_000 and (frames[0] == 7).all()
+    finally:
+        del got[:]
+        reader.close()
+
+
+def test_a_copy_that_does_not_finish_in_time_is_an_overrun_not_a_torn_frame(
+        ctx: zmq.Context, closing: list[Any], tmp_path: Path) -> None:
+    pub = Publisher(ctx, TOPIC, f"ipc://{tmp_path}/cam.sock", shm="on", shm_slots=2)
+    closing.append(pub)
+    reader = ShmReader(tmp_path, TOPIC)
+    results: list[Any] = []
+    try:
+        def announce(descriptor: bytes) -> None:
+            # resolve() while the writer holds the slot: the copy never starts within WAIT_S
+            results.append(reader.resolve(descriptor))
+
+        assert pub._writer.write([np.zeros(100_000, np.uint8).data], announce)
+        assert results == [None] and reader.overruns == 1
+    finally:
+        reader.close()
