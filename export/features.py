@@ -23,11 +23,16 @@ Input vector x_t (feature spec "disp_nbr" version 1), `feature_dim(spec)` = 3*hi
 - neighbours: the `k_neighbors` nearest other agents present at this time within `radius` meters, nearest
   first, each as (relative x, relative y) / radius, (relative velocity x, y) per sample / scale, present
   flag; missing neighbours are all zero. Velocity = last displacement (zero for an agent with n_obs = 1).
+
+The constant-velocity baseline (`constant_velocity`) is here too: the evaluator node (runtime, no torch)
+and models/ (evaluation, choice of k, the step-interface baseline) must score the same baseline, and
+models/ may import export/ but nodes/ must not import models/.
 """
 
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -37,6 +42,7 @@ __all__ = [
     "FEATURE_VERSION",
     "FeatureSpecError",
     "agent_frames",
+    "constant_velocity",
     "default_spec",
     "feature_dim",
     "flag_mask",
@@ -293,6 +299,28 @@ def mirror_sign(spec: dict[str, Any]) -> np.ndarray:
         sign[base + 1] = -1.0
         sign[base + 3] = -1.0
     return sign
+
+
+def constant_velocity(past: np.ndarray, k: int, steps: np.ndarray, lags: Sequence[int] | np.ndarray | None = None,
+                      known: np.ndarray | None = None) -> np.ndarray:
+    """Constant velocity CV(k): positions [B,T,2] float64 `steps[T]` sample periods ahead of now.
+
+    past[B,L,2]: each agent's position now (past[:, 0]) and `lags[l]` periods ago (lags increasing from 0;
+    default 0, 1, ..., L-1: one period apart). known[B,L]: which of those are real (default: all;
+    past[:, 0] must be). The velocity is averaged over the longest window up to k periods the agent has
+    been seen for, (past[:, 0] - past[:, l]) / lags[l] for the largest known lags[l] <= k: a partial
+    history averages over what there is, and an agent seen only now stands still.
+    """
+    past = np.asarray(past, dtype=np.float64)
+    lags = np.arange(past.shape[1]) if lags is None else np.asarray(lags)
+    if not 1 <= k <= lags[-1]:
+        raise ValueError(f"constant velocity k={k}: expected 1 <= k <= {lags[-1]} for {len(lags)} observed samples")
+    ok = lags[1:] <= k if known is None else np.asarray(known, bool)[:, 1:] & (lags[1:] <= k)
+    # index into past of the longest usable window (0: none)
+    j = np.broadcast_to(np.where(ok, np.arange(1, len(lags)), 0).max(-1), past.shape[:1])
+    back = past[np.arange(len(past)), j]
+    v = np.where((j > 0)[:, None], (past[:, 0] - back) / np.maximum(lags[j], 1)[:, None], 0.0)
+    return past[:, 0, None, :] + np.asarray(steps, dtype=np.float64)[None, :, None] * v[:, None, :]
 
 
 def flag_mask(spec: dict[str, Any]) -> np.ndarray:

@@ -1,26 +1,17 @@
-"""Constant-velocity baseline: the velocity averaged over the last k observed samples, extrapolated.
+"""Constant-velocity baseline: choosing its k, scoring it, and running it behind the model step interface.
 
-The velocity over the last k steps is (p[-1] - p[-1-k]) / k, so CV(k) needs k+1 observed positions.
-k is chosen on a validation split (`choose_k`): on Argoverse k=5 is about 40% better than k=1, so
-reporting CV(k=1) beside a model would flatter the model.
+CV(k) itself (`export.features.constant_velocity`) is the velocity averaged over the last k observed
+steps, extrapolated; it needs k+1 observed positions. k is chosen on a validation split (`choose_k`):
+on Argoverse k=5 is about 40% better than k=1, so reporting CV(k=1) beside a model would flatter the model.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["ConstantVelocityStep", "choose_k", "constant_velocity", "displacement_errors"]
+from export.features import constant_velocity
 
-
-def constant_velocity(obs: np.ndarray, k: int, horizon: int) -> np.ndarray:
-    """obs[B,n,2] observed positions (newest last) -> predicted positions [B,horizon,2]."""
-    obs = np.asarray(obs, dtype=np.float64)
-    n = obs.shape[1]
-    if not 1 <= k <= n - 1:
-        raise ValueError(f"constant velocity k={k}: expected 1 <= k <= {n - 1} for {n} observed samples")
-    v = (obs[:, -1] - obs[:, -1 - k]) / k
-    steps = np.arange(1, horizon + 1, dtype=np.float64)
-    return obs[:, -1:, :] + steps[None, :, None] * v[:, None, :]
+__all__ = ["ConstantVelocityStep", "choose_k", "displacement_errors"]
 
 
 def displacement_errors(pred: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -35,7 +26,7 @@ def choose_k(obs: np.ndarray, truth: np.ndarray, ks: list[int] | None = None) ->
     ks = ks or list(range(1, n))
     scores = {}
     for k in ks:
-        ade, fde = displacement_errors(constant_velocity(obs, k, truth.shape[1]), truth)
+        ade, fde = displacement_errors(constant_velocity(obs[:, ::-1], k, np.arange(1, truth.shape[1] + 1)), truth)
         scores[k] = (float(ade.mean()), float(fde.mean()))
     best = min(ks, key=lambda k: (scores[k][0], k))
     return best, scores
@@ -57,7 +48,7 @@ class ConstantVelocityStep:
         self.meta = {"cell": "cv", "layers": 0, "hidden": 0, "input_dim": 3 * self.hist + 5 * int(spec["k_neighbors"]),
                      "horizon": horizon, "obs_len": obs_len, "dt_s": dt_s, "features": spec,
                      "metrics": {"cv_k": k}}
-        self._steps = np.arange(1, horizon + 1, dtype=np.float64)[None, :, None]
+        self._steps = np.arange(1, horizon + 1)
 
     def zero_state(self, batch: int) -> tuple[np.ndarray, ...]:
         return ()
@@ -65,6 +56,8 @@ class ConstantVelocityStep:
     def step(self, x: np.ndarray, state: tuple[np.ndarray, ...]) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
         b = x.shape[0]
         disp = x[:, : 2 * self.hist].reshape(b, self.hist, 2)[:, : self.k].astype(np.float64)
-        known = x[:, 2 * self.hist: 3 * self.hist][:, : self.k].astype(np.float64)
-        v = disp.sum(1) / np.maximum(known.sum(1), 1.0)[:, None]
-        return (v[:, None, :] * self._steps).astype(np.float32), state
+        known = x[:, 2 * self.hist: 3 * self.hist][:, : self.k] > 0
+        # positions relative to now, newest first, rebuilt from the displacements (known ones come first)
+        past = np.concatenate((np.zeros((b, 1, 2)), -disp.cumsum(1)), axis=1)
+        pred = constant_velocity(past, self.k, self._steps, known=np.concatenate((np.ones((b, 1), bool), known), 1))
+        return pred.astype(np.float32), state

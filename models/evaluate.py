@@ -25,8 +25,8 @@ from typing import Protocol as TypingProtocol
 
 import numpy as np
 
-from export.features import history_len, to_world
-from models.baselines import choose_k, constant_velocity, displacement_errors
+from export.features import constant_velocity, history_len, to_world
+from models.baselines import choose_k, displacement_errors
 from models.datasets import DATASETS, DatasetError, Grid, load_scenes, to_grid
 from models.sequences import find_windows, track_sequences, window_inputs
 
@@ -197,7 +197,7 @@ def evaluate(stepper: Stepper, es: EvalSet, cv_k: int, streaming: bool = True) -
         sp = run_streams(stepper, es.streams)
         raw = np.stack([sp[i][j] for i, j in zip(es.stream_idx, es.stream_step, strict=True)])
         preds["stream"] = to_world(spec, raw, es.hist_stream, es.n_stream)
-    preds["cv"] = constant_velocity(es.obs, cv_k, es.horizon)
+    preds["cv"] = constant_velocity(es.obs[:, ::-1], cv_k, np.arange(1, es.horizon + 1))  # obs: newest last
     result: dict[str, Any] = {"cv_k": cv_k, "windows": int(len(es.truth))}
     errs = {name: displacement_errors(p, es.truth) for name, p in preds.items()}
     for name, (ade, fde) in errs.items():

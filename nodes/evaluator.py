@@ -6,10 +6,11 @@ each time (a row whose agent is missing from either is skipped: no made-up truth
 error over the horizon, FDE the error at its end, in meters, per agent kind and overall (overall
 averages rows of every model, each over its own horizon).
 
-Beside the model, on exactly the same rows: constant velocity from the same inputs (truth positions up
-to the prediction's sample time t0 = t_ns[0] - dt): v = (p(t0) - p(t0 - k*dt)) / (k*dt), for each k in
-`cv_ks` (capped by how long the agent has been seen); the best k per kind is reported, which flatters
-the baseline rather than the model (models/baselines.py picks k on validation data instead).
+Beside the model, on exactly the same rows: constant velocity (`export.features.constant_velocity`) from
+the same inputs (truth positions up to the prediction's sample time t0 = t_ns[0] - dt):
+v = (p(t0) - p(t0 - k*dt)) / (k*dt), for each k in `cv_ks` (an agent seen for less than k*dt uses the
+longest of `cv_ks` it has been seen for); the best k per kind is reported, which flatters the baseline
+rather than the model (models/baselines.py picks k on validation data instead).
 
 Output: a summary line every `report_s` (accuracy, prediction latency = receive time - Tracks stamp,
 and the predictor's own step latency when its diagnostics are wired in), a table at shutdown, and with
@@ -23,6 +24,7 @@ from collections import Counter, defaultdict, deque
 
 import numpy as np
 
+from export.features import constant_velocity
 from pipeline.errors import ConfigError
 from pipeline.messages import AgentKind, Diagnostics, Predictions, StateEvent, Tracks
 from pipeline.node import Node, NodeParams
@@ -162,14 +164,8 @@ class Evaluator(Node):
         pred = msg.xy[rows].astype(np.float64)
         err = np.linalg.norm(pred - truth, axis=-1)
         steps = (msg.t_ns - t0) / dt
-        r = np.arange(len(truth))
-        cv = np.empty((len(ks), len(truth), len(msg.t_ns), 2))
-        for i in range(len(ks)):
-            # the longest window <= ks[i] that the agent has been seen for (none: it stands still)
-            j = np.where(past_ok[:, 1:i + 2], np.arange(i + 1), -1).max(1)
-            back = np.where(j >= 0, np.asarray(ks)[j], 0)
-            v = np.where((j >= 0)[:, None], (past[:, 0] - past[r, j + 1]) / np.maximum(back, 1)[:, None], 0.0)
-            cv[i] = past[:, 0, None, :] + steps[None, :, None] * v[:, None, :]
+        # each k falls back to the longest window in ks the agent has been seen for (none: it stands still)
+        cv = np.stack([constant_velocity(past, k, steps, lags=[0, *ks], known=past_ok) for k in ks])
         cv_err = np.linalg.norm(cv - truth[None], axis=-1)
         kinds = msg.kind[rows]
         for code in np.unique(kinds).tolist():

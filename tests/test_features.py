@@ -1,4 +1,4 @@
-"""export/features.py: frames, round trips, and the training builder equals step-by-step calls."""
+"""export/features.py: frames, round trips, the training builder equals step-by-step calls, constant velocity."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import pytest
 from export.features import (
     FeatureSpecError,
     agent_frames,
+    constant_velocity,
     default_spec,
     feature_dim,
     history_len,
@@ -197,3 +198,34 @@ def test_rotation_written_out_equals_einsum() -> None:
     v = rng.normal(0, 50, (40, 30, 2))
     np.testing.assert_allclose(_rotate(rot, v), np.einsum("bij,bkj->bki", rot, v), rtol=0, atol=1e-12)
     np.testing.assert_allclose(_rotate(rot, v, inverse=True), np.einsum("bji,bkj->bki", rot, v), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("k", [1, 3, 7])
+def test_constant_velocity_is_exact_on_straight_lines(k: int) -> None:
+    rng = np.random.default_rng(0)
+    p0, v = rng.normal(size=(5, 1, 2)), rng.normal(size=(5, 1, 2))
+    line = p0 + v * np.arange(20)[None, :, None]
+    pred = constant_velocity(line[:, 7::-1], k, np.arange(1, 13))
+    np.testing.assert_allclose(pred, line[:, 8:], atol=1e-12)
+
+
+def test_constant_velocity_averages_a_partial_history_over_what_there_is() -> None:
+    past = np.array([[[4.0, 0.0], [3.0, 0.0], [1.0, 0.0], [np.nan, np.nan]],   # seen 3 samples: 2 steps
+                     [[4.0, 1.0], [np.nan, np.nan], [np.nan, np.nan], [np.nan, np.nan]]])  # seen once
+    known = ~np.isnan(past[..., 0])
+    pred = constant_velocity(past, 3, np.array([1.0, 2.0]), known=known)
+    np.testing.assert_array_equal(pred, [[[5.5, 0.0], [7.0, 0.0]], [[4.0, 1.0], [4.0, 1.0]]])
+
+
+def test_constant_velocity_falls_back_to_the_longest_known_lag_up_to_k() -> None:
+    # positions now and 1, 2, 5 periods ago; 5 is not known, so k=5 uses lag 2 (not 1, not a lag between)
+    past = np.array([[[10.0, 0.0], [9.0, 0.0], [6.0, 0.0], [0.0, 0.0]]])
+    known = np.array([[True, True, True, False]])
+    pred = constant_velocity(past, 5, np.array([1.0]), lags=[0, 1, 2, 5], known=known)
+    np.testing.assert_array_equal(pred, [[[12.0, 0.0]]])
+    np.testing.assert_array_equal(constant_velocity(past, 1, np.array([1.0]), lags=[0, 1, 2, 5]), [[[11.0, 0.0]]])
+
+
+def test_constant_velocity_k_beyond_the_history_is_an_error() -> None:
+    with pytest.raises(ValueError, match=r"constant velocity k=8: expected 1 <= k <= 7 for 8 observed samples"):
+        constant_velocity(np.zeros((1, 8, 2)), 8, np.arange(1, 13))
