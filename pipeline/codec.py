@@ -82,7 +82,7 @@ def encode(msg: Message, publish_ns: int | None = None) -> list[Any]:
     buffers: list[Any] = []
     for name, spec, dtype_str in plan.arrays:
         a = getattr(msg, name)
-        if type(a) is not np.ndarray or a.dtype != spec.dtype or not a.flags.c_contiguous:
+        if type(a) is not np.ndarray or a.dtype != spec.dtype or not a.data.c_contiguous:
             a = np.ascontiguousarray(a, dtype=spec.dtype)
         arrays.append((name, dtype_str, a.shape))
         buffers.append(a.data.cast("B") if a.size else b"")
@@ -152,14 +152,18 @@ class _Plan:
         self.decoder = msgspec.msgpack.Decoder(header)
 
     def shapes_ok(self, arrays: Sequence[tuple[str, str, Sequence[int]]]) -> bool:
-        """Ranks, fixed lengths and named axes of `(name, dtype, shape)` entries, without messages."""
+        """Ranks, fixed lengths and named axes of `(name, dtype, shape)` entries of numpy arrays
+        (whose lengths are never negative), in plain loops: encode runs this per message."""
         for (_, _, shape), rank in zip(arrays, self.ranks, strict=True):
-            if len(shape) != rank or min(shape, default=0) < 0:
+            if len(shape) != rank:
                 return False
         for i, j, d in self.fixed:
             if arrays[i][2][j] != d:
                 return False
-        return all(arrays[i][2][j] == arrays[i0][2][j0] for i, j, i0, j0 in self.same_axes)
+        for i, j, i0, j0 in self.same_axes:
+            if arrays[i][2][j] != arrays[i0][2][j0]:
+                return False
+        return True
 
 
 _PLANS: dict[type, _Plan] = {}

@@ -323,8 +323,9 @@ class Subscriber:
         limit = max_block if self.policy == "block" else 100_000
         sock = self.sock
         received = 0
-        # ZMQ_EVENTS rather than a last recv that fails: raising zmq.Again costs more.
-        while received < limit and sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+        # The runner drains a socket that poll() found readable, so the first recv goes straight
+        # ahead; after it, ZMQ_EVENTS says whether more wait (a recv that raises zmq.Again costs more).
+        while received < limit and (not received or sock.getsockopt(zmq.EVENTS) & zmq.POLLIN):
             try:
                 frames = recv_message(sock, zmq.NOBLOCK)
             except zmq.Again:
