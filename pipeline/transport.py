@@ -55,6 +55,9 @@ SHM_THRESHOLD = 64 * 1024
 SHM_MODES = ("auto", "on", "off")
 _PREFIX_CHECK_S = 0.02  # between two looks at the XPUB's subscriptions once someone listens
 _COPY_BELOW = zmq.COPY_THRESHOLD  # pyzmq copies smaller frames anyway (default 65536)
+# pyzmq's constants are enum.IntFlag members, whose `|` and `&` run in Python (0.6 us each, warm):
+# the per-message paths use plain ints.
+_SNDMORE, _NOBLOCK, _POLLIN, _EVENTS = int(zmq.SNDMORE), int(zmq.NOBLOCK), int(zmq.POLLIN), int(zmq.EVENTS)
 
 
 def _shm_wanted(mode: str, endpoint: str) -> bool:
@@ -167,7 +170,7 @@ class Publisher:
         first subscriber of a prefix and the last one to leave: presence, which is all we need."""
         sock = self.sock
         changed = False
-        while sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+        while sock.getsockopt(_EVENTS) & _POLLIN:
             event = sock.recv()
             if event[:1] == b"\x01":
                 self._prefixes.add(event[1:])
@@ -217,7 +220,7 @@ class Publisher:
             self.wait_for_subscribers(10.0, stopped)
         while True:
             try:
-                send_message(self.lossless, parts, zmq.NOBLOCK, copy=loan >= 0)
+                send_message(self.lossless, parts, _NOBLOCK, copy=loan >= 0)
                 return True
             except zmq.Again:
                 if stopped():
@@ -325,9 +328,9 @@ class Subscriber:
         received = 0
         # The runner drains a socket that poll() found readable, so the first recv goes straight
         # ahead; after it, ZMQ_EVENTS says whether more wait (a recv that raises zmq.Again costs more).
-        while received < limit and (not received or sock.getsockopt(zmq.EVENTS) & zmq.POLLIN):
+        while received < limit and (not received or sock.getsockopt(_EVENTS) & _POLLIN):
             try:
-                frames = recv_message(sock, zmq.NOBLOCK)
+                frames = recv_message(sock, _NOBLOCK)
             except zmq.Again:
                 break
             received += 1
@@ -384,7 +387,7 @@ def send_message(sock: zmq.Socket, parts: list[Any], flags: int = 0, copy: bool 
     before the first part is taken, after which ZeroMQ takes the whole message."""
     last = len(parts) - 1
     for i, part in enumerate(parts):
-        sock.send(part, flags | zmq.SNDMORE if i < last else flags, copy=copy or len(part) < _COPY_BELOW)
+        sock.send(part, flags | _SNDMORE if i < last else flags, copy=copy or len(part) < _COPY_BELOW)
 
 
 def recv_message(sock: zmq.Socket, flags: int = 0) -> list[zmq.Frame]:
