@@ -210,3 +210,13 @@ def test_large_messages_are_mirrored_as_rate_limited_previews(tmp_path: Path) ->
     assert len(full) == 30 and len(previews) == 10                             # 10 Hz preview
     width, height = struct.unpack_from("<II", previews[0].data, 24)  # after stamp, "world\0", alignment
     assert (width, height) == (320, 240)
+
+
+@pytest.mark.parametrize(("encoding", "shape"), [("rgb8", (7, 9, 3)), ("mono8", (5, 7, 1))])
+def test_a_preview_is_every_other_row_and_column_of_the_image(encoding: str, shape: tuple[int, ...]) -> None:
+    from pipeline.foxglove import convert
+    data = np.random.default_rng(1).integers(0, 255, shape, dtype=np.uint8)
+    cdr = convert(Image(stamp_ns=T0, data=data, encoding=encoding), "cam/image", preview=True)
+    width, height = struct.unpack_from("<II", cdr, 24)
+    assert (height, width) == data[::2, ::2].shape[:2]
+    assert cdr.endswith(data[::2, ::2].tobytes())
