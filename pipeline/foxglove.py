@@ -158,7 +158,7 @@ _POINT_CLOUD = ("builtin_interfaces/Time timestamp\nstring frame_id\ngeometry_ms
 
 
 def _image(msg: Image, topic: str, preview: bool = False) -> bytes:
-    data = msg.data[::2, ::2] if preview else msg.data
+    data = _half(msg.data) if preview else msg.data
     h, w, c = data.shape
     out = _Cdr()
     out.time(msg.stamp_ns)
@@ -169,6 +169,17 @@ def _image(msg: Image, topic: str, preview: bool = False) -> bytes:
     out.u32(w * c * data.dtype.itemsize)
     out.blob(np.ascontiguousarray(data))
     return out.bytes()
+
+
+def _half(image: np.ndarray) -> np.ndarray:
+    """Every other row and column of an HxWxC image, pixels copied whole: numpy copies
+    `image[::2, ::2]` of an RGB image three single bytes at a time (0.5-0.6 ms for a 1 MiB frame
+    here, about what writing the frame costs); as one C-byte item per pixel, 0.2 ms."""
+    if not image.size:
+        return image[::2, ::2]
+    rows = np.ascontiguousarray(image[::2])
+    pixels = rows.reshape(len(rows), -1).view(f"V{image.shape[2] * image.dtype.itemsize}")
+    return np.ascontiguousarray(pixels[:, ::2]).view(image.dtype).reshape(len(rows), -1, image.shape[2])
 
 
 def _points(msg: PointCloud, topic: str, preview: bool = False) -> bytes:
