@@ -47,6 +47,7 @@ from pipeline.recording import (
     schema_description,
 )
 from pipeline.signals import StopSignals
+from pipeline.transport import END_OF_STREAM
 
 __all__ = ["LARGE_BYTES", "RecordWriteError", "Recorder", "main"]
 
@@ -259,6 +260,9 @@ def main(argv: list[str]) -> int:
                         break
                     now = time.time_ns()
                     topic = socks[s]
+                    if len(frames) == 2 and bytes(frames[1]) == END_OF_STREAM:
+                        s.setsockopt(zmq.UNSUBSCRIBE, topic.encode())  # tells the publisher we have it all
+                        continue
                     try:
                         seq = rec.write(topic, frames[1:], now).seq
                     except DecodeError:

@@ -78,12 +78,14 @@ class ProcessRuntime:
                                              t.get("lossless_endpoint"), t.get("lossless_subscribers", 0),
                                              configure=serve, run_dir=run_dir, **t.get("shm", {}))
         self.inputs: dict[zmq.Socket, tuple[str, type[Message], Subscriber]] = {}
+        self._subscribers: dict[str, Subscriber] = {}
         for inp, spec in entry.get("inputs", {}).items():
             t = manifest["topics"][spec["topic"]]
             endpoint = t["lossless_endpoint"] if spec["queue"] == "block" else t["endpoint"]
             sub = Subscriber(self.ctx, spec["topic"], endpoint, spec["queue"], spec["depth"],
                              configure=self._client(t), shm=t.get("shm", {}).get("shm", "auto"), run_dir=run_dir)
             self.inputs[sub.sock] = (inp, cls.inputs[inp], sub)
+            self._subscribers[inp] = sub
         self.clock_sub: Subscriber | None = None
         clock_topic = manifest.get("clock", "")
         if clock_topic and not clock_topic.startswith(f"{node_name}/"):
@@ -146,6 +148,7 @@ class ProcessRuntime:
     # -- the loop --------------------------------------------------------------------------------
     def _deliver(self, inp: str, schema: type[Message], frames: list[Any]) -> None:
         if len(frames) == 2 and bytes(frames[1]) == END_OF_STREAM:
+            self._subscribers[inp].end()
             self._open_block_inputs.discard(inp)
             if not self._open_block_inputs:
                 self.request_stop(self.node, "every lossless input ended")
@@ -221,10 +224,13 @@ class ProcessRuntime:
                 fn()
         return 0
 
-    def end_streams(self) -> None:
-        """After a clean finish: tell lossless subscribers that nothing more will come."""
-        for pub in self.publishers.values():
-            pub.end_of_stream()
+    def end_streams(self, interrupted: Callable[[], bool]) -> None:
+        """After a clean finish: tell lossless subscribers that nothing more will come, and wait
+        until they have taken everything (see `Publisher.end_of_stream`)."""
+        for name, pub in self.publishers.items():
+            if not pub.end_of_stream(interrupted):
+                self.node.log.warning("output %r: lossless subscribers had not taken everything "
+                                      "when the node stopped waiting for them", name)
 
     def close(self) -> None:
         for pub in self.publishers.values():
@@ -249,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     manifest = json.loads((run_dir / "manifest.json").read_text())
     runtime = ProcessRuntime(manifest, node_name)
 
-    StopSignals(lambda signum: runtime.request_stop(runtime.node, signal.Signals(signum).name))
+    signals = StopSignals(lambda signum: runtime.request_stop(runtime.node, signal.Signals(signum).name))
     clean = False
     try:
         rc = runtime.run()
@@ -261,8 +267,10 @@ def main(argv: list[str] | None = None) -> int:
         try:
             if runtime.setup_done:  # shutdown() may rely on what setup() made
                 runtime.node.shutdown()
-            if clean:  # not after a crash: a respawned publisher carries on the stream
-                runtime.end_streams()
+            # Not after a crash (a respawned publisher carries on the stream), and not when the
+            # graph is being stopped (its subscribers are stopping too: nothing to wait for).
+            if clean and not signals():
+                runtime.end_streams(signals)
         finally:
             runtime.close()
     sys.stdout.flush()

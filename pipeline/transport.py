@@ -54,6 +54,7 @@ _IPC_PATH_MAX = 100  # sun_path is 108 bytes on Linux
 SHM_THRESHOLD = 64 * 1024
 SHM_MODES = ("auto", "on", "off")
 _PREFIX_CHECK_S = 0.02  # between two looks at the XPUB's subscriptions once someone listens
+DRAIN_S = 60.0  # longest a finished publisher waits for its lossless subscribers to take everything
 _COPY_BELOW = zmq.COPY_THRESHOLD  # pyzmq copies smaller frames anyway (default 65536)
 # pyzmq's constants are enum.IntFlag members, whose `|` and `&` run in Python (0.6 us each, warm):
 # the per-message paths use plain ints.
@@ -237,24 +238,33 @@ class Publisher:
                 return
         send_message(self.sock, [self._shm_topic, *frames])
 
-    def end_of_stream(self, timeout_s: float = 2.0) -> None:
-        """Tell lossless subscribers that this stream ended cleanly (after its last message), so
-        they can finish their queues and stop instead of being cut off (see pipeline.runner)."""
+    def end_of_stream(self, interrupted: Callable[[], bool], drain_s: float = DRAIN_S) -> bool:
+        """After the last message of a stream that ended cleanly: send END_OF_STREAM to the
+        lossless subscribers and wait (up to `drain_s`, or until `interrupted()`) until every one
+        has unsubscribed, which a subscriber does once it has taken the end-of-stream message, so
+        everything sent before it too (or when it goes away). Only then may the socket close: a
+        fixed linger dropped what a slow subscriber had not taken yet. False if it gave up."""
         if self.lossless is None:
-            return
-        end = time.monotonic() + timeout_s
+            return True
+        end = time.monotonic() + drain_s
+        sent = False
         while True:
-            try:
-                self.lossless.send_multipart([self._topic, END_OF_STREAM], flags=zmq.NOBLOCK)
-                return
-            except zmq.Again:
-                if time.monotonic() > end:
-                    return
-                self.lossless.poll(50, zmq.POLLOUT)
+            if not sent:
+                try:
+                    self.lossless.send_multipart([self._topic, END_OF_STREAM], flags=zmq.NOBLOCK)
+                    sent = True
+                except zmq.Again:
+                    pass
+            self._count_subscriptions()
+            if sent and self._subscribed == 0:
+                return True
+            if time.monotonic() > end or interrupted():
+                return False
+            self.lossless.poll(50, zmq.POLLIN if sent else zmq.POLLOUT)
 
     def close(self, linger_s: float = 2.0) -> None:
         """Close; the lossless socket keeps up to `linger_s` to flush what subscribers have not
-        taken yet (a source that ends right after its last message loses nothing). The topic's
+        taken yet (`end_of_stream` waits for them first after a clean finish). The topic's
         shared-memory segment is removed (readers keep their mapping until they let go)."""
         self.sock.close(0)
         if self.lossless is not None:
@@ -310,6 +320,11 @@ class Subscriber:
     @property
     def shm_overruns(self) -> int:
         return 0 if self.reader is None else int(self.reader.overruns)
+
+    def end(self) -> None:
+        """The publisher ended this stream (END_OF_STREAM arrived): unsubscribe, which tells a
+        lossless publisher that everything it sent has been taken (`Publisher.end_of_stream`)."""
+        self.sock.setsockopt(zmq.UNSUBSCRIBE, self._prefix)
 
     def release(self) -> None:
         """Give the publisher back the slots of messages the node is done with (the runner calls

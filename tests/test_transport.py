@@ -21,7 +21,7 @@ import zmq
 
 from pipeline.codec import decode, encode
 from pipeline.messages import Image
-from pipeline.transport import Publisher, Subscriber
+from pipeline.transport import END_OF_STREAM, Publisher, Subscriber
 from tests.conftest import connected, take, wait_for
 
 CAMERA = (720, 1280, 3)  # 2.7 MB
@@ -135,6 +135,54 @@ def test_block_loses_nothing_with_a_slow_consumer_and_the_publisher_waits(
     assert got == list(range(1, n + 1))
     assert waits > 0, "the publisher never had to wait: the test did not exercise back-pressure"
     assert sub.dropped == 0
+
+
+def test_a_finished_publisher_waits_until_its_lossless_subscriber_has_taken_everything(
+        ctx: zmq.Context, closing: list[Any], tmp_path: Path) -> None:
+    """A source that ends while a slow subscriber is thousands of messages behind keeps its socket
+    until the subscriber has taken the end-of-stream message (and so all before it): a fixed
+    linger on close used to drop the rest, and the graph waited forever for them."""
+    endpoint = f"ipc://{tmp_path}/lossless.sock"
+    pub = Publisher(ctx, "src/tracks", f"ipc://{tmp_path}/lossy.sock", endpoint, lossless_subscribers=1)
+    closing.append(pub)
+    sub = Subscriber(ctx, "src/tracks", endpoint, "block")
+    closing.append(sub)
+    assert pub.wait_for_subscribers(5.0, lambda: False), "the lossless subscriber never subscribed"
+    n = 3000
+    payload = np.zeros((1, 4096, 1), dtype=np.uint8)
+    got: list[int] = []
+    ended: list[bool] = []
+
+    def consume_a_little() -> bool:  # the publisher's wait callbacks: a slow consumer takes a few
+        for frames in _take_at_most(sub, 20):
+            if len(frames) == 2 and bytes(frames[1]) == END_OF_STREAM:
+                ended.append(True)
+                sub.end()  # what the runner does
+            else:
+                got.extend(_seqs([frames]))
+        return False
+
+    for seq in range(1, n + 1):
+        assert pub.send(encode(Image(data=payload, seq=seq)), consume_a_little)
+    assert len(got) < n - 1000, "the subscriber was not behind: the test would not show anything"
+    assert pub.end_of_stream(consume_a_little)
+    assert got == list(range(1, n + 1)) and ended == [True]
+
+
+def test_end_of_stream_gives_up_on_a_subscriber_that_never_finishes(
+        ctx: zmq.Context, closing: list[Any], tmp_path: Path) -> None:
+    endpoint = f"ipc://{tmp_path}/lossless.sock"
+    pub = Publisher(ctx, "src/tracks", f"ipc://{tmp_path}/lossy.sock", endpoint, lossless_subscribers=1)
+    closing.append(pub)
+    sub = Subscriber(ctx, "src/tracks", endpoint, "block")
+    closing.append(sub)
+    assert pub.wait_for_subscribers(5.0, lambda: False)
+    pub.send(encode(Image(data=np.zeros((1, 8, 1), np.uint8), seq=1)), lambda: False)
+    t0 = time.monotonic()
+    assert not pub.end_of_stream(lambda: False, drain_s=0.3)
+    assert time.monotonic() - t0 < 5
+    interrupted = iter([False, True])
+    assert not pub.end_of_stream(lambda: next(interrupted), drain_s=30)  # a stop signal ends the wait
 
 
 def _take_at_most(sub: Subscriber, k: int) -> list[list[Any]]:
