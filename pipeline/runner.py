@@ -34,7 +34,7 @@ from pipeline.security import Curve
 from pipeline.signals import StopSignals
 from pipeline.stats import NodeStats
 from pipeline.timers import Timers
-from pipeline.transport import END_OF_STREAM, Publisher, Subscriber
+from pipeline.transport import END_OF_STREAM, JOIN_S, Publisher, Subscriber
 
 __all__ = ["ProcessRuntime", "main"]
 
@@ -203,7 +203,7 @@ class ProcessRuntime:
         self.timers.add(self.now_ns(), DIAGNOSTICS_PERIOD_S, self._publish_diagnostics)
         for pub in self.publishers.values():
             if pub.lossless is not None:
-                pub.wait_for_subscribers(10.0, self.stopped)
+                pub.wait_for_subscribers(JOIN_S, self.stopped)
         while not self.stopped():
             due = self.timers.next_due_ns()
             # ceil, not floor: poll(0) in a loop for the last millisecond before a timer is a busy wait

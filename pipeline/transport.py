@@ -42,7 +42,7 @@ import zmq
 
 from pipeline.errors import ConfigError
 
-__all__ = ["END_OF_STREAM", "SHM_THRESHOLD", "Publisher", "Subscriber", "free_tcp_port", "ipc_endpoint",
+__all__ = ["DRAIN_S", "END_OF_STREAM", "JOIN_S", "SHM_THRESHOLD", "Publisher", "Subscriber", "free_tcp_port", "ipc_endpoint",
            "recv_message", "send_message"]
 
 # The second frame of `[topic, END_OF_STREAM]`: never a valid header (msgpack of a header starts with 0x98).
@@ -55,6 +55,9 @@ SHM_THRESHOLD = 64 * 1024
 SHM_MODES = ("auto", "on", "off")
 _PREFIX_CHECK_S = 0.02  # between two looks at the XPUB's subscriptions once someone listens
 DRAIN_S = 60.0  # longest a finished publisher waits for its lossless subscribers to take everything
+# Longest a lossless publisher waits for its expected subscribers before its first message (what it
+# sends earlier is lost to them): a node's start can take many seconds on a loaded machine.
+JOIN_S = 60.0
 _COPY_BELOW = zmq.COPY_THRESHOLD  # pyzmq copies smaller frames anyway (default 65536)
 # pyzmq's constants are enum.IntFlag members, whose `|` and `&` run in Python (0.6 us each, warm):
 # the per-message paths use plain ints.
@@ -218,7 +221,7 @@ class Publisher:
         if self.lossless is None:
             return True
         if self._expected:
-            self.wait_for_subscribers(10.0, stopped)
+            self.wait_for_subscribers(JOIN_S, stopped)
         while True:
             try:
                 send_message(self.lossless, parts, _NOBLOCK, copy=loan >= 0)

@@ -84,7 +84,10 @@ class Launched:
         return pids if all(pids.values()) else None
 
     def wait(self, timeout: float) -> tuple[int, str]:
-        self.proc.wait(timeout=timeout)
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"the graph did not end within {timeout:g} s; its output so far:\n{self.output()[-6000:]}")
         self._reader.join(timeout=5)
         return self.proc.returncode, self.output()
 
