@@ -105,12 +105,7 @@ def test_drop_oldest_keeps_the_newest_depth_messages(
 
 def test_block_loses_nothing_with_a_slow_consumer_and_the_publisher_waits(
         ctx: zmq.Context, closing: list[Any], tmp_path: Path) -> None:
-    endpoint = f"ipc://{tmp_path}/lossless.sock"
-    pub = Publisher(ctx, "src/tracks", f"ipc://{tmp_path}/lossy.sock", endpoint, lossless_subscribers=1)
-    closing.append(pub)
-    sub = Subscriber(ctx, "src/tracks", endpoint, "block")
-    closing.append(sub)
-    assert pub.wait_for_subscribers(5.0, lambda: False), "the lossless subscriber never subscribed"
+    pub, sub = _lossless_pair(ctx, closing, tmp_path)
     n = 6000  # more than the send and receive high-water marks together (1000 + 1000) plus kernel buffers
     payload = np.zeros((1, 4096, 1), dtype=np.uint8)
     got: list[int] = []
@@ -142,12 +137,7 @@ def test_a_finished_publisher_waits_until_its_lossless_subscriber_has_taken_ever
     """A source that ends while a slow subscriber is thousands of messages behind keeps its socket
     until the subscriber has taken the end-of-stream message (and so all before it): a fixed
     linger on close used to drop the rest, and the graph waited forever for them."""
-    endpoint = f"ipc://{tmp_path}/lossless.sock"
-    pub = Publisher(ctx, "src/tracks", f"ipc://{tmp_path}/lossy.sock", endpoint, lossless_subscribers=1)
-    closing.append(pub)
-    sub = Subscriber(ctx, "src/tracks", endpoint, "block")
-    closing.append(sub)
-    assert pub.wait_for_subscribers(5.0, lambda: False), "the lossless subscriber never subscribed"
+    pub, sub = _lossless_pair(ctx, closing, tmp_path)
     n = 3000
     payload = np.zeros((1, 4096, 1), dtype=np.uint8)
     got: list[int] = []
@@ -171,18 +161,24 @@ def test_a_finished_publisher_waits_until_its_lossless_subscriber_has_taken_ever
 
 def test_end_of_stream_gives_up_on_a_subscriber_that_never_finishes(
         ctx: zmq.Context, closing: list[Any], tmp_path: Path) -> None:
-    endpoint = f"ipc://{tmp_path}/lossless.sock"
-    pub = Publisher(ctx, "src/tracks", f"ipc://{tmp_path}/lossy.sock", endpoint, lossless_subscribers=1)
-    closing.append(pub)
-    sub = Subscriber(ctx, "src/tracks", endpoint, "block")
-    closing.append(sub)
-    assert pub.wait_for_subscribers(5.0, lambda: False)
+    pub, sub = _lossless_pair(ctx, closing, tmp_path)
     pub.send(encode(Image(data=np.zeros((1, 8, 1), np.uint8), seq=1)), lambda: False)
     t0 = time.monotonic()
     assert not pub.end_of_stream(lambda: False, drain_s=0.3)
     assert time.monotonic() - t0 < 5
     interrupted = iter([False, True])
     assert not pub.end_of_stream(lambda: next(interrupted), drain_s=30)  # a stop signal ends the wait
+
+
+def _lossless_pair(ctx: zmq.Context, closing: list[Any], tmp_path: Path) -> tuple[Publisher, Subscriber]:
+    """A publisher with one `block` subscriber, subscribed."""
+    endpoint = f"ipc://{tmp_path}/lossless.sock"
+    pub = Publisher(ctx, "src/tracks", f"ipc://{tmp_path}/lossy.sock", endpoint, lossless_subscribers=1)
+    closing.append(pub)
+    sub = Subscriber(ctx, "src/tracks", endpoint, "block")
+    closing.append(sub)
+    assert pub.wait_for_subscribers(5.0, lambda: False), "the lossless subscriber never subscribed"
+    return pub, sub
 
 
 def _take_at_most(sub: Subscriber, k: int) -> list[list[Any]]:
