@@ -98,6 +98,27 @@ class Crash(Node):
         raise RuntimeError("crash on purpose")
 
 
+class Cam(Node):
+    """Publishes a uniform `rows`x1024 image every 10 ms, filled in a loaned slot when `loan`."""
+
+    class Params(NodeParams):
+        rows: int = 256
+        loan: bool = False
+
+    outputs = {"image": Image}
+
+    def setup(self) -> None:
+        self.seq = 0
+        self.every(0.01, self.tick)
+
+    def tick(self) -> None:
+        self.seq += 1
+        shape = (self.params.rows, 1024, 1)
+        data = self.loan("image", shape) if self.params.loan else np.empty(shape, np.uint8)
+        data.fill(self.seq & 0xFF)
+        self.publish("image", Image(data=data))
+
+
 class FrameCheck(Node):
     """Checks that every image is uniform (a torn frame is not) and logs the count every 20 frames."""
 

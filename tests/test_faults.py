@@ -51,17 +51,22 @@ nodes:
     assert g.node_pids()["sink"] == pids["sink"]
 
 
-def test_slow_latest_consumer_gets_fresh_messages_and_never_blocks_the_publisher(
-        tmp_path: Path, launch: Callable[..., Launched]) -> None:
-    out = tmp_path / "got.jsonl"
-    path = write(tmp_path, f"""
+def _fast_source_slow_consumer(tmp_path: Path, out: Path, slow_s: float, queue: str) -> Path:
+    """A source at ~1000 messages/s into a consumer taking `slow_s` per message through `queue`."""
+    return write(tmp_path, f"""
 nodes:
   src: {{run: tests.graph_nodes:Ramp, params: {{count: 100000000, per_tick: 5, period_s: 0.005, linger: true}}}}
   slow:
     run: tests.graph_nodes:Collect
-    params: {{out: {out}, slow_s: 0.05}}
-    inputs: {{tracks: {{topic: src/tracks, queue: latest}}}}
+    params: {{out: {out}, slow_s: {slow_s}}}
+    inputs: {{tracks: {{topic: src/tracks, {queue}}}}}
 """)
+
+
+def test_slow_latest_consumer_gets_fresh_messages_and_never_blocks_the_publisher(
+        tmp_path: Path, launch: Callable[..., Launched]) -> None:
+    out = tmp_path / "got.jsonl"
+    path = _fast_source_slow_consumer(tmp_path, out, 0.05, "queue: latest")
     g = launch(path)
     pids = wait_for(g.node_pids, 30, "nodes started")
     wait_for(lambda: len(lines(out)) >= 10, 30, "the slow consumer's first messages")
@@ -80,14 +85,7 @@ nodes:
 
 def test_drop_oldest_keeps_at_most_depth_and_stays_fresh(tmp_path: Path, launch: Callable[..., Launched]) -> None:
     out = tmp_path / "got.jsonl"
-    path = write(tmp_path, f"""
-nodes:
-  src: {{run: tests.graph_nodes:Ramp, params: {{count: 100000000, per_tick: 5, period_s: 0.005, linger: true}}}}
-  slow:
-    run: tests.graph_nodes:Collect
-    params: {{out: {out}, slow_s: 0.02}}
-    inputs: {{tracks: {{topic: src/tracks, queue: drop_oldest, depth: 3}}}}
-""")
+    path = _fast_source_slow_consumer(tmp_path, out, 0.02, "queue: drop_oldest, depth: 3")
     g = launch(path)
     wait_for(g.node_pids, 30, "nodes started")
     wait_for(lambda: len(lines(out)) >= 60, 30, "60 messages")

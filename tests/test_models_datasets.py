@@ -63,31 +63,22 @@ def test_wrong_data_path_names_the_path(tmp_path: Path) -> None:
         scene_files("eth_ucy", tmp_path, "train", "zara9")
 
 
-def test_malformed_eth_ucy_file_names_file_and_line(tmp_path: Path) -> None:
-    bad = tmp_path / "bad.txt"
-    bad.write_text("0\t1\t1.0\t2.0\n10\t1\t1.5\n")
-    with pytest.raises(DatasetError, match=r"bad\.txt:2: expected 4 tab-separated columns"):
-        load_scene("eth_ucy", bad)
-    bad.write_text("0\t1\t1.0\tabc\n")
-    with pytest.raises(DatasetError, match=r"bad\.txt:1: expected numbers"):
-        load_scene("eth_ucy", bad)
-
-
-def test_malformed_argoverse_file_names_file_and_line(tmp_path: Path) -> None:
-    bad = tmp_path / "7.csv"
-    bad.write_text("TIMESTAMP,TRACK_ID,OBJECT_TYPE,X,Y,CITY_NAME\n1.0,a,AGENT,1,2,MIA\n1.1,a,AGENT,x,2,MIA\n")
-    with pytest.raises(DatasetError, match=r"7\.csv:3: expected numbers"):
-        load_scene("argoverse", bad)
-    bad.write_text("T,ID\n")
-    with pytest.raises(DatasetError, match=r"7\.csv:1: expected header"):
-        load_scene("argoverse", bad)
-
-
-def test_malformed_apolloscape_file_names_file_and_line(tmp_path: Path) -> None:
-    bad = tmp_path / "result_1_1_frame.txt"
-    bad.write_text("0 4 1 256.2 76.9 37.7 4.6 2.0 1.4 -0.02\n1 4 9 256.2 76.9 37.7 4.6 2.0 1.4 -0.02\n")
-    with pytest.raises(DatasetError, match=r"result_1_1_frame\.txt:2: object_type 9"):
-        load_scene("apolloscape", bad)
+@pytest.mark.parametrize(("dataset", "name", "cases"), [
+    ("eth_ucy", "bad.txt", [("0\t1\t1.0\t2.0\n10\t1\t1.5\n", r"bad\.txt:2: expected 4 tab-separated columns"),
+                            ("0\t1\t1.0\tabc\n", r"bad\.txt:1: expected numbers")]),
+    ("argoverse", "7.csv", [("TIMESTAMP,TRACK_ID,OBJECT_TYPE,X,Y,CITY_NAME\n1.0,a,AGENT,1,2,MIA\n1.1,a,AGENT,x,2,MIA\n",
+                             r"7\.csv:3: expected numbers"),
+                            ("T,ID\n", r"7\.csv:1: expected header")]),
+    ("apolloscape", "result_1_1_frame.txt", [("0 4 1 256.2 76.9 37.7 4.6 2.0 1.4 -0.02\n1 4 9 256.2 76.9 37.7 4.6 2.0 1.4 -0.02\n",
+                                              r"result_1_1_frame\.txt:2: object_type 9")]),
+])
+def test_a_malformed_file_names_file_and_line(tmp_path: Path, dataset: str, name: str,
+                                               cases: list[tuple[str, str]]) -> None:
+    bad = tmp_path / name
+    for text, match in cases:
+        bad.write_text(text)
+        with pytest.raises(DatasetError, match=match):
+            load_scene(dataset, bad)
 
 
 def test_to_grid_interpolates_short_gaps_and_splits_long_ones() -> None:

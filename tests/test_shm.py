@@ -26,7 +26,6 @@ import zmq
 
 from pipeline.codec import decode, encode, peek_header
 from pipeline.messages import Image
-from pipeline.node import Node, NodeParams
 from pipeline.shm import DESCRIPTOR_MAGIC, ShmReader, remove_segments, run_prefix, segment_dir
 from pipeline.transport import Publisher, Subscriber, free_tcp_port
 from tests.conftest import REPO, Launched, connected, pid_alive, take, wait_for
@@ -305,23 +304,6 @@ def test_kill_9_of_a_publisher_leaves_a_segment_that_its_restart_and_the_launche
         ctx.destroy(linger=0)
 
 
-class CamSource(Node):
-    """Publishes a 256 KiB image every 10 ms (a test node)."""
-
-    class Params(NodeParams):
-        rows: int = 256
-
-    outputs = {"image": Image}
-
-    def setup(self) -> None:
-        self.seq = 0
-        self.every(0.01, self.tick)
-
-    def tick(self) -> None:
-        self.seq += 1
-        self.publish("image", Image(data=np.full((self.params.rows, 1024, 1), self.seq & 0xFF, np.uint8)))
-
-
 @pytest.mark.slow
 def test_kill_9_of_either_node_mid_stream_the_graph_recovers_and_stop_leaves_no_segment(
         tmp_path: Path, run_base: Path) -> None:
@@ -329,7 +311,7 @@ def test_kill_9_of_either_node_mid_stream_the_graph_recovers_and_stop_leaves_no_
     launch_file.write_text(textwrap.dedent("""
         name: shm
         nodes:
-          cam: {run: tests.test_shm:CamSource, respawn: {max: 3, backoff_s: 0.1}}
+          cam: {run: tests.graph_nodes:Cam, respawn: {max: 3, backoff_s: 0.1}}
           view:
             run: tests.graph_nodes:FrameCheck
             inputs: {image: {topic: cam/image, queue: latest}}

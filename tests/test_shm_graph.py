@@ -7,33 +7,13 @@ import signal
 import textwrap
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from pipeline.errors import ConfigError
 from pipeline.graph import load_graph
 from pipeline.launch import build_manifest
-from pipeline.messages import Image
-from pipeline.node import Node, NodeParams
 from pipeline.shm import run_prefix, segment_dir
 from tests.conftest import Launched, wait_for
-
-
-class LoanCam(Node):
-    class Params(NodeParams):
-        loan: bool = True
-
-    outputs = {"image": Image}
-
-    def setup(self) -> None:
-        self.seq = 0
-        self.every(0.01, self.tick)
-
-    def tick(self) -> None:
-        self.seq += 1
-        data = self.loan("image", (256, 1024, 1)) if self.params.loan else np.empty((256, 1024, 1), np.uint8)
-        data.fill(self.seq & 0xFF)
-        self.publish("image", Image(data=data))
 
 
 def _write(tmp: Path, extra: str = "") -> Path:
@@ -41,7 +21,7 @@ def _write(tmp: Path, extra: str = "") -> Path:
     p.write_text(textwrap.dedent("""
         name: shmg
         nodes:
-          cam: {run: tests.test_shm_graph:LoanCam}
+          cam: {run: tests.graph_nodes:Cam, params: {loan: true}}
           view: {run: tests.graph_nodes:FrameCheck, inputs: {image: {topic: cam/image, queue: drop_oldest, depth: 7}}}
     """) + extra)
     return p
