@@ -152,3 +152,17 @@ def take(sub: Any) -> list[list[Any]]:
     out = list(q)
     q.clear()
     return out
+
+
+# A player replaying `file` losslessly into a predictor node (format with file, predictor, params).
+REPLAY_GRAPH = """\
+name: replay
+nodes:
+  player:
+    run: nodes.player:Player
+    params: {{file: {file}}}
+  predictor:
+    run: {predictor}
+    params: {params}
+    inputs: {{tracks: {{topic: player/tracks, queue: block}}}}
+"""

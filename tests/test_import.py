@@ -14,6 +14,7 @@ from pipeline.codec import decode
 from pipeline.messages import AgentKind, Predictions, Tracks
 from pipeline.play import PlayOptions, lockstep
 from pipeline.recording import open_recording
+from tests.conftest import REPLAY_GRAPH
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -76,19 +77,6 @@ def test_import_errors_name_the_path(tmp_path: Path, capsys) -> None:
     assert "bad.txt:1: expected 4 tab-separated columns" in capsys.readouterr().err
 
 
-GRAPH = """\
-name: replay
-nodes:
-  player:
-    run: nodes.player:Player
-    params: {{file: {file}}}
-  predictor:
-    run: {predictor}
-    params: {params}
-    inputs: {{tracks: {{topic: player/tracks, queue: block}}}}
-"""
-
-
 def _prediction_hash(drive: Path, launch: Path) -> tuple[str, float, int]:
     from pipeline.graph import load_graph
 
@@ -121,7 +109,7 @@ def test_two_lockstep_replays_of_an_imported_scene_give_identical_predictions(pr
     drive = tmp_path / "eth.mcap"
     assert import_main(["eth-ucy", str(src), "-o", str(drive), "--no-foxglove"]) == 0
     launch = tmp_path / "launch.yaml"
-    launch.write_text(GRAPH.format(file=drive, predictor=run, params=params))
+    launch.write_text(REPLAY_GRAPH.format(file=drive, predictor=run, params=params))
     first, speed, n = _prediction_hash(drive, launch)
     second, _, _ = _prediction_hash(drive, launch)
     print(f"lockstep {predictor}: {n} Predictions, x{speed:.0f} real time")

@@ -21,7 +21,7 @@ from pipeline.node import Node, NodeParams
 from pipeline.play import PlayOptions, lockstep, parse_remap, play, schedule
 from pipeline.record import Recorder
 from pipeline.recording import open_recording
-from tests.conftest import REPO, wait_for
+from tests.conftest import REPLAY_GRAPH, REPO, wait_for
 
 T0 = 1_700_000_000_000_000_000
 RECORDINGS = Path(__file__).resolve().parents[2] / "shared" / "recordings"
@@ -154,24 +154,12 @@ class CvPredictor(Node):
             ids=msg.ids, kind=msg.kind, t_ns=msg.stamp_ns + (steps * 1e9).astype(np.int64), xy=xy))
 
 
-LAUNCH = """\
-name: replay
-nodes:
-  player:
-    run: nodes.player:Player
-    params: {{file: {file}}}
-  predictor:
-    run: tests.test_play:CvPredictor
-    inputs: {{tracks: {{topic: player/tracks, queue: block}}}}
-"""
-
-
 def test_lockstep_twice_gives_byte_identical_outputs(drive, tmp_path: Path) -> None:
     from pipeline.graph import load_graph
 
     path, _ = drive
     launch = tmp_path / "launch.yaml"
-    launch.write_text(LAUNCH.format(file=path))
+    launch.write_text(REPLAY_GRAPH.format(file=path, predictor="tests.test_play:CvPredictor", params="{}"))
     graph = load_graph(launch)
     outs = []
     for k in range(2):
@@ -197,7 +185,7 @@ def test_lockstep_cli_writes_the_same_file_twice(drive, tmp_path: Path) -> None:
 
     path, _ = drive
     launch = tmp_path / "launch.yaml"
-    launch.write_text(LAUNCH.format(file=path))
+    launch.write_text(REPLAY_GRAPH.format(file=path, predictor="tests.test_play:CvPredictor", params="{}"))
     a, b = tmp_path / "a.mcap", tmp_path / "b.mcap"
     assert main([str(path), "--lockstep", "--graph", str(launch), "-o", str(a), "--quiet"]) == 0
     assert main([str(path), "--lockstep", "--graph", str(launch), "-o", str(b), "--quiet"]) == 0
