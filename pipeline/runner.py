@@ -146,7 +146,7 @@ class ProcessRuntime:
         return self._stopping
 
     # -- the loop --------------------------------------------------------------------------------
-    def _deliver(self, inp: str, schema: type[Message], frames: list[Any]) -> None:
+    def _deliver(self, inp: str, schema: type[Message], frames: list[Any], sub: Subscriber) -> None:
         if len(frames) == 2 and bytes(frames[1]) == END_OF_STREAM:
             self._subscribers[inp].end()
             self._open_block_inputs.discard(inp)
@@ -164,6 +164,8 @@ class ProcessRuntime:
                 self._logged.add((inp, exc.kind))
                 self.node.log.warning("dropped a bad message on input %r: %s", inp, exc)
             return
+        if not sub.settle(frames):
+            return  # its shared-memory slot was rewritten before the copy ended (counted)
         last = self._last_seq.get(inp)
         if last is not None and msg.seq > last + 1:
             self.stats.counts[f"gaps.{inp}"] += msg.seq - last - 1
@@ -216,9 +218,9 @@ class ProcessRuntime:
                 if item is None:
                     continue
                 inp, schema, sub = item
-                q = sub.drain()
+                q = sub.drain(settle=False)  # header decoding overlaps a shared-memory copy
                 while q and not self._stopping:
-                    self._deliver(inp, schema, q.popleft())
+                    self._deliver(inp, schema, q.popleft(), sub)
                 sub.release()
             for fn in self.timers.pop_due(self.now_ns()):
                 fn()

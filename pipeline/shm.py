@@ -23,6 +23,9 @@ Safety, without any lock-free trickery that Python cannot express:
   long as a 2.7 MB copy on this machine) overlaps the copy instead of following it. A subscriber
   that finds the slot still locked and still marked "N being written" waits for the copy to end
   (non-blocking lock attempts, `WAIT_S` at most); any other state means the slot moved on: overrun.
+  The runner goes further (`resolve(wait=False)`, then `settle`): it takes such a slot's arrays
+  unread, decodes the message's header meanwhile, and waits for the copy only right before the
+  callback, which is the first code that may read the pixels.
 
 Segments are files in /dev/shm (tmpfs; the run directory when there is none), named after the
 run directory (`run_prefix`), created with mode 0600 and O_EXCL, mapped with MAP_POPULATE. Each
@@ -244,7 +247,7 @@ class ShmWriter:
 
     def _free_slot(self, seg: _Segment) -> int | None:
         """Write-lock the next slot that no reader holds and that is not on loan."""
-        loaned = {slot for s, slot, _ in self.loans if s is seg}
+        loaned = {slot for s, slot, _ in self.loans if s is seg} if self.loans else ()
         for k in range(seg.slots):
             slot = (self.next_slot + k) % seg.slots
             # (our own lock never conflicts with itself: loaned slots are skipped by hand)
@@ -359,6 +362,9 @@ class ShmReader:
         self.current: str | None = None
         # (segment, slot, the slot's frame arrays): held read locks, released once unused.
         self.leases: list[tuple[_Segment, int, list[np.ndarray]]] = []
+        # (segment, slot, seq, frames) handed out by `resolve(wait=False)` before the copy ended,
+        # not locked yet: `settle` locks them (or drops them), `release` forgets the rest.
+        self.pending: list[tuple[_Segment, int, int, list[np.ndarray]]] = []
         self.overruns = 0  # descriptors whose slot was being or had been rewritten: not delivered
         self.bad = 0  # descriptors that failed validation
         self.unreachable = 0  # consecutive descriptors naming a segment we cannot open (another host?)
@@ -399,9 +405,13 @@ class ShmReader:
             del self.segments[name]
             seg.close()
 
-    def resolve(self, descriptor: Any) -> list[np.ndarray] | None:
+    def resolve(self, descriptor: Any, wait: bool = True) -> list[np.ndarray] | None:
         """The arrays a descriptor points to, each a read-only uint8 view of the slot, or None
-        (counted) if the descriptor is invalid or the slot was rewritten."""
+        (counted) if the descriptor is invalid or the slot was rewritten.
+
+        `wait=False`: a slot whose copy is still under way is not waited for here; its arrays come
+        back unread and `settle` must be called before anything reads them. The caller decodes the
+        header meanwhile, so that work overlaps the publisher's copy too."""
         raw = getattr(descriptor, "bytes", descriptor)  # a descriptor is a few dozen bytes
         if raw[:_MAGIC_LEN] != DESCRIPTOR_MAGIC:
             self.bad += 1
@@ -413,26 +423,49 @@ class ShmReader:
             return None
         seg = self.segments.get(d.segment) or self._segment(d.segment)
         slot = d.slot
-        if seg is None or not 0 <= slot < seg.slots:
+        if seg is None or not 0 <= slot < seg.slots or not d.arrays:
             self.bad += 1
             return None
         for o, n in d.arrays:
             if o < 0 or n < 0 or o + n > seg.slot_size:
                 self.bad += 1
                 return None
-        if not _lock(seg.fd, fcntl.F_RDLCK, slot) and not self._await_copy(seg, slot, d.seq):
-            self.overruns += 1  # the publisher is rewriting this slot for a later message
-            return None
+        base = _HEADER_BYTES + slot * seg.slot_size
+        array = seg.array
+        if not _lock(seg.fd, fcntl.F_RDLCK, slot):
+            if not wait and int(seg.seq_words[slot]) == d.seq | _WRITING:
+                frames = [array[base + o:base + o + n] for o, n in d.arrays]
+                seg.leases += 1
+                self.pending.append((seg, slot, d.seq, frames))
+                return frames
+            if not self._await_copy(seg, slot, d.seq):
+                self.overruns += 1  # the publisher is rewriting this slot for a later message
+                return None
         if int(seg.seq_words[slot]) != d.seq:
             _lock(seg.fd, fcntl.F_UNLCK, slot)
             self.overruns += 1  # rewritten since the descriptor was sent
             return None
-        base = _HEADER_BYTES + slot * seg.slot_size
-        array = seg.array
         frames = [array[base + o:base + o + n] for o, n in d.arrays]
         seg.leases += 1
         self.leases.append((seg, slot, frames))
         return frames
+
+    def settle(self, first: np.ndarray) -> bool:
+        """For arrays that `resolve(wait=False)` returned (`first` is the first of them): wait
+        until the publisher's copy is complete and read-lock the slot. False (counted as an
+        overrun) when the slot moved on to another message: those arrays must not be read."""
+        for i, (seg, slot, seq, frames) in enumerate(self.pending):
+            if frames[0] is first:
+                del self.pending[i]
+                if _lock(seg.fd, fcntl.F_RDLCK, slot) or self._await_copy(seg, slot, seq):
+                    if int(seg.seq_words[slot]) == seq:
+                        self.leases.append((seg, slot, frames))
+                        return True
+                    _lock(seg.fd, fcntl.F_UNLCK, slot)
+                self.overruns += 1
+                self._unlease(seg)
+                return False
+        return True  # not pending: resolved with its lock, or not from shared memory
 
     @staticmethod
     def _await_copy(seg: _Segment, slot: int, seq: int) -> bool:
@@ -458,6 +491,9 @@ class ShmReader:
         A decoded array, and any view of it, keeps a reference to the slot's frame array (through
         the buffer it was made from), so a reference count above ours means "still in use".
         """
+        for seg, *_ in self.pending:  # never settled: their messages were not delivered
+            self._unlease(seg)
+        self.pending.clear()
         if not self.leases:
             return 0
         kept = []
@@ -472,14 +508,18 @@ class ShmReader:
                 kept.append(lease)
                 continue
             _lock(seg.fd, fcntl.F_UNLCK, slot)
-            seg.leases -= 1
-            if seg.leases == 0 and seg.name != self.current:
-                self._retire(seg.name)
+            self._unlease(seg)
         self.leases = kept
         return len(kept)
 
+    def _unlease(self, seg: _Segment) -> None:
+        seg.leases -= 1
+        if seg.leases == 0 and seg.name != self.current:
+            self._retire(seg.name)
+
     def close(self) -> None:
         self.leases.clear()  # closing the mappings' fds drops the locks
+        self.pending.clear()
         for seg in self.segments.values():
             seg.close()
         self.segments.clear()

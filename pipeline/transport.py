@@ -13,9 +13,10 @@ Shared memory (issue 8, `pipeline.shm`): a subscriber on the same machine subscr
 prefix `b"\0" + topic` instead of `topic`. The lossy socket is an XPUB (a PUB that also reports
 subscriptions), so the publisher knows which kinds of subscriber exist and sends each kind its own
 variant, and nothing to an absent kind: to shared-memory subscribers, a message whose arrays total
-at least `shm_threshold` bytes goes as `[b"\0" + topic + b"\0", header, descriptor]`, its arrays
-copied once into a slot of the topic's segment (a smaller one, or any message while every slot is
-held by readers, goes inline as `[b"\0" + topic, header, arrays...]`); to plain subscribers,
+at least `shm_threshold` bytes goes as one frame: `b"\0" + topic + b"\0"`, the descriptor's
+length (2 bytes, little-endian), the descriptor, the header (one small send and receive rather
+than three, each of which costs more than the rest of this hop's Python), its arrays copied once
+into a slot of the topic's segment (a smaller one, or any message while every slot is held by readers, goes inline as `[b"\0" + topic, header, arrays...]`); to plain subscribers,
 `[topic, header, arrays...]` as always. A remote (tcp) subscriber is a plain one, so a graph that
 mixes both works, and a publisher with shared memory off serves `b"\0"` subscribers inline, so
 a mismatch starves no one. Choice: `shm="auto"` is on for ipc endpoints (same machine by
@@ -236,7 +237,8 @@ class Publisher:
         writer = self._writer
         if writer is not None and len(frames) > 1 and sum(len(f) for f in frames[1:]) >= self.shm_threshold:
             def send(descriptor: bytes) -> None:
-                send_message(self.sock, [self._shm_desc_topic, frames[0], descriptor])
+                self.sock.send(b"".join((self._shm_desc_topic, len(descriptor).to_bytes(2, "little"),
+                                         descriptor, frames[0])))
             if writer.write(frames[1:], send, loan):
                 return
         send_message(self.sock, [self._shm_topic, *frames])
@@ -333,11 +335,15 @@ class Subscriber:
         """Give the publisher back the slots of messages the node is done with (the runner calls
         this after the callbacks, so that the system calls it takes are not on the next message's
         path; `drain` calls it too)."""
-        if self.reader is not None and self.reader.leases:
+        if self.reader is not None and (self.reader.leases or self.reader.pending):
             self.reader.release()
 
-    def drain(self, max_block: int = 64) -> deque[list[zmq.Frame]]:
-        """Receive what is waiting, apply the policy, return the queue to process (oldest first)."""
+    def drain(self, max_block: int = 64, settle: bool = True) -> deque[list[zmq.Frame]]:
+        """Receive what is waiting, apply the policy, return the queue to process (oldest first).
+
+        `settle=False`: a shared-memory message whose copy is still under way is queued before it
+        is complete, so that the caller decodes its header meanwhile; the caller must then pass
+        each message through `settle` before anything reads its arrays (the runner does)."""
         q = self._queue
         reader = self.reader
         self.release()
@@ -357,23 +363,40 @@ class Subscriber:
                 q.popleft()
                 self.dropped += 1
         if reader is not None and received:
-            self._resolve(q, min(received, len(q)))
+            self._resolve(q, min(received, len(q)), settle)
         return q
 
-    def _resolve(self, q: deque[Any], new: int) -> None:
+    def settle(self, frames: list[Any]) -> bool:
+        """True once the message `frames` (from `drain(settle=False)`) is complete and its arrays
+        may be read: waits for the publisher's copy into shared memory, `shm.WAIT_S` at most.
+        False: the slot was rewritten meanwhile; the message is dropped (counted)."""
+        reader = self.reader
+        if reader is None or not reader.pending or len(frames) < 3 or reader.settle(frames[2]):
+            return True
+        self.dropped += 1
+        return False
+
+    def _resolve(self, q: deque[Any], new: int, settle: bool = True) -> None:
         """Replace the descriptors among the `new` newest queued messages by the slot's arrays
         (only messages that survived the policy lock a slot)."""
         n = len(q)
         lost = False
+        start = len(self._prefix) + 3  # after b"\0" + topic + b"\0" and the descriptor's length
         for i in range(n - new, n):
             frames = q[i]
-            if len(frames) == 3 and len(frames[0]) == len(self._prefix) + 1:
-                arrays = self.reader.resolve(frames[2])
+            if len(frames) == 1:  # [prefix, length, descriptor, header] in one frame
+                raw = frames[0].bytes
+                end = start + int.from_bytes(raw[start - 2:start], "little")
+                if len(raw) > end:
+                    arrays = self.reader.resolve(raw[start:end], settle)
+                else:
+                    self.reader.bad += 1
+                    arrays = None
                 if arrays is None:
                     q[i] = None
                     lost = True
                 else:
-                    q[i] = [frames[0], frames[1], *arrays]
+                    q[i] = [frames[0], raw[end:], *arrays]
         if lost:
             kept = [f for f in q if f is not None]
             self.dropped += len(q) - len(kept)

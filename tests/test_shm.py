@@ -50,6 +50,11 @@ def _image(seq: int, shape: tuple[int, ...] = BIG) -> Image:
     return Image(data=np.full(shape, seq & 0xFF, dtype=np.uint8), seq=seq)
 
 
+def _is_image(message: list[Any]) -> bool:
+    header = message[1]  # a zmq.Frame, or bytes cut from a shared-memory message's one frame
+    return peek_header(getattr(header, "buffer", header)).schema == Image.SCHEMA
+
+
 def _images(messages: list[list[Any]]) -> list[Image]:
     return [decode(m[1:], expect=Image)[0] for m in messages]  # type: ignore[misc]
 
@@ -90,8 +95,8 @@ def test_small_messages_go_inline_and_tcp_subscribers_get_plain_frames_in_a_mixe
     got: dict[str, list[list[Any]]] = {"local": [], "remote": []}
 
     def both() -> bool:  # (the probes that connected `remote` also reached `local`: skip them)
-        got["local"] += [m for m in take(local) if peek_header(m[1].buffer).schema == Image.SCHEMA]
-        got["remote"] += [m for m in take(remote) if peek_header(m[1].buffer).schema == Image.SCHEMA]
+        got["local"] += [m for m in take(local) if _is_image(m)]
+        got["remote"] += [m for m in take(remote) if _is_image(m)]
         return len(got["local"]) == len(got["remote"]) == 5
     wait_for(both, 5, "5 messages on both subscribers")
     for name, messages in got.items():
@@ -220,6 +225,51 @@ def test_descriptors_are_untrusted(tmp_path: Path) -> None:
     assert reader.resolve(b"garbage") is None
     assert reader.resolve(DESCRIPTOR_MAGIC + b"\xff\x00") is None
     assert reader.bad == 9 and reader.segments == {}
+
+
+def test_a_malformed_shared_memory_frame_is_counted_and_not_delivered(
+        ctx: zmq.Context, closing: list[Any], tmp_path: Path) -> None:
+    pub = Publisher(ctx, TOPIC, f"ipc://{tmp_path}/cam.sock", shm="on")
+    sub = Subscriber(ctx, TOPIC, f"ipc://{tmp_path}/cam.sock", "drop_oldest", shm="on")
+    closing += [pub, sub]
+    connected(pub, sub)
+    prefix = b"\0" + TOPIC.encode() + b"\0"
+    for junk in (prefix, prefix + b"\xff\xff" + b"x" * 10, prefix + b"\x03\x00abcdef"):
+        pub.sock.send(junk)  # the one-frame shape of a descriptor message, with nonsense inside
+    pub.send(encode(_image(7)), lambda: False)
+    msg = _images(wait_for(lambda: take(sub), 5, "the good frame after the bad ones"))[0]
+    assert msg.seq == 7 and (msg.data == 7).all()
+    assert sub.reader.bad == 3 and sub.dropped == 3
+
+
+def test_a_message_queued_mid_copy_is_read_only_after_settle_and_dropped_if_its_slot_moved_on(
+        ctx: zmq.Context, closing: list[Any], tmp_path: Path) -> None:
+    """`resolve(wait=False)` (what the runner's drain does) hands out a slot still being copied
+    into, unread; `settle` then waits for the copy, or refuses a slot rewritten meanwhile."""
+    pub = Publisher(ctx, TOPIC, f"ipc://{tmp_path}/cam.sock", shm="on", shm_slots=2)
+    closing.append(pub)
+    writer = pub._writer
+    reader = ShmReader(tmp_path, TOPIC)
+    got: list[Any] = []
+
+    def announce(descriptor: bytes) -> None:  # the slot is write-locked and its copy not started
+        got.append(reader.resolve(descriptor, wait=False))
+
+    try:
+        assert writer.write([np.full(100_000, 7, np.uint8).data], announce)
+        first = got[0][0]
+        assert len(reader.pending) == 1 and reader.leases == []
+        assert reader.settle(first) and (first == 7).all()
+        assert reader.pending == [] and len(reader.leases) == 1
+        del first, got[:]
+        reader.release()
+        for value in (8, 9, 10):  # two slots: 10 rewrites the slot of 8 before 8 is settled
+            assert writer.write([np.full(100_000, value, np.uint8).data], announce)
+        assert not reader.settle(got[0][0]) and reader.overruns == 1
+        assert reader.settle(got[2][0]) and (got[2][0] == 10).all()
+    finally:
+        del got[:]
+        reader.close()
 
 
 def test_a_descriptor_outside_the_slot_or_of_a_rewritten_slot_is_not_delivered(
@@ -391,7 +441,7 @@ def test_a_dropped_loan_frees_its_slot_and_plain_subscribers_get_a_copy_of_a_loa
     got: list[Image] = []
 
     def three() -> bool:
-        got.extend(_images([m for m in take(plain) if peek_header(m[1].buffer).schema == Image.SCHEMA]))
+        got.extend(_images([m for m in take(plain) if _is_image(m)]))
         return len(got) == 3
     wait_for(three, 5, "3 frames on the plain subscriber")
     assert [m.seq for m in got] == [1, 2, 3] and all((m.data == m.seq).all() for m in got)
