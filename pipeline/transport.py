@@ -16,8 +16,9 @@ variant, and nothing to an absent kind: to shared-memory subscribers, a message 
 at least `shm_threshold` bytes goes as one frame: `b"\0" + topic + b"\0"`, the descriptor's
 length (2 bytes, little-endian), the descriptor, the header (one small send and receive rather
 than three, each of which costs more than the rest of this hop's Python), its arrays copied once
-into a slot of the topic's segment (a smaller one, or any message while every slot is held by readers, goes inline as `[b"\0" + topic, header, arrays...]`); to plain subscribers,
-`[topic, header, arrays...]` as always. A remote (tcp) subscriber is a plain one, so a graph that
+into a slot of the topic's segment (a smaller one, or any message while every slot is held by
+readers, goes inline as `[b"\0" + topic, header, arrays...]`); to plain subscribers, `[topic,
+header, arrays...]` as always. A remote (tcp) subscriber is a plain one, so a graph that
 mixes both works, and a publisher with shared memory off serves `b"\0"` subscribers inline, so
 a mismatch starves no one. Choice: `shm="auto"` is on for ipc endpoints (same machine by
 construction; the segments live in the namespace of the socket's run directory) and off for tcp;
