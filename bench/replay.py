@@ -7,10 +7,12 @@
 (b) lockstep throughput: an imported ETH/UCY scene (models.drive_import) replayed by `pipeline.play.lockstep`
     through the default predictor (nodes.predictor with models/pretrained/pedestrian_lstm.onnx), as a
     multiple of real time; falls back to a constant-velocity node when the model is absent (reported).
-(c) record throughput for 1 MiB Image messages: `pipeline.record.Recorder` (lossless channel + default
-    Foxglove mirror, and without the mirror) vs the mcap library writing the same packed bytes directly,
-    same run, repetitions alternating between the three, each timed from opening its file to closing
-    it, best of N. Bars: timing_p99_ms <= 1, lockstep_x_realtime >= 100, record_ratio_vs_mcap >= 0.8.
+(c) record throughput for 1 MiB Image messages: `pipeline.record.Recorder` with its defaults (each image
+    stored once, as a RawImage channel carrying the wire frames; Foxglove mirrors on) and with
+    `foxglove_mirror=False` (`record_lossless_only_*`: for images the same stored form) vs the mcap
+    library writing the same packed bytes directly, same run, repetitions alternating between the
+    three, each timed from opening its file to closing it, best of N.
+    Bars: timing_p99_ms <= 1, lockstep_x_realtime >= 100, record_ratio_vs_mcap >= 0.8.
 """
 
 from __future__ import annotations

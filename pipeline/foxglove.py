@@ -1,37 +1,46 @@
-"""Drivecast messages as Foxglove well-known schemas (JSON encoding), so a drive opens in Foxglove
-(or Lichtblick) with 3D, image and plot panels. Used by the recorder (mirror channels
-`/foxglove/<topic>`) and the live bridge node.
+"""Drivecast messages as Foxglove well-known schemas, so a drive opens in Foxglove (or Lichtblick)
+with 3D, image and plot panels. Used by the recorder (mirror channels `/foxglove/<topic>`, and the
+stored form of images) and the live bridge node.
 
-| drivecast   | Foxglove schema         | shown as                                               |
-|-------------|-------------------------|--------------------------------------------------------|
-| Tracks      | foxglove.SceneUpdate    | a sphere and an id label per agent, velocity arrows    |
-| Predictions | foxglove.SceneUpdate    | one line strip per agent (predicted path)              |
-| Odometry    | foxglove.PoseInFrame    | a pose (3D), x/y plots                                 |
-| GnssFix     | foxglove.LocationFix    | the Map panel                                          |
-| Image       | foxglove_msgs/msg/RawImage (CDR)   | the Image panel                             |
-| PointCloud  | foxglove_msgs/msg/PointCloud (CDR) | 3D points (float32 columns as named in `fields`) |
-| Imu         | drivecast.Imu (plain)   | plots                                                  |
+| drivecast   | Foxglove schema                    | shown as                                            |
+|-------------|------------------------------------|-----------------------------------------------------|
+| Tracks      | foxglove.SceneUpdate               | a sphere and an id label per agent, velocity arrows |
+| Predictions | foxglove.SceneUpdate               | one line strip per agent (predicted path)           |
+| Odometry    | foxglove.PoseInFrame               | a pose (3D), x/y plots                              |
+| GnssFix     | foxglove.LocationFix               | the Map panel                                       |
+| Image       | foxglove_msgs/msg/RawImage (CDR)   | the Image panel                                     |
+| PointCloud  | foxglove_msgs/msg/PointCloud (CDR) | 3D points (float32 columns as named in `fields`)    |
+| Imu         | drivecast.Imu (plain)              | plots                                               |
 
 Small messages are JSON (`jsonschema` schemas, minimal: Foxglove picks the renderer by schema
 name). Images and point clouds are ROS 2 CDR with `ros2msg` schemas of the same Foxglove types
 (the `foxglove_msgs` package): JSON would carry their bytes as base64, which costs a copy, a third
 more bytes and, measured here, ~10x the zstd time of the raw bytes. An empty `frame_id` becomes
 `world` so that the 3D panel has a frame to draw in.
+
+The recorder does not mirror images: it stores each one as `STORED_IMAGE`, a RawImage with one
+trailing field `drivecast_header`, whose `data` and `drivecast_header` are the wire frames verbatim
+(`stored_image`). Foxglove finds the Image panel by the schema name and decodes the message with
+the schema text stored in the file (`@mcap/support`'s parseChannel), so the extra field is just
+one more property it does not read; replay slices the frames back out (`pipeline.recording`).
+The mirror form (`convert`) serves clouds, images that do not fit that form, and the bridge.
 """
 
 from __future__ import annotations
 
 import json
 import struct
-from collections.abc import Callable
-from typing import Any, NamedTuple
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple, cast
 
 import msgspec
 import numpy as np
 
+from pipeline.codec import decode
+from pipeline.errors import DecodeError
 from pipeline.messages import GnssFix, Image, Imu, Message, Odometry, PointCloud, Predictions, Tracks
 
-__all__ = ["ChannelSpec", "channel_spec", "convert", "supported"]
+__all__ = ["STORED_IMAGE", "ChannelSpec", "channel_spec", "convert", "stored_image", "supported"]
 
 _DEFAULT_FRAME = "world"
 _IDENTITY = {"position": {"x": 0.0, "y": 0.0, "z": 0.0}, "orientation": {"x": 0.0, "y": 0.0, "z": 0.0, "w": 1.0}}
@@ -147,8 +156,13 @@ class _Cdr:
 
 _SEP = "\n" + "=" * 80 + "\n"
 _TIME = "MSG: builtin_interfaces/Time\nint32 sec\nuint32 nanosec"
-_RAW_IMAGE = ("builtin_interfaces/Time timestamp\nstring frame_id\nuint32 width\nuint32 height\n"
-              "string encoding\nuint32 step\nuint8[] data" + _SEP + _TIME)
+_RAW_IMAGE_FIELDS = ("builtin_interfaces/Time timestamp\nstring frame_id\nuint32 width\nuint32 height\n"
+                     "string encoding\nuint32 step\nuint8[] data")
+_RAW_IMAGE = _RAW_IMAGE_FIELDS + _SEP + _TIME
+# What the recorder stores an image as: RawImage plus one trailing field. Foxglove picks the Image
+# panel by schema name and decodes with this text, so it shows the image and ignores the extra field.
+_STORED_IMAGE = (_RAW_IMAGE_FIELDS + "\n# the drivecast wire header of this message, byte for byte "
+                 "(pipeline.codec)\nuint8[] drivecast_header" + _SEP + _TIME)
 _POINT_CLOUD = ("builtin_interfaces/Time timestamp\nstring frame_id\ngeometry_msgs/Pose pose\nuint32 point_stride\n"
                 "foxglove_msgs/PackedElementField[] fields\nuint8[] data" + _SEP + _TIME + _SEP +
                 "MSG: geometry_msgs/Pose\ngeometry_msgs/Point position\ngeometry_msgs/Quaternion orientation" + _SEP +
@@ -250,3 +264,43 @@ def convert(msg: Message, topic: str, preview: bool = False) -> bytes:
     if schema in _CDR_TYPES:
         return _CDR_TYPES[schema][2](msg, topic, preview)
     return _encoder.encode(_JSON[schema][1](msg, topic))
+
+
+# -- images stored once: the recorder's image channel is itself a RawImage --------------------------------
+
+# Bytes per pixel of the RawImage encodings Foxglove displays (its documented list): an Image's
+# uint8 data is HxWxC, so C must be this for the panel to read `step * height` bytes right.
+_PIXEL_BYTES = {"mono8": 1, "8UC1": 1, "bayer_rggb8": 1, "bayer_bggr8": 1, "bayer_gbrg8": 1, "bayer_grbg8": 1,
+                "mono16": 2, "16UC1": 2, "uyvy": 2, "yuv422": 2, "yuyv": 2, "yuv422_yuy2": 2,
+                "rgb8": 3, "bgr8": 3, "8UC3": 3, "rgba8": 4, "bgra8": 4, "32FC1": 4}
+
+STORED_IMAGE = ChannelSpec("cdr", "foxglove_msgs/msg/RawImage", "ros2msg", _STORED_IMAGE.encode())
+
+
+def stored_image(frames: Sequence[Any]) -> bytes | None:
+    """The record that stores one drivecast Image, wire frames `[header, data]`, in the `STORED_IMAGE`
+    form: RawImage CDR whose `data` is the data frame and whose `drivecast_header` is the header
+    frame, both verbatim. Foxglove shows it at full resolution; `pipeline.recording` slices the two
+    frames back out, so replay stays byte-identical. One join of the frames, no numpy copy.
+
+    None when the frames do not fit: not a valid Image, or an encoding Foxglove does not display, or
+    one whose bytes per pixel are not the image's C. The recorder then keeps the drivecast form.
+    """
+    try:
+        msg = cast(Image, decode(frames, expect=Image)[0])
+    except DecodeError:
+        return None
+    h, w, c = msg.data.shape
+    if _PIXEL_BYTES.get(msg.encoding) != c:
+        return None
+    header, data = (memoryview(getattr(f, "buffer", f)).cast("B") for f in frames)
+    out = _Cdr()
+    out.time(msg.stamp_ns)
+    out.string(_frame(msg))
+    out.u32(w)
+    out.u32(h)
+    out.string(msg.encoding)
+    out.u32(w * c)
+    out.blob(data)
+    out.blob(header)
+    return out.bytes()

@@ -1,14 +1,20 @@
 """Write drives into MCAP, and `drivecast record`: record topics of a running graph.
 
-`Recorder(path)` writes the layout described in `pipeline.recording`: one `drivecast` channel per
-topic holding each message's wire frames byte for byte (so replay republishes identical bytes),
-zstd chunks, log_time = receive time, publish_time = the header's publish time, plus Foxglove
-mirror channels `/foxglove/<topic>` (`pipeline.foxglove`) unless `foxglove_mirror=False`.
-Large messages (images, clouds: over `LARGE_BYTES`) are mirrored as previews: at most
-`fox_large_hz` times per second of log time per topic (default 10; 0 = every message), images at
-half resolution and clouds with every 4th point (`foxglove.convert(preview=True)`). A full mirror
-would write every byte twice; the preview adds ~8% to a 30 Hz camera. The lossless channel has
-every message in full.
+`Recorder(path)` writes the layout described in `pipeline.recording`: one channel per topic holding
+each message's wire frames byte for byte (so replay republishes identical bytes), zstd chunks,
+log_time = receive time, publish_time = the header's publish time, plus Foxglove mirror channels
+`/foxglove/<topic>` (`pipeline.foxglove`) unless `foxglove_mirror=False`.
+
+Images are stored once, at full resolution and rate: the topic's channel is a Foxglove RawImage
+that carries the wire frames verbatim (`foxglove.stored_image`), so it needs no mirror. That is
+the storage format, not a mirror: `foxglove_mirror=False` keeps it (it costs what the drivecast
+form costs: one join of the frames). An image Foxglove cannot show falls back to a drivecast
+channel of the same topic and a preview mirror, like the other large messages.
+
+Large mirrored messages (clouds, fallback images: over `LARGE_BYTES`) are mirrored as previews: at
+most `fox_large_hz` times per second of log time per topic (default 10; 0 = every message), images
+at half resolution and clouds with every 4th point (`foxglove.convert(preview=True)`). A full
+mirror would write every byte twice. The lossless channel has every message in full.
 
 Crash safety: the recorder closes the current chunk when it reaches `chunk_size` bytes or when
 `flush_s` seconds have passed since the last one, and flushes it to the OS. A process killed with
@@ -37,8 +43,9 @@ from mcap.writer import CompressionType, Writer
 from pipeline import foxglove
 from pipeline.codec import HeaderInfo, decode, peek_header
 from pipeline.errors import ConfigError, DecodeError, DrivecastError
-from pipeline.messages import SCHEMAS, Message
+from pipeline.messages import SCHEMAS, Image, Message
 from pipeline.recording import (
+    DRIVECAST_SCHEMA_KEY,
     FOXGLOVE_PREFIX,
     MESSAGE_ENCODING,
     PROFILE,
@@ -78,6 +85,7 @@ class Recorder:
         self._flush_ns = int(flush_s * 1e9)
         self._last_flush = time.monotonic_ns()
         self._channels: dict[str, int] = {}
+        self._image_channels: dict[str, int] = {}
         self._fox_channels: dict[str, int] = {}
         self._fox_period = int(1e9 / fox_large_hz) if fox_large_hz > 0 else 0
         self._fox_next: dict[str, int] = {}
@@ -88,29 +96,38 @@ class Recorder:
         self._closed = False
         self._broken = False
 
+    def _schema(self, key: str, name: str, encoding: str, data: bytes) -> int:
+        sid = self._schemas.get(key)
+        if sid is None:
+            sid = self._schemas[key] = self._w.register_schema(name, encoding, data)
+        return sid
+
     def _channel(self, topic: str, schema: str) -> int:
         cid = self._channels.get(topic)
         if cid is None:
             cls = SCHEMAS.get(schema)
             if cls is None:
                 raise DecodeError("unknown_schema", f"{topic}: schema {schema[:80]!r} is not known")
-            sid = self._schemas.get(schema)
-            if sid is None:
-                sid = self._w.register_schema(schema, SCHEMA_ENCODING, schema_description(cls))
-                self._schemas[schema] = sid
+            sid = self._schema(schema, schema, SCHEMA_ENCODING, schema_description(cls))
             cid = self._w.register_channel(topic, MESSAGE_ENCODING, sid, {"schema_version": str(cls.VERSION)})
             self._channels[topic] = cid
+        return cid
+
+    def _image_channel(self, topic: str) -> int:
+        cid = self._image_channels.get(topic)
+        if cid is None:
+            spec = foxglove.STORED_IMAGE
+            sid = self._schema("stored:" + Image.SCHEMA, spec.schema_name, spec.schema_encoding, spec.schema_data)
+            cid = self._w.register_channel(topic, spec.message_encoding, sid, {
+                DRIVECAST_SCHEMA_KEY: Image.SCHEMA, "schema_version": str(Image.VERSION)})
+            self._image_channels[topic] = cid
         return cid
 
     def _fox_channel(self, topic: str, schema: str) -> int:
         cid = self._fox_channels.get(topic)
         if cid is None:
             spec = foxglove.channel_spec(schema)
-            key = "fox:" + spec.schema_name
-            sid = self._schemas.get(key)
-            if sid is None:
-                sid = self._w.register_schema(spec.schema_name, spec.schema_encoding, spec.schema_data)
-                self._schemas[key] = sid
+            sid = self._schema("fox:" + spec.schema_name, spec.schema_name, spec.schema_encoding, spec.schema_data)
             cid = self._w.register_channel(FOXGLOVE_PREFIX + topic.lstrip("/"), spec.message_encoding, sid)
             self._fox_channels[topic] = cid
         return cid
@@ -120,20 +137,26 @@ class Recorder:
         """Store one wire message (header + array frames) received on `topic` at `log_ns`, and
         return what its header says (the caller counts seq gaps without parsing it again).
 
-        The header is validated (schema known, publish time read from it); a Foxglove mirror
-        message is written beside it when the schema has a Foxglove form (from `msg` when the
-        caller has the decoded message already, else decoded from `frames`).
+        The header is validated (schema known, publish time read from it). An Image goes into the
+        topic's RawImage channel when it fits (`foxglove.stored_image`); anything else is packed
+        into the topic's drivecast channel, with a Foxglove mirror message beside it when the schema
+        has a Foxglove form (from `msg` when the caller has the decoded message already, else
+        decoded from `frames`).
         """
         log_ns = time.time_ns() if log_ns is None else log_ns
         info = peek_header(frames[0])
         schema, publish_ns = info.schema, info.publish_ns
-        cid = self._channel(topic, schema)
-        data = pack_frames(list(frames))
+        image = foxglove.stored_image(frames) if schema == Image.SCHEMA else None
+        if image is not None:
+            cid, data = self._image_channel(topic), image
+        else:
+            cid, data = self._channel(topic, schema), pack_frames(list(frames))
         seq = self._seq.get(topic, 0) + 1
         self._seq[topic] = seq
         try:
             self._w.add_message(cid, log_time=log_ns, data=data, publish_time=publish_ns, sequence=seq)
-            if self._foxglove and foxglove.supported(schema) and self._mirror_now(topic, len(data), log_ns):
+            if image is None and self._foxglove and foxglove.supported(schema) \
+                    and self._mirror_now(topic, len(data), log_ns):
                 if msg is None:
                     msg, _ = decode(frames)
                 self._w.add_message(self._fox_channel(topic, schema), log_time=log_ns,
@@ -203,7 +226,8 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--run", default=None, help="graph name or run directory (default: the newest running graph)")
     ap.add_argument("--lossless", action="store_true",
                     help="use a topic's lossless endpoint where it has one (back-pressure instead of drops)")
-    ap.add_argument("--no-foxglove", action="store_true", help="do not write the /foxglove/* mirror channels")
+    ap.add_argument("--no-foxglove", action="store_true",
+                    help="do not write the /foxglove/* mirror channels (images stay RawImage channels)")
     ap.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
     ap.add_argument("--max-messages", type=int, default=0, help="stop after this many messages")
     ap.add_argument("--quiet", action="store_true")

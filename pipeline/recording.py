@@ -20,10 +20,19 @@ these bytes. `Recording.info()` gives topics, schemas, counts, start, end and du
   data = JSON listing the version, scalar and array fields (dtype, shape), for other tools.
 - Message data = the wire frames, packed: `u32 n` then `n` x `u32 length` then the frames'
   bytes, little-endian (`pack_frames` / `unpack_frames`). Replay slices these bytes without a copy.
+- Images (`drivecast/Image`) are stored once, in a form both Foxglove and replay read: the topic's
+  channel has message_encoding `cdr`, schema `foxglove_msgs/msg/RawImage` (encoding `ros2msg`:
+  Foxglove's RawImage plus a trailing `uint8[] drivecast_header`) and metadata
+  `{"drivecast_schema": "drivecast/Image", "schema_version": ...}`. Message data = ROS 2 CDR of
+  the RawImage whose `data` is the wire data frame and `drivecast_header` the wire header frame,
+  byte for byte (`foxglove.stored_image` / `unpack_image`, which slices both out without a copy).
+  An image Foxglove cannot show (another encoding, bytes per pixel that are not its C) goes to a
+  drivecast channel of the same topic instead, so a topic can have both; files written before
+  this form have only the drivecast channel (and a preview mirror) and read as before.
 - log_time = receive time at the recorder; publish_time = the publish time in the message header;
-  the sensor stamp stays in the header (and in the Foxglove mirror's `timestamp`).
-- Foxglove mirror channels `/foxglove/<topic>` (JSON, foxglove schemas: see `pipeline.foxglove`);
-  readers here skip them.
+  the sensor stamp stays in the header (and in the Foxglove form's `timestamp`).
+- Foxglove mirror channels `/foxglove/<topic>` (JSON or CDR, foxglove schemas: see
+  `pipeline.foxglove`) for the other schemas; readers here skip them.
 
 A file without a summary (cut by `kill -9`, or still being written) is read by a linear scan up to
 its last complete chunk: `info().truncated` is then True and `info().note` says where it stopped.
@@ -46,19 +55,22 @@ from mcap.reader import SeekingReader
 from mcap.records import Channel, Chunk, Footer, Header, Message, Schema
 from mcap.stream_reader import StreamReader, breakup_chunk
 
-from pipeline.errors import DrivecastError
+from pipeline.codec import peek_header
+from pipeline.errors import DecodeError, DrivecastError
+from pipeline.messages import Image
 from pipeline.messages import Message as DcMessage
 
 __all__ = [
-    "FOXGLOVE_PREFIX", "MESSAGE_ENCODING", "PROFILE", "Item", "Recording", "RecordingError",
+    "DRIVECAST_SCHEMA_KEY", "FOXGLOVE_PREFIX", "MESSAGE_ENCODING", "PROFILE", "Item", "Recording", "RecordingError",
     "RecordingInfo", "TopicInfo", "open_recording", "pack_frames", "prefetch", "schema_description",
-    "unpack_frames",
+    "unpack_frames", "unpack_image",
 ]
 
 PROFILE = "drivecast"
 MESSAGE_ENCODING = "drivecast"
 SCHEMA_ENCODING = "drivecast-v1"
 FOXGLOVE_PREFIX = "/foxglove/"
+DRIVECAST_SCHEMA_KEY = "drivecast_schema"  # channel metadata of a CDR channel that stores drivecast messages
 MAX_FRAMES = 64
 MAGIC = b"\x89MCAP0\r\n"
 
@@ -167,6 +179,50 @@ def unpack_frames(data: bytes | memoryview, where: str = "message") -> list[memo
     return out
 
 
+def _cdr_u32(body: memoryview, pos: int, what: str, where: str) -> tuple[int, int]:
+    pos += -pos % 4  # CDR aligns a u32 to 4 bytes after the encapsulation header
+    if pos + 4 > len(body):
+        raise RecordingError(f"{where}: image record of {len(body) + 4} bytes ends before its {what}")
+    return struct.unpack_from("<I", body, pos)[0], pos + 4
+
+
+def _cdr_bytes(body: memoryview, pos: int, what: str, where: str) -> tuple[memoryview, int]:
+    n, pos = _cdr_u32(body, pos, f"{what} length", where)
+    if n > len(body) - pos:
+        raise RecordingError(f"{where}: {what} of {n} bytes, only {len(body) - pos} left in the image record")
+    return body[pos:pos + n], pos + n
+
+
+def unpack_image(data: bytes | memoryview, where: str = "message") -> list[memoryview]:
+    """The wire frames `[header, data]` of an Image stored as RawImage CDR (`foxglove.stored_image`):
+    slices of `data`, no copy. Validates the lengths, and that the header is a drivecast Image
+    header (file bytes are untrusted)."""
+    buf = memoryview(data).cast("B")
+    if buf[:4] != b"\x00\x01\x00\x00":
+        raise RecordingError(f"{where}: image record starts with {bytes(buf[:4]).hex()}, "
+                             "not the little-endian CDR header 00010000")
+    body = buf[4:]
+    _, pos = _cdr_bytes(body, 8, "frame_id", where)  # after the timestamp (sec, nanosec)
+    _, pos = _cdr_u32(body, pos, "width", where)
+    height, pos = _cdr_u32(body, pos, "height", where)
+    _, pos = _cdr_bytes(body, pos, "encoding", where)
+    step, pos = _cdr_u32(body, pos, "step", where)
+    pixels, pos = _cdr_bytes(body, pos, "data", where)
+    header, pos = _cdr_bytes(body, pos, "drivecast_header", where)
+    if pos != len(body):
+        raise RecordingError(f"{where}: {len(body) - pos} bytes after the drivecast_header of the image record")
+    if len(pixels) != step * height:
+        raise RecordingError(f"{where}: image data of {len(pixels)} bytes, step {step} x height {height} "
+                             f"is {step * height}")
+    try:
+        schema = peek_header(header).schema
+    except DecodeError as exc:
+        raise RecordingError(f"{where}: drivecast_header is not a drivecast header: {exc}") from None
+    if schema != Image.SCHEMA:
+        raise RecordingError(f"{where}: drivecast_header is a {schema[:80]} header, expected {Image.SCHEMA}")
+    return [header, pixels]
+
+
 def schema_description(cls: type[DcMessage]) -> bytes:
     """The JSON put in a drivecast channel's schema record (for humans and other tools)."""
     return json.dumps({
@@ -174,6 +230,22 @@ def schema_description(cls: type[DcMessage]) -> bytes:
         "scalars": {n: t.__name__ for n, t in cls.SCALARS.items()},
         "arrays": {n: {"dtype": s.dtype.str, "shape": list(s.shape)} for n, s in cls.ARRAYS.items()},
     }, sort_keys=True).encode()
+
+
+def _plays_as(ch: Channel, schema: Schema | None) -> str | None:
+    """The drivecast schema a channel's messages replay as, or None for a channel replay skips
+    (a Foxglove mirror)."""
+    if ch.message_encoding == MESSAGE_ENCODING:
+        return schema.name if schema else ""
+    if ch.message_encoding == "cdr" and ch.metadata.get(DRIVECAST_SCHEMA_KEY) == Image.SCHEMA:
+        return Image.SCHEMA
+    return None
+
+
+def _item(path: Path, ch: Channel, msg: Message) -> Item:
+    where = f"{path}: {ch.topic} @ {msg.log_time}"
+    unpack = unpack_frames if ch.message_encoding == MESSAGE_ENCODING else unpack_image
+    return Item(ch.topic, msg.log_time, msg.publish_time, unpack(msg.data, where))
 
 
 # -- read-ahead ---------------------------------------------------------------------------------------
@@ -258,29 +330,31 @@ class DrivecastMcap(Recording):
     def info(self) -> RecordingInfo:
         if self._info is not None:
             return self._info
+        counts: dict[str, int] = {}  # per topic: a topic can have two channels (see Recorder.write)
+        types: dict[str, str] = {}
         if self._summary is not None and self._summary.statistics is not None and all(
                 ch.schema_id == 0 or ch.schema_id in self._summary.schemas for ch in self._channels().values()):
             st = self._summary.statistics
-            topics = [TopicInfo(ch.topic, self._summary.schemas[ch.schema_id].name if ch.schema_id else "",
-                                st.channel_message_counts.get(cid, 0), True,
-                                self._summary.schemas[ch.schema_id].name if ch.schema_id else "")
-                      for cid, ch in sorted(self._channels().items())
-                      if ch.message_encoding == MESSAGE_ENCODING]
+            for cid, ch in sorted(self._channels().items()):
+                kind = _plays_as(ch, self._summary.schemas.get(ch.schema_id))
+                if kind is not None:
+                    counts[ch.topic] = counts.get(ch.topic, 0) + st.channel_message_counts.get(cid, 0)
+                    types[ch.topic] = kind
+            topics = [TopicInfo(t, types[t], c, True, types[t]) for t, c in counts.items()]
             count = sum(t.count for t in topics)
             self._info = RecordingInfo(str(self.path), "drivecast-mcap", st.message_start_time if st.message_count else 0,
                                        st.message_end_time if st.message_count else 0, count, topics)
             # start/end from statistics cover the Foxglove mirror too; it shares log times, so they agree
             return self._info
         # linear scan: count what is readable
-        counts: dict[str, int] = {}
-        types: dict[str, str] = {}
         start, end, n = None, None, 0
         scan = _Scan(self._f, self.path)
         for ch, schema, msg in scan.messages():
-            if ch.message_encoding != MESSAGE_ENCODING:
+            kind = _plays_as(ch, schema)
+            if kind is None:
                 continue
             counts[ch.topic] = counts.get(ch.topic, 0) + 1
-            types[ch.topic] = schema.name if schema else ""
+            types[ch.topic] = kind
             start = msg.log_time if start is None else min(start, msg.log_time)
             end = msg.log_time if end is None else max(end, msg.log_time)
             n += 1
@@ -293,7 +367,7 @@ class DrivecastMcap(Recording):
         wanted = None if topics is None else set(topics)
         if self._reader is not None:
             want = [ch.topic for ch in self._channels().values()
-                    if ch.message_encoding == MESSAGE_ENCODING and (wanted is None or ch.topic in wanted)]
+                    if _plays_as(ch, None) is not None and (wanted is None or ch.topic in wanted)]
             if not want:
                 return
             source: Iterable[tuple[Any, Channel, Message]] = self._reader.iter_messages(
@@ -309,17 +383,15 @@ class DrivecastMcap(Recording):
                     raise RecordingError(f"{self.path}: corrupt data after {n} messages: {type(exc).__name__}: "
                                          f"{str(exc)[:120]}; `drivecast bag recover` keeps what is readable") from None
                 n += 1
-                yield Item(ch.topic, msg.log_time, msg.publish_time,
-                           unpack_frames(msg.data, f"{self.path}: {ch.topic} @ {msg.log_time}"))
+                yield _item(self.path, ch, msg)
         # Linear scan: chunks are written in log-time order by one recorder, so file order is
         # log-time order within a small window; sort each chunk's messages to be safe.
         for ch, _, msg in _Scan(self._f, self.path).messages():
-            if ch.message_encoding != MESSAGE_ENCODING or (wanted is not None and ch.topic not in wanted):
+            if _plays_as(ch, None) is None or (wanted is not None and ch.topic not in wanted):
                 continue
             if start_ns is not None and msg.log_time < start_ns:
                 continue
-            yield Item(ch.topic, msg.log_time, msg.publish_time,
-                       unpack_frames(msg.data, f"{self.path}: {ch.topic} @ {msg.log_time}"))
+            yield _item(self.path, ch, msg)
 
 
 class _Scan:

@@ -2,7 +2,7 @@
 
 Each node class in `nodes/*.py` that declares inputs runs in a `ProcessRuntime` (one node over ZeroMQ,
 as the launcher starts it) built from a small manifest; messages go in through
-`ProcessRuntime._deliver(input, schema, [topic, header, arrays...])`, exactly what the run loop calls
+`ProcessRuntime._deliver(input, schema, [topic, header, arrays...], subscriber)`, exactly what the run loop calls
 for every received multipart message. Two families of input:
 
 - malformed: random frames, truncated, oversized and type-confused messages. Each must be counted under
@@ -220,7 +220,7 @@ class Harness:
         kind_before = counts[f"decode_errors.{expect[8:]}"] if expect.startswith("dropped.") else 0
         try:
             with deadline(timeout_s, f"{self.cls.__name__}.on_{inp}"):
-                self.rt._deliver(inp, schema, frames)
+                self.rt._deliver(inp, schema, frames, self.rt._subscribers[inp])
         except Exception as exc:
             bug = known_bug(exc)
             if bug is None:

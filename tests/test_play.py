@@ -16,7 +16,7 @@ import pytest
 
 from pipeline.codec import encode
 from pipeline.errors import ConfigError
-from pipeline.messages import Clock, Odometry, Predictions, Tracks
+from pipeline.messages import Clock, Image, Odometry, Predictions, Tracks
 from pipeline.node import Node, NodeParams
 from pipeline.play import PlayOptions, lockstep, parse_remap, play, schedule
 from pipeline.record import Recorder
@@ -34,8 +34,16 @@ def _tracks(i: int, n: int = 6) -> Tracks:
                   vxy=np.tile([1.0, 0.0], (n, 1)) + rng.normal(0, 0.01, (n, 2)), kind=np.full(n, 2))
 
 
-def write_drive(path: Path, count: int = 60, period_ns: int = 10_000_000, bursts: bool = False) -> list[list[bytes]]:
-    """A small drive of Tracks (and Odometry every 5th step); returns the frames in log-time order."""
+def _image(i: int) -> Image:
+    """An odd-sized camera frame (its CDR form needs padding after the pixels)."""
+    data = np.random.default_rng(i).integers(0, 255, (5, 7, 3), dtype=np.uint8)
+    return Image(stamp_ns=T0 + i * 10_000_000, frame_id="cam", data=data)
+
+
+def write_drive(path: Path, count: int = 60, period_ns: int = 10_000_000, bursts: bool = False,
+                images: bool = False) -> list[list[bytes]]:
+    """A small drive of Tracks (and Odometry every 5th step, and with `images` an Image every 3rd step);
+    returns the frames in log-time order."""
     out = []
     with Recorder(path) as rec:
         for i in range(count):
@@ -49,6 +57,10 @@ def write_drive(path: Path, count: int = 60, period_ns: int = 10_000_000, bursts
                 odo = encode(Odometry(stamp_ns=log, frame_id="odom", position=[i, 0, 0]), publish_ns=log)
                 rec.write("car/odom", odo, log)
                 out.append([bytes(f) for f in odo])
+            if images and i % 3 == 0:
+                img = encode(_image(i), publish_ns=log)
+                rec.write("cam/image", img, log)
+                out.append([bytes(f) for f in img])
     return out
 
 
@@ -69,6 +81,71 @@ def test_play_sends_the_recorded_frames_byte_identical(drive) -> None:
     path, frames = drive
     got = _collect(path, PlayOptions(rate=1000.0))
     assert [f for _, f in got] == frames
+
+
+def test_play_sends_recorded_images_byte_identical_and_filters_them_by_topic(tmp_path: Path) -> None:
+    from pipeline.codec import peek_header
+
+    path = tmp_path / "cam.mcap"
+    frames = write_drive(path, images=True)
+    assert [f for _, f in _collect(path, PlayOptions(rate=1000.0))] == frames
+    got = _collect(path, PlayOptions(rate=1000.0, topics=["cam/image"], remap={"cam/image": "front/image"}))
+    assert {t for t, _ in got} == {"front/image"}
+    assert [f for _, f in got] == [f for f in frames if peek_header(f[0]).schema == Image.SCHEMA] and len(got) == 20
+
+
+def _write_old_layout(path: Path, images: list[Image]) -> list[list[bytes]]:
+    """A drive as the recorder wrote images before they were stored as RawImage: a drivecast channel of
+    packed wire frames, and a half-resolution preview on `/foxglove/<topic>` beside it."""
+    from mcap.writer import CompressionType, Writer
+
+    from pipeline import foxglove
+    from pipeline.recording import (
+        FOXGLOVE_PREFIX,
+        MESSAGE_ENCODING,
+        PROFILE,
+        SCHEMA_ENCODING,
+        pack_frames,
+        schema_description,
+    )
+
+    out = []
+    with open(path, "wb") as f:
+        w = Writer(f, compression=CompressionType.ZSTD)
+        w.start(profile=PROFILE, library="drivecast")
+        sid = w.register_schema(Image.SCHEMA, SCHEMA_ENCODING, schema_description(Image))
+        cid = w.register_channel("cam/image", MESSAGE_ENCODING, sid, {"schema_version": "1"})
+        spec = foxglove.channel_spec(Image.SCHEMA)
+        sid = w.register_schema(spec.schema_name, spec.schema_encoding, spec.schema_data)
+        fid = w.register_channel(FOXGLOVE_PREFIX + "cam/image", spec.message_encoding, sid)
+        for i, img in enumerate(images):
+            frames = encode(img, publish_ns=img.stamp_ns)
+            w.add_message(cid, log_time=img.stamp_ns, data=pack_frames(frames), publish_time=img.stamp_ns,
+                          sequence=i + 1)
+            w.add_message(fid, log_time=img.stamp_ns, data=foxglove.convert(img, "cam/image", preview=True),
+                          publish_time=img.stamp_ns, sequence=i + 1)
+            out.append([bytes(f) for f in frames])
+        w.finish()
+    return out
+
+
+def test_a_drive_recorded_before_images_were_stored_as_raw_images_plays_the_same(tmp_path: Path) -> None:
+    from mcap.reader import make_reader
+
+    from pipeline.bag import main as bag_main
+
+    old = tmp_path / "old.mcap"
+    frames = _write_old_layout(old, [_image(i) for i in range(10)])
+    assert [f for _, f in _collect(old, PlayOptions(rate=1000.0))] == frames
+    with open_recording(old) as rec:
+        assert [(t.name, t.type, t.count) for t in rec.info().topics] == [("cam/image", "drivecast/Image", 10)]
+    new = tmp_path / "new.mcap"  # `bag convert` rewrites it in today's layout: it plays the same
+    assert bag_main(["convert", str(old), "-o", str(new)]) == 0
+    with open(new, "rb") as f:
+        summary = make_reader(f).get_summary()
+    assert summary is not None and [(ch.topic, ch.message_encoding) for ch in summary.channels.values()] == [
+        ("cam/image", "cdr")]
+    assert [f for _, f in _collect(new, PlayOptions(rate=1000.0))] == frames
 
 
 def test_play_keeps_absolute_deadlines_and_reproduces_bursts(tmp_path: Path) -> None:
@@ -210,9 +287,11 @@ def _cli(args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
 
 
-def test_play_then_record_across_processes_is_byte_identical(drive, tmp_path: Path, run_base: Path,
-                                                             procs: list[subprocess.Popen[bytes]]) -> None:
-    path, frames = drive
+@pytest.mark.parametrize("images", [False, True], ids=["tracks", "with_images"])
+def test_play_then_record_across_processes_is_byte_identical(tmp_path: Path, run_base: Path,
+                                                             procs: list[subprocess.Popen[bytes]], images: bool) -> None:
+    path = tmp_path / "drive.mcap"
+    frames = write_drive(path, images=images)
     env = {**os.environ, "DRIVECAST_RUN_DIR": str(run_base), "PYTHONUNBUFFERED": "1"}
     player = _cli(["play", str(path), "--rate", "20", "--wait-for", "1", "--quiet"], env)
     procs.append(player)
@@ -232,6 +311,7 @@ def test_play_then_record_across_processes_is_byte_identical(drive, tmp_path: Pa
         for it in rec.items():
             orig.setdefault(it.topic, []).append([bytes(f) for f in it.frames])
     assert again == orig
+    assert len(orig.get("cam/image", [])) == (20 if images else 0)
 
 
 # -- real recordings ------------------------------------------------------------------------------------------

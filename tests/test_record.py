@@ -1,5 +1,6 @@
-"""pipeline/record.py + pipeline/recording.py: lossless MCAP layout, Foxglove mirror channels,
-crash safety (a recorder killed with SIGKILL leaves a readable file), recovery, bad files."""
+"""pipeline/record.py + pipeline/recording.py: lossless MCAP layout, images stored once as Foxglove
+RawImage channels, Foxglove mirror channels, crash safety (a recorder killed with SIGKILL leaves a
+readable file), recovery, bad files."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import struct
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -58,24 +60,43 @@ def test_recorder_round_trip_keeps_frames_times_and_every_schema(tmp_path: Path,
     assert {t.name: t.type for t in info.topics}["sim/tracks"] == "drivecast/Tracks"
 
 
+def _rosbags_store(schemas: dict[str, Any]) -> Any:
+    """A rosbags type store that knows the ros2msg schemas stored in a file (an independent CDR decoder)."""
+    from rosbags.typesys import Stores, get_types_from_msg, get_typestore
+
+    store = get_typestore(Stores.EMPTY)
+    for schema in schemas.values():
+        name, *deps = schema.data.decode().split("\n" + "=" * 80 + "\n")
+        store.register(get_types_from_msg(name, schema.name))
+        for dep in deps:
+            head, body = dep.split("\n", 1)
+            store.register(get_types_from_msg(body, head.removeprefix("MSG: ").replace("/", "/msg/", 1)))
+    return store
+
+
 def test_recorder_writes_foxglove_channels_with_well_known_schemas(tmp_path: Path) -> None:
     path = tmp_path / "fox.mcap"
+    wire = {}
     with Recorder(path) as rec:
         for topic, msg in _samples():
-            rec.write(topic, encode(msg), T0)
+            wire[topic] = encode(msg)
+            rec.write(topic, wire[topic], T0)
     with open(path, "rb") as f:
         reader = make_reader(f)
         summary = reader.get_summary()
         assert summary is not None and summary.chunk_indexes[0].compression == "zstd"
         fox = {ch.topic: (ch.message_encoding, summary.schemas[ch.schema_id].name)
-               for ch in summary.channels.values() if ch.topic.startswith("/foxglove/")}
+               for ch in summary.channels.values() if ch.message_encoding != "drivecast"}
+        # the image is not mirrored: its own channel is a full-resolution RawImage
         assert fox == {"/foxglove/sim/tracks": ("json", "foxglove.SceneUpdate"),
                        "/foxglove/pred/predictions": ("json", "foxglove.SceneUpdate"),
                        "/foxglove/car/odom": ("json", "foxglove.PoseInFrame"),
                        "/foxglove/car/fix": ("json", "foxglove.LocationFix"),
                        "/foxglove/car/imu": ("json", "drivecast.Imu"),
-                       "/foxglove/cam/image": ("cdr", "foxglove_msgs/msg/RawImage"),
+                       "cam/image": ("cdr", "foxglove_msgs/msg/RawImage"),
                        "/foxglove/lidar/points": ("cdr", "foxglove_msgs/msg/PointCloud")}
+        image_channel = next(ch for ch in summary.channels.values() if ch.topic == "cam/image")
+        assert image_channel.metadata == {"drivecast_schema": "drivecast/Image", "schema_version": "1"}
         schemas = {ch.topic: summary.schemas[ch.schema_id] for ch in summary.channels.values()}
         bodies = {ch.topic: m.data for _, ch, m in reader.iter_messages(topics=list(fox))}
     scene = json.loads(bodies["/foxglove/sim/tracks"])["entities"][0]
@@ -83,22 +104,48 @@ def test_recorder_writes_foxglove_channels_with_well_known_schemas(tmp_path: Pat
     assert scene["timestamp"] == {"sec": T0 // 10**9, "nsec": T0 % 10**9}
     assert len(json.loads(bodies["/foxglove/pred/predictions"])["entities"][0]["lines"][0]["points"]) == 2
     # the CDR forms decode with an independent implementation (rosbags) from the stored ros2msg schemas
-    from rosbags.typesys import Stores, get_types_from_msg, get_typestore
-
-    store = get_typestore(Stores.EMPTY)
-    for topic in ("/foxglove/cam/image", "/foxglove/lidar/points"):
-        text = schemas[topic].data.decode()
-        name, *deps = text.split("\n" + "=" * 80 + "\n")
-        store.register(get_types_from_msg(name, schemas[topic].name))
-        for dep in deps:
-            head, body = dep.split("\n", 1)
-            store.register(get_types_from_msg(body, head.removeprefix("MSG: ").replace("/", "/msg/", 1)))
-    img = store.deserialize_cdr(bodies["/foxglove/cam/image"], "foxglove_msgs/msg/RawImage")
+    store = _rosbags_store({t: schemas[t] for t in ("cam/image", "/foxglove/lidar/points")})
+    img = store.deserialize_cdr(bodies["cam/image"], "foxglove_msgs/msg/RawImage")
     assert (img.width, img.height, img.step, img.encoding, img.frame_id) == (6, 4, 18, "rgb8", "world")
     assert img.timestamp.sec == T0 // 10**9 and bytes(img.data) == bytes(range(72))
+    assert bytes(img.drivecast_header) == bytes(wire["cam/image"][0])
     pc = store.deserialize_cdr(bodies["/foxglove/lidar/points"], "foxglove_msgs/msg/PointCloud")
     assert pc.point_stride == 16 and [f.name for f in pc.fields] == ["x", "y", "z", "intensity"]
     assert pc.pose.orientation.w == 1.0 and np.frombuffer(bytes(pc.data), "<f4").tolist() == [1.0] * 20
+
+
+@pytest.mark.parametrize(("encoding", "shape", "frame_id"), [
+    ("rgb8", (7, 9, 3), "cam"), ("mono8", (5, 7, 1), ""), ("mono16", (3, 5, 2), "camera_left"),
+    ("bgra8", (2, 2, 4), "c"), ("rgb8", (0, 4, 3), "")])  # data of 189, 35, 30, 16, 0 bytes: every CDR padding
+@pytest.mark.parametrize("mirror", [True, False])
+def test_an_image_is_stored_once_as_a_full_resolution_raw_image(
+        tmp_path: Path, encoding: str, shape: tuple[int, int, int], frame_id: str, mirror: bool) -> None:
+    """The image channel is what Foxglove reads (a RawImage, decoded here by rosbags from the schema text in the
+    file) and what replay reads (the wire frames, sliced back out byte for byte), with or without mirrors."""
+    path = tmp_path / "cam.mcap"
+    data = np.random.default_rng(len(frame_id)).integers(0, 255, shape, dtype=np.uint8)
+    frames = encode(Image(stamp_ns=T0 + 5, frame_id=frame_id, encoding=encoding, data=data), publish_ns=T0 + 7)
+    with Recorder(path, foxglove_mirror=mirror) as rec:
+        rec.write("cam/image", frames, T0 + 9)
+    with open(path, "rb") as f:
+        reader = make_reader(f)
+        summary = reader.get_summary()
+        assert summary is not None
+        assert [(ch.topic, ch.message_encoding) for ch in summary.channels.values()] == [("cam/image", "cdr")]
+        [(schema, _, record)] = list(reader.iter_messages())
+    assert schema is not None and schema.encoding == "ros2msg"
+    assert "# the drivecast wire header" in schema.data.decode()
+    assert (record.log_time, record.publish_time) == (T0 + 9, T0 + 7)
+    img = _rosbags_store({"cam/image": schema}).deserialize_cdr(record.data, "foxglove_msgs/msg/RawImage")
+    assert (img.height, img.width, img.step) == (shape[0], shape[1], shape[1] * shape[2])
+    assert (img.encoding, img.frame_id) == (encoding, frame_id or "world")
+    assert (img.timestamp.sec, img.timestamp.nanosec) == (T0 // 10**9, T0 % 10**9 + 5)
+    assert bytes(img.data) == data.tobytes() and bytes(img.drivecast_header) == bytes(frames[0])
+    with open_recording(path) as r:
+        [item] = list(r.items())
+        assert [t.type for t in r.info().topics] == ["drivecast/Image"]
+    assert [bytes(f) for f in item.frames] == [bytes(f) for f in frames]
+    assert all(isinstance(f, memoryview) and f.obj is item.frames[0].obj for f in item.frames)  # slices, no copy
 
 
 def test_unpack_frames_rejects_corrupt_bodies_with_the_reason() -> None:
@@ -174,6 +221,34 @@ def test_a_file_cut_in_the_middle_reads_to_its_last_complete_chunk(tmp_path: Pat
     assert info.truncated and 0 < info.count == n < 300
 
 
+def test_a_cut_file_with_images_reads_by_linear_scan_and_recovers(tmp_path: Path) -> None:
+    path = tmp_path / "whole.mcap"
+    rng = np.random.default_rng(3)
+    written = []
+    with Recorder(path, chunk_size=4096, flush_s=0) as rec:
+        for i in range(100):
+            topic, msg = ("cam/image", Image(stamp_ns=i, data=rng.integers(0, 255, (8, 10, 3), dtype=np.uint8))) \
+                if i % 2 else ("sim/tracks", Tracks(stamp_ns=i, ids=[i], xy=[[0, 0]], vxy=[[0, 0]], kind=[1]))
+            frames = [bytes(f) for f in encode(msg, publish_ns=i)]
+            rec.write(topic, frames, i)
+            written.append((topic, frames))
+    data = path.read_bytes()
+    cut = tmp_path / "cut.mcap"
+    cut.write_bytes(data[: len(data) // 2])
+    with open_recording(cut) as rec:
+        info = rec.info()
+        got = [(it.topic, [bytes(f) for f in it.frames]) for it in rec.items()]
+        images = [it.topic for it in rec.items(["cam/image"])]
+    assert info.truncated and 0 < info.count == len(got) < 100
+    assert {t.name: t.type for t in info.topics} == {"cam/image": "drivecast/Image", "sim/tracks": "drivecast/Tracks"}
+    assert got == written[: len(got)] and images == [t for t, _ in got if t == "cam/image"]
+    fixed = tmp_path / "fixed.mcap"
+    assert bag_main(["recover", str(cut), "-o", str(fixed)]) == 0
+    with open_recording(fixed) as rec:
+        assert not rec.info().truncated
+        assert [(it.topic, [bytes(f) for f in it.frames]) for it in rec.items()] == got
+
+
 def test_not_a_recording_gives_a_clear_error(tmp_path: Path) -> None:
     junk = tmp_path / "notes.txt"
     junk.write_text("hello, not a bag")
@@ -197,19 +272,51 @@ def test_record_without_a_running_graph_says_how_to_start_one(tmp_path: Path, mo
     assert "give TOPICS or --all" in capsys.readouterr().err
 
 
-def test_large_messages_are_mirrored_as_rate_limited_previews(tmp_path: Path) -> None:
+def test_large_images_are_stored_in_full_and_large_clouds_mirrored_as_rate_limited_previews(tmp_path: Path) -> None:
     path = tmp_path / "cam.mcap"
     img = Image(stamp_ns=T0, data=np.zeros((480, 640, 3), dtype=np.uint8))     # 900 KiB > LARGE_BYTES
+    cloud = PointCloud(stamp_ns=T0, points=np.zeros((30_000, 3)))              # 352 KiB
     with Recorder(path) as rec:
-        for i in range(30):                                                    # 1 s of a 30 Hz camera
+        for i in range(30):                                                    # 1 s of a 30 Hz camera and lidar
             rec.write("cam/image", encode(img), T0 + i * 33_333_333)
+            rec.write("lidar/points", encode(cloud), T0 + i * 33_333_333)
     with open(path, "rb") as f:
         reader = make_reader(f)
-        full = [m for _, ch, m in reader.iter_messages(topics=["cam/image"])]
-        previews = [m for _, ch, m in reader.iter_messages(topics=["/foxglove/cam/image"])]
-    assert len(full) == 30 and len(previews) == 10                             # 10 Hz preview
-    width, height = struct.unpack_from("<II", previews[0].data, 24)  # after stamp, "world\0", alignment
-    assert (width, height) == (320, 240)
+        summary = reader.get_summary()
+        assert summary is not None
+        counts = {ch.topic: summary.statistics.channel_message_counts[cid] for cid, ch in summary.channels.items()}
+    assert counts == {"cam/image": 30, "lidar/points": 30, "/foxglove/lidar/points": 10}  # 10 Hz preview
+    with open_recording(path) as rec:
+        assert {t.name: t.count for t in rec.info().topics} == {"cam/image": 30, "lidar/points": 30}
+
+
+def test_an_image_foxglove_cannot_show_falls_back_to_the_drivecast_channel_and_a_preview(tmp_path: Path) -> None:
+    """An encoding outside Foxglove's list, or one whose bytes per pixel are not the image's C, keeps today's
+    form (drivecast channel + `/foxglove/` preview), on the same topic as the images that fit: nothing is lost
+    and replay gives every message, in order, byte for byte."""
+    path = tmp_path / "cam.mcap"
+    big = np.random.default_rng(2).integers(0, 255, (480, 640, 3), dtype=np.uint8)
+    images = [Image(stamp_ns=T0, encoding="rgb8", data=big[:4, :6]),
+              Image(stamp_ns=T0 + 1, encoding="hsv8", data=big),           # not a Foxglove encoding
+              Image(stamp_ns=T0 + 2, encoding="rgb8", data=big[:4, :6, :1]),  # rgb8 with one byte per pixel
+              Image(stamp_ns=T0 + 3, encoding="mono8", data=big[:4, :6, :1])]
+    written = [[bytes(f) for f in encode(m, publish_ns=T0)] for m in images]
+    with Recorder(path) as rec:
+        for i, frames in enumerate(written):
+            rec.write("cam/image", frames, T0 + i)
+    with open(path, "rb") as f:
+        reader = make_reader(f)
+        summary = reader.get_summary()
+        assert summary is not None
+        channels = {(ch.topic, ch.message_encoding): summary.statistics.channel_message_counts[cid]
+                    for cid, ch in summary.channels.items()}
+        previews = [m.data for _, _, m in reader.iter_messages(topics=["/foxglove/cam/image"])]
+    assert channels == {("cam/image", "cdr"): 2, ("cam/image", "drivecast"): 2, ("/foxglove/cam/image", "cdr"): 2}
+    width, height = struct.unpack_from("<II", previews[0], 24)  # after stamp, "world\0", alignment
+    assert (width, height) == (320, 240)                         # the large one: a half-resolution preview
+    with open_recording(path) as rec:
+        assert [(t.name, t.type, t.count) for t in rec.info().topics] == [("cam/image", "drivecast/Image", 4)]
+        assert [[bytes(f) for f in it.frames] for it in rec.items()] == written
 
 
 @pytest.mark.parametrize(("encoding", "shape"), [("rgb8", (7, 9, 3)), ("mono8", (5, 7, 1))])

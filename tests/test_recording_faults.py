@@ -21,6 +21,7 @@ import os
 import re
 import resource
 import signal
+import struct
 import subprocess
 import sys
 import threading
@@ -358,6 +359,82 @@ def test_a_damaged_mcap_through_the_cli_never_prints_a_traceback(drive_bytes: by
         rc, text = _cli(*args)
         assert "Traceback" not in text, text
         assert rc in (0, 1), text
+
+
+def _image_records(path: Path, bodies: list[bytes]) -> Path:
+    """A drivecast MCAP whose `cam/image` channel holds `bodies` as its stored RawImage records."""
+    from mcap.writer import Writer
+
+    from pipeline.foxglove import STORED_IMAGE
+    from pipeline.recording import DRIVECAST_SCHEMA_KEY, PROFILE
+
+    with open(path, "wb") as f:
+        w = Writer(f)
+        w.start(profile=PROFILE, library="test")
+        sid = w.register_schema(STORED_IMAGE.schema_name, STORED_IMAGE.schema_encoding, STORED_IMAGE.schema_data)
+        cid = w.register_channel("cam/image", STORED_IMAGE.message_encoding, sid,
+                                 {DRIVECAST_SCHEMA_KEY: "drivecast/Image", "schema_version": "1"})
+        for i, body in enumerate(bodies):
+            w.add_message(cid, log_time=T0 + i, data=body, publish_time=T0 + i)
+        w.finish()
+    return path
+
+
+def _image_record_damaged(how: str) -> bytes:
+    from pipeline.foxglove import stored_image
+    from pipeline.messages import Image
+
+    frames = encode(Image(stamp_ns=T0, data=np.zeros((4, 6, 3), np.uint8)))  # 72 bytes: no padding after them
+    good = stored_image(frames)
+    assert good is not None
+    header_at = len(good) - len(frames[0]) - 4  # the drivecast_header's length, then its bytes
+    if how == "big_endian":
+        return b"\x00\x00" + good[2:]
+    if how == "data_too_long":
+        at = good.index(b"\x48\x00\x00\x00" + bytes(72))  # the data's length (72) and pixels
+        return good[:at] + struct.pack("<I", 10**9) + good[at + 4:]
+    if how == "cut":
+        return good[:-3]
+    if how == "trailing":
+        return good + bytes(4)
+    if how == "wrong_height":
+        return good[:28] + struct.pack("<I", 5) + good[32:]  # after stamp, "world\0", width
+    if how == "not_a_header":
+        return good[:header_at] + struct.pack("<I", 8) + b"\xc1garbage"
+    if how == "tracks_header":
+        header = encode(tracks(0, n=1))[0]
+        return good[:header_at] + struct.pack("<I", len(header)) + header
+    raise AssertionError(how)
+
+
+IMAGE_DAMAGE = [
+    ("big_endian", "image record starts with 00000000, not the little-endian CDR header 00010000"),
+    ("data_too_long", "data of 1000000000 bytes, only \\d+ left in the image record"),
+    ("cut", "drivecast_header of \\d+ bytes, only \\d+ left in the image record"),
+    ("trailing", "4 bytes after the drivecast_header of the image record"),
+    ("wrong_height", "image data of 72 bytes, step 18 x height 5 is 90"),
+    ("not_a_header", "drivecast_header is not a drivecast header: "),
+    ("tracks_header", "drivecast_header is a drivecast/Tracks header, expected drivecast/Image"),
+]
+
+
+@pytest.mark.parametrize(("how", "error"), IMAGE_DAMAGE, ids=[how for how, _ in IMAGE_DAMAGE])
+def test_a_corrupt_image_record_gives_a_clear_error(how: str, error: str, tmp_path: Path, run_base: Path,
+                                                    capsys: pytest.CaptureFixture[str],
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """A RawImage record whose lengths or header are wrong (a crafted or damaged file; the chunk CRC passes):
+    the reader names the file, the topic and what is wrong, and `drivecast play` prints it and exits 1."""
+    from pipeline.play import main as play_main
+    from pipeline.recording import RecordingError
+
+    monkeypatch.setenv("DRIVECAST_RUN_DIR", str(run_base))
+    bad = _image_records(tmp_path / f"{how}.mcap", [_image_record_damaged(how)])
+    with open_recording(bad) as rec:
+        assert [(t.name, t.type, t.count) for t in rec.info().topics] == [("cam/image", "drivecast/Image", 1)]
+        with pytest.raises(RecordingError, match=rf"{how}\.mcap: cam/image @ {T0}: {error}"):
+            list(rec.items())
+    assert play_main([str(bad), "--rate", "1000", "--quiet"]) == 1
+    assert re.search(rf"^ERROR: .*{how}\.mcap: cam/image @ {T0}: {error}", capsys.readouterr().err, re.M)
 
 
 def _ros_bag() -> Path:
