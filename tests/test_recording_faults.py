@@ -203,8 +203,12 @@ def test_a_respawned_recorder_node_keeps_the_recording_of_its_previous_life(tmp_
     path = tmp_path / "drive.mcap"
     params = {"file": str(path), "flush_s": 1e-9, "foxglove": False}  # flush every message: all on disk
     first = Harness(cls, tmp_path, params)
-    for i in range(20):
-        assert first.deliver("tracks", wire(tracks(i, n=4))) == "delivered"
+    try:
+        for i in range(20):
+            assert first.deliver("tracks", wire(tracks(i, n=4))) == "delivered"
+    except BaseException:
+        first.close(shutdown=False)  # its sockets left open would hang a later test's context
+        raise
     first.rt.close()  # the process died: no shutdown(), the MCAP file has no summary
     first.ctx.term()
     with open_recording(path) as rec:
