@@ -228,9 +228,9 @@ class ProcessRuntime:
 
     def end_streams(self, interrupted: Callable[[], bool]) -> None:
         """After a clean finish: tell lossless subscribers that nothing more will come, and wait
-        until they have taken everything (see `Publisher.end_of_stream`)."""
+        until they have taken everything (see `Publisher.end_of_stream`), unless `interrupted()`."""
         for name, pub in self.publishers.items():
-            if not pub.end_of_stream(interrupted):
+            if not pub.end_of_stream(interrupted) and not interrupted():
                 self.node.log.warning("output %r: lossless subscribers had not taken everything "
                                       "when the node stopped waiting for them", name)
 
@@ -269,9 +269,11 @@ def main(argv: list[str] | None = None) -> int:
         try:
             if runtime.setup_done:  # shutdown() may rely on what setup() made
                 runtime.node.shutdown()
-            # Not after a crash (a respawned publisher carries on the stream), and not when the
-            # graph is being stopped (its subscribers are stopping too: nothing to wait for).
-            if clean and not signals():
+            # Not after a crash: a respawned publisher carries on the stream. Stopped by a signal,
+            # a node still ends its streams, without waiting for its subscribers: the launcher ends
+            # a graph by stopping its sources, and their lossless subscribers then finish their
+            # queues and stop on the end of stream (`pipeline.launch`).
+            if clean:
                 runtime.end_streams(signals)
         finally:
             runtime.close()

@@ -43,6 +43,27 @@ nodes:
     assert "required node sink finished: ending the graph" in log
 
 
+def test_at_the_end_of_its_duration_a_graph_stops_its_sources_and_lossless_nodes_finish_on_their_own(
+        tmp_path: Path, launch: Callable[..., Launched]) -> None:
+    """The launcher stops the nodes without lossless inputs; each ends its streams on the way out,
+    so the relay and the sink take what is queued, get the end of stream and exit by themselves,
+    in a cascade: nothing lost, and no wait for the drain deadline."""
+    out = tmp_path / "got.jsonl"
+    path = write(tmp_path, f"""
+name: cascade
+nodes:
+  src: {{run: tests.graph_nodes:Ramp, params: {{count: 100000000, per_tick: 5, period_s: 0.005, linger: true}}}}
+  relay: {{run: tests.graph_nodes:Relay, inputs: {{tracks: {{topic: src/tracks, queue: block}}}}}}
+  sink: {{run: tests.graph_nodes:Collect, params: {{out: {out}}}, inputs: {{tracks: {{topic: relay/tracks, queue: block}}}}}}
+""")
+    g = launch(path, "--duration", "3")
+    rc, log = g.wait(timeout=60)
+    assert rc == 0, log
+    assert "still busy" not in log, log  # the drain deadline was not needed
+    got = [json.loads(line)[0] for line in out.read_text().splitlines()]
+    assert got and got == list(range(1, len(got) + 1))
+
+
 def test_ctrl_c_stops_every_node_within_5_s(tmp_path: Path, launch: Callable[..., Launched]) -> None:
     path = write(tmp_path, """
 name: stop
