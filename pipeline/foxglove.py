@@ -1,6 +1,6 @@
 """Drivecast messages as Foxglove well-known schemas, so a drive opens in Foxglove (or Lichtblick)
-with 3D, image and plot panels. Used by the recorder (mirror channels `/foxglove/<topic>`, and the
-stored form of images) and the live bridge node.
+with 3D, image and plot panels. Used by the recorder (the stored form of images and point clouds,
+and mirror channels `/foxglove/<topic>` for the rest) and the live bridge node.
 
 | drivecast   | Foxglove schema                    | shown as                                            |
 |-------------|------------------------------------|-----------------------------------------------------|
@@ -18,12 +18,16 @@ name). Images and point clouds are ROS 2 CDR with `ros2msg` schemas of the same 
 more bytes and, measured here, ~10x the zstd time of the raw bytes. An empty `frame_id` becomes
 `world` so that the 3D panel has a frame to draw in.
 
-The recorder does not mirror images: it stores each one as `STORED_IMAGE`, a RawImage with one
-trailing field `drivecast_header`, whose `data` and `drivecast_header` are the wire frames verbatim
-(`stored_image`). Foxglove finds the Image panel by the schema name and decodes the message with
-the schema text stored in the file (`@mcap/support`'s parseChannel), so the extra field is just
-one more property it does not read; replay slices the frames back out (`pipeline.recording`).
-The mirror form (`convert`) serves clouds, images that do not fit that form, and the bridge.
+The recorder does not mirror images and point clouds: it stores each one once, as its Foxglove
+type with one trailing field `drivecast_header` (`STORED`, `stored`), whose `data` is the wire
+array frame (an image's pixels; a cloud's row-major float32 points, one FLOAT32 field per column,
+identity pose) and whose `drivecast_header` is the wire header frame, both verbatim. Foxglove
+picks the panel by the schema name and decodes the message with the schema text stored in the
+file (`@mcap/support`'s parseChannel), so the extra field is just one more property it does not
+read; replay slices the frames back out (`pipeline.recording.unpack_stored`). Writer and reader
+take the order of the fields from that schema text (`_layout`), so they follow what Foxglove
+decodes with. The mirror form (`convert`) serves images and clouds that do not fit the stored
+form, and the bridge.
 """
 
 from __future__ import annotations
@@ -31,16 +35,16 @@ from __future__ import annotations
 import json
 import struct
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple, cast
+from typing import Any, NamedTuple
 
 import msgspec
 import numpy as np
 
 from pipeline.codec import decode
 from pipeline.errors import DecodeError
-from pipeline.messages import GnssFix, Image, Imu, Message, Odometry, PointCloud, Predictions, Tracks
+from pipeline.messages import SCHEMAS, GnssFix, Image, Imu, Message, Odometry, PointCloud, Predictions, Tracks
 
-__all__ = ["STORED_IMAGE", "ChannelSpec", "channel_spec", "convert", "stored_image", "supported"]
+__all__ = ["STORED", "ChannelSpec", "Layout", "StoredForm", "channel_spec", "convert", "stored", "supported"]
 
 _DEFAULT_FRAME = "world"
 _IDENTITY = {"position": {"x": 0.0, "y": 0.0, "z": 0.0}, "orientation": {"x": 0.0, "y": 0.0, "z": 0.0, "w": 1.0}}
@@ -114,7 +118,8 @@ def _gnss(msg: GnssFix, topic: str) -> dict[str, Any]:
 
 
 class _Cdr:
-    """A little-endian ROS 2 CDR writer (alignment relative to the end of the 4-byte encapsulation)."""
+    """A little-endian ROS 2 CDR writer (alignment relative to the end of the 4-byte encapsulation).
+    The methods named like a layout's kinds (`_KINDS`) write one field of that kind."""
 
     def __init__(self) -> None:
         self.parts: list[Any] = [b"\x00\x01\x00\x00"]
@@ -135,14 +140,24 @@ class _Cdr:
     def u32(self, v: int) -> None:
         self._put("<I", 4, v)
 
-    def f64s(self, *v: float) -> None:
-        self._put(f"<{len(v)}d", 8, *v)
+    def u8(self, v: int) -> None:
+        self._put("<B", 1, v)
+
+    def pose(self, v: Sequence[float]) -> None:
+        self._put("<7d", 8, *v)  # position x, y, z, orientation x, y, z, w
 
     def string(self, text: str) -> None:
         b = text.encode() + b"\0"
         self.u32(len(b))
         self.parts.append(b)
         self.pos += len(b)
+
+    def packed_fields(self, fields: Sequence[tuple[str, int, int]]) -> None:
+        self.u32(len(fields))
+        for name, offset, numeric_type in fields:
+            self.string(name)
+            self.u32(offset)
+            self.u8(numeric_type)
 
     def blob(self, data: Any) -> None:
         view = memoryview(data).cast("B") if getattr(data, "size", 1) else memoryview(b"")
@@ -158,31 +173,55 @@ _SEP = "\n" + "=" * 80 + "\n"
 _TIME = "MSG: builtin_interfaces/Time\nint32 sec\nuint32 nanosec"
 _RAW_IMAGE_FIELDS = ("builtin_interfaces/Time timestamp\nstring frame_id\nuint32 width\nuint32 height\n"
                      "string encoding\nuint32 step\nuint8[] data")
-_RAW_IMAGE = _RAW_IMAGE_FIELDS + _SEP + _TIME
-# What the recorder stores an image as: RawImage plus one trailing field. Foxglove picks the Image
-# panel by schema name and decodes with this text, so it shows the image and ignores the extra field.
-_STORED_IMAGE = (_RAW_IMAGE_FIELDS + "\n# the drivecast wire header of this message, byte for byte "
-                 "(pipeline.codec)\nuint8[] drivecast_header" + _SEP + _TIME)
-_POINT_CLOUD = ("builtin_interfaces/Time timestamp\nstring frame_id\ngeometry_msgs/Pose pose\nuint32 point_stride\n"
-                "foxglove_msgs/PackedElementField[] fields\nuint8[] data" + _SEP + _TIME + _SEP +
-                "MSG: geometry_msgs/Pose\ngeometry_msgs/Point position\ngeometry_msgs/Quaternion orientation" + _SEP +
-                "MSG: geometry_msgs/Point\nfloat64 x\nfloat64 y\nfloat64 z" + _SEP +
-                "MSG: geometry_msgs/Quaternion\nfloat64 x\nfloat64 y\nfloat64 z\nfloat64 w" + _SEP +
-                "MSG: foxglove_msgs/PackedElementField\nstring name\nuint32 offset\nuint8 type")
+_POINT_CLOUD_FIELDS = ("builtin_interfaces/Time timestamp\nstring frame_id\ngeometry_msgs/Pose pose\n"
+                       "uint32 point_stride\nfoxglove_msgs/PackedElementField[] fields\nuint8[] data")
+_POINT_CLOUD_DEPS = (
+    _TIME,
+    "MSG: geometry_msgs/Pose\ngeometry_msgs/Point position\ngeometry_msgs/Quaternion orientation",
+    "MSG: geometry_msgs/Point\nfloat64 x\nfloat64 y\nfloat64 z",
+    "MSG: geometry_msgs/Quaternion\nfloat64 x\nfloat64 y\nfloat64 z\nfloat64 w",
+    "MSG: foxglove_msgs/PackedElementField\nstring name\nuint32 offset\nuint8 type")
+# What a stored type has after its own fields (`STORED`): Foxglove decodes with the schema text in
+# the file, so it reads this field too and ignores it.
+_HEADER_FIELD = ("\n# the drivecast wire header of this message, byte for byte (pipeline.codec)\n"
+                 "uint8[] drivecast_header")
+
+# The kind of each field type that comes before `uint8[] data`: a `_Cdr` method here and a reader
+# method in `pipeline.recording`, so the order and alignment come from the schema text alone.
+_KINDS = {"builtin_interfaces/Time": "time", "string": "string", "uint32": "u32", "geometry_msgs/Pose": "pose",
+          "foxglove_msgs/PackedElementField[]": "packed_fields"}
+Layout = tuple[tuple[str, str], ...]
+
+
+def _layout(fields: str) -> Layout:
+    """`(name, kind)` of the fields of a ros2msg text before its last one, `uint8[] data`."""
+    return tuple((name, _KINDS[typ]) for typ, name in (line.split() for line in fields.splitlines()[:-1]))
+
+
+_RAW_IMAGE_LAYOUT = _layout(_RAW_IMAGE_FIELDS)
+_POINT_CLOUD_LAYOUT = _layout(_POINT_CLOUD_FIELDS)
+_FLOAT32 = 7  # foxglove_msgs/PackedElementField type (NumericType)
+_IDENTITY_POSE = (0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0)
+
+
+def _cdr(layout: Layout, values: Sequence[Any], *blobs: Any) -> bytes:
+    """One CDR message: `values` as the fields of `layout`, then each of `blobs` as a uint8[]."""
+    out = _Cdr()
+    for (_, kind), value in zip(layout, values, strict=True):
+        getattr(out, kind)(value)
+    for blob in blobs:
+        out.blob(blob)
+    return out.bytes()
+
+
+def _image_values(msg: Image, data: np.ndarray) -> tuple[Any, ...]:
+    h, w, c = data.shape
+    return msg.stamp_ns, _frame(msg), w, h, msg.encoding, w * c * data.dtype.itemsize
 
 
 def _image(msg: Image, topic: str, preview: bool = False) -> bytes:
     data = _half(msg.data) if preview else msg.data
-    h, w, c = data.shape
-    out = _Cdr()
-    out.time(msg.stamp_ns)
-    out.string(_frame(msg))
-    out.u32(w)
-    out.u32(h)
-    out.string(msg.encoding)
-    out.u32(w * c * data.dtype.itemsize)
-    out.blob(np.ascontiguousarray(data))
-    return out.bytes()
+    return _cdr(_RAW_IMAGE_LAYOUT, _image_values(msg, data), np.ascontiguousarray(data))
 
 
 def _half(image: np.ndarray) -> np.ndarray:
@@ -196,21 +235,18 @@ def _half(image: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(pixels[:, ::2]).view(image.dtype).reshape(len(rows), -1, image.shape[2])
 
 
+def _names(msg: PointCloud) -> list[str]:
+    return [n.strip() for n in msg.fields.split(",")]
+
+
+def _cloud_values(msg: PointCloud, pts: np.ndarray) -> tuple[Any, ...]:
+    fields = [(name, 4 * i, _FLOAT32) for i, name in enumerate(_names(msg))]
+    return msg.stamp_ns, _frame(msg), _IDENTITY_POSE, 4 * pts.shape[1] if pts.ndim == 2 else 0, fields
+
+
 def _points(msg: PointCloud, topic: str, preview: bool = False) -> bytes:
-    names = [n.strip() for n in msg.fields.split(",")]
     pts = np.ascontiguousarray(msg.points[::4] if preview else msg.points, dtype="<f4")
-    out = _Cdr()
-    out.time(msg.stamp_ns)
-    out.string(_frame(msg))
-    out.f64s(0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0)  # identity pose
-    out.u32(4 * pts.shape[1] if pts.ndim == 2 else 0)
-    out.u32(len(names))
-    for i, n in enumerate(names):
-        out.string(n)
-        out.u32(4 * i)
-        out._put("<B", 1, 7)  # FLOAT32
-    out.blob(pts)
-    return out.bytes()
+    return _cdr(_POINT_CLOUD_LAYOUT, _cloud_values(msg, pts), pts)
 
 
 def _imu(msg: Imu, topic: str) -> dict[str, Any]:
@@ -234,9 +270,9 @@ _JSON: dict[str, tuple[str, Callable[[Any, str], dict[str, Any]], list[str]]] = 
     Imu.SCHEMA: ("drivecast.Imu", _imu, ["timestamp", "frame_id", "orientation", "angular_velocity",
                                          "linear_acceleration"]),
 }
-_CDR_TYPES: dict[str, tuple[str, str, Callable[[Any, str, bool], bytes]]] = {
-    Image.SCHEMA: ("foxglove_msgs/msg/RawImage", _RAW_IMAGE, _image),
-    PointCloud.SCHEMA: ("foxglove_msgs/msg/PointCloud", _POINT_CLOUD, _points),
+_CDR_TYPES: dict[str, tuple[str, str, tuple[str, ...], Callable[[Any, str, bool], bytes]]] = {
+    Image.SCHEMA: ("foxglove_msgs/msg/RawImage", _RAW_IMAGE_FIELDS, (_TIME,), _image),
+    PointCloud.SCHEMA: ("foxglove_msgs/msg/PointCloud", _POINT_CLOUD_FIELDS, _POINT_CLOUD_DEPS, _points),
 }
 
 
@@ -244,11 +280,16 @@ def supported(schema: str) -> bool:
     return schema in _JSON or schema in _CDR_TYPES
 
 
+def _ros2msg(schema: str, extra: str = "") -> ChannelSpec:
+    """The channel of a CDR type, with `extra` field lines after the type's own fields."""
+    name, fields, deps, _ = _CDR_TYPES[schema]
+    return ChannelSpec("cdr", name, "ros2msg", _SEP.join((fields + extra, *deps)).encode())
+
+
 def channel_spec(schema: str) -> ChannelSpec:
     """How the Foxglove form of a drivecast schema is written: encoding and schema record."""
     if schema in _CDR_TYPES:
-        name, text, _ = _CDR_TYPES[schema]
-        return ChannelSpec("cdr", name, "ros2msg", text.encode())
+        return _ros2msg(schema)
     name, _, props = _JSON[schema]
     body = {"title": name, "type": "object", "properties": {p: {} for p in props}}
     return ChannelSpec("json", name, "jsonschema", json.dumps(body, sort_keys=True).encode())
@@ -262,11 +303,11 @@ def convert(msg: Message, topic: str, preview: bool = False) -> bytes:
     half resolution (every other row and column), clouds with every 4th point."""
     schema = type(msg).SCHEMA
     if schema in _CDR_TYPES:
-        return _CDR_TYPES[schema][2](msg, topic, preview)
+        return _CDR_TYPES[schema][3](msg, topic, preview)
     return _encoder.encode(_JSON[schema][1](msg, topic))
 
 
-# -- images stored once: the recorder's image channel is itself a RawImage --------------------------------
+# -- images and point clouds stored once: the recorder's channel of such a topic is the Foxglove type ------
 
 # Bytes per pixel of the RawImage encodings Foxglove displays (its documented list): an Image's
 # uint8 data is HxWxC, so C must be this for the panel to read `step * height` bytes right.
@@ -274,33 +315,55 @@ _PIXEL_BYTES = {"mono8": 1, "8UC1": 1, "bayer_rggb8": 1, "bayer_bggr8": 1, "baye
                 "mono16": 2, "16UC1": 2, "uyvy": 2, "yuv422": 2, "yuyv": 2, "yuv422_yuy2": 2,
                 "rgb8": 3, "bgr8": 3, "8UC3": 3, "rgba8": 4, "bgra8": 4, "32FC1": 4}
 
-STORED_IMAGE = ChannelSpec("cdr", "foxglove_msgs/msg/RawImage", "ros2msg", _STORED_IMAGE.encode())
+
+def _stored_image(msg: Image) -> tuple[Any, ...] | None:
+    """None for an encoding Foxglove does not display, or one whose bytes per pixel are not C."""
+    return _image_values(msg, msg.data) if _PIXEL_BYTES.get(msg.encoding) == msg.data.shape[2] else None
 
 
-def stored_image(frames: Sequence[Any]) -> bytes | None:
-    """The record that stores one drivecast Image, wire frames `[header, data]`, in the `STORED_IMAGE`
-    form: RawImage CDR whose `data` is the data frame and whose `drivecast_header` is the header
-    frame, both verbatim. Foxglove shows it at full resolution; `pipeline.recording` slices the two
-    frames back out, so replay stays byte-identical. One join of the frames, no numpy copy.
+def _stored_cloud(msg: PointCloud) -> tuple[Any, ...] | None:
+    """None when `fields` does not name the F columns (the 3D panel would read the wrong bytes)."""
+    return _cloud_values(msg, msg.points) if len(_names(msg)) == msg.points.shape[1] else None
 
-    None when the frames do not fit: not a valid Image, or an encoding Foxglove does not display, or
-    one whose bytes per pixel are not the image's C. The recorder then keeps the drivecast form.
+
+class StoredForm(NamedTuple):
+    """How the recorder stores a drivecast schema whose message has one array: as a Foxglove CDR
+    type plus a trailing `uint8[] drivecast_header`, the type's `data` being the array frame."""
+
+    spec: ChannelSpec                                # the channel's encodings and schema record
+    layout: Layout                                   # (name, kind) of the fields before `data`
+    values: Callable[[Any], tuple[Any, ...] | None]  # their values for a message; None: it does not fit
+    checked: tuple[str, ...]                         # the fields that describe `data`: the reader checks them
+
+
+STORED: dict[str, StoredForm] = {
+    Image.SCHEMA: StoredForm(_ros2msg(Image.SCHEMA, _HEADER_FIELD), _RAW_IMAGE_LAYOUT, _stored_image,
+                             ("width", "height", "encoding", "step")),
+    PointCloud.SCHEMA: StoredForm(_ros2msg(PointCloud.SCHEMA, _HEADER_FIELD), _POINT_CLOUD_LAYOUT, _stored_cloud,
+                                  ("point_stride", "fields")),
+}
+
+
+def stored(schema: str, frames: Sequence[Any]) -> bytes | None:
+    """The record that stores one wire message `[header, data]` of `schema` in its `STORED` form:
+    CDR of the Foxglove type whose `data` is the data frame and whose `drivecast_header` is the
+    header frame, both verbatim. Foxglove shows it in full; `pipeline.recording.unpack_stored`
+    slices the two frames back out, so replay stays byte-identical. One join of the frames, no
+    numpy copy.
+
+    None when the schema has no stored form or the frames do not fit it (not a valid message of
+    the schema, or one the form refuses: see `_stored_image`, `_stored_cloud`). The recorder then
+    keeps the drivecast form.
     """
+    form = STORED.get(schema)
+    if form is None:
+        return None
     try:
-        msg = cast(Image, decode(frames, expect=Image)[0])
+        msg = decode(frames, expect=SCHEMAS[schema])[0]
     except DecodeError:
         return None
-    h, w, c = msg.data.shape
-    if _PIXEL_BYTES.get(msg.encoding) != c:
+    values = form.values(msg)
+    if values is None:
         return None
     header, data = (memoryview(getattr(f, "buffer", f)).cast("B") for f in frames)
-    out = _Cdr()
-    out.time(msg.stamp_ns)
-    out.string(_frame(msg))
-    out.u32(w)
-    out.u32(h)
-    out.string(msg.encoding)
-    out.u32(w * c)
-    out.blob(data)
-    out.blob(header)
-    return out.bytes()
+    return _cdr(form.layout, values, data, header)

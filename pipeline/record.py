@@ -5,16 +5,17 @@ each message's wire frames byte for byte (so replay republishes identical bytes)
 log_time = receive time, publish_time = the header's publish time, plus Foxglove mirror channels
 `/foxglove/<topic>` (`pipeline.foxglove`) unless `foxglove_mirror=False`.
 
-Images are stored once, at full resolution and rate: the topic's channel is a Foxglove RawImage
-that carries the wire frames verbatim (`foxglove.stored_image`), so it needs no mirror. That is
-the storage format, not a mirror: `foxglove_mirror=False` keeps it (it costs what the drivecast
-form costs: one join of the frames). An image Foxglove cannot show falls back to a drivecast
-channel of the same topic and a preview mirror, like the other large messages.
+Images and point clouds are stored once, in full and at full rate: the topic's channel is a
+Foxglove RawImage or PointCloud that carries the wire frames verbatim (`foxglove.stored`), so it
+needs no mirror. That is the storage format, not a mirror: `foxglove_mirror=False` keeps it (it
+costs what the drivecast form costs: one join of the frames). A message that does not fit that
+form (an image encoding Foxglove cannot show, a cloud whose `fields` do not name its columns)
+falls back to a drivecast channel of the same topic and a mirror, like the other schemas.
 
-Large mirrored messages (clouds, fallback images: over `LARGE_BYTES`) are mirrored as previews: at
-most `fox_large_hz` times per second of log time per topic (default 10; 0 = every message), images
-at half resolution and clouds with every 4th point (`foxglove.convert(preview=True)`). A full
-mirror would write every byte twice. The lossless channel has every message in full.
+Large mirrored messages (such fallbacks, over `LARGE_BYTES`) are mirrored as previews: at most
+`fox_large_hz` times per second of log time per topic (default 10; 0 = every message), images at
+half resolution and clouds with every 4th point (`foxglove.convert(preview=True)`). A full mirror
+would write every byte twice. The lossless channel has every message in full.
 
 Crash safety: the recorder closes the current chunk when it reaches `chunk_size` bytes or when
 `flush_s` seconds have passed since the last one, and flushes it to the OS. A process killed with
@@ -43,7 +44,7 @@ from mcap.writer import CompressionType, Writer
 from pipeline import foxglove
 from pipeline.codec import HeaderInfo, decode, peek_header
 from pipeline.errors import ConfigError, DecodeError, DrivecastError
-from pipeline.messages import SCHEMAS, Image, Message
+from pipeline.messages import SCHEMAS, Message
 from pipeline.recording import (
     DRIVECAST_SCHEMA_KEY,
     FOXGLOVE_PREFIX,
@@ -85,7 +86,7 @@ class Recorder:
         self._flush_ns = int(flush_s * 1e9)
         self._last_flush = time.monotonic_ns()
         self._channels: dict[str, int] = {}
-        self._image_channels: dict[str, int] = {}
+        self._stored_channels: dict[str, int] = {}
         self._fox_channels: dict[str, int] = {}
         self._fox_period = int(1e9 / fox_large_hz) if fox_large_hz > 0 else 0
         self._fox_next: dict[str, int] = {}
@@ -113,14 +114,14 @@ class Recorder:
             self._channels[topic] = cid
         return cid
 
-    def _image_channel(self, topic: str) -> int:
-        cid = self._image_channels.get(topic)
+    def _stored_channel(self, topic: str, schema: str) -> int:
+        cid = self._stored_channels.get(topic)
         if cid is None:
-            spec = foxglove.STORED_IMAGE
-            sid = self._schema("stored:" + Image.SCHEMA, spec.schema_name, spec.schema_encoding, spec.schema_data)
+            spec = foxglove.STORED[schema].spec
+            sid = self._schema("stored:" + schema, spec.schema_name, spec.schema_encoding, spec.schema_data)
             cid = self._w.register_channel(topic, spec.message_encoding, sid, {
-                DRIVECAST_SCHEMA_KEY: Image.SCHEMA, "schema_version": str(Image.VERSION)})
-            self._image_channels[topic] = cid
+                DRIVECAST_SCHEMA_KEY: schema, "schema_version": str(SCHEMAS[schema].VERSION)})
+            self._stored_channels[topic] = cid
         return cid
 
     def _fox_channel(self, topic: str, schema: str) -> int:
@@ -137,25 +138,25 @@ class Recorder:
         """Store one wire message (header + array frames) received on `topic` at `log_ns`, and
         return what its header says (the caller counts seq gaps without parsing it again).
 
-        The header is validated (schema known, publish time read from it). An Image goes into the
-        topic's RawImage channel when it fits (`foxglove.stored_image`); anything else is packed
-        into the topic's drivecast channel, with a Foxglove mirror message beside it when the schema
-        has a Foxglove form (from `msg` when the caller has the decoded message already, else
-        decoded from `frames`).
+        The header is validated (schema known, publish time read from it). An Image or a PointCloud
+        goes into the topic's channel of its Foxglove type when it fits (`foxglove.stored`);
+        anything else is packed into the topic's drivecast channel, with a Foxglove mirror message
+        beside it when the schema has a Foxglove form (from `msg` when the caller has the decoded
+        message already, else decoded from `frames`).
         """
         log_ns = time.time_ns() if log_ns is None else log_ns
         info = peek_header(frames[0])
         schema, publish_ns = info.schema, info.publish_ns
-        image = foxglove.stored_image(frames) if schema == Image.SCHEMA else None
-        if image is not None:
-            cid, data = self._image_channel(topic), image
+        stored = foxglove.stored(schema, frames)
+        if stored is not None:
+            cid, data = self._stored_channel(topic, schema), stored
         else:
             cid, data = self._channel(topic, schema), pack_frames(list(frames))
         seq = self._seq.get(topic, 0) + 1
         self._seq[topic] = seq
         try:
             self._w.add_message(cid, log_time=log_ns, data=data, publish_time=publish_ns, sequence=seq)
-            if image is None and self._foxglove and foxglove.supported(schema) \
+            if stored is None and self._foxglove and foxglove.supported(schema) \
                     and self._mirror_now(topic, len(data), log_ns):
                 if msg is None:
                     msg, _ = decode(frames)
@@ -227,7 +228,8 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--lossless", action="store_true",
                     help="use a topic's lossless endpoint where it has one (back-pressure instead of drops)")
     ap.add_argument("--no-foxglove", action="store_true",
-                    help="do not write the /foxglove/* mirror channels (images stay RawImage channels)")
+                    help="do not write the /foxglove/* mirror channels (images and point clouds stay "
+                         "channels of their Foxglove types)")
     ap.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
     ap.add_argument("--max-messages", type=int, default=0, help="stop after this many messages")
     ap.add_argument("--quiet", action="store_true")

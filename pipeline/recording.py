@@ -20,19 +20,25 @@ these bytes. `Recording.info()` gives topics, schemas, counts, start, end and du
   data = JSON listing the version, scalar and array fields (dtype, shape), for other tools.
 - Message data = the wire frames, packed: `u32 n` then `n` x `u32 length` then the frames'
   bytes, little-endian (`pack_frames` / `unpack_frames`). Replay slices these bytes without a copy.
-- Images (`drivecast/Image`) are stored once, in a form both Foxglove and replay read: the topic's
-  channel has message_encoding `cdr`, schema `foxglove_msgs/msg/RawImage` (encoding `ros2msg`:
-  Foxglove's RawImage plus a trailing `uint8[] drivecast_header`) and metadata
-  `{"drivecast_schema": "drivecast/Image", "schema_version": ...}`. Message data = ROS 2 CDR of
-  the RawImage whose `data` is the wire data frame and `drivecast_header` the wire header frame,
-  byte for byte (`foxglove.stored_image` / `unpack_image`, which slices both out without a copy).
-  An image Foxglove cannot show (another encoding, bytes per pixel that are not its C) goes to a
-  drivecast channel of the same topic instead, so a topic can have both; files written before
-  this form have only the drivecast channel (and a preview mirror) and read as before.
+- Images (`drivecast/Image`) and point clouds (`drivecast/PointCloud`) are stored once, in a form
+  both Foxglove and replay read: the topic's channel has message_encoding `cdr`, schema
+  `foxglove_msgs/msg/RawImage` or `foxglove_msgs/msg/PointCloud` (encoding `ros2msg`: Foxglove's
+  type plus a trailing `uint8[] drivecast_header`) and metadata
+  `{"drivecast_schema": "drivecast/Image" or "drivecast/PointCloud", "schema_version": ...}`.
+  Message data = ROS 2 CDR of that type whose `data` is the wire array frame and
+  `drivecast_header` the wire header frame, byte for byte (`foxglove.stored` / `unpack_stored`,
+  which slices both out without a copy). A RawImage has the image's width, height, encoding and
+  step; a PointCloud has an identity pose, point_stride = 4*F and one FLOAT32 field per column
+  (named as in `fields`, offset 4*i): the points are row-major float32 as on the wire. A message
+  that does not fit (an image encoding Foxglove cannot show or bytes per pixel that are not its C;
+  a cloud whose `fields` do not name its F columns) goes to a drivecast channel of the same topic
+  instead, so a topic can have both; files written before this form have only the drivecast
+  channel (and a preview mirror) and read as before.
 - log_time = receive time at the recorder; publish_time = the publish time in the message header;
   the sensor stamp stays in the header (and in the Foxglove form's `timestamp`).
 - Foxglove mirror channels `/foxglove/<topic>` (JSON or CDR, foxglove schemas: see
-  `pipeline.foxglove`) for the other schemas; readers here skip them.
+  `pipeline.foxglove`) for the other schemas and the messages that do not fit the stored form;
+  readers here skip them.
 
 A file without a summary (cut by `kill -9`, or still being written) is read by a linear scan up to
 its last complete chunk: `info().truncated` is then True and `info().note` says where it stopped.
@@ -55,15 +61,16 @@ from mcap.reader import SeekingReader
 from mcap.records import Channel, Chunk, Footer, Header, Message, Schema
 from mcap.stream_reader import StreamReader, breakup_chunk
 
-from pipeline.codec import peek_header
+from pipeline.codec import decode
 from pipeline.errors import DecodeError, DrivecastError
-from pipeline.messages import Image
+from pipeline.foxglove import STORED
+from pipeline.messages import SCHEMAS
 from pipeline.messages import Message as DcMessage
 
 __all__ = [
     "DRIVECAST_SCHEMA_KEY", "FOXGLOVE_PREFIX", "MESSAGE_ENCODING", "PROFILE", "Item", "Recording", "RecordingError",
     "RecordingInfo", "TopicInfo", "open_recording", "pack_frames", "prefetch", "schema_description",
-    "unpack_frames", "unpack_image",
+    "unpack_frames", "unpack_stored",
 ]
 
 PROFILE = "drivecast"
@@ -179,48 +186,94 @@ def unpack_frames(data: bytes | memoryview, where: str = "message") -> list[memo
     return out
 
 
-def _cdr_u32(body: memoryview, pos: int, what: str, where: str) -> tuple[int, int]:
-    pos += -pos % 4  # CDR aligns a u32 to 4 bytes after the encapsulation header
-    if pos + 4 > len(body):
-        raise RecordingError(f"{where}: image record of {len(body) + 4} bytes ends before its {what}")
-    return struct.unpack_from("<I", body, pos)[0], pos + 4
+class _CdrReader:
+    """Reads the fields of a little-endian ROS 2 CDR record in order, aligned like `foxglove._Cdr`
+    writes them, each length checked against the record: file bytes are untrusted, so a damaged
+    record is a RecordingError naming `where`, never an IndexError or a struct.error. The methods
+    named like `foxglove.Layout` kinds read one field of that kind."""
+
+    def __init__(self, data: bytes | memoryview, what: str, where: str) -> None:
+        buf = memoryview(data).cast("B")
+        self.what, self.where = what, where
+        if buf[:4] != b"\x00\x01\x00\x00":
+            raise self._error(f"{what} record starts with {bytes(buf[:4]).hex()}, "
+                              "not the little-endian CDR header 00010000")
+        self.body = buf[4:]
+        self.pos = 0
+
+    def _error(self, text: str) -> RecordingError:
+        return RecordingError(f"{self.where}: {text}")
+
+    def _take(self, n: int, align: int, field: str) -> memoryview:
+        pos = self.pos + -self.pos % align
+        if pos + n > len(self.body):
+            raise self._error(f"{self.what} record of {len(self.body) + 4} bytes ends before its {field}")
+        self.pos = pos + n
+        return self.body[pos:self.pos]
+
+    def u32(self, field: str) -> int:
+        return int(struct.unpack("<I", self._take(4, 4, field))[0])
+
+    def u8(self, field: str) -> int:
+        return self._take(1, 1, field)[0]
+
+    def time(self, field: str) -> tuple[int, int]:
+        sec, nanosec = struct.unpack("<iI", self._take(8, 4, field))
+        return sec, nanosec
+
+    def pose(self, field: str) -> tuple[float, ...]:
+        return struct.unpack("<7d", self._take(56, 8, field))
+
+    def blob(self, field: str) -> memoryview:
+        n = self.u32(f"{field} length")
+        if n > len(self.body) - self.pos:
+            raise self._error(f"{field} of {n} bytes, only {len(self.body) - self.pos} left in the {self.what} record")
+        return self._take(n, 1, field)
+
+    def string(self, field: str) -> str:
+        raw = self.blob(field)
+        if not raw or raw[-1] != 0:
+            raise self._error(f"{field} of the {self.what} record is not a NUL-terminated string")
+        return bytes(raw[:-1]).decode(errors="replace")
+
+    def packed_fields(self, field: str) -> list[tuple[str, int, int]]:
+        n = self.u32(f"{field} count")
+        if n > (len(self.body) - self.pos) // 9:  # an element is at least 9 bytes: a bound before the loop
+            raise self._error(f"{field} count {n}, only {len(self.body) - self.pos} bytes left "
+                              f"in the {self.what} record")
+        return [(self.string(f"{field}[{i}].name"), self.u32(f"{field}[{i}].offset"), self.u8(f"{field}[{i}].type"))
+                for i in range(n)]
 
 
-def _cdr_bytes(body: memoryview, pos: int, what: str, where: str) -> tuple[memoryview, int]:
-    n, pos = _cdr_u32(body, pos, f"{what} length", where)
-    if n > len(body) - pos:
-        raise RecordingError(f"{where}: {what} of {n} bytes, only {len(body) - pos} left in the image record")
-    return body[pos:pos + n], pos + n
-
-
-def unpack_image(data: bytes | memoryview, where: str = "message") -> list[memoryview]:
-    """The wire frames `[header, data]` of an Image stored as RawImage CDR (`foxglove.stored_image`):
-    slices of `data`, no copy. Validates the lengths, and that the header is a drivecast Image
-    header (file bytes are untrusted)."""
-    buf = memoryview(data).cast("B")
-    if buf[:4] != b"\x00\x01\x00\x00":
-        raise RecordingError(f"{where}: image record starts with {bytes(buf[:4]).hex()}, "
-                             "not the little-endian CDR header 00010000")
-    body = buf[4:]
-    _, pos = _cdr_bytes(body, 8, "frame_id", where)  # after the timestamp (sec, nanosec)
-    _, pos = _cdr_u32(body, pos, "width", where)
-    height, pos = _cdr_u32(body, pos, "height", where)
-    _, pos = _cdr_bytes(body, pos, "encoding", where)
-    step, pos = _cdr_u32(body, pos, "step", where)
-    pixels, pos = _cdr_bytes(body, pos, "data", where)
-    header, pos = _cdr_bytes(body, pos, "drivecast_header", where)
-    if pos != len(body):
-        raise RecordingError(f"{where}: {len(body) - pos} bytes after the drivecast_header of the image record")
-    if len(pixels) != step * height:
-        raise RecordingError(f"{where}: image data of {len(pixels)} bytes, step {step} x height {height} "
-                             f"is {step * height}")
+def unpack_stored(record: bytes | memoryview, schema: str, where: str = "message") -> list[memoryview]:
+    """The wire frames `[header, data]` of a `schema` message stored as its Foxglove CDR type
+    (`foxglove.stored`): slices of `record`, no copy. File bytes are untrusted, so this checks every
+    length, that nothing trails the `drivecast_header`, that the two frames are a valid `schema`
+    message (which makes `data` as long as the header's array: an image's H*W*C bytes, a cloud's
+    N*F float32) and that the fields describing `data` say what the header says (an image's size,
+    encoding and step; a cloud's point_stride = 4*F and its F fields), so Foxglove shows what replay
+    sends."""
+    form = STORED[schema]
+    what = form.spec.schema_name.rsplit("/", 1)[-1]
+    r = _CdrReader(record, what, where)
+    values = [getattr(r, kind)(name) for name, kind in form.layout]
+    array = r.blob("data")
+    header = r.blob("drivecast_header")
+    if r.pos != len(r.body):
+        raise RecordingError(f"{where}: {len(r.body) - r.pos} bytes after the drivecast_header of the {what} record")
     try:
-        schema = peek_header(header).schema
+        msg, _ = decode([header, array], expect=SCHEMAS[schema])
     except DecodeError as exc:
-        raise RecordingError(f"{where}: drivecast_header is not a drivecast header: {exc}") from None
-    if schema != Image.SCHEMA:
-        raise RecordingError(f"{where}: drivecast_header is a {schema[:80]} header, expected {Image.SCHEMA}")
-    return [header, pixels]
+        raise RecordingError(f"{where}: drivecast_header and data are not a {schema} message: {exc}") from None
+    expected = form.values(msg)
+    if expected is None:
+        raise RecordingError(f"{where}: the drivecast_header is a {schema} message that does not fit "
+                             f"a {what} record")
+    for (name, _), got, want in zip(form.layout, values, expected, strict=True):
+        if name in form.checked and got != want:
+            raise RecordingError(f"{where}: {name} {got!r:.200} in the {what} record, "
+                                 f"the drivecast_header says {want!r:.200}")
+    return [header, array]
 
 
 def schema_description(cls: type[DcMessage]) -> bytes:
@@ -237,15 +290,15 @@ def _plays_as(ch: Channel, schema: Schema | None) -> str | None:
     (a Foxglove mirror)."""
     if ch.message_encoding == MESSAGE_ENCODING:
         return schema.name if schema else ""
-    if ch.message_encoding == "cdr" and ch.metadata.get(DRIVECAST_SCHEMA_KEY) == Image.SCHEMA:
-        return Image.SCHEMA
-    return None
+    stored_as = ch.metadata.get(DRIVECAST_SCHEMA_KEY, "")
+    return stored_as if ch.message_encoding == "cdr" and stored_as in STORED else None
 
 
 def _item(path: Path, ch: Channel, msg: Message) -> Item:
     where = f"{path}: {ch.topic} @ {msg.log_time}"
-    unpack = unpack_frames if ch.message_encoding == MESSAGE_ENCODING else unpack_image
-    return Item(ch.topic, msg.log_time, msg.publish_time, unpack(msg.data, where))
+    frames = unpack_frames(msg.data, where) if ch.message_encoding == MESSAGE_ENCODING else \
+        unpack_stored(msg.data, ch.metadata[DRIVECAST_SCHEMA_KEY], where)
+    return Item(ch.topic, msg.log_time, msg.publish_time, frames)
 
 
 # -- read-ahead ---------------------------------------------------------------------------------------

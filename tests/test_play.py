@@ -8,7 +8,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +16,7 @@ import pytest
 
 from pipeline.codec import encode
 from pipeline.errors import ConfigError
-from pipeline.messages import Clock, Image, Odometry, Predictions, Tracks
+from pipeline.messages import Clock, Image, Message, Odometry, PointCloud, Predictions, Tracks
 from pipeline.node import Node, NodeParams
 from pipeline.play import PlayOptions, lockstep, parse_remap, play, schedule
 from pipeline.record import Recorder
@@ -40,10 +40,16 @@ def _image(i: int) -> Image:
     return Image(stamp_ns=T0 + i * 10_000_000, frame_id="cam", data=data)
 
 
+def _cloud(i: int) -> PointCloud:
+    """A lidar sweep of x, y, z, intensity."""
+    points = np.random.default_rng(i).normal(size=(11, 4)).astype(np.float32)
+    return PointCloud(stamp_ns=T0 + i * 10_000_000, frame_id="lidar", fields="x,y,z,intensity", points=points)
+
+
 def write_drive(path: Path, count: int = 60, period_ns: int = 10_000_000, bursts: bool = False,
-                images: bool = False) -> list[list[bytes]]:
-    """A small drive of Tracks (and Odometry every 5th step, and with `images` an Image every 3rd step);
-    returns the frames in log-time order."""
+                images: bool = False, clouds: bool = False) -> list[list[bytes]]:
+    """A small drive of Tracks (and Odometry every 5th step, with `images` an Image every 3rd step, with
+    `clouds` a PointCloud every 4th step); returns the frames in log-time order."""
     out = []
     with Recorder(path) as rec:
         for i in range(count):
@@ -61,6 +67,10 @@ def write_drive(path: Path, count: int = 60, period_ns: int = 10_000_000, bursts
                 img = encode(_image(i), publish_ns=log)
                 rec.write("cam/image", img, log)
                 out.append([bytes(f) for f in img])
+            if clouds and i % 4 == 0:
+                cloud = encode(_cloud(i), publish_ns=log)
+                rec.write("lidar/points", cloud, log)
+                out.append([bytes(f) for f in cloud])
     return out
 
 
@@ -83,20 +93,21 @@ def test_play_sends_the_recorded_frames_byte_identical(drive) -> None:
     assert [f for _, f in got] == frames
 
 
-def test_play_sends_recorded_images_byte_identical_and_filters_them_by_topic(tmp_path: Path) -> None:
+def test_play_sends_recorded_images_and_clouds_byte_identical_and_filters_them_by_topic(tmp_path: Path) -> None:
     from pipeline.codec import peek_header
 
-    path = tmp_path / "cam.mcap"
-    frames = write_drive(path, images=True)
+    path = tmp_path / "sensors.mcap"
+    frames = write_drive(path, images=True, clouds=True)
     assert [f for _, f in _collect(path, PlayOptions(rate=1000.0))] == frames
-    got = _collect(path, PlayOptions(rate=1000.0, topics=["cam/image"], remap={"cam/image": "front/image"}))
-    assert {t for t, _ in got} == {"front/image"}
-    assert [f for _, f in got] == [f for f in frames if peek_header(f[0]).schema == Image.SCHEMA] and len(got) == 20
+    for topic, schema, count in (("cam/image", Image.SCHEMA, 20), ("lidar/points", PointCloud.SCHEMA, 15)):
+        got = _collect(path, PlayOptions(rate=1000.0, topics=[topic], remap={topic: "front/sensor"}))
+        assert {t for t, _ in got} == {"front/sensor"}
+        assert [f for _, f in got] == [f for f in frames if peek_header(f[0]).schema == schema] and len(got) == count
 
 
-def _write_old_layout(path: Path, images: list[Image]) -> list[list[bytes]]:
-    """A drive as the recorder wrote images before they were stored as RawImage: a drivecast channel of
-    packed wire frames, and a half-resolution preview on `/foxglove/<topic>` beside it."""
+def _write_old_layout(path: Path, topic: str, msgs: list[Message]) -> list[list[bytes]]:
+    """A drive as the recorder wrote images and clouds before they were stored as RawImage and PointCloud:
+    a drivecast channel of packed wire frames, and a preview on `/foxglove/<topic>` beside it."""
     from mcap.writer import CompressionType, Writer
 
     from pipeline import foxglove
@@ -113,38 +124,42 @@ def _write_old_layout(path: Path, images: list[Image]) -> list[list[bytes]]:
     with open(path, "wb") as f:
         w = Writer(f, compression=CompressionType.ZSTD)
         w.start(profile=PROFILE, library="drivecast")
-        sid = w.register_schema(Image.SCHEMA, SCHEMA_ENCODING, schema_description(Image))
-        cid = w.register_channel("cam/image", MESSAGE_ENCODING, sid, {"schema_version": "1"})
-        spec = foxglove.channel_spec(Image.SCHEMA)
+        cls = type(msgs[0])
+        sid = w.register_schema(cls.SCHEMA, SCHEMA_ENCODING, schema_description(cls))
+        cid = w.register_channel(topic, MESSAGE_ENCODING, sid, {"schema_version": "1"})
+        spec = foxglove.channel_spec(cls.SCHEMA)
         sid = w.register_schema(spec.schema_name, spec.schema_encoding, spec.schema_data)
-        fid = w.register_channel(FOXGLOVE_PREFIX + "cam/image", spec.message_encoding, sid)
-        for i, img in enumerate(images):
-            frames = encode(img, publish_ns=img.stamp_ns)
-            w.add_message(cid, log_time=img.stamp_ns, data=pack_frames(frames), publish_time=img.stamp_ns,
+        fid = w.register_channel(FOXGLOVE_PREFIX + topic, spec.message_encoding, sid)
+        for i, msg in enumerate(msgs):
+            frames = encode(msg, publish_ns=msg.stamp_ns)
+            w.add_message(cid, log_time=msg.stamp_ns, data=pack_frames(frames), publish_time=msg.stamp_ns,
                           sequence=i + 1)
-            w.add_message(fid, log_time=img.stamp_ns, data=foxglove.convert(img, "cam/image", preview=True),
-                          publish_time=img.stamp_ns, sequence=i + 1)
+            w.add_message(fid, log_time=msg.stamp_ns, data=foxglove.convert(msg, topic, preview=True),
+                          publish_time=msg.stamp_ns, sequence=i + 1)
             out.append([bytes(f) for f in frames])
         w.finish()
     return out
 
 
-def test_a_drive_recorded_before_images_were_stored_as_raw_images_plays_the_same(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("topic", "make"), [("cam/image", _image), ("lidar/points", _cloud)], ids=["image", "cloud"])
+def test_a_drive_recorded_before_images_and_clouds_were_stored_once_plays_the_same(
+        tmp_path: Path, topic: str, make: Callable[[int], Message]) -> None:
     from mcap.reader import make_reader
 
     from pipeline.bag import main as bag_main
 
     old = tmp_path / "old.mcap"
-    frames = _write_old_layout(old, [_image(i) for i in range(10)])
+    msgs = [make(i) for i in range(10)]
+    frames = _write_old_layout(old, topic, msgs)
     assert [f for _, f in _collect(old, PlayOptions(rate=1000.0))] == frames
     with open_recording(old) as rec:
-        assert [(t.name, t.type, t.count) for t in rec.info().topics] == [("cam/image", "drivecast/Image", 10)]
+        assert [(t.name, t.type, t.count) for t in rec.info().topics] == [(topic, type(msgs[0]).SCHEMA, 10)]
     new = tmp_path / "new.mcap"  # `bag convert` rewrites it in today's layout: it plays the same
     assert bag_main(["convert", str(old), "-o", str(new)]) == 0
     with open(new, "rb") as f:
         summary = make_reader(f).get_summary()
     assert summary is not None and [(ch.topic, ch.message_encoding) for ch in summary.channels.values()] == [
-        ("cam/image", "cdr")]
+        (topic, "cdr")]
     assert [f for _, f in _collect(new, PlayOptions(rate=1000.0))] == frames
 
 
@@ -287,11 +302,11 @@ def _cli(args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
 
 
-@pytest.mark.parametrize("images", [False, True], ids=["tracks", "with_images"])
+@pytest.mark.parametrize("sensors", [False, True], ids=["tracks", "with_images_and_clouds"])
 def test_play_then_record_across_processes_is_byte_identical(tmp_path: Path, run_base: Path,
-                                                             procs: list[subprocess.Popen[bytes]], images: bool) -> None:
+                                                             procs: list[subprocess.Popen[bytes]], sensors: bool) -> None:
     path = tmp_path / "drive.mcap"
-    frames = write_drive(path, images=images)
+    frames = write_drive(path, images=sensors, clouds=sensors)
     env = {**os.environ, "DRIVECAST_RUN_DIR": str(run_base), "PYTHONUNBUFFERED": "1"}
     player = _cli(["play", str(path), "--rate", "20", "--wait-for", "1", "--quiet"], env)
     procs.append(player)
@@ -311,7 +326,8 @@ def test_play_then_record_across_processes_is_byte_identical(tmp_path: Path, run
         for it in rec.items():
             orig.setdefault(it.topic, []).append([bytes(f) for f in it.frames])
     assert again == orig
-    assert len(orig.get("cam/image", [])) == (20 if images else 0)
+    assert len(orig.get("cam/image", [])) == (20 if sensors else 0)
+    assert len(orig.get("lidar/points", [])) == (15 if sensors else 0)
 
 
 # -- real recordings ------------------------------------------------------------------------------------------

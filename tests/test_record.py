@@ -1,12 +1,13 @@
-"""pipeline/record.py + pipeline/recording.py: lossless MCAP layout, images stored once as Foxglove
-RawImage channels, Foxglove mirror channels, crash safety (a recorder killed with SIGKILL leaves a
-readable file), recovery, bad files."""
+"""pipeline/record.py + pipeline/recording.py: lossless MCAP layout, images and point clouds stored once
+as Foxglove RawImage and PointCloud channels, Foxglove mirror channels, crash safety (a recorder killed
+with SIGKILL leaves a readable file), recovery, bad files."""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import os
+import re
 import select
 import signal
 import struct
@@ -87,16 +88,17 @@ def test_recorder_writes_foxglove_channels_with_well_known_schemas(tmp_path: Pat
         assert summary is not None and summary.chunk_indexes[0].compression == "zstd"
         fox = {ch.topic: (ch.message_encoding, summary.schemas[ch.schema_id].name)
                for ch in summary.channels.values() if ch.message_encoding != "drivecast"}
-        # the image is not mirrored: its own channel is a full-resolution RawImage
+        # the image and the cloud are not mirrored: their own channels are a RawImage and a PointCloud
         assert fox == {"/foxglove/sim/tracks": ("json", "foxglove.SceneUpdate"),
                        "/foxglove/pred/predictions": ("json", "foxglove.SceneUpdate"),
                        "/foxglove/car/odom": ("json", "foxglove.PoseInFrame"),
                        "/foxglove/car/fix": ("json", "foxglove.LocationFix"),
                        "/foxglove/car/imu": ("json", "drivecast.Imu"),
                        "cam/image": ("cdr", "foxglove_msgs/msg/RawImage"),
-                       "/foxglove/lidar/points": ("cdr", "foxglove_msgs/msg/PointCloud")}
-        image_channel = next(ch for ch in summary.channels.values() if ch.topic == "cam/image")
-        assert image_channel.metadata == {"drivecast_schema": "drivecast/Image", "schema_version": "1"}
+                       "lidar/points": ("cdr", "foxglove_msgs/msg/PointCloud")}
+        metadata = {ch.topic: ch.metadata for ch in summary.channels.values()}
+        assert metadata["cam/image"] == {"drivecast_schema": "drivecast/Image", "schema_version": "1"}
+        assert metadata["lidar/points"] == {"drivecast_schema": "drivecast/PointCloud", "schema_version": "1"}
         schemas = {ch.topic: summary.schemas[ch.schema_id] for ch in summary.channels.values()}
         bodies = {ch.topic: m.data for _, ch, m in reader.iter_messages(topics=list(fox))}
     scene = json.loads(bodies["/foxglove/sim/tracks"])["entities"][0]
@@ -104,14 +106,15 @@ def test_recorder_writes_foxglove_channels_with_well_known_schemas(tmp_path: Pat
     assert scene["timestamp"] == {"sec": T0 // 10**9, "nsec": T0 % 10**9}
     assert len(json.loads(bodies["/foxglove/pred/predictions"])["entities"][0]["lines"][0]["points"]) == 2
     # the CDR forms decode with an independent implementation (rosbags) from the stored ros2msg schemas
-    store = _rosbags_store({t: schemas[t] for t in ("cam/image", "/foxglove/lidar/points")})
+    store = _rosbags_store({t: schemas[t] for t in ("cam/image", "lidar/points")})
     img = store.deserialize_cdr(bodies["cam/image"], "foxglove_msgs/msg/RawImage")
     assert (img.width, img.height, img.step, img.encoding, img.frame_id) == (6, 4, 18, "rgb8", "world")
     assert img.timestamp.sec == T0 // 10**9 and bytes(img.data) == bytes(range(72))
     assert bytes(img.drivecast_header) == bytes(wire["cam/image"][0])
-    pc = store.deserialize_cdr(bodies["/foxglove/lidar/points"], "foxglove_msgs/msg/PointCloud")
+    pc = store.deserialize_cdr(bodies["lidar/points"], "foxglove_msgs/msg/PointCloud")
     assert pc.point_stride == 16 and [f.name for f in pc.fields] == ["x", "y", "z", "intensity"]
     assert pc.pose.orientation.w == 1.0 and np.frombuffer(bytes(pc.data), "<f4").tolist() == [1.0] * 20
+    assert bytes(pc.drivecast_header) == bytes(wire["lidar/points"][0])
 
 
 @pytest.mark.parametrize(("encoding", "shape", "frame_id"), [
@@ -146,6 +149,49 @@ def test_an_image_is_stored_once_as_a_full_resolution_raw_image(
         assert [t.type for t in r.info().topics] == ["drivecast/Image"]
     assert [bytes(f) for f in item.frames] == [bytes(f) for f in frames]
     assert all(isinstance(f, memoryview) and f.obj is item.frames[0].obj for f in item.frames)  # slices, no copy
+
+
+@pytest.mark.parametrize(("fields", "shape", "frame_id"), [
+    ("x,y,z,intensity", (5, 4), "lidar"), ("x, y, z", (7, 3), ""), ("abc,t", (0, 2), "velodyne_top"),
+    ("ring", (3, 1), "abc")])  # frame_ids and field names of several lengths: 0 to 7 bytes of CDR padding
+@pytest.mark.parametrize("mirror", [True, False])
+def test_a_cloud_is_stored_once_as_a_foxglove_point_cloud(
+        tmp_path: Path, fields: str, shape: tuple[int, int], frame_id: str, mirror: bool,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """The cloud channel is what Foxglove reads (a PointCloud, decoded here by rosbags from the schema text in
+    the file: the wire points as row-major float32, one FLOAT32 field per column) and what replay reads (the
+    wire frames, sliced back out byte for byte), with or without mirrors."""
+    path = tmp_path / "lidar.mcap"
+    points = np.random.default_rng(shape[0]).normal(size=shape).astype(np.float32)
+    frames = encode(PointCloud(stamp_ns=T0 + 5, frame_id=frame_id, fields=fields, points=points), publish_ns=T0 + 7)
+    with Recorder(path, foxglove_mirror=mirror) as rec:
+        rec.write("lidar/points", frames, T0 + 9)
+    with open(path, "rb") as f:
+        reader = make_reader(f)
+        summary = reader.get_summary()
+        assert summary is not None
+        assert [(ch.topic, ch.message_encoding, ch.metadata) for ch in summary.channels.values()] == [
+            ("lidar/points", "cdr", {"drivecast_schema": "drivecast/PointCloud", "schema_version": "1"})]
+        [(schema, _, record)] = list(reader.iter_messages())
+    assert schema is not None and (schema.name, schema.encoding) == ("foxglove_msgs/msg/PointCloud", "ros2msg")
+    assert "# the drivecast wire header" in schema.data.decode()
+    assert (record.log_time, record.publish_time) == (T0 + 9, T0 + 7)
+    pc = _rosbags_store({"lidar/points": schema}).deserialize_cdr(record.data, "foxglove_msgs/msg/PointCloud")
+    assert (pc.timestamp.sec, pc.timestamp.nanosec, pc.frame_id) == (T0 // 10**9, T0 % 10**9 + 5, frame_id or "world")
+    p, q = pc.pose.position, pc.pose.orientation
+    assert (p.x, p.y, p.z, q.x, q.y, q.z, q.w) == (0, 0, 0, 0, 0, 0, 1)
+    assert pc.point_stride == 4 * shape[1]
+    assert [(f.name, f.offset, f.type) for f in pc.fields] == [
+        (name.strip(), 4 * i, 7) for i, name in enumerate(fields.split(","))]  # 7: FLOAT32
+    assert bytes(pc.data) == points.tobytes() and bytes(pc.drivecast_header) == bytes(frames[0])
+    assert np.array_equal(np.frombuffer(bytes(pc.data), "<f4").reshape(-1, pc.point_stride // 4), points)
+    with open_recording(path) as r:
+        [item] = list(r.items())
+        assert [(t.type, t.schema) for t in r.info().topics] == [("drivecast/PointCloud", "drivecast/PointCloud")]
+    assert [bytes(f) for f in item.frames] == [bytes(f) for f in frames]
+    assert all(isinstance(f, memoryview) and f.obj is item.frames[0].obj for f in item.frames)  # slices, no copy
+    assert bag_main(["info", str(path)]) == 0
+    assert re.search(r"^  lidar/points  drivecast/PointCloud +1 msgs", capsys.readouterr().out, re.M)
 
 
 def test_unpack_frames_rejects_corrupt_bodies_with_the_reason() -> None:
@@ -221,14 +267,17 @@ def test_a_file_cut_in_the_middle_reads_to_its_last_complete_chunk(tmp_path: Pat
     assert info.truncated and 0 < info.count == n < 300
 
 
-def test_a_cut_file_with_images_reads_by_linear_scan_and_recovers(tmp_path: Path) -> None:
+def test_a_cut_file_with_images_and_clouds_reads_by_linear_scan_and_recovers(tmp_path: Path) -> None:
     path = tmp_path / "whole.mcap"
     rng = np.random.default_rng(3)
     written = []
     with Recorder(path, chunk_size=4096, flush_s=0) as rec:
-        for i in range(100):
-            topic, msg = ("cam/image", Image(stamp_ns=i, data=rng.integers(0, 255, (8, 10, 3), dtype=np.uint8))) \
-                if i % 2 else ("sim/tracks", Tracks(stamp_ns=i, ids=[i], xy=[[0, 0]], vxy=[[0, 0]], kind=[1]))
+        for i in range(150):
+            topic, msg = [
+                ("sim/tracks", Tracks(stamp_ns=i, ids=[i], xy=[[0, 0]], vxy=[[0, 0]], kind=[1])),
+                ("cam/image", Image(stamp_ns=i, data=rng.integers(0, 255, (8, 10, 3), dtype=np.uint8))),
+                ("lidar/points", PointCloud(stamp_ns=i, fields="x,y,z,intensity", points=rng.normal(size=(9, 4)))),
+            ][i % 3]
             frames = [bytes(f) for f in encode(msg, publish_ns=i)]
             rec.write(topic, frames, i)
             written.append((topic, frames))
@@ -238,15 +287,20 @@ def test_a_cut_file_with_images_reads_by_linear_scan_and_recovers(tmp_path: Path
     with open_recording(cut) as rec:
         info = rec.info()
         got = [(it.topic, [bytes(f) for f in it.frames]) for it in rec.items()]
-        images = [it.topic for it in rec.items(["cam/image"])]
-    assert info.truncated and 0 < info.count == len(got) < 100
-    assert {t.name: t.type for t in info.topics} == {"cam/image": "drivecast/Image", "sim/tracks": "drivecast/Tracks"}
-    assert got == written[: len(got)] and images == [t for t, _ in got if t == "cam/image"]
+        clouds = [it.topic for it in rec.items(["lidar/points"])]
+    assert info.truncated and 0 < info.count == len(got) < 150
+    assert {t.name: t.type for t in info.topics} == {"cam/image": "drivecast/Image", "sim/tracks": "drivecast/Tracks",
+                                                     "lidar/points": "drivecast/PointCloud"}
+    assert got == written[: len(got)] and clouds == [t for t, _ in got if t == "lidar/points"] != []
     fixed = tmp_path / "fixed.mcap"
     assert bag_main(["recover", str(cut), "-o", str(fixed)]) == 0
     with open_recording(fixed) as rec:
         assert not rec.info().truncated
         assert [(it.topic, [bytes(f) for f in it.frames]) for it in rec.items()] == got
+    with open(fixed, "rb") as f:
+        summary = make_reader(f).get_summary()
+    assert summary is not None and sorted((ch.topic, ch.message_encoding) for ch in summary.channels.values()) == [
+        ("/foxglove/sim/tracks", "json"), ("cam/image", "cdr"), ("lidar/points", "cdr"), ("sim/tracks", "drivecast")]
 
 
 def test_not_a_recording_gives_a_clear_error(tmp_path: Path) -> None:
@@ -272,22 +326,42 @@ def test_record_without_a_running_graph_says_how_to_start_one(tmp_path: Path, mo
     assert "give TOPICS or --all" in capsys.readouterr().err
 
 
-def test_large_images_are_stored_in_full_and_large_clouds_mirrored_as_rate_limited_previews(tmp_path: Path) -> None:
+def test_large_images_and_clouds_are_stored_in_full_and_large_fallbacks_previewed_at_10_hz(tmp_path: Path) -> None:
     path = tmp_path / "cam.mcap"
     img = Image(stamp_ns=T0, data=np.zeros((480, 640, 3), dtype=np.uint8))     # 900 KiB > LARGE_BYTES
     cloud = PointCloud(stamp_ns=T0, points=np.zeros((30_000, 3)))              # 352 KiB
+    odd = PointCloud(stamp_ns=T0, fields="x,y", points=np.zeros((30_000, 3)))  # fields do not name the columns
     with Recorder(path) as rec:
-        for i in range(30):                                                    # 1 s of a 30 Hz camera and lidar
+        for i in range(30):                                                    # 1 s of a 30 Hz camera and lidars
             rec.write("cam/image", encode(img), T0 + i * 33_333_333)
             rec.write("lidar/points", encode(cloud), T0 + i * 33_333_333)
+            rec.write("lidar/odd", encode(odd), T0 + i * 33_333_333)
     with open(path, "rb") as f:
         reader = make_reader(f)
         summary = reader.get_summary()
         assert summary is not None
         counts = {ch.topic: summary.statistics.channel_message_counts[cid] for cid, ch in summary.channels.items()}
-    assert counts == {"cam/image": 30, "lidar/points": 30, "/foxglove/lidar/points": 10}  # 10 Hz preview
+    assert counts == {"cam/image": 30, "lidar/points": 30, "lidar/odd": 30, "/foxglove/lidar/odd": 10}  # 10 Hz
     with open_recording(path) as rec:
-        assert {t.name: t.count for t in rec.info().topics} == {"cam/image": 30, "lidar/points": 30}
+        assert {t.name: t.count for t in rec.info().topics} == {"cam/image": 30, "lidar/points": 30, "lidar/odd": 30}
+
+
+def _record_and_read(path: Path, topic: str, written: list[list[bytes]]) -> tuple[dict[Any, int], dict[str, Any],
+                                                                                  list[bytes]]:
+    """Record the wire messages `written` on `topic`; return the file's message counts per (channel
+    topic, message encoding), its schemas by channel topic, and the data of the topic's mirror messages."""
+    with Recorder(path) as rec:
+        for i, frames in enumerate(written):
+            rec.write(topic, frames, T0 + i)
+    with open(path, "rb") as f:
+        reader = make_reader(f)
+        summary = reader.get_summary()
+        assert summary is not None
+        channels = {(ch.topic, ch.message_encoding): summary.statistics.channel_message_counts[cid]
+                    for cid, ch in summary.channels.items()}
+        schemas = {ch.topic: summary.schemas[ch.schema_id] for ch in summary.channels.values()}
+        previews = [m.data for _, _, m in reader.iter_messages(topics=["/foxglove/" + topic])]
+    return channels, schemas, previews
 
 
 def test_an_image_foxglove_cannot_show_falls_back_to_the_drivecast_channel_and_a_preview(tmp_path: Path) -> None:
@@ -301,21 +375,36 @@ def test_an_image_foxglove_cannot_show_falls_back_to_the_drivecast_channel_and_a
               Image(stamp_ns=T0 + 2, encoding="rgb8", data=big[:4, :6, :1]),  # rgb8 with one byte per pixel
               Image(stamp_ns=T0 + 3, encoding="mono8", data=big[:4, :6, :1])]
     written = [[bytes(f) for f in encode(m, publish_ns=T0)] for m in images]
-    with Recorder(path) as rec:
-        for i, frames in enumerate(written):
-            rec.write("cam/image", frames, T0 + i)
-    with open(path, "rb") as f:
-        reader = make_reader(f)
-        summary = reader.get_summary()
-        assert summary is not None
-        channels = {(ch.topic, ch.message_encoding): summary.statistics.channel_message_counts[cid]
-                    for cid, ch in summary.channels.items()}
-        previews = [m.data for _, _, m in reader.iter_messages(topics=["/foxglove/cam/image"])]
+    channels, _, previews = _record_and_read(path, "cam/image", written)
     assert channels == {("cam/image", "cdr"): 2, ("cam/image", "drivecast"): 2, ("/foxglove/cam/image", "cdr"): 2}
     width, height = struct.unpack_from("<II", previews[0], 24)  # after stamp, "world\0", alignment
     assert (width, height) == (320, 240)                         # the large one: a half-resolution preview
     with open_recording(path) as rec:
         assert [(t.name, t.type, t.count) for t in rec.info().topics] == [("cam/image", "drivecast/Image", 4)]
+        assert [[bytes(f) for f in it.frames] for it in rec.items()] == written
+
+
+def test_a_cloud_that_does_not_fit_falls_back_to_the_drivecast_channel_and_a_preview(tmp_path: Path) -> None:
+    """A cloud whose `fields` do not name its F columns keeps today's form (drivecast channel + `/foxglove/`
+    mirror, every 4th point when large), on the same topic as the clouds that fit: nothing is lost and replay
+    gives every message, in order, byte for byte."""
+    path = tmp_path / "lidar.mcap"
+    pts = np.random.default_rng(4).normal(size=(30_000, 4)).astype(np.float32)  # 469 KiB > LARGE_BYTES
+    clouds = [PointCloud(stamp_ns=T0, fields="x,y,z,intensity", points=pts[:5]),
+              PointCloud(stamp_ns=T0 + 1, fields="x,y,z", points=pts),          # 3 names, 4 columns
+              PointCloud(stamp_ns=T0 + 2, fields="x,y,z,intensity,ring", points=pts[:5]),
+              PointCloud(stamp_ns=T0 + 3, fields="", points=pts[:5, :0]),       # no columns
+              PointCloud(stamp_ns=T0 + 4, fields="x,y,z", points=pts[:5, :3])]
+    written = [[bytes(f) for f in encode(m, publish_ns=T0)] for m in clouds]
+    channels, schemas, previews = _record_and_read(path, "lidar/points", written)
+    assert channels == {("lidar/points", "cdr"): 2, ("lidar/points", "drivecast"): 3,
+                        ("/foxglove/lidar/points", "cdr"): 3}
+    store = _rosbags_store({"/foxglove/lidar/points": schemas["/foxglove/lidar/points"]})
+    large = store.deserialize_cdr(previews[0], "foxglove_msgs/msg/PointCloud")  # a mirror has no drivecast_header
+    assert large.point_stride == 16 and [f.name for f in large.fields] == ["x", "y", "z"]
+    assert bytes(large.data) == pts[::4].tobytes()                            # the large one: every 4th point
+    with open_recording(path) as rec:
+        assert [(t.name, t.type, t.count) for t in rec.info().topics] == [("lidar/points", "drivecast/PointCloud", 5)]
         assert [[bytes(f) for f in it.frames] for it in rec.items()] == written
 
 

@@ -365,33 +365,46 @@ def test_a_damaged_mcap_through_the_cli_never_prints_a_traceback(drive_bytes: by
         assert rc in (0, 1), text
 
 
-def _image_records(path: Path, bodies: list[bytes]) -> Path:
-    """A drivecast MCAP whose `cam/image` channel holds `bodies` as its stored RawImage records."""
+def _stored_records(path: Path, topic: str, schema: str, bodies: list[bytes]) -> Path:
+    """A drivecast MCAP whose `topic` channel holds `bodies` as records of `schema`'s stored Foxglove form."""
     from mcap.writer import Writer
 
-    from pipeline.foxglove import STORED_IMAGE
+    from pipeline.foxglove import STORED
     from pipeline.recording import DRIVECAST_SCHEMA_KEY, PROFILE
 
+    spec = STORED[schema].spec
     with open(path, "wb") as f:
         w = Writer(f)
         w.start(profile=PROFILE, library="test")
-        sid = w.register_schema(STORED_IMAGE.schema_name, STORED_IMAGE.schema_encoding, STORED_IMAGE.schema_data)
-        cid = w.register_channel("cam/image", STORED_IMAGE.message_encoding, sid,
-                                 {DRIVECAST_SCHEMA_KEY: "drivecast/Image", "schema_version": "1"})
+        sid = w.register_schema(spec.schema_name, spec.schema_encoding, spec.schema_data)
+        cid = w.register_channel(topic, spec.message_encoding, sid,
+                                 {DRIVECAST_SCHEMA_KEY: schema, "schema_version": "1"})
         for i, body in enumerate(bodies):
             w.add_message(cid, log_time=T0 + i, data=body, publish_time=T0 + i)
         w.finish()
     return path
 
 
+def _stored(msg: Any) -> tuple[bytes, bytes]:
+    """The stored record of `msg` and its wire header."""
+    from pipeline.foxglove import stored
+
+    frames = encode(msg)
+    record = stored(msg.SCHEMA, frames)
+    assert record is not None
+    return record, bytes(frames[0])
+
+
+def _with_header(record: bytes, header: bytes, other: Any) -> bytes:
+    """`record` (whose drivecast_header is `header`, at its end) with the wire header of `other` instead."""
+    new = bytes(encode(other)[0])
+    return record[:len(record) - len(header) - 4] + struct.pack("<I", len(new)) + new
+
+
 def _image_record_damaged(how: str) -> bytes:
-    from pipeline.foxglove import stored_image
     from pipeline.messages import Image
 
-    frames = encode(Image(stamp_ns=T0, data=np.zeros((4, 6, 3), np.uint8)))  # 72 bytes: no padding after them
-    good = stored_image(frames)
-    assert good is not None
-    header_at = len(good) - len(frames[0]) - 4  # the drivecast_header's length, then its bytes
+    good, header = _stored(Image(stamp_ns=T0, data=np.zeros((4, 6, 3), np.uint8)))  # 72 bytes: no padding after
     if how == "big_endian":
         return b"\x00\x00" + good[2:]
     if how == "data_too_long":
@@ -404,41 +417,91 @@ def _image_record_damaged(how: str) -> bytes:
     if how == "wrong_height":
         return good[:28] + struct.pack("<I", 5) + good[32:]  # after stamp, "world\0", width
     if how == "not_a_header":
-        return good[:header_at] + struct.pack("<I", 8) + b"\xc1garbage"
+        return good[:len(good) - len(header) - 4] + struct.pack("<I", 8) + b"\xc1garbage"
     if how == "tracks_header":
-        header = encode(tracks(0, n=1))[0]
-        return good[:header_at] + struct.pack("<I", len(header)) + header
+        return _with_header(good, header, tracks(0, n=1))
     raise AssertionError(how)
 
 
-IMAGE_DAMAGE = [
-    ("big_endian", "image record starts with 00000000, not the little-endian CDR header 00010000"),
-    ("data_too_long", "data of 1000000000 bytes, only \\d+ left in the image record"),
-    ("cut", "drivecast_header of \\d+ bytes, only \\d+ left in the image record"),
-    ("trailing", "4 bytes after the drivecast_header of the image record"),
-    ("wrong_height", "image data of 72 bytes, step 18 x height 5 is 90"),
-    ("not_a_header", "drivecast_header is not a drivecast header: "),
-    ("tracks_header", "drivecast_header is a drivecast/Tracks header, expected drivecast/Image"),
+def _cloud_record_damaged(how: str) -> bytes:
+    from pipeline.messages import Image, PointCloud
+
+    def cloud(fields: str = "x,y,z,intensity", n: int = 2) -> PointCloud:
+        return PointCloud(stamp_ns=T0, fields=fields, points=np.ones((n, 4)))
+
+    good, header = _stored(cloud())
+    stride_at = good.index(struct.pack("<7d", 0, 0, 0, 0, 0, 0, 1)) + 56  # after the identity pose
+    y_at = good.index(b"\x02\x00\x00\x00y\x00") + 8                     # field y's offset, after its name
+    if how == "cut_in_pose":
+        return good[:40]
+    if how == "no_nul":
+        return good.replace(b"world\0", b"worlds")
+    if how == "field_count":
+        return good[:stride_at + 4] + struct.pack("<I", 10**9) + good[stride_at + 8:]
+    if how == "wrong_stride":
+        return good[:stride_at] + struct.pack("<I", 20) + good[stride_at + 4:]
+    if how == "wrong_offset":
+        return good[:y_at] + struct.pack("<I", 5) + good[y_at + 4:]
+    if how == "more_points":  # a header of 3 points over the data of 2
+        return _with_header(good, header, cloud(n=3))
+    if how == "other_fields":
+        return _with_header(good, header, cloud("x,y,z,ring"))
+    if how == "fields_do_not_fit":
+        return _with_header(good, header, cloud("x,y,z"))
+    if how == "image_header":
+        return _with_header(good, header, Image(data=np.zeros((2, 4, 4), np.uint8)))
+    if how == "trailing":
+        return good + bytes(3)
+    raise AssertionError(how)
+
+
+STORED_DAMAGE = [
+    ("image", "big_endian", "RawImage record starts with 00000000, not the little-endian CDR header 00010000"),
+    ("image", "data_too_long", "data of 1000000000 bytes, only \\d+ left in the RawImage record"),
+    ("image", "cut", "drivecast_header of \\d+ bytes, only \\d+ left in the RawImage record"),
+    ("image", "trailing", "4 bytes after the drivecast_header of the RawImage record"),
+    ("image", "wrong_height", "height 5 in the RawImage record, the drivecast_header says 4"),
+    ("image", "not_a_header", "drivecast_header and data are not a drivecast/Image message: bad_header: "),
+    ("image", "tracks_header", "drivecast_header and data are not a drivecast/Image message: "
+                               "wrong_schema: expected drivecast/Image, got drivecast/Tracks"),
+    ("cloud", "cut_in_pose", "PointCloud record of 40 bytes ends before its pose"),
+    ("cloud", "no_nul", "frame_id of the PointCloud record is not a NUL-terminated string"),
+    ("cloud", "field_count", "fields count 1000000000, only \\d+ bytes left in the PointCloud record"),
+    ("cloud", "wrong_stride", "point_stride 20 in the PointCloud record, the drivecast_header says 16"),
+    ("cloud", "wrong_offset", "fields \\[\\('x', 0, 7\\), \\('y', 5, 7\\), .* in the PointCloud record, "
+                              "the drivecast_header says \\[\\('x', 0, 7\\), \\('y', 4, 7\\), "),
+    ("cloud", "more_points", "drivecast_header and data are not a drivecast/PointCloud message: "
+                             "bad_size: drivecast/PointCloud.points: shape \\[3, 4\\] needs 48 bytes, frame has 32"),
+    ("cloud", "other_fields", "fields .*'intensity'.* in the PointCloud record, the drivecast_header says .*'ring'"),
+    ("cloud", "fields_do_not_fit", "the drivecast_header is a drivecast/PointCloud message that does not fit "
+                                   "a PointCloud record"),
+    ("cloud", "image_header", "drivecast_header and data are not a drivecast/PointCloud message: "
+                              "wrong_schema: expected drivecast/PointCloud, got drivecast/Image"),
+    ("cloud", "trailing", "3 bytes after the drivecast_header of the PointCloud record"),
 ]
+SENSORS = {"image": ("cam/image", "drivecast/Image", _image_record_damaged),
+           "cloud": ("lidar/points", "drivecast/PointCloud", _cloud_record_damaged)}
 
 
-@pytest.mark.parametrize(("how", "error"), IMAGE_DAMAGE, ids=[how for how, _ in IMAGE_DAMAGE])
-def test_a_corrupt_image_record_gives_a_clear_error(how: str, error: str, tmp_path: Path, run_base: Path,
-                                                    capsys: pytest.CaptureFixture[str],
-                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    """A RawImage record whose lengths or header are wrong (a crafted or damaged file; the chunk CRC passes):
-    the reader names the file, the topic and what is wrong, and `drivecast play` prints it and exits 1."""
+@pytest.mark.parametrize(("kind", "how", "error"), STORED_DAMAGE, ids=[f"{k}-{how}" for k, how, _ in STORED_DAMAGE])
+def test_a_corrupt_stored_record_gives_a_clear_error(kind: str, how: str, error: str, tmp_path: Path,
+                                                     run_base: Path, capsys: pytest.CaptureFixture[str],
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stored RawImage or PointCloud record whose lengths, fields or header are wrong (a crafted or damaged
+    file; the chunk CRC passes): the reader names the file, the topic, the log time and what is wrong, and
+    `drivecast play` prints it and exits 1."""
     from pipeline.play import main as play_main
     from pipeline.recording import RecordingError
 
     monkeypatch.setenv("DRIVECAST_RUN_DIR", str(run_base))
-    bad = _image_records(tmp_path / f"{how}.mcap", [_image_record_damaged(how)])
+    topic, schema, damaged = SENSORS[kind]
+    bad = _stored_records(tmp_path / f"{how}.mcap", topic, schema, [damaged(how)])
     with open_recording(bad) as rec:
-        assert [(t.name, t.type, t.count) for t in rec.info().topics] == [("cam/image", "drivecast/Image", 1)]
-        with pytest.raises(RecordingError, match=rf"{how}\.mcap: cam/image @ {T0}: {error}"):
+        assert [(t.name, t.type, t.count) for t in rec.info().topics] == [(topic, schema, 1)]
+        with pytest.raises(RecordingError, match=rf"{how}\.mcap: {topic} @ {T0}: {error}"):
             list(rec.items())
     assert play_main([str(bad), "--rate", "1000", "--quiet"]) == 1
-    assert re.search(rf"^ERROR: .*{how}\.mcap: cam/image @ {T0}: {error}", capsys.readouterr().err, re.M)
+    assert re.search(rf"^ERROR: .*{how}\.mcap: {topic} @ {T0}: {error}", capsys.readouterr().err, re.M)
 
 
 def _ros_bag() -> Path:
