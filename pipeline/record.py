@@ -94,6 +94,7 @@ class Recorder:
         self._seq: dict[str, int] = {}
         self.count = 0
         self.bytes = 0
+        self.unmirrored = 0  # messages whose header is valid but whose arrays do not decode: no mirror
         self._closed = False
         self._broken = False
 
@@ -138,7 +139,9 @@ class Recorder:
         """Store one wire message (header + array frames) received on `topic` at `log_ns`, and
         return what its header says (the caller counts seq gaps without parsing it again).
 
-        The header is validated (schema known, publish time read from it). An Image or a PointCloud
+        The header is validated (schema known, publish time read from it; DecodeError if not, and
+        nothing is written). A message is otherwise stored as received, like rosbag2 does, also one
+        whose arrays do not decode (counted in `unmirrored`: it gets no mirror). An Image or a PointCloud
         goes into the topic's channel of its Foxglove type when it fits (`foxglove.stored`);
         anything else is packed into the topic's drivecast channel, with a Foxglove mirror message
         beside it when the schema has a Foxglove form (from `msg` when the caller has the decoded
@@ -159,10 +162,14 @@ class Recorder:
             if stored is None and self._foxglove and foxglove.supported(schema) \
                     and self._mirror_now(topic, len(data), log_ns):
                 if msg is None:
-                    msg, _ = decode(frames)
-                self._w.add_message(self._fox_channel(topic, schema), log_time=log_ns,
-                                    data=foxglove.convert(msg, topic, preview=len(data) > LARGE_BYTES),
-                                    publish_time=publish_ns, sequence=seq)
+                    try:
+                        msg, _ = decode(frames)
+                    except DecodeError:
+                        self.unmirrored += 1  # recorded as received; its subscribers refused it too
+                if msg is not None:
+                    self._w.add_message(self._fox_channel(topic, schema), log_time=log_ns,
+                                        data=foxglove.convert(msg, topic, preview=len(data) > LARGE_BYTES),
+                                        publish_time=publish_ns, sequence=seq)
         except OSError as exc:
             raise self._failed(exc) from None
         self.count += 1
@@ -324,6 +331,8 @@ def main(argv: list[str]) -> int:
     if not args.quiet:
         size = Path(args.output).stat().st_size
         print(f"wrote {rec.count} messages ({size / 1e6:.2f} MB) to {args.output}; "
-              f"{gaps} lost on the way (seq gaps), {bad} undecodable", file=sys.stderr)
+              f"{gaps} lost on the way (seq gaps), {bad} with a bad header (not written)"
+              + (f", {rec.unmirrored} stored as received though their arrays do not decode" if rec.unmirrored else ""),
+              file=sys.stderr)
     return 0
 

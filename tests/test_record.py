@@ -416,3 +416,26 @@ def test_a_preview_is_every_other_row_and_column_of_the_image(encoding: str, sha
     width, height = struct.unpack_from("<II", cdr, 24)
     assert (height, width) == data[::2, ::2].shape[:2]
     assert cdr.endswith(data[::2, ::2].tobytes())
+
+
+def test_a_message_whose_arrays_do_not_decode_is_stored_as_received_and_one_with_a_bad_header_is_not(
+        tmp_path: Path) -> None:
+    """Like rosbag2, the recorder stores what went over the wire: replay gives the same bytes, which its
+    subscribers refuse again. Only a header it cannot read (no schema, no publish time) is refused."""
+    from pipeline.errors import DecodeError
+
+    path = tmp_path / "odd.mcap"
+    good = [bytes(f) for f in encode(Tracks(stamp_ns=T0, ids=np.arange(4), xy=np.zeros((4, 2)),
+                                            vxy=np.zeros((4, 2)), kind=np.ones(4, np.int64)), publish_ns=T0)]
+    short = [good[0], good[1][:8], *good[2:]]  # the header says 4 ids, the frame holds 1
+    with Recorder(path) as rec:
+        rec.write("sim/tracks", good, T0)
+        rec.write("sim/tracks", short, T0 + 1)
+        with pytest.raises(DecodeError):
+            rec.write("sim/tracks", [b"\x93not a header", *good[1:]], T0 + 2)
+        assert (rec.count, rec.unmirrored) == (2, 1)
+    with open_recording(path) as r:
+        assert [[bytes(f) for f in it.frames] for it in r.items()] == [good, short]
+    with open(path, "rb") as f:
+        mirrored = [m.log_time for _, _, m in make_reader(f).iter_messages(topics=["/foxglove/sim/tracks"])]
+    assert mirrored == [T0]
