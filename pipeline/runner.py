@@ -78,14 +78,12 @@ class ProcessRuntime:
                                              t.get("lossless_endpoint"), t.get("lossless_subscribers", 0),
                                              configure=serve, run_dir=run_dir, **t.get("shm", {}))
         self.inputs: dict[zmq.Socket, tuple[str, type[Message], Subscriber]] = {}
-        self._subscribers: dict[str, Subscriber] = {}
         for inp, spec in entry.get("inputs", {}).items():
             t = manifest["topics"][spec["topic"]]
             endpoint = t["lossless_endpoint"] if spec["queue"] == "block" else t["endpoint"]
             sub = Subscriber(self.ctx, spec["topic"], endpoint, spec["queue"], spec["depth"],
                              configure=self._client(t), shm=t.get("shm", {}).get("shm", "auto"), run_dir=run_dir)
             self.inputs[sub.sock] = (inp, cls.inputs[inp], sub)
-            self._subscribers[inp] = sub
         self.clock_sub: Subscriber | None = None
         clock_topic = manifest.get("clock", "")
         if clock_topic and not clock_topic.startswith(f"{node_name}/"):
@@ -148,7 +146,7 @@ class ProcessRuntime:
     # -- the loop --------------------------------------------------------------------------------
     def _deliver(self, inp: str, schema: type[Message], frames: list[Any], sub: Subscriber) -> None:
         if len(frames) == 2 and bytes(frames[1]) == END_OF_STREAM:
-            self._subscribers[inp].end()
+            sub.end()
             self._open_block_inputs.discard(inp)
             if not self._open_block_inputs:
                 self.request_stop(self.node, "every lossless input ended")

@@ -188,6 +188,7 @@ class Harness:
         self.callbacks = 0
         self.known: dict[str, int] = {}
         self.rt = ProcessRuntime(manifest(cls, workdir, params, restarts), NODE, ctx=self.ctx)
+        self.subscribers = {inp: sub for inp, _, sub in self.rt.inputs.values()}
         done = self.rt.stats.callback_done
 
         def counted(seconds: float) -> None:  # _deliver calls this only after on_<input> returned
@@ -220,7 +221,7 @@ class Harness:
         kind_before = counts[f"decode_errors.{expect[8:]}"] if expect.startswith("dropped.") else 0
         try:
             with deadline(timeout_s, f"{self.cls.__name__}.on_{inp}"):
-                self.rt._deliver(inp, schema, frames, self.rt._subscribers[inp])
+                self.rt._deliver(inp, schema, frames, self.subscribers[inp])
         except Exception as exc:
             bug = known_bug(exc)
             if bug is None:
