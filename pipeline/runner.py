@@ -162,7 +162,7 @@ class ProcessRuntime:
                 self._logged.add((inp, exc.kind))
                 self.node.log.warning("dropped a bad message on input %r: %s", inp, exc)
             return
-        if not sub.settle(frames):
+        if sub.reader is not None and not sub.settle(frames):
             return  # its shared-memory slot was rewritten before the copy ended (counted)
         last = self._last_seq.get(inp)
         if last is not None and msg.seq > last + 1:
