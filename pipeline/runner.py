@@ -82,8 +82,11 @@ class ProcessRuntime:
             t = manifest["topics"][spec["topic"]]
             endpoint = t["lossless_endpoint"] if spec["queue"] == "block" else t["endpoint"]
             sub = Subscriber(self.ctx, spec["topic"], endpoint, spec["queue"], spec["depth"],
-                             configure=self._client(t), shm=t.get("shm", {}).get("shm", "auto"), run_dir=run_dir)
+                             configure=self._client(t), shm=t.get("shm", {}).get("shm", "auto"), run_dir=run_dir,
+                             bell=True)
             self.inputs[sub.sock] = (inp, cls.inputs[inp], sub)
+        # Shared-memory inputs' bells (`Subscriber.drain_bell`), by file descriptor.
+        self.bells = {sub.bell_fd: item for item in self.inputs.values() if (sub := item[2]).bell_fd is not None}
         self.clock_sub: Subscriber | None = None
         clock_topic = manifest.get("clock", "")
         if clock_topic and not clock_topic.startswith(f"{node_name}/"):
@@ -175,6 +178,8 @@ class ProcessRuntime:
     def _publish_diagnostics(self) -> None:
         for _sock, (inp, _, sub) in self.inputs.items():
             self.stats.counts[f"drops.{inp}"] = sub.dropped
+            if sub.bell_fd is not None:
+                self.stats.counts[f"shm_bell.{inp}"] = sub.bell_taken
         values = self.stats.values(self.node.diagnostics)
         self.publish(self.node, "diagnostics", Diagnostics(node=self.node_name, values=values))
 
@@ -191,6 +196,8 @@ class ProcessRuntime:
 
     def run(self) -> int:
         poller = zmq.Poller()
+        for fd in self.bells:  # first: a message the bell brings is skipped when ZeroMQ brings it
+            poller.register(fd, zmq.POLLIN)
         for sock in self.inputs:
             poller.register(sock, zmq.POLLIN)
         if self.clock_sub is not None:
@@ -213,10 +220,14 @@ class ProcessRuntime:
                 self._update_clock()
             for sock in ready:
                 item = self.inputs.get(sock)
-                if item is None:
+                if item is not None:
+                    inp, schema, sub = item
+                    q = sub.drain(settle=False)  # header decoding overlaps a shared-memory copy
+                elif sock in self.bells:
+                    inp, schema, sub = self.bells[sock]
+                    q = sub.drain_bell(settle=False)
+                else:
                     continue
-                inp, schema, sub = item
-                q = sub.drain(settle=False)  # header decoding overlaps a shared-memory copy
                 while q and not self._stopping:
                     self._deliver(inp, schema, q.popleft(), sub)
                 sub.release()

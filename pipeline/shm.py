@@ -27,6 +27,22 @@ Safety, without any lock-free trickery that Python cannot express:
   unread, decodes the message's header meanwhile, and waits for the copy only right before the
   callback, which is the first code that may read the pixels.
 
+Bells: ZeroMQ wakes a subscriber through three threads (publisher's I/O thread, subscriber's I/O
+thread, subscriber), about 0.2 ms here; one pipe write wakes it directly. A subscriber that asks
+for it (`ShmReader.enable_bell`; the runner does) hands the write end of a pipe to the publisher
+of each segment it maps, over a unix socket in the run directory (mode 0600; the publisher takes
+only a non-blocking pipe's write end from a peer of its own user, 64 at most, and forgets it when
+the connection ends). The publisher stores each message's body (`BODY`, descriptor, header) in its
+slot's record after page 0, and a notifier thread writes a byte down each pipe: not the publishing
+thread, because the kernel runs a task woken through a pipe on the waker's CPU, which here is busy
+with the copy; from the notifier it wakes on another one and decodes while the copy goes on. The
+subscriber reads the bodies newer than the last message it took (`rung`) and resolves them as it
+would a descriptor from ZeroMQ; ZeroMQ still carries every descriptor (after the copy when there
+are bells, for anyone without one, and as the fallback for a body that did not fit), and the
+subscriber skips what it already took by the writer's sequence number, which starts at
+CLOCK_MONOTONIC so that a respawned publisher's numbers are above its predecessor's. A message
+the publisher sends inline because every slot is held may then arrive after a later one.
+
 Segments are files in /dev/shm (tmpfs; the run directory when there is none), named after the
 run directory (`run_prefix`), created with mode 0600 and O_EXCL, mapped with MAP_POPULATE. Each
 mapping holds two descriptors (ours, for the locks, and the mmap object's own), so a topic costs
@@ -41,7 +57,8 @@ copy. A loan dropped unpublished is reclaimed when nothing refers to its array a
 
 Descriptors come from a socket: they are untrusted. A subscriber opens only a segment whose name
 is exactly one of its topic's names in its run directory's namespace, that belongs to its user and
-is not accessible to others, and checks that every offset and length lies inside the slot.
+is not accessible to others, and checks that every offset and length lies inside the slot; a body
+from a slot's record is checked the same way, and its sequence number against the slot's.
 """
 
 from __future__ import annotations
@@ -54,8 +71,12 @@ import mmap
 import os
 import re
 import secrets
+import select
+import socket
+import stat
 import struct
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -64,12 +85,21 @@ from typing import Any
 import msgspec
 import numpy as np
 
-__all__ = ["DESCRIPTOR_MAGIC", "WAIT_S", "ShmReader", "ShmWriter", "remove_segments", "run_prefix", "segment_dir"]
+__all__ = ["BODY", "DESCRIPTOR_MAGIC", "WAIT_S", "ShmReader", "ShmWriter", "bell_path", "remove_segments", "run_prefix",
+           "segment_dir"]
 
 DESCRIPTOR_MAGIC = b"DCSHM1"
 _MAGIC_LEN = len(DESCRIPTOR_MAGIC)
 _HEADER_BYTES = 4096  # page 0: magic, layout, and one 64-byte line per slot (its sequence number)
 _MAX_SLOTS = 62  # slot lines must fit in page 0 after the layout line
+# After page 0, one record per slot: the message's body (`BODY` + descriptor + header) for a
+# subscriber woken by its bell. A body that does not fit is not stored (it goes by ZeroMQ only).
+_META_BYTES = 1024
+BODY = struct.Struct("<QH")  # a message's body starts with: the writer's seq, the descriptor's length
+_META_LEN = struct.Struct("<I")
+_MAX_BELLS = 64  # subscribers' bells one publisher rings at most (each costs it two fds)
+_HAND_IN_S = 1.0  # longest a connection to the bell socket may take to send its bell
+_BELLS_POSSIBLE = hasattr(os, "eventfd") and sys.platform.startswith("linux")
 _ALIGN = 64
 _SEG_MAGIC = b"DCSEG1\0\0"
 _LAYOUT = struct.Struct("<8sQQ")  # magic, slots, slot_size
@@ -109,6 +139,12 @@ def _topic_stem(run_dir: Path, topic: str) -> str:
     return f"{run_prefix(run_dir)}.{topic.replace('/', '.')}."
 
 
+def bell_path(run_dir: Path, topic: str) -> Path:
+    """The publisher's unix socket where subscribers hand in their bells: in the run directory,
+    which only its owner can enter (segments may live in the world-writable /dev/shm)."""
+    return Path(run_dir) / f"{topic.replace('/', '.')}.bell"
+
+
 def remove_segments(run_dir: Path) -> int:
     """Remove every segment of the graph that ran in `run_dir` (any topic, any incarnation)."""
     prefix = run_prefix(run_dir) + "."
@@ -143,6 +179,11 @@ def _lock(fd: int, kind: int, slot: int) -> bool:
         raise
 
 
+def _data_start(slots: int) -> int:
+    """Where slot 0 starts: after page 0 and the slots' body records, on a page boundary."""
+    return _HEADER_BYTES + -(-slots * _META_BYTES // 4096) * 4096
+
+
 class _Segment:
     """One mapped segment: `slots` slots of `slot_size` bytes after the header page."""
 
@@ -167,8 +208,8 @@ class _Segment:
             os.close(fd)
             raise
         magic, self.slots, self.slot_size = _LAYOUT.unpack_from(self.mm, 0)
-        if magic != _SEG_MAGIC or not 0 < self.slots <= _MAX_SLOTS or \
-                size != _HEADER_BYTES + self.slots * self.slot_size:
+        self.data_start = _data_start(self.slots) if 0 < self.slots <= _MAX_SLOTS else 0
+        if magic != _SEG_MAGIC or not self.data_start or size != self.data_start + self.slots * self.slot_size:
             self.mm.close()
             os.close(fd)
             raise ValueError(f"{path}: not a drivecast segment of a consistent size")
@@ -178,16 +219,17 @@ class _Segment:
         # aligned 8-byte access: a subscriber peeks at it without the lock (`ShmReader._await_copy`),
         # and struct.pack_into writes it a byte at a time (a peek then sees values never written).
         self.seq_words = np.frombuffer(self.mm, dtype=np.uint64, count=_HEADER_BYTES // 8)[_ALIGN // 8::_ALIGN // 8]
+        self.slot_words = self.seq_words[:self.slots]
         self.leases = 0
 
     def data_offset(self, slot: int) -> int:
-        return _HEADER_BYTES + slot * self.slot_size
+        return self.data_start + slot * self.slot_size
 
     def close(self) -> None:
         """Unmap now if no array of this segment is alive; otherwise the last one unmaps it."""
         if self.fd < 0:
             return
-        self.array = self.seq_words = None  # type: ignore[assignment]
+        self.array = self.seq_words = self.slot_words = None  # type: ignore[assignment]
         os.close(self.fd)  # our locks stay while the mmap's own duplicate lives, which is harmless
         self.fd = -1
         with contextlib.suppress(BufferError):  # views still alive: the last of them unmaps it
@@ -206,11 +248,125 @@ class ShmWriter:
         self.slots = slots
         self.seg: _Segment | None = None
         self.next_slot = 0
-        self.seq = 0
+        # CLOCK_MONOTONIC at the start: a respawned publisher's messages number above its previous
+        # life's, so that a subscriber's "seen up to seq" stays right across the restart.
+        self.seq = time.monotonic_ns()
         self.fallbacks = 0  # messages sent inline because every slot was held by readers
         # Loaned slots (see `loan`): write-locked by us, each with the slot's uint8 array.
         self.loans: list[tuple[_Segment, int, np.ndarray]] = []
         self._remove_stale()
+        # Bells: the write ends of subscribers' pipes (see `ShmReader.enable_bell`), rung by
+        # `_notifier` while this thread copies; `_bell_lock` keeps an fd from closing mid-ring.
+        self.bell_fds: list[int] = []
+        self._bells: list[tuple[socket.socket, int]] = []  # (connection, pipe): EOF = subscriber gone
+        self._waiting: list[tuple[socket.socket, float]] = []  # connections whose bell has not come yet
+        self._bell_lock = threading.Lock()
+        self._kick = -1  # eventfd that wakes the notifier thread (made with the first bell)
+        self._notifier: threading.Thread | None = None
+        self._bell_listener: socket.socket | None = None
+        self._bell_poll = select.poll()  # the listener and the connections
+        self._bell_path = bell_path(self.run_dir, topic)
+        if _BELLS_POSSIBLE and len(str(self._bell_path)) < 108:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self._bell_path)  # an earlier incarnation's, after a kill -9
+            listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
+            try:
+                listener.bind(str(self._bell_path))
+                os.chmod(self._bell_path, 0o600)
+                listener.listen(_MAX_BELLS)
+                self._bell_listener = listener
+                self._bell_poll.register(listener, select.POLLIN)
+            except OSError:
+                listener.close()
+
+    def accept_bells(self) -> None:
+        """Take the bells handed in since the last call and forget those of subscribers that went
+        away (their connection ended). Called every few ms by the publisher, after a send: one
+        poll() when nothing changed. Never waits: a connection whose bell has not arrived yet is
+        looked at again next time, and dropped after `_HAND_IN_S`."""
+        if self._bell_listener is None or not (self._bell_poll.poll(0) or self._waiting):
+            return
+        alive: list[tuple[socket.socket, int]] = []
+        dead: list[tuple[socket.socket, int]] = []
+        for bell in self._bells:
+            try:
+                gone = bell[0].recv(1, socket.MSG_DONTWAIT) == b""  # they never send: readable = gone
+            except BlockingIOError:
+                gone = False
+            except OSError:
+                gone = True
+            (dead if gone else alive).append(bell)
+        now = time.monotonic()
+        while len(alive) + len(self._waiting) < _MAX_BELLS:
+            try:
+                conn, _ = self._bell_listener.accept()
+            except OSError:  # none waiting (or out of fds: try again later)
+                break
+            conn.setblocking(False)
+            self._bell_poll.register(conn, select.POLLIN)
+            self._waiting.append((conn, now + _HAND_IN_S))
+        waiting = []
+        for conn, deadline in self._waiting:
+            try:
+                fd = _take_bell(conn)
+            except BlockingIOError:
+                if now < deadline:
+                    waiting.append((conn, deadline))
+                    continue
+                fd = None
+            if fd is None:
+                dead.append((conn, -1))
+            else:
+                alive.append((conn, fd))
+        self._waiting = waiting
+        if alive and self._notifier is None:
+            self._kick = os.eventfd(0, os.EFD_CLOEXEC)
+            self._notifier = threading.Thread(target=self._notify_loop, name=f"bells {self.stem}", daemon=True)
+            self._notifier.start()
+        for conn, _ in dead:
+            self._bell_poll.unregister(conn)
+        with self._bell_lock:
+            self._bells = alive
+            self.bell_fds = [fd for _, fd in alive]
+            _close_bells(dead)
+
+    def _ring(self) -> None:
+        """One byte down each subscriber's pipe (a full pipe already says "look")."""
+        with self._bell_lock:
+            for fd in self.bell_fds:
+                # full, or its reader is gone (its connection tells, and it is dropped): no matter
+                with contextlib.suppress(OSError):
+                    os.write(fd, b"\0")
+
+    def _notify_loop(self) -> None:
+        """The notifier thread: rings the bells whenever `write` kicks it. A subscriber woken by a
+        pipe runs on the waker's CPU, so it must not be the publishing thread, which copies the
+        frame next: rung from here, the subscriber wakes on another CPU and decodes the header
+        while the copy goes on (numpy releases the GIL while it copies)."""
+        while True:
+            try:
+                os.eventfd_read(self._kick)
+            except OSError:
+                return
+            if self._notifier is None:
+                return
+            self._ring()
+    def _store_body(self, seg: _Segment, slot: int, descriptor: bytes, header: bytes) -> None:
+        """The message's body in the slot's record, for subscribers woken by a bell; an empty
+        record when it does not fit (they get that message over ZeroMQ)."""
+        start = _HEADER_BYTES + slot * _META_BYTES
+        n = BODY.size + len(descriptor) + len(header)
+        mm = seg.mm
+        if not self.bell_fds or n > _META_BYTES - _META_LEN.size:
+            _META_LEN.pack_into(mm, start, 0)
+            return
+        _META_LEN.pack_into(mm, start, n)
+        p = start + _META_LEN.size
+        BODY.pack_into(mm, p, self.seq, len(descriptor))
+        p += BODY.size
+        mm[p:p + len(descriptor)] = descriptor
+        p += len(descriptor)
+        mm[p:p + len(header)] = header
 
     def _remove_stale(self) -> None:
         """Segments of this topic left by an earlier incarnation of this publisher (kill -9)."""
@@ -224,7 +380,7 @@ class ShmWriter:
         path = self.dir / f"{self.stem}{secrets.token_hex(6)}"
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:
-            os.ftruncate(fd, _HEADER_BYTES + self.slots * slot_size)
+            os.ftruncate(fd, _data_start(self.slots) + self.slots * slot_size)
             os.pwrite(fd, _LAYOUT.pack(_SEG_MAGIC, self.slots, slot_size), 0)
         except BaseException:
             os.close(fd)
@@ -300,17 +456,30 @@ class ShmWriter:
         if seg.fd >= 0:
             _lock(seg.fd, fcntl.F_UNLCK, slot)
 
-    def write(self, buffers: list[Any], send: Callable[[bytes], None], loan: int = -1) -> bool:
+    def write(self, buffers: list[Any], send: Callable[[bytes], None], loan: int = -1, header: bytes = b"") -> bool:
         """Put `buffers` in a slot and `send` its descriptor frame; False (nothing sent) when
-        every slot is held. Loan number `loan` (`loaned(buffers)`) is published without a copy;
-        otherwise the descriptor is sent before the copy, which the subscriber waits for."""
+        every slot is held. Loan number `loan` (`loaned(buffers)`) is published without a copy.
+
+        Without bells, the descriptor goes out before the copy, and ZeroMQ's wake-up of the
+        subscriber overlaps the copy (the subscriber waits for its end). With bells, the body
+        (descriptor and message `header`) is stored in the slot's record for the subscribers to
+        find, ZeroMQ's copy of it goes out last, and the notifier is kicked twice: first on entry,
+        since a subscriber wakes up about 0.1 ms after a ring, by when the body is stored; then
+        once it is stored, for the case where that first ring came too early."""
+        belled = bool(self.bell_fds)
+        if belled:
+            os.eventfd_write(self._kick, 1)
         sizes = [len(b) for b in buffers]
         if loan >= 0:
             seg, slot, _ = self.loans.pop(loan)
             self.seq += 1
+            descriptor = DESCRIPTOR_MAGIC + _encoder.encode(_Descriptor(seg.name, slot, self.seq, [(0, sizes[0])]))
+            self._store_body(seg, slot, descriptor, header)  # its word is 0 while on loan
             seg.seq_words[slot] = self.seq
             _lock(seg.fd, fcntl.F_UNLCK, slot)
-            send(DESCRIPTOR_MAGIC + _encoder.encode(_Descriptor(seg.name, slot, self.seq, [(0, sizes[0])])))
+            if belled:
+                os.eventfd_write(self._kick, 1)
+            send(descriptor)
             return True
         offsets, pos = [], 0
         for n in sizes:
@@ -324,9 +493,16 @@ class ShmWriter:
         slot = free
         try:
             self.seq += 1
+            descriptor = DESCRIPTOR_MAGIC + _encoder.encode(
+                _Descriptor(seg.name, slot, self.seq, list(zip(offsets, sizes, strict=True))))
+            # word 0 while the record changes: a bell reader that read the old one sees it moved
+            seg.seq_words[slot] = 0
+            self._store_body(seg, slot, descriptor, header)
             seg.seq_words[slot] = self.seq | _WRITING
-            send(DESCRIPTOR_MAGIC + _encoder.encode(
-                _Descriptor(seg.name, slot, self.seq, list(zip(offsets, sizes, strict=True)))))
+            if belled:
+                os.eventfd_write(self._kick, 1)
+            else:
+                send(descriptor)
             base = seg.data_offset(slot)
             arr = seg.array
             for off, n, buf in zip(offsets, sizes, buffers, strict=True):
@@ -335,6 +511,8 @@ class ShmWriter:
             seg.seq_words[slot] = self.seq
         finally:
             _lock(seg.fd, fcntl.F_UNLCK, slot)  # on an error the word still says "being written": an overrun
+        if belled:
+            send(descriptor)
         self.next_slot = slot + 1
         return True
 
@@ -348,6 +526,52 @@ class ShmWriter:
         if self.seg is not None:
             self._drop(self.seg)
             self.seg = None
+        notifier, self._notifier = self._notifier, None
+        if notifier is not None:
+            os.eventfd_write(self._kick, 1)
+            notifier.join(1.0)
+            os.close(self._kick)
+        with self._bell_lock:
+            _close_bells(self._bells + [(conn, -1) for conn, _ in self._waiting])
+            self._bells, self.bell_fds, self._waiting = [], [], []
+        if self._bell_listener is not None:
+            self._bell_listener.close()
+            self._bell_listener = None
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self._bell_path)
+
+
+def _take_bell(conn: socket.socket) -> int | None:
+    """The pipe a subscriber of this user handed in on `conn`, or None for anything else.
+    Raises BlockingIOError while nothing has arrived."""
+    fds: list[int] = []
+    try:
+        msg, fds, _, _ = socket.recv_fds(conn, 8, 1)
+        uid = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))[1]
+        if uid == os.getuid() and msg == b"bell" and len(fds) == 1 and stat.S_ISFIFO(os.fstat(fds[0]).st_mode) \
+                and fcntl.fcntl(fds[0], fcntl.F_GETFL) & (os.O_ACCMODE | os.O_NONBLOCK) == os.O_WRONLY | os.O_NONBLOCK:
+            return fds[0]
+    except BlockingIOError:
+        raise
+    except OSError:
+        pass
+    for fd in fds:
+        os.close(fd)
+    return None
+
+
+def _close_bells(bells: list[tuple[socket.socket, int]]) -> None:
+    for conn, fd in bells:
+        conn.close()
+        if fd >= 0:
+            os.close(fd)
+
+
+def drain_pipe(fd: int) -> None:
+    """Empty a bell's pipe (non-blocking), so that poll() waits for the next ring."""
+    with contextlib.suppress(OSError):
+        while len(os.read(fd, 4096)) == 4096:
+            pass
 
 
 class ShmReader:
@@ -368,6 +592,68 @@ class ShmReader:
         self.overruns = 0  # descriptors whose slot was being or had been rewritten: not delivered
         self.bad = 0  # descriptors that failed validation
         self.unreachable = 0  # consecutive descriptors naming a segment we cannot open (another host?)
+        # The bell (`enable_bell`): a pipe, whose write end goes to the publisher (we keep one too,
+        # so that it never reads as closed); the connection that handed it over; and the highest
+        # writer seq taken by either path (ZeroMQ's copy of a message the bell delivered comes later).
+        self.bell_fd: int | None = None
+        self._bell_w = -1
+        self._bell_conn: socket.socket | None = None
+        self._bell_path = bell_path(self.run_dir, topic)
+        self.last_seq = 0
+
+    def enable_bell(self) -> int | None:
+        """A pipe's read end that the publisher writes to as soon as it has stored a message,
+        before ZeroMQ (three thread wake-ups) carries the descriptor: poll it and call `rung`.
+        It is handed to the publisher of each segment this reader maps. None off Linux."""
+        if self.bell_fd is None and _BELLS_POSSIBLE:
+            self.bell_fd, self._bell_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        return self.bell_fd
+
+    def _hand_in_bell(self) -> None:
+        """Give our bell to the publisher that owns the segment just mapped (a new one may be a
+        new incarnation of it); if that fails, messages keep coming over ZeroMQ alone."""
+        if self._bell_conn is not None:
+            self._bell_conn.close()
+            self._bell_conn = None
+        conn = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+        try:
+            conn.settimeout(0.05)
+            conn.connect(str(self._bell_path))
+            uid = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))[1]
+            if uid != os.getuid():
+                raise PermissionError(f"{self._bell_path}: the publisher is another user")
+            socket.send_fds(conn, [b"bell"], [self._bell_w])
+            self._bell_conn = conn
+        except OSError:
+            conn.close()
+
+    def rung(self) -> list[bytes]:
+        """After the bell: the bodies (see `BODY`) of the messages stored in the current segment
+        since `last_seq`, oldest first, to be resolved like descriptors from ZeroMQ. Stops before
+        a message whose body was not stored: that one, and what follows, come over ZeroMQ."""
+        drain_pipe(self.bell_fd)  # type: ignore[arg-type]
+        seg = self.segments.get(self.current) if self.current is not None else None
+        if seg is None:
+            return []
+        words = seg.slot_words
+        last = self.last_seq
+        found = sorted((w & ~_WRITING, slot) for slot, w in enumerate(words.tolist()) if w & ~_WRITING > last)
+        if not found:
+            return []
+        bodies = []
+        mm = seg.mm
+        for seq, slot in found:
+            start = _HEADER_BYTES + slot * _META_BYTES
+            n = _META_LEN.unpack_from(mm, start)[0]
+            if not BODY.size < n <= _META_BYTES - _META_LEN.size:
+                break
+            body = mm[start + _META_LEN.size:start + _META_LEN.size + n]
+            if words.item(slot) & ~_WRITING != seq or BODY.unpack_from(body)[0] != seq:
+                self.overruns += 1  # rewritten while we read it: gone (a later message took the slot)
+            else:
+                bodies.append(body)
+            self.last_seq = seq
+        return bodies
 
     def _segment(self, name: str) -> _Segment | None:
         seg = self.segments.get(name)
@@ -396,6 +682,8 @@ class ShmReader:
         if self.current is not None and self.current != name:
             self._retire(self.current)
         self.current = name
+        if self.bell_fd is not None:
+            self._hand_in_bell()
         return seg
 
     def _retire(self, name: str) -> None:
@@ -430,17 +718,18 @@ class ShmReader:
             if o < 0 or n < 0 or o + n > seg.slot_size:
                 self.bad += 1
                 return None
-        base = _HEADER_BYTES + slot * seg.slot_size
+        base = seg.data_start + slot * seg.slot_size
         array = seg.array
-        if not _lock(seg.fd, fcntl.F_RDLCK, slot):
-            if not wait and int(seg.seq_words[slot]) == d.seq | _WRITING:
-                frames = [array[base + o:base + o + n] for o, n in d.arrays]
-                seg.leases += 1
-                self.pending.append((seg, slot, d.seq, frames))
-                return frames
-            if not self._await_copy(seg, slot, d.seq):
-                self.overruns += 1  # the publisher is rewriting this slot for a later message
-                return None
+        # Still being copied: no lock attempt (it would fail), the lock comes with `settle`.
+        if not wait and seg.slot_words.item(slot) == d.seq | _WRITING:
+            frames = [array[base + o:base + o + n] for o, n in d.arrays]
+            seg.leases += 1
+            self.pending.append((seg, slot, d.seq, frames))
+            self.last_seq = max(self.last_seq, d.seq)  # checked against the slot: not just any number
+            return frames
+        if not _lock(seg.fd, fcntl.F_RDLCK, slot) and not self._await_copy(seg, slot, d.seq):
+            self.overruns += 1  # the publisher is rewriting this slot for a later message
+            return None
         if int(seg.seq_words[slot]) != d.seq:
             _lock(seg.fd, fcntl.F_UNLCK, slot)
             self.overruns += 1  # rewritten since the descriptor was sent
@@ -448,6 +737,7 @@ class ShmReader:
         frames = [array[base + o:base + o + n] for o, n in d.arrays]
         seg.leases += 1
         self.leases.append((seg, slot, frames))
+        self.last_seq = max(self.last_seq, d.seq)
         return frames
 
     def settle(self, first: np.ndarray) -> bool:
@@ -457,7 +747,8 @@ class ShmReader:
         for i, (seg, slot, seq, frames) in enumerate(self.pending):
             if frames[0] is first:
                 del self.pending[i]
-                if _lock(seg.fd, fcntl.F_RDLCK, slot) or self._await_copy(seg, slot, seq):
+                copying = seg.slot_words.item(slot) == seq | _WRITING  # then a lock attempt would fail
+                if not copying and _lock(seg.fd, fcntl.F_RDLCK, slot) or self._await_copy(seg, slot, seq):
                     if int(seg.seq_words[slot]) == seq:
                         self.leases.append((seg, slot, frames))
                         return True
@@ -523,3 +814,10 @@ class ShmReader:
         for seg in self.segments.values():
             seg.close()
         self.segments.clear()
+        if self._bell_conn is not None:
+            self._bell_conn.close()
+            self._bell_conn = None
+        if self.bell_fd is not None:
+            os.close(self.bell_fd)
+            os.close(self._bell_w)
+            self.bell_fd = None

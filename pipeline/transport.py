@@ -13,9 +13,10 @@ Shared memory (issue 8, `pipeline.shm`): a subscriber on the same machine subscr
 prefix `b"\0" + topic` instead of `topic`. The lossy socket is an XPUB (a PUB that also reports
 subscriptions), so the publisher knows which kinds of subscriber exist and sends each kind its own
 variant, and nothing to an absent kind: to shared-memory subscribers, a message whose arrays total
-at least `shm_threshold` bytes goes as one frame: `b"\0" + topic + b"\0"`, the descriptor's
-length (2 bytes, little-endian), the descriptor, the header (one small send and receive rather
-than three, each of which costs more than the rest of this hop's Python), its arrays copied once
+at least `shm_threshold` bytes goes as one frame: `b"\0" + topic + b"\0"` and the body: the
+writer's sequence number (8 bytes) and the descriptor's length (2 bytes, little-endian), the
+descriptor, the header (one small send and receive rather than three, each of which costs more
+than the rest of this hop's Python; `pipeline.shm.BODY`), its arrays copied once
 into a slot of the topic's segment (a smaller one, or any message while every slot is held by
 readers, goes inline as `[b"\0" + topic, header, arrays...]`); to plain subscribers, `[topic,
 header, arrays...]` as always. A remote (tcp) subscriber is a plain one, so a graph that
@@ -25,7 +26,8 @@ construction; the segments live in the namespace of the socket's run directory) 
 `"on"`/`"off"` force it (per topic from launch.yaml); the environment variable DRIVECAST_SHM=on|off
 overrides `auto` for a whole graph (benchmarks, a kill switch). `block` inputs stay on the
 lossless socket, plain. A generic tool that subscribes to b"" gets both variants: subscribe to
-`topic` (plain) or use a `Subscriber`.
+`topic` (plain) or use a `Subscriber`. A `Subscriber(bell=True)` also takes messages from its
+bell (`drain_bell`), before ZeroMQ brings them, and skips ZeroMQ's copies (see `pipeline.shm`).
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ import numpy as np
 import zmq
 
 from pipeline.errors import ConfigError
+from pipeline.shm import BODY, ShmReader, ShmWriter, drain_pipe
 
 __all__ = ["DRAIN_S", "END_OF_STREAM", "JOIN_S", "SHM_THRESHOLD", "Publisher", "Subscriber", "free_tcp_port", "ipc_endpoint",
            "recv_message", "send_message"]
@@ -126,10 +129,9 @@ class Publisher:
         self._plain = self._shm = False
         self._next_check = 0.0
         self.shm_threshold = shm_threshold
-        self._writer: Any = None
+        self._writer: ShmWriter | None = None
         namespace = _shm_namespace(endpoint, run_dir)
         if _shm_wanted(shm, endpoint) and namespace is not None:
-            from pipeline.shm import ShmWriter  # only publishers that may use it pay the import
             self._writer = ShmWriter(namespace, topic, shm_slots)
         self.lossless: zmq.Socket | None = None
         self._expected = lossless_subscribers
@@ -200,13 +202,14 @@ class Publisher:
             return np.empty(shape, dtype=dt)
         # Through a memoryview, so that the reference count of `view` tells whether the caller
         # still holds the array (numpy would otherwise point its base at the mapping itself).
-        return np.frombuffer(memoryview(view), dtype=dt).reshape(shape)
+        return np.frombuffer(view.data, dtype=dt).reshape(shape)
 
     def send(self, frames: list[Any], stopped: Callable[[], bool]) -> bool:
         """Send one message; on the lossless socket wait (in slices, so a stop is noticed) while a
         subscriber's queue is full. Returns False if a stop interrupted the wait."""
         now = time.monotonic()
-        if not self._prefixes or now >= self._next_check:
+        check = not self._prefixes or now >= self._next_check
+        if check:
             # A subscriber of a kind not seen yet waits at most this long (ZeroMQ's slow joiner).
             self._next_check = now + _PREFIX_CHECK_S
             self._poll_prefixes()
@@ -216,10 +219,12 @@ class Publisher:
         loan = writer.loaned(frames[1:]) if writer is not None and writer.loans else -1
         if self._shm:
             self._send_shm(frames, loan)  # consumes the loan: the descriptor points at the slot
-        elif loan >= 0:
+        elif writer is not None and loan >= 0:
             writer.drop_loan(loan)
         if self._plain:
             send_message(self.sock, parts, copy=loan >= 0)
+        if check and writer is not None:
+            writer.accept_bells()  # after the send: a bell only speeds up what ZeroMQ delivers anyway
         if self.lossless is None:
             return True
         if self._expected:
@@ -238,9 +243,9 @@ class Publisher:
         writer = self._writer
         if writer is not None and len(frames) > 1 and sum(len(f) for f in frames[1:]) >= self.shm_threshold:
             def send(descriptor: bytes) -> None:
-                self.sock.send(b"".join((self._shm_desc_topic, len(descriptor).to_bytes(2, "little"),
+                self.sock.send(b"".join((self._shm_desc_topic, BODY.pack(writer.seq, len(descriptor)),
                                          descriptor, frames[0])))
-            if writer.write(frames[1:], send, loan):
+            if writer.write(frames[1:], send, loan, frames[0]):
                 return
         send_message(self.sock, [self._shm_topic, *frames])
 
@@ -295,8 +300,10 @@ class Subscriber:
 
     def __init__(self, ctx: zmq.Context, topic: str, endpoint: str, policy: str = "block", depth: int = 10,
                  configure: Callable[[zmq.Socket], None] | None = None, *, shm: str = "auto",
-                 run_dir: Path | str | None = None) -> None:
-        """`configure` is applied to the socket before it connects (CURVE client keys)."""
+                 run_dir: Path | str | None = None, bell: bool = False) -> None:
+        """`configure` is applied to the socket before it connects (CURVE client keys). `bell`:
+        over shared memory, also take messages as soon as the publisher stored them, from the
+        eventfd `bell_fd`, which the caller polls beside `sock` and then calls `drain_bell`."""
         self.topic = topic
         self.policy = policy
         self.depth = depth
@@ -308,12 +315,13 @@ class Subscriber:
         # got messages hundreds of ms old. Memory stays bounded by what arrives during one callback
         # (over shared memory a queued message is a descriptor of a few dozen bytes).
         self.sock.setsockopt(zmq.RCVHWM, 1000)
-        self.reader: Any = None
+        self.reader: ShmReader | None = None
         namespace = _shm_namespace(endpoint, run_dir)
         if policy != "block" and namespace is not None and _shm_wanted(shm, endpoint):
-            from pipeline.shm import ShmReader
             self.reader = ShmReader(namespace, topic)
             self._prefix = b"\0" + topic.encode()
+            if bell:
+                self.reader.enable_bell()
         else:
             self._prefix = topic.encode()
         self.sock.setsockopt(zmq.SUBSCRIBE, self._prefix)
@@ -321,7 +329,14 @@ class Subscriber:
             configure(self.sock)
         self.sock.connect(endpoint)
         self.dropped = 0
+        self.bell_taken = 0  # messages found through the bell (before ZeroMQ brought them)
         self._queue: deque[list[zmq.Frame]] = deque()
+        self._idle_bell: int | None = None
+        self._idle_bell_w = -1
+
+    @property
+    def bell_fd(self) -> int | None:
+        return self._idle_bell if self.reader is None else self.reader.bell_fd
 
     @property
     def shm_overruns(self) -> int:
@@ -350,22 +365,48 @@ class Subscriber:
         self.release()
         limit = max_block if self.policy == "block" else 100_000
         sock = self.sock
+        skip = len(self._prefix) + 1  # a shared-memory message's one frame: prefix, b"\0", body
+        belled = reader is not None and reader.bell_fd is not None
         received = 0
         # The runner drains a socket that poll() found readable, so the first recv goes straight
         # ahead; after it, ZMQ_EVENTS says whether more wait (a recv that raises zmq.Again costs more).
         while received < limit and (not received or sock.getsockopt(_EVENTS) & _POLLIN):
             try:
-                frames = recv_message(sock, _NOBLOCK)
+                frames: Any = recv_message(sock, _NOBLOCK)
             except zmq.Again:
                 break
+            if reader is not None and len(frames) == 1:
+                frames = frames[0].bytes[skip:]  # the body, resolved by `_resolve`
+                if belled and len(frames) >= BODY.size and BODY.unpack_from(frames)[0] <= reader.last_seq:
+                    continue  # the bell delivered it already
             received += 1
-            q.append(frames)
-            if self.policy == "latest" and len(q) > 1 or self.policy == "drop_oldest" and len(q) > self.depth:
-                q.popleft()
-                self.dropped += 1
+            self._enqueue(frames)
         if reader is not None and received:
             self._resolve(q, min(received, len(q)), settle)
         return q
+
+    def drain_bell(self, settle: bool = True) -> deque[list[Any]]:
+        """`drain` for the bell: the messages stored since the last one taken, from shared memory."""
+        q = self._queue
+        reader = self.reader
+        self.release()
+        if reader is None:
+            drain_pipe(self._idle_bell)  # type: ignore[arg-type]
+            return q
+        bodies = reader.rung()
+        self.bell_taken += len(bodies)
+        for body in bodies:
+            self._enqueue(body)
+        if bodies:
+            self._resolve(q, min(len(bodies), len(q)), settle)
+        return q
+
+    def _enqueue(self, message: Any) -> None:
+        q = self._queue
+        q.append(message)
+        if self.policy == "latest" and len(q) > 1 or self.policy == "drop_oldest" and len(q) > self.depth:
+            q.popleft()
+            self.dropped += 1
 
     def settle(self, frames: list[Any]) -> bool:
         """True once the message `frames` (from `drain(settle=False)`) is complete and its arrays
@@ -378,32 +419,33 @@ class Subscriber:
         return False
 
     def _resolve(self, q: deque[Any], new: int, settle: bool = True) -> None:
-        """Replace the descriptors among the `new` newest queued messages by the slot's arrays
-        (only messages that survived the policy lock a slot)."""
+        """Replace the bodies among the `new` newest queued messages (bytes: `BODY`, descriptor,
+        header) by `[prefix, header, arrays...]`, the arrays in the slot (only messages that
+        survived the policy lock a slot)."""
+        reader = self.reader
+        assert reader is not None
         n = len(q)
         lost = False
-        start = len(self._prefix) + 3  # after b"\0" + topic + b"\0" and the descriptor's length
         for i in range(n - new, n):
-            frames = q[i]
-            if len(frames) == 1:  # [prefix, length, descriptor, header] in one frame
-                raw = frames[0].bytes
-                end = start + int.from_bytes(raw[start - 2:start], "little")
-                if len(raw) > end:
-                    arrays = self.reader.resolve(raw[start:end], settle)
+            body = q[i]
+            if isinstance(body, bytes):
+                end = BODY.size + BODY.unpack_from(body)[1] if len(body) >= BODY.size else len(body)
+                if len(body) > end:
+                    arrays = reader.resolve(body[BODY.size:end], settle)
                 else:
-                    self.reader.bad += 1
+                    reader.bad += 1
                     arrays = None
                 if arrays is None:
                     q[i] = None
                     lost = True
                 else:
-                    q[i] = [frames[0], raw[end:], *arrays]
+                    q[i] = [self._prefix, body[end:], *arrays]
         if lost:
             kept = [f for f in q if f is not None]
             self.dropped += len(q) - len(kept)
             q.clear()
             q.extend(kept)
-        if self.reader.unreachable >= 3:
+        if reader.unreachable >= 3:
             self._fall_back_to_plain()
 
     def _fall_back_to_plain(self) -> None:
@@ -412,6 +454,10 @@ class Subscriber:
         self.sock.setsockopt(zmq.UNSUBSCRIBE, self._prefix)
         self._prefix = self.topic.encode()
         self.sock.setsockopt(zmq.SUBSCRIBE, self._prefix)
+        assert self.reader is not None
+        # The bell stays open (unrung: no publisher got it) while the caller may still poll it.
+        self._idle_bell, self._idle_bell_w = self.reader.bell_fd, self.reader._bell_w
+        self.reader.bell_fd = None
         self.reader.close()
         self.reader = None
 
@@ -420,6 +466,10 @@ class Subscriber:
         if self.reader is not None:
             self.reader.close()
             self.reader = None
+        if self._idle_bell is not None:
+            os.close(self._idle_bell)
+            os.close(self._idle_bell_w)
+            self._idle_bell = None
 
 
 def send_message(sock: zmq.Socket, parts: list[Any], flags: int = 0, copy: bool = False) -> None:

@@ -8,7 +8,9 @@ descriptors. Every wait has a deadline; child processes are killed in `finally`.
 from __future__ import annotations
 
 import os
+import select
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -26,7 +28,8 @@ import zmq
 
 from pipeline.codec import decode, encode, peek_header
 from pipeline.messages import Image
-from pipeline.shm import DESCRIPTOR_MAGIC, ShmReader, remove_segments, run_prefix, segment_dir
+from pipeline.runner import ProcessRuntime
+from pipeline.shm import DESCRIPTOR_MAGIC, ShmReader, bell_path, remove_segments, run_prefix, segment_dir
 from pipeline.transport import Publisher, Subscriber, free_tcp_port
 from tests.conftest import REPO, Launched, connected, pid_alive, take, wait_for
 
@@ -69,7 +72,8 @@ def test_a_local_subscriber_gets_read_only_views_of_the_slot_and_zmq_carries_onl
     pub.send(encode(Image(data=sent, seq=1)), lambda: False)
     raw = sub.sock.recv_multipart(copy=False) if sub.sock.poll(5000) else pytest.fail("nothing received")
     assert sum(len(f) for f in raw) < 1024  # header + descriptor, not 2.7 MB
-    sub._queue.append(raw)  # hand it back to the subscriber as if drain had received it
+    assert len(raw) == 1
+    sub._queue.append(raw[0].bytes[len(TOPIC) + 2:])  # its body after b"\0" + topic + b"\0", as drain queues it
     sub._resolve(sub._queue, 1)
     msg = _images(take(sub))[0]
     seg = next(iter(sub.reader.segments.values()))
@@ -170,19 +174,25 @@ def _kill(proc: subprocess.Popen[str]) -> None:
     proc.wait(timeout=5)
 
 
+@pytest.mark.parametrize("bell", [False, True], ids=["zeromq", "bell"])
 def test_a_slow_subscriber_of_a_full_speed_publisher_never_gets_a_torn_frame(
-        ctx: zmq.Context, closing: list[Any], tmp_path: Path) -> None:
+        ctx: zmq.Context, closing: list[Any], tmp_path: Path, bell: bool) -> None:
     endpoint = f"ipc://{tmp_path}/cam.sock"
-    sub = Subscriber(ctx, TOPIC, endpoint, "drop_oldest", depth=4, shm="on")
+    sub = Subscriber(ctx, TOPIC, endpoint, "drop_oldest", depth=4, shm="on", bell=bell)
     closing.append(sub)
+    poller = zmq.Poller()
+    poller.register(sub.sock, zmq.POLLIN)
+    if bell:
+        poller.register(sub.bell_fd, zmq.POLLIN)
     proc = _child(_FULL_SPEED_PUBLISHER, endpoint, "2.0")
     try:
         delivered, torn = 0, 0
         end = time.monotonic() + 20
         while proc.poll() is None and time.monotonic() < end:
-            if not sub.sock.poll(100):
+            ready = dict(poller.poll(100))
+            if not ready:
                 continue
-            q = sub.drain()
+            q = sub.drain_bell() if sub.bell_fd in ready else sub.drain()
             while q:
                 msg = _images([q.popleft()])[0]
                 first = msg.data[0, 0, 0]
@@ -202,6 +212,7 @@ def test_a_slow_subscriber_of_a_full_speed_publisher_never_gets_a_torn_frame(
     assert sent > 3 * delivered, out  # the publisher ran at its own pace
     assert sub.dropped > 0 and sub.dropped >= sub.shm_overruns
     assert float(out.split("longest_send_s")[1].split()[0]) < 0.5, out  # it never waited for us
+    assert (sub.bell_taken > delivered // 2) if bell else sub.bell_taken == 0
 
 
 def test_descriptors_are_untrusted(tmp_path: Path) -> None:
@@ -495,3 +506,217 @@ def test_a_copy_that_does_not_finish_in_time_is_an_overrun_not_a_torn_frame(
         assert results == [None] and reader.overruns == 1
     finally:
         reader.close()
+
+
+# -- bells: a subscriber woken by the publisher itself, before ZeroMQ's copy of the message --------
+
+def _rings(fd: int, timeout_s: float = 5.0) -> bool:
+    p = select.poll()
+    p.register(fd, select.POLLIN)
+    return bool(p.poll(timeout_s * 1000))
+
+
+def _take_bell(sub: Subscriber) -> list[Image]:
+    q = sub.drain_bell()
+    out = _images(list(q))
+    q.clear()
+    return out
+
+
+def _belled(pub: Publisher, sub: Subscriber) -> None:
+    """Publish until the publisher has taken the subscriber's bell (it looks every 20 ms, after a
+    send), then empty both of the subscriber's paths."""
+    def taken() -> bool:
+        pub.send(encode(_image(0)), lambda: False)
+        take(sub)
+        return bool(pub._writer.bell_fds)  # type: ignore[union-attr]
+    wait_for(taken, 5, "the publisher to take the bell")
+    wait_for(lambda: not (take(sub) or _take_bell(sub)) and not sub.sock.poll(50), 5, "both paths to drain")
+    sub.dropped = 0
+
+
+def test_a_belled_subscriber_takes_each_frame_from_its_bell_and_skips_the_copy_zeromq_brings(
+        ctx: zmq.Context, closing: list[Any], tmp_path: Path) -> None:
+    pub = Publisher(ctx, TOPIC, f"ipc://{tmp_path}/cam.sock", shm="on")
+    sub = Subscriber(ctx, TOPIC, f"ipc://{tmp_path}/cam.sock", "drop_oldest", shm="on", bell=True)
+    closing += [pub, sub]
+    connected(pub, sub)
+    _belled(pub, sub)
+    taken = sub.bell_taken
+    for seq in (101, 102, 103):
+        pub.send(encode(_image(seq)), lambda: False)
+        assert _rings(sub.bell_fd)  # type: ignore[arg-type]
+        got = _take_bell(sub)  # ZeroMQ's socket untouched so far
+        assert [m.seq for m in got] == [seq] and (got[0].data == seq).all()
+        assert sub.sock.poll(5000)  # ZeroMQ's copy of it arrives...
+        assert take(sub) == []  # ...and is skipped: each frame is delivered once
+        del got
+    assert sub.bell_taken == taken + 3 and sub.dropped == 0
+
+    # The queue policy applies to what the bell finds as it does to what ZeroMQ brings, and the
+    # copies that arrive later neither come through nor count as drops a second time.
+    latest = Subscriber(ctx, TOPIC, f"ipc://{tmp_path}/cam.sock", "latest", shm="on", bell=True)
+    closing.append(latest)
+    connected(pub, latest)
+    _belled(pub, latest)
+    for seq in (201, 202, 203):
+        pub.send(encode(_image(seq)), lambda: False)
+    wait_for(lambda: latest.sock.poll(10) and latest.sock.getsockopt(zmq.EVENTS), 5, "ZeroMQ's copies")
+    got = _take_bell(latest)
+    assert [m.seq for m in got] == [203] and latest.dropped == 2
+    del got
+    wait_for(lambda: not take(latest) and not latest.sock.poll(100), 5, "ZeroMQ's copies skipped")
+    assert latest.dropped == 2
+
+
+def test_a_restarted_publisher_gets_the_bell_again_and_its_frames_are_not_taken_for_copies(
+        ctx: zmq.Context, closing: list[Any], tmp_path: Path) -> None:
+    """A new incarnation numbers its messages above its predecessor's (CLOCK_MONOTONIC), so the
+    subscriber's "seen up to" does not swallow them, and the subscriber hands its bell to it."""
+    endpoint = f"ipc://{tmp_path}/cam.sock"
+    sub = Subscriber(ctx, TOPIC, endpoint, "drop_oldest", shm="on", bell=True)
+    closing.append(sub)
+    for life in range(2):
+        pub = Publisher(ctx, TOPIC, endpoint, shm="on")
+        try:
+            connected(pub, sub)
+            pub.send(encode(_image(77)), lambda: False)  # its first frame comes by ZeroMQ...
+            got = _images(wait_for(lambda: take(sub), 5, f"the first frame of life {life}"))
+            assert [m.seq for m in got] == [77]
+            _belled(pub, sub)  # ...and the bell goes to this life
+            for seq in range(1, 41):
+                pub.send(encode(_image(seq)), lambda: False)
+                assert _rings(sub.bell_fd)  # type: ignore[arg-type]
+                got = _take_bell(sub)
+                assert [m.seq for m in got] == [seq] and (got[0].data == seq).all(), f"life {life}"
+            del got
+            late: list[Any] = []
+            wait_for(lambda late=late: late.extend(take(sub)) or not sub.sock.poll(50), 5, "ZeroMQ's copies")
+            assert late == []  # all skipped
+        finally:
+            pub.close()
+
+
+def test_the_publisher_forgets_the_bells_of_subscribers_that_left_and_refuses_bad_ones(
+        ctx: zmq.Context, closing: list[Any], tmp_path: Path) -> None:
+    pub = Publisher(ctx, TOPIC, f"ipc://{tmp_path}/cam.sock", shm="on")
+    closing.append(pub)
+    writer = pub._writer
+    assert writer is not None
+    assert stat.S_IMODE(os.stat(bell_path(tmp_path, TOPIC)).st_mode) == 0o600
+
+    def forgotten() -> bool:
+        pub.send(encode(_image(0)), lambda: False)
+        return not writer.bell_fds
+    counts = []
+    for _ in range(3):
+        sub = Subscriber(ctx, TOPIC, f"ipc://{tmp_path}/cam.sock", "latest", shm="on", bell=True)
+        try:
+            connected(pub, sub)
+            _belled(pub, sub)
+        finally:
+            sub.close()
+        wait_for(forgotten, 5, "the publisher to forget a closed subscriber's bell")
+        counts.append(_fds())
+    # nothing left behind per subscriber that came and went (ZeroMQ closes its own fds in the background)
+    wait_for(lambda: _fds() <= counts[0], 5, f"fds back to {counts[0]} (counts {counts})")
+
+    # A bell is a pipe's write end, sent with b"bell" by this user; anything else is refused.
+    r, w = os.pipe2(os.O_NONBLOCK)
+    regular = os.open(tmp_path / "plain-file", os.O_WRONLY | os.O_CREAT, 0o600)
+    blocking_r, blocking_w = os.pipe()
+    try:
+        for message, fds in ((b"bell", [regular]), (b"bell", [r]), (b"nope", [w]), (b"bell", []),
+                             (b"bell", [blocking_w])):
+            conn = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            try:
+                conn.connect(str(bell_path(tmp_path, TOPIC)))
+                socket.send_fds(conn, [message], fds)
+                conn.settimeout(5)
+
+                def refused(conn: socket.socket = conn) -> bool:
+                    pub.send(encode(_image(0)), lambda: False)
+                    return _rings(conn.fileno(), 0.02) and conn.recv(1) == b""  # the publisher hung up
+                wait_for(refused, 5, f"the publisher to refuse {message!r} with {fds}")
+                assert writer.bell_fds == []
+            finally:
+                conn.close()
+        # A connection that sends nothing does not hold the publisher up, and is dropped after a while.
+        silent = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            silent.connect(str(bell_path(tmp_path, TOPIC)))
+            longest = 0.0
+
+            def hung_up() -> bool:
+                nonlocal longest
+                t0 = time.monotonic()
+                pub.send(encode(_image(0)), lambda: False)
+                longest = max(longest, time.monotonic() - t0)
+                return _rings(silent.fileno(), 0.02) and silent.recv(1) == b""
+            wait_for(hung_up, 5, "the publisher to drop a connection that sent no bell")
+            assert longest < 0.05
+        finally:
+            silent.close()
+
+        # A good one is taken and rung (once a shared-memory subscriber makes the publisher use the slots).
+        sub = Subscriber(ctx, TOPIC, f"ipc://{tmp_path}/cam.sock", "latest", shm="on")
+        closing.append(sub)
+        connected(pub, sub)
+        conn = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            conn.connect(str(bell_path(tmp_path, TOPIC)))
+            socket.send_fds(conn, [b"bell"], [w])
+
+            def rung() -> bool:
+                pub.send(encode(_image(0)), lambda: False)
+                return len(writer.bell_fds) == 1 and _rings(r, 0.05)
+            wait_for(rung, 5, "a good bell taken and rung")
+        finally:
+            conn.close()
+    finally:
+        for fd in (r, w, regular, blocking_r, blocking_w):
+            os.close(fd)
+
+
+def test_a_node_takes_shared_memory_frames_through_its_bell_each_exactly_once(run_base: Path) -> None:
+    endpoint = f"ipc://{run_base}/cam.sock"
+    manifest = {
+        "name": "t", "run_dir": str(run_base), "clock": "",
+        "topics": {
+            TOPIC: {"schema": Image.SCHEMA, "endpoint": endpoint, "lossless_endpoint": None},
+            "view/diagnostics": {"schema": "drivecast/Diagnostics", "endpoint": f"ipc://{run_base}/diag.sock",
+                                 "lossless_endpoint": None},
+        },
+        "nodes": {"view": {"run": "tests.graph_nodes:FrameCheck", "params": {},
+                           "inputs": {"image": {"topic": TOPIC, "queue": "drop_oldest", "depth": 10}}}},
+    }
+    ctx = zmq.Context()
+    pub = Publisher(ctx, TOPIC, endpoint, run_dir=run_base)
+    rt = ProcessRuntime(manifest, "view", ctx=ctx)
+    thread = threading.Thread(target=rt.run, daemon=True)
+    thread.start()
+    try:
+        sub = next(iter(rt.inputs.values()))[2]
+        assert rt.bells == {sub.bell_fd: next(iter(rt.inputs.values()))}
+
+        def first() -> bool:  # resent until the subscription is up (slow joiner)
+            pub.send(encode(_image(1)), lambda: False)
+            return getattr(rt.node, "n", 0) > 0
+        wait_for(first, 20, "the first frame at the node")
+        pub.send(encode(_image(2)), lambda: False)  # after it, no probe is on its way any more
+        wait_for(lambda: rt._last_seq.get("image") == 2, 5, "frame 2")
+        n = rt.node.n  # type: ignore[attr-defined]
+        for seq in range(3, 63):
+            pub.send(encode(_image(seq)), lambda: False)
+            wait_for(lambda seq=seq: rt._last_seq.get("image") == seq or not thread.is_alive(), 5, f"frame {seq}")
+            time.sleep(0.002)  # paced like a camera (ZeroMQ's copy arrives and is skipped meanwhile)
+        assert thread.is_alive()  # FrameCheck raises on a torn frame
+        assert rt.node.n == n + 60  # type: ignore[attr-defined]  # none lost, none twice
+        assert sub.bell_taken >= 50 and sub.dropped == 0
+    finally:
+        rt.request_stop(rt.node, "test over")
+        thread.join(timeout=5)
+        rt.node.shutdown()
+        rt.close()
+        pub.close()
+        ctx.term()
