@@ -41,7 +41,8 @@ would a descriptor from ZeroMQ; ZeroMQ still carries every descriptor (after the
 are bells, for anyone without one, and as the fallback for a body that did not fit), and the
 subscriber skips what it already took by the writer's sequence number, which starts at
 CLOCK_MONOTONIC so that a respawned publisher's numbers are above its predecessor's. A message
-the publisher sends inline because every slot is held may then arrive after a later one.
+the publisher sends inline (small, or every slot held) takes a number but no slot: the bell path
+stops at such a hole, and ZeroMQ, which carries everything in order, delivers it and the next ones.
 
 Segments are files in /dev/shm (tmpfs; the run directory when there is none), named after the
 run directory (`run_prefix`), created with mode 0600 and O_EXCL, mapped with MAP_POPULATE. Each
@@ -185,7 +186,8 @@ def _data_start(slots: int) -> int:
 
 
 class _Segment:
-    """One mapped segment: `slots` slots of `slot_size` bytes after the header page."""
+    """One mapped segment: page 0 (layout, one sequence word per slot), one body record per slot
+    (`_META_BYTES`, page-aligned in all), then `slots` slots of `slot_size` bytes."""
 
     def __init__(self, path: Path, fd: int, writable: bool) -> None:
         self.path = path
@@ -266,6 +268,7 @@ class ShmWriter:
         self._bell_listener: socket.socket | None = None
         self._bell_poll = select.poll()  # the listener and the connections
         self._bell_path = bell_path(self.run_dir, topic)
+        self._bell_ino = -1
         if _BELLS_POSSIBLE and len(str(self._bell_path)) < 108:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self._bell_path)  # an earlier incarnation's, after a kill -9
@@ -273,6 +276,7 @@ class ShmWriter:
             try:
                 listener.bind(str(self._bell_path))
                 os.chmod(self._bell_path, 0o600)
+                self._bell_ino = os.stat(self._bell_path).st_ino
                 listener.listen(_MAX_BELLS)
                 self._bell_listener = listener
                 self._bell_poll.register(listener, select.POLLIN)
@@ -351,13 +355,18 @@ class ShmWriter:
             if self._notifier is None:
                 return
             self._ring()
+    def inline(self) -> None:
+        """The publisher sent a message inline to shared-memory subscribers: it takes a number,
+        so that the bell path stops at the hole and lets ZeroMQ deliver it in order."""
+        self.seq += 1
+
     def _store_body(self, seg: _Segment, slot: int, descriptor: bytes, header: bytes) -> None:
         """The message's body in the slot's record, for subscribers woken by a bell; an empty
         record when it does not fit (they get that message over ZeroMQ)."""
         start = _HEADER_BYTES + slot * _META_BYTES
         n = BODY.size + len(descriptor) + len(header)
         mm = seg.mm
-        if not self.bell_fds or n > _META_BYTES - _META_LEN.size:
+        if not self.bell_fds or not header or n > _META_BYTES - _META_LEN.size:
             _META_LEN.pack_into(mm, start, 0)
             return
         _META_LEN.pack_into(mm, start, n)
@@ -530,7 +539,8 @@ class ShmWriter:
         if notifier is not None:
             os.eventfd_write(self._kick, 1)
             notifier.join(1.0)
-            os.close(self._kick)
+            if not notifier.is_alive():  # else it may still read it: leave the fd to the process
+                os.close(self._kick)
         with self._bell_lock:
             _close_bells(self._bells + [(conn, -1) for conn, _ in self._waiting])
             self._bells, self.bell_fds, self._waiting = [], [], []
@@ -538,25 +548,27 @@ class ShmWriter:
             self._bell_listener.close()
             self._bell_listener = None
             with contextlib.suppress(FileNotFoundError):
-                os.unlink(self._bell_path)
+                if os.stat(self._bell_path).st_ino == self._bell_ino:  # not a successor's (a late close)
+                    os.unlink(self._bell_path)
 
 
 def _take_bell(conn: socket.socket) -> int | None:
-    """The pipe a subscriber of this user handed in on `conn`, or None for anything else.
-    Raises BlockingIOError while nothing has arrived."""
+    """The pipe a subscriber of this user handed in on `conn`, reopened write-only, non-blocking
+    and close-on-exec through /proc (a file description of our own: the sender cannot make our
+    writes block), or None for anything else. Raises BlockingIOError while nothing has arrived."""
     fds: list[int] = []
     try:
-        msg, fds, _, _ = socket.recv_fds(conn, 8, 1)
+        msg, fds, _, _ = socket.recv_fds(conn, 8, 1, socket.MSG_CMSG_CLOEXEC)
         uid = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))[1]
-        if uid == os.getuid() and msg == b"bell" and len(fds) == 1 and stat.S_ISFIFO(os.fstat(fds[0]).st_mode) \
-                and fcntl.fcntl(fds[0], fcntl.F_GETFL) & (os.O_ACCMODE | os.O_NONBLOCK) == os.O_WRONLY | os.O_NONBLOCK:
-            return fds[0]
+        if uid == os.getuid() and msg == b"bell" and len(fds) == 1 and stat.S_ISFIFO(os.fstat(fds[0]).st_mode):
+            return os.open(f"/proc/self/fd/{fds[0]}", os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except BlockingIOError:
         raise
     except OSError:
         pass
-    for fd in fds:
-        os.close(fd)
+    finally:
+        for fd in fds:
+            os.close(fd)
     return None
 
 
@@ -602,9 +614,10 @@ class ShmReader:
         self.last_seq = 0
 
     def enable_bell(self) -> int | None:
-        """A pipe's read end that the publisher writes to as soon as it has stored a message,
-        before ZeroMQ (three thread wake-ups) carries the descriptor: poll it and call `rung`.
-        It is handed to the publisher of each segment this reader maps. None off Linux."""
+        """A pipe's read end that the publisher writes to when it publishes a message (once on
+        the way in, once the body is stored), well before ZeroMQ (three thread wake-ups) brings
+        the descriptor: poll it and call `rung`. It is handed to the publisher of each segment
+        this reader maps. None off Linux."""
         if self.bell_fd is None and _BELLS_POSSIBLE:
             self.bell_fd, self._bell_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         return self.bell_fd
@@ -629,8 +642,10 @@ class ShmReader:
 
     def rung(self) -> list[bytes]:
         """After the bell: the bodies (see `BODY`) of the messages stored in the current segment
-        since `last_seq`, oldest first, to be resolved like descriptors from ZeroMQ. Stops before
-        a message whose body was not stored: that one, and what follows, come over ZeroMQ."""
+        that follow `last_seq` without a hole, oldest first, to be resolved like descriptors from
+        ZeroMQ. Stops at a hole (a message the publisher sent inline takes a number but no slot,
+        or a slot went round again while we were away) and at a body that was not stored: that
+        message and what follows come over ZeroMQ, which carries every one of them in order."""
         drain_pipe(self.bell_fd)  # type: ignore[arg-type]
         seg = self.segments.get(self.current) if self.current is not None else None
         if seg is None:
@@ -643,6 +658,8 @@ class ShmReader:
         bodies = []
         mm = seg.mm
         for seq, slot in found:
+            if seq != self.last_seq + 1:
+                break  # a hole: a message that went inline, or one rewritten since; ZeroMQ goes first
             start = _HEADER_BYTES + slot * _META_BYTES
             n = _META_LEN.unpack_from(mm, start)[0]
             if not BODY.size < n <= _META_BYTES - _META_LEN.size:

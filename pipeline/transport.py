@@ -247,6 +247,8 @@ class Publisher:
                                          descriptor, frames[0])))
             if writer.write(frames[1:], send, loan, frames[0]):
                 return
+        if writer is not None:
+            writer.inline()
         send_message(self.sock, [self._shm_topic, *frames])
 
     def end_of_stream(self, interrupted: Callable[[], bool], drain_s: float = DRAIN_S) -> bool:
@@ -303,7 +305,7 @@ class Subscriber:
                  run_dir: Path | str | None = None, bell: bool = False) -> None:
         """`configure` is applied to the socket before it connects (CURVE client keys). `bell`:
         over shared memory, also take messages as soon as the publisher stored them, from the
-        eventfd `bell_fd`, which the caller polls beside `sock` and then calls `drain_bell`."""
+        pipe `bell_fd`, which the caller polls beside `sock` and then calls `drain_bell`."""
         self.topic = topic
         self.policy = policy
         self.depth = depth
@@ -393,7 +395,9 @@ class Subscriber:
         if reader is None:
             drain_pipe(self._idle_bell)  # type: ignore[arg-type]
             return q
+        overruns = reader.overruns
         bodies = reader.rung()
+        self.dropped += reader.overruns - overruns  # rewritten while we read them: ZeroMQ's copies are skipped
         self.bell_taken += len(bodies)
         for body in bodies:
             self._enqueue(body)
