@@ -86,7 +86,10 @@ class ProcessRuntime:
                              bell=True)
             self.inputs[sub.sock] = (inp, cls.inputs[inp], sub)
         # Shared-memory inputs' bells (`Subscriber.drain_bell`), by file descriptor.
-        self.bells = {sub.bell_fd: item for item in self.inputs.values() if (sub := item[2]).bell_fd is not None}
+        self.bells: dict[int, tuple[str, type[Message], Subscriber]] = {}
+        for item in self.inputs.values():
+            if item[2].bell_fd is not None:
+                self.bells[item[2].bell_fd] = item
         self.clock_sub: Subscriber | None = None
         clock_topic = manifest.get("clock", "")
         if clock_topic and not clock_topic.startswith(f"{node_name}/"):
@@ -196,7 +199,7 @@ class ProcessRuntime:
 
     def run(self) -> int:
         poller = zmq.Poller()
-        for fd in self.bells:  # first: a message the bell brings is skipped when ZeroMQ brings it
+        for fd in self.bells:  # first: the bell is the earlier path (ZeroMQ's copy is then skipped)
             poller.register(fd, zmq.POLLIN)
         for sock in self.inputs:
             poller.register(sock, zmq.POLLIN)

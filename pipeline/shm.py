@@ -723,7 +723,7 @@ class ShmReader:
             return None
         try:
             d = _decoder.decode(memoryview(raw)[_MAGIC_LEN:])
-        except (msgspec.DecodeError, msgspec.ValidationError):
+        except ValueError:  # msgspec's DecodeError and ValidationError; UnicodeDecodeError for a bad name
             self.bad += 1
             return None
         seg = self.segments.get(d.segment) or self._segment(d.segment)

@@ -240,7 +240,9 @@ def test_descriptors_are_untrusted(tmp_path: Path) -> None:
             junk.unlink()
     assert reader.resolve(b"garbage") is None
     assert reader.resolve(DESCRIPTOR_MAGIC + b"\xff\x00") is None
-    assert reader.bad == 9 and reader.segments == {}
+    # a segment name that is not UTF-8 (msgspec raises UnicodeDecodeError; found by bench/fuzz.py)
+    assert reader.resolve(DESCRIPTOR_MAGIC + b"\x94\xa2\xff\xfe\x00\x01\x91\x92\x00\x0a") is None
+    assert reader.bad == 10 and reader.segments == {}
 
 
 def test_a_malformed_shared_memory_frame_is_counted_and_not_delivered(
