@@ -367,8 +367,10 @@ class Subscriber:
         self.release()
         limit = max_block if self.policy == "block" else 100_000
         sock = self.sock
-        skip = len(self._prefix) + 1  # a shared-memory message's one frame: prefix, b"\0", body
-        belled = reader is not None and reader.bell_fd is not None
+        if reader is not None:
+            skip = len(self._prefix) + 1  # a shared-memory message's one frame: prefix, b"\0", body
+            belled = reader.bell_fd is not None
+        policy, depth = self.policy, self.depth
         received = 0
         # The runner drains a socket that poll() found readable, so the first recv goes straight
         # ahead; after it, ZMQ_EVENTS says whether more wait (a recv that raises zmq.Again costs more).
@@ -382,7 +384,10 @@ class Subscriber:
                 if belled and len(frames) >= BODY.size and BODY.unpack_from(frames)[0] <= reader.last_seq:
                     continue  # the bell delivered it already
             received += 1
-            self._enqueue(frames)
+            q.append(frames)  # `_enqueue`, inline: this loop is on every message's path
+            if policy == "latest" and len(q) > 1 or policy == "drop_oldest" and len(q) > depth:
+                q.popleft()
+                self.dropped += 1
         if reader is not None and received:
             self._resolve(q, min(received, len(q)), settle)
         return q
