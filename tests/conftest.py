@@ -103,6 +103,10 @@ def run_base() -> Iterator[Path]:
     """A short run directory base (ipc socket paths must stay under ~100 characters)."""
     d = Path(tempfile.mkdtemp(prefix="dc-", dir="/tmp"))
     yield d
+    from pipeline.shm import remove_segments
+
+    for run in [d, *(p for p in d.iterdir() if p.is_dir())]:
+        remove_segments(run)  # what a graph killed mid-test left in /dev/shm (the launcher removes them otherwise)
     shutil.rmtree(d, ignore_errors=True)
 
 

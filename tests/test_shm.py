@@ -38,6 +38,13 @@ TOPIC = "cam/image"
 BIG = (256, 1024, 1)  # 256 KiB: above the threshold, small enough to go fast
 
 
+@pytest.fixture(autouse=True)
+def _no_segment_left(tmp_path: Path) -> Iterator[None]:
+    """Segments are in /dev/shm, outside tmp_path: remove what a test that failed mid-way left there."""
+    yield
+    remove_segments(tmp_path)
+
+
 @pytest.fixture
 def ctx() -> Iterator[zmq.Context]:
     context = zmq.Context()
