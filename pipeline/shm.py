@@ -86,7 +86,7 @@ from typing import Any
 import msgspec
 import numpy as np
 
-__all__ = ["BODY", "DESCRIPTOR_MAGIC", "WAIT_S", "ShmReader", "ShmWriter", "bell_path", "remove_segments", "run_prefix",
+__all__ = ["BODY", "DESCRIPTOR_MAGIC", "Bell", "WAIT_S", "ShmReader", "ShmWriter", "bell_path", "remove_segments", "run_prefix",
            "segment_dir"]
 
 DESCRIPTOR_MAGIC = b"DCSHM1"
@@ -579,11 +579,22 @@ def _close_bells(bells: list[tuple[socket.socket, int]]) -> None:
             os.close(fd)
 
 
-def drain_pipe(fd: int) -> None:
-    """Empty a bell's pipe (non-blocking), so that poll() waits for the next ring."""
-    with contextlib.suppress(OSError):
-        while len(os.read(fd, 4096)) == 4096:
-            pass
+class Bell:
+    """A subscriber's bell: a non-blocking pipe. The publisher gets the write end; we keep one
+    too, so that the pipe never reads as closed (poll() would then never wait)."""
+
+    def __init__(self) -> None:
+        self.fd, self.write_end = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+
+    def drain(self) -> None:
+        """Empty the pipe, so that poll() waits for the next ring."""
+        with contextlib.suppress(OSError):
+            while len(os.read(self.fd, 4096)) == 4096:
+                pass
+
+    def close(self) -> None:
+        os.close(self.fd)
+        os.close(self.write_end)
 
 
 class ShmReader:
@@ -604,11 +615,9 @@ class ShmReader:
         self.overruns = 0  # descriptors whose slot was being or had been rewritten: not delivered
         self.bad = 0  # descriptors that failed validation
         self.unreachable = 0  # consecutive descriptors naming a segment we cannot open (another host?)
-        # The bell (`enable_bell`): a pipe, whose write end goes to the publisher (we keep one too,
-        # so that it never reads as closed); the connection that handed it over; and the highest
-        # writer seq taken by either path (ZeroMQ's copy of a message the bell delivered comes later).
-        self.bell_fd: int | None = None
-        self._bell_w = -1
+        # The bell (`enable_bell`), the connection that handed it over, and the highest writer seq
+        # taken by either path (ZeroMQ's copy of a message the bell delivered comes later).
+        self.bell: Bell | None = None
         self._bell_conn: socket.socket | None = None
         self._bell_path = bell_path(self.run_dir, topic)
         self.last_seq = 0
@@ -618,9 +627,13 @@ class ShmReader:
         the way in, once the body is stored), well before ZeroMQ (three thread wake-ups) brings
         the descriptor: poll it and call `rung`. It is handed to the publisher of each segment
         this reader maps. None off Linux."""
-        if self.bell_fd is None and _BELLS_POSSIBLE:
-            self.bell_fd, self._bell_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        if self.bell is None and _BELLS_POSSIBLE:
+            self.bell = Bell()
         return self.bell_fd
+
+    @property
+    def bell_fd(self) -> int | None:
+        return None if self.bell is None else self.bell.fd
 
     def _hand_in_bell(self) -> None:
         """Give our bell to the publisher that owns the segment just mapped (a new one may be a
@@ -635,7 +648,7 @@ class ShmReader:
             uid = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))[1]
             if uid != os.getuid():
                 raise PermissionError(f"{self._bell_path}: the publisher is another user")
-            socket.send_fds(conn, [b"bell"], [self._bell_w])
+            socket.send_fds(conn, [b"bell"], [self.bell.write_end])  # type: ignore[union-attr]
             self._bell_conn = conn
         except OSError:
             conn.close()
@@ -646,7 +659,7 @@ class ShmReader:
         ZeroMQ. Stops at a hole (a message the publisher sent inline takes a number but no slot,
         or a slot went round again while we were away) and at a body that was not stored: that
         message and what follows come over ZeroMQ, which carries every one of them in order."""
-        drain_pipe(self.bell_fd)  # type: ignore[arg-type]
+        self.bell.drain()  # type: ignore[union-attr]
         seg = self.segments.get(self.current) if self.current is not None else None
         if seg is None:
             return []
@@ -699,7 +712,7 @@ class ShmReader:
         if self.current is not None and self.current != name:
             self._retire(self.current)
         self.current = name
-        if self.bell_fd is not None:
+        if self.bell is not None:
             self._hand_in_bell()
         return seg
 
@@ -834,7 +847,6 @@ class ShmReader:
         if self._bell_conn is not None:
             self._bell_conn.close()
             self._bell_conn = None
-        if self.bell_fd is not None:
-            os.close(self.bell_fd)
-            os.close(self._bell_w)
-            self.bell_fd = None
+        if self.bell is not None:
+            self.bell.close()
+            self.bell = None

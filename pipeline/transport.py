@@ -45,7 +45,7 @@ import numpy as np
 import zmq
 
 from pipeline.errors import ConfigError
-from pipeline.shm import BODY, ShmReader, ShmWriter, drain_pipe
+from pipeline.shm import BODY, Bell, ShmReader, ShmWriter
 
 __all__ = ["DRAIN_S", "END_OF_STREAM", "JOIN_S", "SHM_THRESHOLD", "Publisher", "Subscriber", "free_tcp_port", "ipc_endpoint",
            "recv_message", "send_message"]
@@ -333,12 +333,13 @@ class Subscriber:
         self.dropped = 0
         self.bell_taken = 0  # messages found through the bell (before ZeroMQ brought them)
         self._queue: deque[list[zmq.Frame]] = deque()
-        self._idle_bell: int | None = None
-        self._idle_bell_w = -1
+        self._idle_bell: Bell | None = None  # after `_fall_back_to_plain`, while the caller may still poll it
 
     @property
     def bell_fd(self) -> int | None:
-        return self._idle_bell if self.reader is None else self.reader.bell_fd
+        if self.reader is not None:
+            return self.reader.bell_fd
+        return None if self._idle_bell is None else self._idle_bell.fd
 
     @property
     def shm_overruns(self) -> int:
@@ -398,7 +399,8 @@ class Subscriber:
         reader = self.reader
         self.release()
         if reader is None:
-            drain_pipe(self._idle_bell)  # type: ignore[arg-type]
+            if self._idle_bell is not None:
+                self._idle_bell.drain()
             return q
         overruns = reader.overruns
         bodies = reader.rung()
@@ -465,8 +467,7 @@ class Subscriber:
         self.sock.setsockopt(zmq.SUBSCRIBE, self._prefix)
         assert self.reader is not None
         # The bell stays open (unrung: no publisher got it) while the caller may still poll it.
-        self._idle_bell, self._idle_bell_w = self.reader.bell_fd, self.reader._bell_w
-        self.reader.bell_fd = None
+        self._idle_bell, self.reader.bell = self.reader.bell, None
         self.reader.close()
         self.reader = None
 
@@ -476,8 +477,7 @@ class Subscriber:
             self.reader.close()
             self.reader = None
         if self._idle_bell is not None:
-            os.close(self._idle_bell)
-            os.close(self._idle_bell_w)
+            self._idle_bell.close()
             self._idle_bell = None
 
 
