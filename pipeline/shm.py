@@ -579,6 +579,15 @@ def _close_bells(bells: list[tuple[socket.socket, int]]) -> None:
             os.close(fd)
 
 
+def _record_holds(seg: _Segment, slot: int, body: bytes | None) -> bool:
+    """Whether `slot`'s record is empty or holds exactly `body` (call with the slot locked)."""
+    if body is None:
+        return True
+    start = _HEADER_BYTES + slot * _META_BYTES
+    n = _META_LEN.unpack_from(seg.mm, start)[0]
+    return n == 0 or seg.mm[start + _META_LEN.size:start + _META_LEN.size + n] == body
+
+
 class Bell:
     """A subscriber's bell: a non-blocking pipe. The publisher gets the write end; we keep one
     too, so that the pipe never reads as closed (poll() would then never wait)."""
@@ -609,9 +618,9 @@ class ShmReader:
         self.current: str | None = None
         # (segment, slot, the slot's frame arrays): held read locks, released once unused.
         self.leases: list[tuple[_Segment, int, list[np.ndarray]]] = []
-        # (segment, slot, seq, frames) handed out by `resolve(wait=False)` before the copy ended,
-        # not locked yet: `settle` locks them (or drops them), `release` forgets the rest.
-        self.pending: list[tuple[_Segment, int, int, list[np.ndarray]]] = []
+        # (segment, slot, seq, frames, body) handed out by `resolve(wait=False)` before the copy
+        # ended, not locked yet: `settle` locks them (or drops them), `release` forgets the rest.
+        self.pending: list[tuple[_Segment, int, int, list[np.ndarray], bytes | None]] = []
         self.overruns = 0  # descriptors whose slot was being or had been rewritten: not delivered
         self.bad = 0  # descriptors that failed validation
         self.unreachable = 0  # consecutive descriptors naming a segment we cannot open (another host?)
@@ -723,13 +732,18 @@ class ShmReader:
             del self.segments[name]
             seg.close()
 
-    def resolve(self, descriptor: Any, wait: bool = True) -> list[np.ndarray] | None:
+    def resolve(self, descriptor: Any, wait: bool = True, body: bytes | None = None) -> list[np.ndarray] | None:
         """The arrays a descriptor points to, each a read-only uint8 view of the slot, or None
         (counted) if the descriptor is invalid or the slot was rewritten.
 
         `wait=False`: a slot whose copy is still under way is not waited for here; its arrays come
         back unread and `settle` must be called before anything reads them. The caller decodes the
-        header meanwhile, so that work overlaps the publisher's copy too."""
+        header meanwhile, so that work overlaps the publisher's copy too.
+
+        `body`: the whole body the descriptor came in. Once the slot is read-locked, the slot's
+        record, if the publisher stored one, must hold the same bytes: a body read from a record
+        without the lock (`rung`) is then known to be whole on any CPU, however it orders memory
+        accesses, since the lock call orders them."""
         raw = getattr(descriptor, "bytes", descriptor)  # a descriptor is a few dozen bytes
         if raw[:_MAGIC_LEN] != DESCRIPTOR_MAGIC:
             self.bad += 1
@@ -754,13 +768,13 @@ class ShmReader:
         if not wait and seg.slot_words.item(slot) == d.seq | _WRITING:
             frames = [array[base + o:base + o + n] for o, n in d.arrays]
             seg.leases += 1
-            self.pending.append((seg, slot, d.seq, frames))
+            self.pending.append((seg, slot, d.seq, frames, body))
             self.last_seq = max(self.last_seq, d.seq)  # checked against the slot: not just any number
             return frames
         if not _lock(seg.fd, fcntl.F_RDLCK, slot) and not self._await_copy(seg, slot, d.seq):
             self.overruns += 1  # the publisher is rewriting this slot for a later message
             return None
-        if int(seg.seq_words[slot]) != d.seq:
+        if int(seg.seq_words[slot]) != d.seq or not _record_holds(seg, slot, body):
             _lock(seg.fd, fcntl.F_UNLCK, slot)
             self.overruns += 1  # rewritten since the descriptor was sent
             return None
@@ -774,12 +788,12 @@ class ShmReader:
         """For arrays that `resolve(wait=False)` returned (`first` is the first of them): wait
         until the publisher's copy is complete and read-lock the slot. False (counted as an
         overrun) when the slot moved on to another message: those arrays must not be read."""
-        for i, (seg, slot, seq, frames) in enumerate(self.pending):
+        for i, (seg, slot, seq, frames, body) in enumerate(self.pending):
             if frames[0] is first:
                 del self.pending[i]
                 copying = seg.slot_words.item(slot) == seq | _WRITING  # then a lock attempt would fail
                 if not copying and _lock(seg.fd, fcntl.F_RDLCK, slot) or self._await_copy(seg, slot, seq):
-                    if int(seg.seq_words[slot]) == seq:
+                    if int(seg.seq_words[slot]) == seq and _record_holds(seg, slot, body):
                         self.leases.append((seg, slot, frames))
                         return True
                     _lock(seg.fd, fcntl.F_UNLCK, slot)

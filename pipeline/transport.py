@@ -442,7 +442,7 @@ class Subscriber:
             if isinstance(body, bytes):
                 end = BODY.size + BODY.unpack_from(body)[1] if len(body) >= BODY.size else len(body)
                 if len(body) > end:
-                    arrays = reader.resolve(body[BODY.size:end], settle)
+                    arrays = reader.resolve(body[BODY.size:end], settle, body)
                 else:
                     reader.bad += 1
                     arrays = None

@@ -773,3 +773,33 @@ def test_the_bell_never_delivers_ahead_of_what_zeromq_still_carries(
         pub.send(encode(_image(seq)), lambda: False)
     assert deliver(4) == [603, 604, 605, 606]
     assert sub.dropped == 2 and sub.shm_overruns == 2  # 601 and 602 counted, not lost silently
+
+
+def test_a_body_that_is_not_what_its_slots_record_holds_is_not_delivered(
+        ctx: zmq.Context, closing: list[Any], tmp_path: Path) -> None:
+    """`rung` reads a record without the lock; once the slot is locked, the record must hold the
+    same bytes (on a CPU that reorders memory accesses, an early read could be torn)."""
+    pub = Publisher(ctx, TOPIC, f"ipc://{tmp_path}/cam.sock", shm="on")
+    sub = Subscriber(ctx, TOPIC, f"ipc://{tmp_path}/cam.sock", "drop_oldest", shm="on", bell=True)
+    closing += [pub, sub]
+    connected(pub, sub)
+    _belled(pub, sub)
+    assert sub.reader is not None
+    for tamper in (False, True):
+        msg = _image(9)
+        msg.frame_id = "left"
+        pub.send(encode(msg), lambda: False)
+        assert _rings(sub.bell_fd)  # type: ignore[arg-type]
+        bodies = sub.reader.rung()
+        assert len(bodies) == 1 and b"left" in bodies[0]
+        body = bodies[0].replace(b"left", b"LEFT") if tamper else bodies[0]
+        overruns = sub.shm_overruns
+        sub._queue.append(body)
+        sub._resolve(sub._queue, 1)
+        got = _images(list(sub._queue))
+        sub._queue.clear()
+        if tamper:
+            assert got == [] and sub.shm_overruns == overruns + 1
+        else:
+            assert [m.frame_id for m in got] == ["left"] and sub.shm_overruns == overruns
+        del got
