@@ -59,7 +59,9 @@ copy. A loan dropped unpublished is reclaimed when nothing refers to its array a
 Descriptors come from a socket: they are untrusted. A subscriber opens only a segment whose name
 is exactly one of its topic's names in its run directory's namespace, that belongs to its user and
 is not accessible to others, and checks that every offset and length lies inside the slot; a body
-from a slot's record is checked the same way, and its sequence number against the slot's.
+from a slot's record is checked the same way, its sequence number against the slot's, and once the
+slot is read-locked the record must still hold exactly that body (the lock call orders memory
+accesses; the reads before it did not, which matters on CPUs that reorder them, such as ARM).
 """
 
 from __future__ import annotations
