@@ -803,3 +803,32 @@ def test_a_body_that_is_not_what_its_slots_record_holds_is_not_delivered(
         else:
             assert [m.frame_id for m in got] == ["left"] and sub.shm_overruns == overruns
         del got
+
+
+def test_bells_go_on_across_a_segment_growing_and_the_notifier_stops_with_the_publisher(
+        ctx: zmq.Context, closing: list[Any], tmp_path: Path) -> None:
+    pub = Publisher(ctx, TOPIC, f"ipc://{tmp_path}/cam.sock", shm="on")
+    sub = Subscriber(ctx, TOPIC, f"ipc://{tmp_path}/cam.sock", "drop_oldest", shm="on", bell=True)
+    closing.append(sub)
+    connected(pub, sub)
+    _belled(pub, sub)
+    assert sub.reader is not None and pub._writer is not None
+    notifier = pub._writer._notifier
+    assert notifier is not None and notifier.is_alive()
+    for rows in (256, 1024):  # the second size needs a new, larger segment
+        segment = sub.reader.current
+        pub.send(encode(_image(1, (rows, 1024, 1))), lambda: False)  # by ZeroMQ: maps the new segment
+        got = _images(wait_for(lambda: take(sub), 5, f"a {rows}-row frame"))
+        assert [m.data.shape[0] for m in got] == [rows]
+        assert (sub.reader.current != segment) == (rows == 1024)
+        del got
+        _belled(pub, sub)  # the bell went to the new segment's publisher (the same one here)
+        for seq in (2, 3):
+            pub.send(encode(_image(seq, (rows, 1024, 1))), lambda: False)
+            assert _rings(sub.bell_fd)  # type: ignore[arg-type]
+            got = _take_bell(sub)
+            assert [(m.seq, m.data.shape[0]) for m in got] == [(seq, rows)]
+            del got
+    pub.close()
+    assert not notifier.is_alive()
+    assert not bell_path(tmp_path, TOPIC).exists()
