@@ -37,6 +37,7 @@ __all__ = [
     "Track",
     "load_scene",
     "load_scenes",
+    "reversed_grid",
     "scene_files",
     "to_grid",
 ]
@@ -292,6 +293,12 @@ def _parse_apolloscape(path: Path, text: str) -> Scene:
 
 
 # ---------------------------------------------------------------- resampling
+
+
+def reversed_grid(grid: Grid) -> Grid:
+    """The scene played backwards: every agent retraces its path, all at once (augmentation)."""
+    return Grid(grid.name + "_reversed", grid.group, grid.dt_s, grid.t0_s, grid.xy[:, ::-1].copy(),
+                grid.valid[:, ::-1].copy(), grid.kinds, grid.focal)
 
 
 def to_grid(scene: Scene, dt_s: float, max_gap_steps: float = 2.5) -> Grid:

@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 from export.features import default_spec, feature_dim, flag_mask, mirror_sign, to_frame, validate_spec
 from models.baselines import choose_k
-from models.datasets import DATASETS, DatasetError, load_scenes, to_grid
+from models.datasets import DATASETS, DatasetError, load_scenes, reversed_grid, to_grid
 from models.evaluate import TorchStepper, evaluate, prepare
 from models.sequences import TrackSeq, find_windows, track_sequences, window_inputs
 from models.trajectory import ModelConfig, TrajectoryModel, save_checkpoint
@@ -66,6 +66,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--weight-decay", type=float, default=1e-4)
     p.add_argument("--clip", type=float, default=1.0, help="gradient-norm clip")
     p.add_argument("--no-mirror", action="store_true", help="disable left/right mirror augmentation")
+    p.add_argument("--reverse", action="store_true",
+                   help="also train on every training scene played backwards (people walk both ways)")
     p.add_argument("--speed-aug", type=float, default=0.2,
                    help="scale each training track's lengths by U(1-a, 1+a): other walkers, other cars")
     p.add_argument("--ema", type=float, default=0.995,
@@ -216,7 +218,10 @@ def main(argv: list[str]) -> int:
     except DatasetError as exc:
         print(f"ERROR: {exc}", file=sys.stderr)
         return 1
-    seqs = [q for s in train_scenes for q in track_sequences(spec, to_grid(s, proto.dt_s), proto.horizon, min_len)]
+    train_grids = [to_grid(s, proto.dt_s) for s in train_scenes]
+    if args.reverse:
+        train_grids += [reversed_grid(g) for g in train_grids]
+    seqs = [q for g in train_grids for q in track_sequences(spec, g, proto.horizon, min_len)]
     seqs = [q for q in seqs if q.mask.any()]
     if not seqs:
         print(f"ERROR: no training track of at least {min_len} samples in {args.data} (dataset={args.dataset}, "
@@ -226,8 +231,7 @@ def main(argv: list[str]) -> int:
     seqs += [q for q in seqs if q.focal] * (args.focal_repeat - 1)
     win_x = win_y = None
     if args.window_weight > 0:
-        win_x, win_y = training_windows(spec, [to_grid(s, proto.dt_s) for s in train_scenes], proto.obs_len,
-                                        proto.horizon, args.window_stride)
+        win_x, win_y = training_windows(spec, train_grids, proto.obs_len, proto.horizon, args.window_stride)
         print(f"train windows: {len(win_x)} (window-protocol loss weight {args.window_weight})")
     val_grids = [to_grid(s, proto.dt_s) for s in val_scenes]
     try:

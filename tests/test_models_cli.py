@@ -67,14 +67,20 @@ def test_train_on_a_wrong_path_prints_an_error(tmp_path: Path, capsys: pytest.Ca
     assert "missing" in capsys.readouterr().err
 
 
-def test_train_with_window_loss_and_cv_init(tiny_eth: Path, tmp_path: Path) -> None:
-    out = tmp_path / "run_w"
-    rc = train.main(["--dataset", "eth_ucy", "--data", str(tiny_eth), "--fold", "zz", "--epochs", "2",
-                     "--hidden", "8", "--window-weight", "1", "--window-batch", "8", "--cv-init",
-                     "--out", str(out), "--no-progress"])
-    assert rc == 0
-    metrics = json.loads((out / "best.metrics.json").read_text())
-    assert metrics["model"]["ade"] >= 0
+def test_train_with_window_loss_cv_init_and_reversed_scenes(tiny_eth: Path, tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture) -> None:
+    tracks = {}
+    for extra in ([], ["--reverse"]):
+        out = tmp_path / f"run_w{len(extra)}"
+        rc = train.main(["--dataset", "eth_ucy", "--data", str(tiny_eth), "--fold", "zz", "--epochs", "2",
+                         "--hidden", "8", "--window-weight", "1", "--window-batch", "8", "--cv-init", *extra,
+                         "--out", str(out), "--no-progress"])
+        assert rc == 0
+        metrics = json.loads((out / "best.metrics.json").read_text())
+        assert metrics["model"]["ade"] >= 0
+        line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("train: "))
+        tracks[len(extra)] = int(line.split(" tracks")[0].rsplit(" ", 1)[1])
+    assert tracks[1] == 2 * tracks[0] > 0  # every track once more, backwards
 
 
 def test_cv_init_head_reproduces_constant_velocity() -> None:

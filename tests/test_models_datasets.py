@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from models.datasets import DatasetError, Scene, Track, load_scene, load_scenes, scene_files, to_grid
+from models.datasets import DatasetError, Scene, Track, load_scene, load_scenes, reversed_grid, scene_files, to_grid
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -88,3 +88,16 @@ def test_to_grid_interpolates_short_gaps_and_splits_long_ones() -> None:
     assert grid.xy.shape[0] == 2
     np.testing.assert_allclose(grid.xy[0, 2], [0.8, 1.6])
     assert grid.valid[0].sum() == 5 and grid.valid[1].sum() == 2
+
+
+def test_a_reversed_scene_retraces_every_path_backwards_on_the_same_grid() -> None:
+    t = np.array([0.0, 0.4, 0.8, 1.2])
+    walker = Track("1", "pedestrian", t, np.stack([t, 0 * t], -1))       # east, 1 m/s
+    late = Track("2", "pedestrian", t[2:], np.array([[5.0, 0.0], [5.0, 1.0]]))  # appears at 0.8 s
+    grid = to_grid(Scene("s", "s", "mem", [walker, late]), 0.4)
+    back = reversed_grid(grid)
+    np.testing.assert_allclose(back.xy[0], grid.xy[0][::-1])             # now walks west
+    assert back.valid[1].tolist() == [True, True, False, False]          # and leaves at 0.4 s
+    np.testing.assert_allclose(back.xy[1, :2], [[5.0, 1.0], [5.0, 0.0]])
+    assert back.kinds == grid.kinds and back.name == "s_reversed"
+    assert grid.xy[0, 0, 0] == 0.0  # the original is untouched
