@@ -70,12 +70,23 @@ def _images(messages: list[list[Any]]) -> list[Image]:
     return [decode(m[1:], expect=Image)[0] for m in messages]  # type: ignore[misc]
 
 
-def test_a_local_subscriber_gets_read_only_views_of_the_slot_and_zmq_carries_only_a_descriptor(
-        ctx: zmq.Context, closing: list[Any], tmp_path: Path) -> None:
-    pub = Publisher(ctx, TOPIC, f"ipc://{tmp_path}/cam.sock", shm="on")
-    sub = Subscriber(ctx, TOPIC, f"ipc://{tmp_path}/cam.sock", "latest", shm="on")
+def _pair(ctx: zmq.Context, closing: list[Any], tmp_path: Path, policy: str = "drop_oldest", *,
+          publisher_shm: str = "on", slots: int = 4, bell: bool = False) -> tuple[Publisher, Subscriber]:
+    """A publisher of TOPIC and a local shared-memory subscriber, connected (both closed after the
+    test); with `bell`, once the publisher has taken the subscriber's bell."""
+    endpoint = f"ipc://{tmp_path}/cam.sock"
+    pub = Publisher(ctx, TOPIC, endpoint, shm=publisher_shm, shm_slots=slots)
+    sub = Subscriber(ctx, TOPIC, endpoint, policy, shm="on", bell=bell)
     closing += [pub, sub]
     connected(pub, sub)
+    if bell:
+        _belled(pub, sub)
+    return pub, sub
+
+
+def test_a_local_subscriber_gets_read_only_views_of_the_slot_and_zmq_carries_only_a_descriptor(
+        ctx: zmq.Context, closing: list[Any], tmp_path: Path) -> None:
+    pub, sub = _pair(ctx, closing, tmp_path, "latest")
     sent = np.random.default_rng(1).integers(0, 255, (720, 1280, 3), dtype=np.uint8)
     pub.send(encode(Image(data=sent, seq=1)), lambda: False)
     raw = sub.sock.recv_multipart(copy=False) if sub.sock.poll(5000) else pytest.fail("nothing received")
@@ -122,10 +133,7 @@ def test_small_messages_go_inline_and_tcp_subscribers_get_plain_frames_in_a_mixe
 
 def test_a_publisher_with_shm_off_serves_shm_subscribers_inline(
         ctx: zmq.Context, closing: list[Any], tmp_path: Path) -> None:
-    pub = Publisher(ctx, TOPIC, f"ipc://{tmp_path}/cam.sock", shm="off")
-    sub = Subscriber(ctx, TOPIC, f"ipc://{tmp_path}/cam.sock", "drop_oldest", shm="on")
-    closing += [pub, sub]
-    connected(pub, sub)
+    pub, sub = _pair(ctx, closing, tmp_path, publisher_shm="off")
     pub.send(encode(_image(3)), lambda: False)
     msg = _images(wait_for(lambda: take(sub), 5, "the frame"))[0]
     assert msg.seq == 3 and (msg.data == 3).all()
@@ -134,10 +142,7 @@ def test_a_publisher_with_shm_off_serves_shm_subscribers_inline(
 
 def test_every_slot_held_by_the_node_makes_the_publisher_send_inline_not_wait(
         ctx: zmq.Context, closing: list[Any], tmp_path: Path) -> None:
-    pub = Publisher(ctx, TOPIC, f"ipc://{tmp_path}/cam.sock", shm="on", shm_slots=2)
-    sub = Subscriber(ctx, TOPIC, f"ipc://{tmp_path}/cam.sock", "drop_oldest", shm="on")
-    closing += [pub, sub]
-    connected(pub, sub)
+    pub, sub = _pair(ctx, closing, tmp_path, slots=2)
     kept: list[Image] = []  # a node that keeps every frame it gets
     for seq in range(1, 7):
         pub.send(encode(_image(seq)), lambda: pytest.fail("publisher waited"))
@@ -254,10 +259,7 @@ def test_descriptors_are_untrusted(tmp_path: Path) -> None:
 
 def test_a_malformed_shared_memory_frame_is_counted_and_not_delivered(
         ctx: zmq.Context, closing: list[Any], tmp_path: Path) -> None:
-    pub = Publisher(ctx, TOPIC, f"ipc://{tmp_path}/cam.sock", shm="on")
-    sub = Subscriber(ctx, TOPIC, f"ipc://{tmp_path}/cam.sock", "drop_oldest", shm="on")
-    closing += [pub, sub]
-    connected(pub, sub)
+    pub, sub = _pair(ctx, closing, tmp_path)
     prefix = b"\0" + TOPIC.encode() + b"\0"
     for junk in (prefix, prefix + b"\xff\xff" + b"x" * 10, prefix + b"\x03\x00abcdef"):
         pub.sock.send(junk)  # the one-frame shape of a descriptor message, with nonsense inside
@@ -339,10 +341,7 @@ def _fds() -> int:
 
 def test_no_file_descriptor_leak_over_many_frames_and_growing_sizes(
         ctx: zmq.Context, closing: list[Any], tmp_path: Path) -> None:
-    pub = Publisher(ctx, TOPIC, f"ipc://{tmp_path}/cam.sock", shm="on")
-    sub = Subscriber(ctx, TOPIC, f"ipc://{tmp_path}/cam.sock", "latest", shm="on")
-    closing += [pub, sub]
-    connected(pub, sub)
+    pub, sub = _pair(ctx, closing, tmp_path, "latest")
     before = None
     for seq in range(1, 401):
         rows = 64 + 32 * (seq // 50)  # the frame grows now and then: new, larger segments
@@ -425,10 +424,7 @@ def test_kill_9_of_either_node_mid_stream_the_graph_recovers_and_stop_leaves_no_
 
 def test_a_loaned_frame_is_published_from_its_slot_without_a_copy(
         ctx: zmq.Context, closing: list[Any], tmp_path: Path) -> None:
-    pub = Publisher(ctx, TOPIC, f"ipc://{tmp_path}/cam.sock", shm="on")
-    sub = Subscriber(ctx, TOPIC, f"ipc://{tmp_path}/cam.sock", "latest", shm="on")
-    closing += [pub, sub]
-    connected(pub, sub)
+    pub, sub = _pair(ctx, closing, tmp_path, "latest")
     writer = pub._writer
     for seq in range(1, 4):
         frame = pub.loan(BIG, np.uint8)
@@ -551,11 +547,7 @@ def _belled(pub: Publisher, sub: Subscriber) -> None:
 
 def test_a_belled_subscriber_takes_each_frame_from_its_bell_and_skips_the_copy_zeromq_brings(
         ctx: zmq.Context, closing: list[Any], tmp_path: Path) -> None:
-    pub = Publisher(ctx, TOPIC, f"ipc://{tmp_path}/cam.sock", shm="on")
-    sub = Subscriber(ctx, TOPIC, f"ipc://{tmp_path}/cam.sock", "drop_oldest", shm="on", bell=True)
-    closing += [pub, sub]
-    connected(pub, sub)
-    _belled(pub, sub)
+    pub, sub = _pair(ctx, closing, tmp_path, bell=True)
     taken = sub.bell_taken
     for seq in (101, 102, 103):
         pub.send(encode(_image(seq)), lambda: False)
@@ -749,11 +741,7 @@ def test_the_bell_never_delivers_ahead_of_what_zeromq_still_carries(
     """The runner looks at the bell before the socket. A message that went inline (small, or
     every slot held) and messages whose slots went round while the subscriber was away are
     holes in the writer's numbers: the bell stops there and ZeroMQ delivers in order."""
-    pub = Publisher(ctx, TOPIC, f"ipc://{tmp_path}/cam.sock", shm="on", shm_slots=4)
-    sub = Subscriber(ctx, TOPIC, f"ipc://{tmp_path}/cam.sock", "drop_oldest", depth=10, shm="on", bell=True)
-    closing += [pub, sub]
-    connected(pub, sub)
-    _belled(pub, sub)
+    pub, sub = _pair(ctx, closing, tmp_path, bell=True)
 
     def deliver(count: int) -> list[int]:
         got: list[int] = []
@@ -785,11 +773,7 @@ def test_a_body_that_is_not_what_its_slots_record_holds_is_not_delivered(
         ctx: zmq.Context, closing: list[Any], tmp_path: Path) -> None:
     """`rung` reads a record without the lock; once the slot is locked, the record must hold the
     same bytes (on a CPU that reorders memory accesses, an early read could be torn)."""
-    pub = Publisher(ctx, TOPIC, f"ipc://{tmp_path}/cam.sock", shm="on")
-    sub = Subscriber(ctx, TOPIC, f"ipc://{tmp_path}/cam.sock", "drop_oldest", shm="on", bell=True)
-    closing += [pub, sub]
-    connected(pub, sub)
-    _belled(pub, sub)
+    pub, sub = _pair(ctx, closing, tmp_path, bell=True)
     assert sub.reader is not None
     for tamper in (False, True):
         msg = _image(9)
@@ -813,11 +797,7 @@ def test_a_body_that_is_not_what_its_slots_record_holds_is_not_delivered(
 
 def test_bells_go_on_across_a_segment_growing_and_the_notifier_stops_with_the_publisher(
         ctx: zmq.Context, closing: list[Any], tmp_path: Path) -> None:
-    pub = Publisher(ctx, TOPIC, f"ipc://{tmp_path}/cam.sock", shm="on")
-    sub = Subscriber(ctx, TOPIC, f"ipc://{tmp_path}/cam.sock", "drop_oldest", shm="on", bell=True)
-    closing.append(sub)
-    connected(pub, sub)
-    _belled(pub, sub)
+    pub, sub = _pair(ctx, closing, tmp_path, bell=True)
     assert sub.reader is not None and pub._writer is not None
     notifier = pub._writer._notifier
     assert notifier is not None and notifier.is_alive()
