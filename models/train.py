@@ -14,6 +14,9 @@ Options: --cv-init starts the head at constant velocity (the model learns a resi
 Validation (each epoch) runs both protocols on the validation split; the checkpoint with the lowest mean
 of window and streaming ADE is kept, and training stops after --patience epochs without improvement.
 Outputs under --out: the checkpoint (--name, default best.pt) and <name stem>.metrics.json.
+--seeds N trains N runs (seeds --seed, --seed+1, ...) under OUT/seed<S>/ and ships their average, merged
+exactly into one model of N times the hidden size (models.trajectory.average_models); --mirror-average
+also averages each run with its own mirror image across the heading axis (2N members).
 """
 
 from __future__ import annotations
@@ -21,9 +24,11 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import multiprocessing
 import random
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +41,7 @@ from models.baselines import choose_k
 from models.datasets import DATASETS, DatasetError, load_scenes, reversed_grid, to_grid
 from models.evaluate import TorchStepper, evaluate, prepare
 from models.sequences import TrackSeq, find_windows, track_sequences, window_inputs
-from models.trajectory import ModelConfig, TrajectoryModel, save_checkpoint
+from models.trajectory import ModelConfig, TrajectoryModel, average_models, load_checkpoint, save_checkpoint
 
 __all__ = ["init_head_cv", "main", "masked_ade_loss", "train_batches", "training_windows"]
 
@@ -77,7 +82,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--min-len", type=int, default=None, help="shortest track used for training, samples")
     p.add_argument("--patience", type=int, default=None,
                    help="epochs without validation improvement before stopping (default per dataset)")
-    p.add_argument("--max-minutes", type=float, default=30.0, help="wall-clock budget; stops after the epoch")
+    p.add_argument("--max-minutes", type=float, default=30.0,
+                   help="wall-clock budget (of each seed with --seeds); stops after the epoch")
     p.add_argument("--feature", action="append", default=[], metavar="KEY=VALUE",
                    help="override a feature-spec entry (export/features.py), e.g. --feature k_neighbors=6")
     p.add_argument("--cv-init", action="store_true",
@@ -90,6 +96,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--window-batch", type=int, default=128)
     p.add_argument("--window-stride", type=int, default=1, help="stride of the training windows, samples")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seeds", type=int, default=1,
+                   help="train this many seeds from --seed and ship their average, merged into one model")
+    p.add_argument("--jobs", type=int, default=1, help="with --seeds: train this many seeds at once (processes)")
+    p.add_argument("--mirror-average", action="store_true",
+                   help="average each model with its mirror image across the heading axis (pedestrians: "
+                        "left and right are alike; vehicles drive on one side, so not for them)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest for small LSTMs)")
     p.add_argument("--out", default=None, help="output directory (default runs/<dataset>_<fold>_<cell>)")
     p.add_argument("--name", default="best.pt", help="checkpoint file name inside --out")
@@ -181,6 +193,11 @@ def masked_ade_loss(pred: torch.Tensor, y: torch.Tensor, m: torch.Tensor) -> tor
 
 def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
+    if args.seeds < 1 or args.jobs < 1:
+        print(f"ERROR: --seeds {args.seeds} --jobs {args.jobs}: expected at least 1 each", file=sys.stderr)
+        return 2
+    if args.seeds > 1 or args.mirror_average:
+        return _train_average(args, argv)
     proto = DATASETS[args.dataset]
     for key, value in _DATASET_DEFAULTS[args.dataset].items():
         if getattr(args, key) is None:
@@ -361,6 +378,56 @@ def main(argv: list[str]) -> int:
     print(f"best epoch {best_epoch}: val window {best_res['model']['ade']:.3f}/{best_res['model']['fde']:.3f}, "
           f"stream {best_res['stream']['ade']:.3f}/{best_res['stream']['fde']:.3f}, CV {best_res['cv']['ade']:.3f}/"
           f"{best_res['cv']['fde']:.3f}; wrote {out / args.name} and {metrics_path}")
+    return 0
+
+
+def _train_average(args: argparse.Namespace, argv: list[str]) -> int:
+    """--seeds / --mirror-average: each seed is an ordinary run under OUT/seed<S>/ (its own early stopping,
+    checkpoint and metrics); the shipped checkpoint is their average, validated like any other model."""
+    t_start = time.time()
+    out = Path(args.out or f"runs/{args.dataset}_{args.fold or 'all'}_{args.cell}")
+    # the last occurrence of an option wins in argparse, so a member's settings are appended
+    member_argv = [a for a in argv if a != "--mirror-average"]
+    seeds = range(args.seed, args.seed + args.seeds)
+    paths = [out / f"seed{seed}" / "best.pt" for seed in seeds]
+    runs = [member_argv + ["--seeds", "1", "--seed", str(seed), "--out", str(path.parent), "--name", path.name]
+            for seed, path in zip(seeds, paths, strict=True)]
+    if args.jobs > 1:
+        # one torch thread per member (the default): on N cores N members train in the time of one,
+        # and give the same weights as one after another
+        with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            codes = list(pool.map(main, [r + ["--no-progress"] for r in runs]))
+    else:
+        codes = [main(r) for r in runs]
+    if any(codes):
+        return max(codes)
+    loaded = [load_checkpoint(p) for p in paths]
+    models, blobs = [m for m, _, _ in loaded], [b for _, _, b in loaded]
+    sign = torch.from_numpy(mirror_sign(models[0].cfg.features)) if args.mirror_average else None
+    model = average_models(models, sign)
+    proto = DATASETS[args.dataset]
+    val_scenes = load_scenes(args.dataset, args.data, "val", args.fold)
+    val = prepare(model.cfg.features, [to_grid(s, proto.dt_s) for s in val_scenes], proto.obs_len, proto.horizon,
+                  proto.focal_only)
+    first = blobs[0]["metrics"]
+    res = evaluate(TorchStepper(model, model.cfg), val, first["cv_k"])
+    res.pop("_preds")
+    metrics = _metrics(args, argv, res, first["cv_k"], first["cv_k_scores"], [], -1, t_start)
+    metrics["members"] = [{"checkpoint": str(p), "seed": b["data"]["seed"], "best_epoch": b["metrics"]["best_epoch"],
+                           "model": b["metrics"]["model"], "stream": b["metrics"]["stream"]}
+                          for p, b in zip(paths, blobs, strict=True)]
+    metrics["mirror_average"] = args.mirror_average
+    save_checkpoint(out / args.name, model, model.cfg, metrics, {**blobs[0]["data"], "seed": args.seed},
+                    {"train_args": vars(args)})
+    metrics_path = out / (Path(args.name).stem + ".metrics.json")
+    metrics_path.write_text(json.dumps(metrics, indent=1))
+    for m in metrics["members"]:
+        print(f"seed {m['seed']}: val window {m['model']['ade']:.3f}/{m['model']['fde']:.3f}, "
+              f"stream {m['stream']['ade']:.3f}/{m['stream']['fde']:.3f}")
+    print(f"average of {len(models) * (2 if sign is not None else 1)} (hidden {model.cfg.hidden}): val window "
+          f"{res['model']['ade']:.3f}/{res['model']['fde']:.3f}, stream {res['stream']['ade']:.3f}/"
+          f"{res['stream']['fde']:.3f}, CV {res['cv']['ade']:.3f}/{res['cv']['fde']:.3f}; wrote {out / args.name} "
+          f"and {metrics_path}")
     return 0
 
 

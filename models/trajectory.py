@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-__all__ = ["CheckpointError", "ModelConfig", "TrajectoryModel", "load_checkpoint", "save_checkpoint"]
+__all__ = ["CheckpointError", "ModelConfig", "TrajectoryModel", "average_models", "load_checkpoint", "save_checkpoint"]
 
 
 class CheckpointError(ValueError):
@@ -72,6 +72,54 @@ class TrajectoryModel(nn.Module):
         """x[B,F] -> pred[B,T,2], h, c: the single-step form of forward (sequence length 1)."""
         pred, h, c = self.forward(x[:, None, :], h, c)
         return pred[:, 0], h, c
+
+
+def average_models(models: list[TrajectoryModel], mirror: Tensor | None = None) -> TrajectoryModel:
+    """One model whose prediction is exactly the mean of the members' (and, given `mirror`, of their
+    mirror images'), for the same step API, state and ONNX graph as any other model.
+
+    Averaging seeds (and a model with its own reflection across the heading axis) removes part of the
+    variance a single small model has on ETH/UCY-sized data. The members run side by side in one cell:
+    each gate's weights are block-diagonal in the hidden units, so member m owns hidden units
+    [m*H, (m+1)*H) and never sees the others'. A mirrored member reads x * mirror (mirror: float32[F]
+    of +-1, export.features.mirror_sign) and its prediction's lateral component is negated back. The
+    head averages the members' heads. Cost: hidden grows to H * members (* 2 with mirror).
+    """
+    cfg0 = models[0].cfg
+    if any(m.cfg.cell != cfg0.cell or m.cfg.hidden != cfg0.hidden or m.cfg.layers != cfg0.layers
+           or m.cfg.input_dim != cfg0.input_dim or m.cfg.horizon != cfg0.horizon for m in models):
+        raise ValueError("average_models: every member needs the same cell, hidden, layers, input_dim and horizon")
+    hid, gates = cfg0.hidden, 4 if cfg0.cell == "lstm" else 3
+    members = [(m, None) for m in models] + ([(m, mirror.float()) for m in models] if mirror is not None else [])
+    n = len(members)
+    cfg = ModelConfig(**{**asdict(cfg0), "hidden": hid * n})
+    out = TrajectoryModel(cfg).eval()
+    flip = torch.ones(cfg.horizon * 2)
+    flip[1::2] = -1.0                      # the lateral component of every horizon step
+    with torch.no_grad():
+        for p in out.parameters():
+            p.zero_()
+        for i, (m, sign) in enumerate(members):
+            lo, own = i * hid, slice(i * hid, (i + 1) * hid)
+            for layer in range(cfg.layers):
+                for g in range(gates):
+                    rows, new = slice(g * hid, (g + 1) * hid), slice(g * hid * n + lo, g * hid * n + lo + hid)
+                    ih = getattr(m.rnn, f"weight_ih_l{layer}")[rows]
+                    if layer == 0:
+                        getattr(out.rnn, f"weight_ih_l{layer}")[new] = ih if sign is None else ih * sign
+                    else:
+                        getattr(out.rnn, f"weight_ih_l{layer}")[new, own] = ih
+                    getattr(out.rnn, f"weight_hh_l{layer}")[new, own] = getattr(m.rnn, f"weight_hh_l{layer}")[rows]
+                    for name in ("bias_ih", "bias_hh"):
+                        getattr(out.rnn, f"{name}_l{layer}")[new] = getattr(m.rnn, f"{name}_l{layer}")[rows]
+            w: Tensor = m.head.weight.detach()
+            b: Tensor = m.head.bias.detach()
+            if sign is not None:
+                w, b = flip[:, None] * w * torch.cat([torch.ones(hid), sign]), flip * b
+            out.head.weight[:, own] = w[:, :hid] / n
+            out.head.weight[:, cfg.hidden:] += w[:, hid:] / n
+            out.head.bias.add_(b / n)
+    return out
 
 
 def save_checkpoint(path: str | Path, model: TrajectoryModel, cfg: ModelConfig, metrics: dict[str, Any],

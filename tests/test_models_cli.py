@@ -114,3 +114,35 @@ def test_training_windows_match_the_window_protocol(tiny_eth: Path) -> None:
     v = x[:, -1, 0:2]
     steps = np.arange(1, 13, dtype=np.float32)[None, :, None]
     np.testing.assert_allclose(y.numpy(), v.numpy()[:, None, :] * steps, atol=2e-2)
+
+
+def test_train_seeds_ships_their_mirror_averaged_merge(tiny_eth: Path, tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture) -> None:
+    import torch
+
+    from export.features import mirror_sign
+    from models.trajectory import load_checkpoint
+
+    out = tmp_path / "avg"
+    rc = train.main(["--dataset", "eth_ucy", "--data", str(tiny_eth), "--fold", "zz", "--epochs", "2", "--hidden", "8",
+                     "--seed", "3", "--seeds", "2", "--jobs", "2", "--mirror-average", "--out", str(out), "--no-progress"])
+    assert rc == 0, capsys.readouterr().err
+    model, cfg, blob = load_checkpoint(out / "best.pt")
+    members = [load_checkpoint(out / f"seed{s}" / "best.pt")[0] for s in (3, 4)]
+    assert [m.cfg.hidden for m in members] == [8, 8] and cfg.hidden == 32
+    metrics = json.loads((out / "best.metrics.json").read_text())
+    assert [m["seed"] for m in metrics["members"]] == [3, 4] and metrics["mirror_average"] is True
+    assert metrics["model"]["ade"] == blob["metrics"]["model"]["ade"] >= 0
+    sign = torch.from_numpy(mirror_sign(cfg.features))
+    x = torch.randn(4, 6, cfg.input_dim)
+    with torch.no_grad():
+        refs = [m(x)[0] for m in members] + [m(x * sign)[0] * torch.tensor([1.0, -1.0]) for m in members]
+        assert (model(x)[0] - torch.stack(refs).mean(0)).abs().max().item() <= 1e-5
+    # seeds trained side by side in processes give the weights they give one after another
+    rc = train.main(["--dataset", "eth_ucy", "--data", str(tiny_eth), "--fold", "zz", "--epochs", "2", "--hidden", "8",
+                     "--seed", "3", "--seeds", "2", "--mirror-average", "--out", str(tmp_path / "seq"), "--no-progress"])
+    assert rc == 0
+    again = load_checkpoint(tmp_path / "seq" / "best.pt")[0].state_dict()
+    assert all(torch.equal(v, again[k]) for k, v in model.state_dict().items())
+    assert train.main(["--dataset", "eth_ucy", "--data", str(tiny_eth), "--seeds", "0"]) == 2
+    assert "--seeds 0" in capsys.readouterr().err

@@ -7,7 +7,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from models.trajectory import CheckpointError, ModelConfig, TrajectoryModel, load_checkpoint, save_checkpoint
+from models.trajectory import (
+    CheckpointError,
+    ModelConfig,
+    TrajectoryModel,
+    average_models,
+    load_checkpoint,
+    save_checkpoint,
+)
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
@@ -28,6 +35,34 @@ def test_unrolled_forward_equals_stepping_one_sample_at_a_time(cell: str, layers
     assert (full - torch.stack(steps, 1)).abs().max().item() <= 1e-6
     assert (h_full - h).abs().max().item() <= 1e-6
     assert (c is None) == (cell == "gru") == (c_full is None)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("layers", [1, 2])
+def test_averaged_model_predicts_the_mean_of_its_members_and_their_mirror_images(cell: str, layers: int) -> None:
+    torch.manual_seed(0)
+    cfg = ModelConfig(cell=cell, input_dim=6, hidden=8, layers=layers, horizon=4)
+    members = [TrajectoryModel(cfg).eval() for _ in range(3)]
+    sign = torch.tensor([1.0, -1.0, 1.0, -1.0, -1.0, 1.0])
+    x = torch.randn(5, 9, 6)
+    with torch.no_grad():
+        for mirror in (None, sign):
+            avg = average_models(members, mirror)
+            refs = [m(x)[0] for m in members]
+            if mirror is not None:
+                refs += [m(x * mirror)[0] * torch.tensor([1.0, -1.0]) for m in members]
+            want = torch.stack(refs).mean(0)
+            got, h, _ = avg(x)
+            assert avg.cfg.hidden == 8 * len(refs)
+            assert h.shape == (layers, 5, 8 * len(refs))
+            assert (got - want).abs().max().item() <= 1e-5
+            # the state keeps the members apart: stepping equals the unrolled mean too
+            state = avg.zero_state(5)
+            for s in range(x.shape[1]):
+                step, *state = avg.step(x[:, s], *state)
+            assert (step - want[:, -1]).abs().max().item() <= 1e-5
+    with pytest.raises(ValueError, match="same cell"):
+        average_models([members[0], TrajectoryModel(ModelConfig(cell=cell, input_dim=6, hidden=4, layers=layers))])
 
 
 def test_tiny_model_overfits_a_tiny_set() -> None:
