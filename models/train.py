@@ -39,7 +39,7 @@ from tqdm import tqdm
 from export.features import default_spec, feature_dim, flag_mask, mirror_sign, to_frame, validate_spec
 from models.baselines import choose_k
 from models.datasets import DATASETS, DatasetError, load_scenes, reversed_grid, to_grid
-from models.evaluate import TorchStepper, evaluate, prepare
+from models.evaluate import EvalSet, TorchStepper, evaluate, prepare
 from models.sequences import TrackSeq, find_windows, track_sequences, window_inputs
 from models.trajectory import ModelConfig, TrajectoryModel, average_models, load_checkpoint, save_checkpoint
 
@@ -203,7 +203,7 @@ def main(argv: list[str]) -> int:
         if getattr(args, key) is None:
             setattr(args, key, value)
     bptt, min_len, epochs = args.bptt, args.min_len, args.epochs
-    out = Path(args.out or f"runs/{args.dataset}_{args.fold or 'all'}_{args.cell}")
+    out = _out_dir(args)
     random.seed(args.seed)
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
@@ -250,9 +250,8 @@ def main(argv: list[str]) -> int:
     if args.window_weight > 0:
         win_x, win_y = training_windows(spec, train_grids, proto.obs_len, proto.horizon, args.window_stride)
         print(f"train windows: {len(win_x)} (window-protocol loss weight {args.window_weight})")
-    val_grids = [to_grid(s, proto.dt_s) for s in val_scenes]
     try:
-        val = prepare(spec, val_grids, proto.obs_len, proto.horizon, proto.focal_only)
+        val = _val_set(args, spec, val_scenes)
     except DatasetError as exc:
         print(f"ERROR: validation split: {exc}", file=sys.stderr)
         return 1
@@ -385,7 +384,7 @@ def _train_average(args: argparse.Namespace, argv: list[str]) -> int:
     """--seeds / --mirror-average: each seed is an ordinary run under OUT/seed<S>/ (its own early stopping,
     checkpoint and metrics); the shipped checkpoint is their average, validated like any other model."""
     t_start = time.time()
-    out = Path(args.out or f"runs/{args.dataset}_{args.fold or 'all'}_{args.cell}")
+    out = _out_dir(args)
     # the last occurrence of an option wins in argparse, so a member's settings are appended
     member_argv = [a for a in argv if a != "--mirror-average"]
     seeds = range(args.seed, args.seed + args.seeds)
@@ -405,10 +404,7 @@ def _train_average(args: argparse.Namespace, argv: list[str]) -> int:
     models, blobs = [m for m, _, _ in loaded], [b for _, _, b in loaded]
     sign = torch.from_numpy(mirror_sign(models[0].cfg.features)) if args.mirror_average else None
     model = average_models(models, sign)
-    proto = DATASETS[args.dataset]
-    val_scenes = load_scenes(args.dataset, args.data, "val", args.fold)
-    val = prepare(model.cfg.features, [to_grid(s, proto.dt_s) for s in val_scenes], proto.obs_len, proto.horizon,
-                  proto.focal_only)
+    val = _val_set(args, model.cfg.features, load_scenes(args.dataset, args.data, "val", args.fold))
     first = blobs[0]["metrics"]
     res = evaluate(TorchStepper(model, model.cfg), val, first["cv_k"])
     res.pop("_preds")
@@ -429,6 +425,16 @@ def _train_average(args: argparse.Namespace, argv: list[str]) -> int:
           f"{res['stream']['fde']:.3f}, CV {res['cv']['ade']:.3f}/{res['cv']['fde']:.3f}; wrote {out / args.name} "
           f"and {metrics_path}")
     return 0
+
+
+def _out_dir(args: argparse.Namespace) -> Path:
+    return Path(args.out or f"runs/{args.dataset}_{args.fold or 'all'}_{args.cell}")
+
+
+def _val_set(args: argparse.Namespace, spec: dict[str, Any], scenes: list[Any]) -> EvalSet:
+    """The validation split as both protocols score it (built once, reused every epoch)."""
+    proto = DATASETS[args.dataset]
+    return prepare(spec, [to_grid(s, proto.dt_s) for s in scenes], proto.obs_len, proto.horizon, proto.focal_only)
 
 
 def _metrics(args: argparse.Namespace, argv: list[str], res: dict[str, Any], cv_k: int,
