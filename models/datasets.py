@@ -10,7 +10,8 @@ Splits (the `split` argument of `scene_files`):
   takes every fold's files of that split once each, by file name: the folds hold duplicated copies, and
   pooling them would count scenes several times. split "all" = every *.txt under DIR, once per name.
 - argoverse: `<DIR>/data/*.csv` (or `<DIR>/*.csv`), shuffled with seed 20261125 into train 80% / val 10% /
-  test 10%; "all" = every file. Evaluation predicts the AGENT: 20 observed -> 30 predicted at 10 Hz.
+  test 10%; "all" = every file. fold "I/K" (here and for apolloscape): K-fold cross-validation over train
+  + val, part I as val, test untouched. Evaluation predicts the AGENT: 20 observed -> 30 predicted at 10 Hz.
 - apolloscape: `<DIR>/prediction_train/*.txt` (or `<DIR>/*.txt`), split by recording id (the first
   number in result_<recording>_<segment>_frame.txt) so that consecutive segments of one drive never land
   on both sides: recordings shuffled with seed 20261125, 3 for val, 3 for test, the rest train. Protocol:
@@ -124,7 +125,7 @@ def scene_files(dataset: str, root: str | Path, split: str, fold: str | None = N
         if not files:
             raise DatasetError(f"no {ext} files in {str(base)!r} (expected the {dataset} layout)")
         if split != "all":
-            files = _seeded_split(dataset, files, split)
+            files = _seeded_split(dataset, files, split, fold)
     if not files:
         raise DatasetError(f"no files for dataset={dataset} split={split} fold={fold} under {str(root)!r}")
     return files
@@ -154,19 +155,30 @@ def _recording(path: Path) -> str:
     return m.group(1) if m else path.stem
 
 
-def _seeded_split(dataset: str, files: list[Path], split: str) -> list[Path]:
-    rng = random.Random(SPLIT_SEED)
-    if dataset == "argoverse":
-        order = files[:]
-        rng.shuffle(order)
-        n_hold = max(1, len(order) // 10)
-        parts = {"val": order[:n_hold], "test": order[n_hold: 2 * n_hold], "train": order[2 * n_hold:]}
-        return sorted(parts[split])
-    recs = sorted({_recording(p) for p in files})
-    rng.shuffle(recs)
-    n_hold = 3 if len(recs) >= 9 else 1
-    groups = {"val": set(recs[:n_hold]), "test": set(recs[n_hold: 2 * n_hold]), "train": set(recs[2 * n_hold:])}
-    return [p for p in files if _recording(p) in groups[split]]
+def _seeded_split(dataset: str, files: list[Path], split: str, fold: str | None) -> list[Path]:
+    """Argoverse splits by file, ApolloScape by recording. With fold "I/K" the test part stays as it is
+    and the other units (train + val) are cut into K parts, part I (1-based) for validation: K-fold
+    cross-validation for choosing a recipe on K times more held-out agents than one val split has."""
+    unit = (lambda p: p.name) if dataset == "argoverse" else _recording
+    units = sorted({unit(p) for p in files})
+    random.Random(SPLIT_SEED).shuffle(units)
+    n_hold = max(1, len(units) // 10) if dataset == "argoverse" else (3 if len(units) >= 9 else 1)
+    parts = {"val": units[:n_hold], "test": units[n_hold: 2 * n_hold], "train": units[2 * n_hold:]}
+    if fold not in (None, ""):
+        i, k = _cv_fold(dataset, fold)
+        pool = parts["val"] + parts["train"]
+        lo, hi = len(pool) * (i - 1) // k, len(pool) * i // k
+        parts.update(val=pool[lo:hi], train=pool[:lo] + pool[hi:])
+    wanted = set(parts[split])
+    return [p for p in files if unit(p) in wanted]
+
+
+def _cv_fold(dataset: str, fold: str) -> tuple[int, int]:
+    m = re.fullmatch(r"(\d+)/(\d+)", fold)
+    if m is None or not 1 <= int(m.group(1)) <= int(m.group(2)) or int(m.group(2)) < 2:
+        raise DatasetError(f"{dataset} --fold {fold!r}: expected I/K, cross-validation part I of K "
+                           f"(2 <= K, 1 <= I <= K), e.g. 1/5")
+    return int(m.group(1)), int(m.group(2))
 
 
 # ---------------------------------------------------------------- parsers

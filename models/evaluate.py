@@ -220,7 +220,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="checkpoint (.pt) or exported step model (.onnx)")
     p.add_argument("--dataset", required=True, choices=sorted(DATASETS))
     p.add_argument("--data", required=True, help="dataset directory (e.g. ../shared/data/eth_ucy)")
-    p.add_argument("--fold", default=None, help="eth_ucy fold: eth, hotel, univ, zara1, zara2 (or all)")
+    p.add_argument("--fold", default=None,
+                   help="eth_ucy fold: eth, hotel, univ, zara1, zara2 (or all); argoverse/apolloscape: I/K "
+                        "(cross-validation part I of K, as trained)")
     p.add_argument("--split", default="val", choices=["val", "test", "all"])
     p.add_argument("--cv-k", type=int, default=None,
                    help="CV k (default: the model's validation choice, else chosen on the val split)")

@@ -59,7 +59,9 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="drivecast train", description=__doc__.split("\n")[0])
     p.add_argument("--dataset", required=True, choices=sorted(DATASETS))
     p.add_argument("--data", required=True, help="dataset directory (e.g. ../shared/data/eth_ucy)")
-    p.add_argument("--fold", default=None, help="eth_ucy fold (eth, hotel, univ, zara1, zara2) or 'all'")
+    p.add_argument("--fold", default=None,
+                   help="eth_ucy fold (eth, hotel, univ, zara1, zara2) or 'all'; argoverse/apolloscape: I/K, "
+                        "cross-validation part I of K over train+val (test untouched)")
     p.add_argument("--cell", default="lstm", choices=["lstm", "gru"])
     p.add_argument("--hidden", type=int, default=128)
     p.add_argument("--layers", type=int, default=1)
@@ -428,7 +430,8 @@ def _train_average(args: argparse.Namespace, argv: list[str]) -> int:
 
 
 def _out_dir(args: argparse.Namespace) -> Path:
-    return Path(args.out or f"runs/{args.dataset}_{args.fold or 'all'}_{args.cell}")
+    fold = (args.fold or "all").replace("/", "of")   # a cross-validation fold "2/5" names runs/..._2of5_...
+    return Path(args.out or f"runs/{args.dataset}_{fold}_{args.cell}")
 
 
 def _val_set(args: argparse.Namespace, spec: dict[str, Any], scenes: list[Any]) -> EvalSet:

@@ -55,6 +55,29 @@ def test_apolloscape_splits_by_recording() -> None:
     assert {t.kind for t in scene.tracks} <= {"vehicle", "pedestrian", "bicycle", "other"}
 
 
+@pytest.mark.parametrize(("dataset", "names"), [
+    ("argoverse", [f"{i}.csv" for i in range(40)]),
+    ("apolloscape", [f"result_{r}_{seg}_frame.txt" for r in range(12) for seg in range(3)]),
+])
+def test_cross_validation_folds_partition_train_and_val_and_leave_test_alone(
+        tmp_path: Path, dataset: str, names: list[str]) -> None:
+    for name in names:
+        (tmp_path / name).write_text("")
+    plain = {s: set(scene_files(dataset, tmp_path, s)) for s in ("train", "val", "test")}
+    vals = []
+    for i in (1, 2, 3):
+        train, val = (set(scene_files(dataset, tmp_path, s, f"{i}/3")) for s in ("train", "val"))
+        assert val and not train & val and train | val == plain["train"] | plain["val"]
+        assert set(scene_files(dataset, tmp_path, "test", f"{i}/3")) == plain["test"]
+        if dataset == "apolloscape":   # a recording never straddles train and val
+            assert not {p.name.split("_")[1] for p in train} & {p.name.split("_")[1] for p in val}
+        vals.append(val)
+    assert set.union(*vals) == plain["train"] | plain["val"] and sum(map(len, vals)) == len(set.union(*vals))
+    for bad in ("0/3", "4/3", "1/1", "two"):
+        with pytest.raises(DatasetError, match=rf"{dataset} --fold '{bad}': expected I/K"):
+            scene_files(dataset, tmp_path, "test", bad)
+
+
 def test_wrong_data_path_names_the_path(tmp_path: Path) -> None:
     missing = tmp_path / "nope"
     with pytest.raises(DatasetError, match="nope.*does not exist"):
