@@ -13,9 +13,11 @@ ignored, they may hold anything, NaN included).
 Frame: every agent is seen in its own frame, origin at its current position, x axis along its recent
 heading (the direction of travel over the last `heading_steps` samples), lengths divided by `scale`
 (meters, about one typical step). A model trained on Beijing vehicles or Zurich pedestrians then sees a
-simulated car on any road the same way. An agent that has not moved `min_move` meters keeps the world
-axes (its heading is noise). The model output `pred[B,T,2]` is the future position offset in that frame,
-in units of `scale`; `to_world` undoes both.
+simulated car on any road the same way. An agent that has not moved `min_move` meters over
+`heading_steps` takes the direction from the newest position up to `heading_lookback` samples back that
+lies `min_move` away (a car creeping to a stop line still faces its lane), and keeps the world axes only
+where there is none (its heading would be noise). The model output `pred[B,T,2]` is the future position
+offset in that frame, in units of `scale`; `to_world` undoes both.
 
 Input vector x_t (feature spec "disp_nbr" version 1), `feature_dim(spec)` = 3*history + 5*k_neighbors:
 - own: the last `history` displacements (newest first), rotated and scaled, zero where unknown, then one
@@ -41,11 +43,13 @@ __all__ = [
     "FEATURE_NAME",
     "FEATURE_VERSION",
     "FeatureSpecError",
+    "OPTIONAL_KEYS",
     "agent_frames",
     "constant_velocity",
     "default_spec",
     "feature_dim",
     "flag_mask",
+    "heading_lookback",
     "history_len",
     "mirror_sign",
     "step_features",
@@ -65,6 +69,9 @@ _REQUIRED: dict[str, type] = {
     "scale": float,
     "min_move": float,
 }
+# Optional keys: a spec saved before a key existed means what it meant then. heading_lookback
+# defaults to heading_steps: no look-back, the rule of the models shipped before it.
+OPTIONAL_KEYS: dict[str, type] = {"heading_lookback": int}
 
 # agent_frames builds R = [[cos, sin], [-sin, cos]] from (cos, sin) with one gather and one product.
 _WORLD_X = np.array([1.0, 0.0])  # (cos, sin) of an agent that keeps the world axes
@@ -110,6 +117,10 @@ def validate_spec(spec: dict[str, Any]) -> dict[str, Any]:
         raise FeatureSpecError(
             f"feature spec: history={spec['history']}, heading_steps={spec['heading_steps']}: "
             "expected 1 <= heading_steps <= history")
+    look = spec.get("heading_lookback", spec["heading_steps"])
+    if not isinstance(look, int) or isinstance(look, bool) or look < spec["heading_steps"]:
+        raise FeatureSpecError(f"feature spec: heading_lookback={look!r}: expected an int >= heading_steps "
+                               f"({spec['heading_steps']})")
     if spec["scale"] <= 0 or spec["radius"] <= 0:
         raise FeatureSpecError(f"feature spec: scale={spec['scale']}, radius={spec['radius']}: expected > 0")
     return spec
@@ -120,9 +131,14 @@ def feature_dim(spec: dict[str, Any]) -> int:
     return 3 * int(spec["history"]) + 5 * int(spec["k_neighbors"])
 
 
+def heading_lookback(spec: dict[str, Any]) -> int:
+    """How many samples back `agent_frames` may look for the direction of a slow agent."""
+    return int(spec.get("heading_lookback", spec["heading_steps"]))
+
+
 def history_len(spec: dict[str, Any]) -> int:
     """How many recent positions (the current one included) a caller keeps per agent."""
-    return int(spec["history"]) + 1
+    return max(int(spec["history"]), heading_lookback(spec)) + 1
 
 
 def agent_frames(spec: dict[str, Any], hist: np.ndarray, n_obs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -130,17 +146,30 @@ def agent_frames(spec: dict[str, Any], hist: np.ndarray, n_obs: np.ndarray) -> t
 
     The heading is the direction from the position `m = min(n_obs - 1, heading_steps)` samples ago to now,
     averaged over m steps so that tracker jitter does not spin the frame (m = 0 reads the current position
-    itself: no direction).
+    itself: no direction). An agent that moved less than min_move over those m samples looks further
+    back, up to `heading_lookback` samples (and its n_obs), for the newest position min_move away.
     """
     hist, n_obs = np.asarray(hist, dtype=np.float64), np.asarray(n_obs)
-    origin, steps = hist[:, -1, :], int(spec["heading_steps"])
+    origin, steps, min_move = hist[:, -1, :], int(spec["heading_steps"]), float(spec["min_move"])
     if n_obs.min(initial=steps + 1) > steps:  # all have m = heading_steps (a node's steady state): no gather
         back = hist[:, -1 - steps, :]
     else:
         back = hist[np.arange(len(hist)), hist.shape[1] - 1 - np.minimum(np.maximum(n_obs - 1, 0), steps)]
     d = origin - back
     norm = np.hypot(d[:, 0], d[:, 1])
-    moving = norm >= float(spec["min_move"])
+    moving = norm >= min_move
+    look = heading_lookback(spec)
+    slow = np.nonzero(~moving & (n_obs - 1 > steps))[0] if look > steps else np.zeros(0, np.int64)
+    if len(slow):   # rare (stopped or creeping agents): the newest lag in (steps, look] that is far enough
+        lags = np.arange(steps + 1, look + 1)
+        dl = origin[slow, None, :] - hist[slow[:, None], hist.shape[1] - 1 - lags[None, :]]   # [S, L, 2]
+        nl = np.hypot(dl[..., 0], dl[..., 1])
+        ok = (nl >= min_move) & (lags[None, :] <= n_obs[slow, None] - 1)
+        found = ok.any(axis=1)
+        pick = np.argmax(ok, axis=1)
+        rows = slow[found]
+        d[rows], norm[rows] = dl[found, pick[found]], nl[found, pick[found]]
+        moving[rows] = True
     cos_sin = np.where(moving[:, None], d / np.where(moving, norm, 1.0)[:, None], _WORLD_X)
     # rows of R are the frame's axes, (cos, sin) and (-sin, cos): R @ v gives v in the agent frame.
     return origin, cos_sin[:, _ROT_INDEX] * _ROT_SIGN
@@ -169,9 +198,9 @@ def step_features(
     hist = np.asarray(hist, dtype=np.float64)
     n_obs = np.asarray(n_obs, dtype=np.int64)
     n, hlen = hist.shape[0], hist.shape[1]
-    k_hist = int(spec["history"])
-    if hlen != k_hist + 1 or hist.shape[2:] != (2,):
-        raise FeatureSpecError(f"hist shape {hist.shape}: expected (N, {k_hist + 1}, 2)")
+    k_hist, hl = int(spec["history"]), history_len(spec)
+    if hlen != hl or hist.shape[2:] != (2,):
+        raise FeatureSpecError(f"hist shape {hist.shape}: expected (N, {hl}, 2)")
     if rows is None:
         h, own_n = hist, n_obs
     else:
@@ -193,7 +222,8 @@ def step_features(
     # displacements, neighbour positions and velocities) is rotated and scaled by one set of calls.
     known = _needs(k_hist) < own_n[:, None]                      # [B, 2K]: x, y of each displacement
     # own displacements: hist[1]-hist[0], ..., hist[-1]-hist[-2], turned newest first
-    vec = np.where(known, (h[:, 1:] - h[:, :-1]).reshape(b, 2 * k_hist), 0.0).reshape(b, k_hist, 2)[:, ::-1]
+    hk = h[:, hl - k_hist - 1:]                                   # the positions the displacements use
+    vec = np.where(known, (hk[:, 1:] - hk[:, :-1]).reshape(b, 2 * k_hist), 0.0).reshape(b, k_hist, 2)[:, ::-1]
     k = min(kn, n - 1)
     if k > 0:
         # pool rows: x, y, vx, vy of every agent (velocity = last displacement, 0 if unknown)

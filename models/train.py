@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from export.features import default_spec, feature_dim, flag_mask, mirror_sign, to_frame, validate_spec
+from export.features import OPTIONAL_KEYS, default_spec, feature_dim, flag_mask, mirror_sign, to_frame, validate_spec
 from models.baselines import choose_k
 from models.datasets import DATASETS, DatasetError, load_scenes, reversed_grid, to_grid
 from models.evaluate import EvalSet, TorchStepper, evaluate, prepare
@@ -215,16 +215,16 @@ def main(argv: list[str]) -> int:
 
     # -- data: train tracks (many-to-many sequences) and the validation evaluation set
     spec = default_spec(proto.agent_kind)
+    keys = {**{k: type(v) for k, v in spec.items() if k not in ("name", "version")}, **OPTIONAL_KEYS}
     for item in args.feature:
         key, _, value = item.partition("=")
-        if key not in spec or key in ("name", "version") or not value:
-            print(f"ERROR: --feature {item!r}: expected KEY=VALUE with KEY one of "
-                  f"{sorted(k for k in spec if k not in ('name', 'version'))}", file=sys.stderr)
+        if key not in keys or not value:
+            print(f"ERROR: --feature {item!r}: expected KEY=VALUE with KEY one of {sorted(keys)}", file=sys.stderr)
             return 2
         try:
-            spec[key] = type(spec[key])(value)
+            spec[key] = keys[key](value)
         except ValueError:
-            print(f"ERROR: --feature {item!r}: expected a {type(spec[key]).__name__}", file=sys.stderr)
+            print(f"ERROR: --feature {item!r}: expected a number of type {keys[key].__name__}", file=sys.stderr)
             return 2
     try:
         validate_spec(spec)

@@ -128,8 +128,9 @@ def read_log(path: Path) -> list[dict]:
     return out
 
 
-def make_models(tmp: Path, hidden: int = 16, seed: int = 0) -> dict[str, Path]:
-    """A tiny random vehicle model (dt 0.1 s, T 30) and pedestrian model (dt 0.4 s, T 12), exported."""
+def make_models(tmp: Path, hidden: int = 16, seed: int = 0, features: dict | None = None) -> dict[str, Path]:
+    """A tiny random vehicle model (dt 0.1 s, T 30) and pedestrian model (dt 0.4 s, T 12), exported;
+    `features` overrides keys of both default feature specs."""
     import torch
 
     from export.features import default_spec, feature_dim
@@ -139,7 +140,7 @@ def make_models(tmp: Path, hidden: int = 16, seed: int = 0) -> dict[str, Path]:
     out = {}
     for kind, dt, horizon, obs in (("vehicle", 0.1, 30, 20), ("pedestrian", 0.4, 12, 8)):
         torch.manual_seed(seed)
-        spec = default_spec(kind)
+        spec = {**default_spec(kind), **(features or {})}
         cfg = ModelConfig(cell="lstm", input_dim=feature_dim(spec), hidden=hidden, layers=2, horizon=horizon,
                           obs_len=obs, dt_s=dt, features=spec)
         model = TrajectoryModel(cfg).eval()

@@ -70,6 +70,25 @@ def test_frame_x_axis_points_along_heading() -> None:
     np.testing.assert_allclose(origin[0], line[-1])
 
 
+def test_a_stopped_agent_keeps_the_heading_it_stopped_with_when_the_spec_looks_back() -> None:
+    """A car that drove north and stopped 0.6 s ago: heading_lookback finds its last motion; without it
+    (the rule of specs saved before the key existed) the frame falls back to the world axes."""
+    old = default_spec("vehicle")
+    new = dict(old, heading_lookback=12)
+    north = np.stack([np.zeros(13), np.r_[np.arange(7) * 1.0, np.full(6, 6.0)]], axis=1)[None]  # 13 positions
+    _, rot = agent_frames(new, north, np.array([13]))
+    np.testing.assert_allclose(rot[0] @ [0.0, 1.0], [1.0, 0.0], atol=1e-12)   # x axis = north
+    _, rot_old = agent_frames(old, north[:, -history_len(old):], np.array([history_len(old)]))
+    np.testing.assert_allclose(rot_old[0], np.eye(2), atol=1e-12)
+    # the look-back stops at what the agent has observed (n_obs): 6 samples at rest, no earlier position
+    _, rot_capped = agent_frames(new, north, np.array([6]))
+    np.testing.assert_allclose(rot_capped[0], np.eye(2), atol=1e-12)
+    # a moving agent's frame is the same with or without look-back
+    line = np.arange(13)[:, None] * np.array([[0.6, 0.8]])
+    np.testing.assert_array_equal(agent_frames(new, line[None], np.array([13]))[1],
+                                  agent_frames(old, line[None, -9:], np.array([9]))[1])
+
+
 def test_features_are_rotation_and_translation_invariant() -> None:
     spec = default_spec("pedestrian")
     hist, n_obs = _random_pool(np.random.default_rng(2), spec, 6)
@@ -150,20 +169,25 @@ def test_validate_spec_names_the_bad_key() -> None:
         validate_spec(spec)
     with pytest.raises(FeatureSpecError, match="name/version"):
         validate_spec(dict(spec, version=99))
+    for bad in (2, 4.0, True):   # vehicle heading_steps is 4
+        with pytest.raises(FeatureSpecError, match=f"heading_lookback={bad!r}"):
+            validate_spec(dict(default_spec("vehicle"), heading_lookback=bad))
 
 
-def test_training_sequences_equal_step_by_step_calls() -> None:
+@pytest.mark.parametrize("lookback", [None, 7])
+def test_training_sequences_equal_step_by_step_calls(lookback: int | None) -> None:
     """What training feeds the model is what a streaming node computes from its history buffers."""
     from models.datasets import Scene, Track, to_grid
     from models.sequences import track_sequences
 
-    spec = default_spec("pedestrian")
+    spec = default_spec("pedestrian") if lookback is None else dict(default_spec("pedestrian"), heading_lookback=lookback)
     rng = np.random.default_rng(5)
     tracks = []
     for i in range(6):
         n = int(rng.integers(3, 15))
         t0 = float(rng.integers(0, 8)) * 0.4
-        xy = rng.normal(0, 0.3, (n, 2)).cumsum(0) + rng.uniform(-3, 3, 2)
+        steps = rng.normal(0, 0.3, (n, 2)) * (rng.uniform(size=(n, 1)) < 0.6)   # standing still now and then
+        xy = steps.cumsum(0) + rng.uniform(-3, 3, 2)
         tracks.append(Track(str(i), "pedestrian", t0 + 0.4 * np.arange(n), xy))
     grid = to_grid(Scene("s", "s", "mem", tracks), 0.4)
     seqs = {q.agent: q for q in track_sequences(spec, grid, 12, min_len=1)}

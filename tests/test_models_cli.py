@@ -67,6 +67,25 @@ def test_train_on_a_wrong_path_prints_an_error(tmp_path: Path, capsys: pytest.Ca
     assert "missing" in capsys.readouterr().err
 
 
+def test_train_feature_overrides_reach_the_checkpoint_and_bad_ones_are_refused(
+        tiny_eth: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from models.trajectory import load_checkpoint
+
+    out = tmp_path / "look"
+    rc = train.main(["--dataset", "eth_ucy", "--data", str(tiny_eth), "--fold", "zz", "--epochs", "1", "--hidden", "8",
+                     "--feature", "heading_lookback=6", "--out", str(out), "--no-progress"])
+    assert rc == 0
+    assert load_checkpoint(out / "best.pt")[1].features["heading_lookback"] == 6
+    for bad, expected in (("heading_lookback=1", "heading_lookback=1: expected an int >= heading_steps (2)"),
+                          ("nope=1", "KEY one of ['heading_lookback', 'heading_steps', 'history'"),
+                          ("history=two", "expected a number of type int")):
+        capsys.readouterr()
+        rc = train.main(["--dataset", "eth_ucy", "--data", str(tiny_eth), "--fold", "zz", "--feature", bad,
+                         "--out", str(tmp_path / "bad"), "--no-progress"])
+        assert rc == 2, bad
+        assert expected in capsys.readouterr().err, bad
+
+
 def test_train_with_window_loss_cv_init_and_reversed_scenes(tiny_eth: Path, tmp_path: Path,
                                                             capsys: pytest.CaptureFixture) -> None:
     tracks = {}

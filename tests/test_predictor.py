@@ -124,6 +124,21 @@ def test_streaming_predictions_equal_the_offline_model_for_both_models_of_a_simu
     assert node.counts["steps"] == 60 + 15
 
 
+def test_streaming_equals_offline_for_a_spec_that_looks_back_for_the_heading_of_slow_agents(
+        models: dict[str, Path], tmp_path: Path) -> None:
+    """heading_lookback lengthens the history the node keeps; node and training still agree, and the
+    vehicle that slows down in this drive does get other frames than without it (same weights)."""
+    look = make_models(tmp_path, features={"heading_lookback": 12})
+    msgs = scripted_tracks(60)
+    g, _ = run_local(msgs, {"models": {k: str(v) for k, v in look.items()}, "lag_s": 0})
+    for code, name in KIND_NAME.items():
+        ref = offline(msgs, look[name], code)
+        assert_same(streamed(g, name), ref)
+    ref = offline(msgs, look["vehicle"], AgentKind.VEHICLE)
+    plain = offline(msgs, models["vehicle"], AgentKind.VEHICLE)
+    assert any(not np.allclose(ref[k], plain[k]) for k in ref)
+
+
 def _eth_messages() -> list[Tracks]:
     if not (DATA / "eth_ucy").is_dir():
         pytest.skip("no ETH/UCY data under ../shared/data")
