@@ -159,14 +159,13 @@ def agent_frames(spec: dict[str, Any], hist: np.ndarray, n_obs: np.ndarray) -> t
     norm = np.hypot(d[:, 0], d[:, 1])
     moving = norm >= min_move
     look = heading_lookback(spec)
-    slow = np.nonzero(~moving & (n_obs - 1 > steps))[0] if look > steps else np.zeros(0, np.int64)
-    if len(slow):   # rare (stopped or creeping agents): the newest lag in (steps, look] that is far enough
+    if look > steps and not moving.all():   # stopped or creeping agents: the newest lag in (steps, look]
+        slow = np.flatnonzero(~moving & (n_obs > steps + 1))     # that lies min_move away, if observed
         lags = np.arange(steps + 1, look + 1)
-        dl = origin[slow, None, :] - hist[slow[:, None], hist.shape[1] - 1 - lags[None, :]]   # [S, L, 2]
+        dl = origin[slow, None, :] - hist[slow[:, None], hist.shape[1] - 1 - lags]   # [S, L, 2]
         nl = np.hypot(dl[..., 0], dl[..., 1])
-        ok = (nl >= min_move) & (lags[None, :] <= n_obs[slow, None] - 1)
-        found = ok.any(axis=1)
-        pick = np.argmax(ok, axis=1)
+        ok = (nl >= min_move) & (lags < n_obs[slow, None])
+        found, pick = ok.any(axis=1), np.argmax(ok, axis=1)
         rows = slow[found]
         d[rows], norm[rows] = dl[found, pick[found]], nl[found, pick[found]]
         moving[rows] = True
