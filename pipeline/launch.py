@@ -36,7 +36,7 @@ from typing import IO, Any
 from pipeline.errors import ConfigError
 from pipeline.graph import Graph, load_graph, parse_set
 from pipeline.shm import remove_segments
-from pipeline.signals import StopSignals
+from pipeline.signals import STOP_SIGNALS, StopSignals
 from pipeline.transport import free_tcp_port, ipc_endpoint
 
 __all__ = ["Supervisor", "main", "make_run_dir", "runs_base"]
@@ -159,10 +159,17 @@ class Supervisor:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         self.manifest["nodes"][child.name]["restarts"] = child.restarts
         write_manifest(self.run_dir, self.manifest)
-        child.proc = subprocess.Popen(
-            [sys.executable, "-m", "pipeline.runner", str(self.run_dir), child.name],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-        )
+        # The node starts with SIGINT and SIGTERM blocked (a child inherits the mask): a stop that comes
+        # while it still imports stays pending until its StopSignals handler takes it, instead of a
+        # KeyboardInterrupt traceback from the middle of an import.
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        try:
+            child.proc = subprocess.Popen(
+                [sys.executable, "-m", "pipeline.runner", str(self.run_dir), child.name],
+                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+            )
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         child.respawn_at = None
         self.manifest["nodes"][child.name]["pid"] = child.proc.pid
         write_manifest(self.run_dir, self.manifest)

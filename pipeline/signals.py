@@ -7,7 +7,9 @@ from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
-__all__ = ["StopSignals"]
+__all__ = ["STOP_SIGNALS", "StopSignals"]
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 class StopSignals:
@@ -18,7 +20,9 @@ class StopSignals:
     def __init__(self, on_stop: Callable[[int], None] | None = None) -> None:
         self.signum: int | None = None
         self._on_stop = on_stop
-        self._old = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
+        self._old = {s: signal.signal(s, self._handle) for s in STOP_SIGNALS}
+        # A launched node starts with them blocked (pipeline.launch): one sent while it started is taken now.
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         self.signum = signum

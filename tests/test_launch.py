@@ -86,6 +86,29 @@ nodes:
     assert not list(g.run_base.glob("*/manifest.json")), "run directory left behind"
 
 
+def test_a_node_stopped_while_it_imports_stops_cleanly_once_started(
+        tmp_path: Path, launch: Callable[..., Launched]) -> None:
+    """SIGINT reaches a node before its handler exists: it stays pending (the launcher starts nodes
+    with the stop signals blocked) rather than raising KeyboardInterrupt inside an import."""
+    path = write(tmp_path, "nodes:\n  gated: {run: tests.gated_import_node:Gated}\n")
+    g = launch(path)
+    wait_for(lambda: (g.run_base / "importing").exists(), 30, "the node to be importing")
+    pid = wait_for(g.node_pids, 30, "the node's pid")["gated"]
+    os.kill(g.proc.pid, signal.SIGINT)
+
+    def sigint_pending() -> bool:
+        status = Path(f"/proc/{pid}/status").read_text()
+        masks = [int(line.split()[1], 16) for line in status.splitlines() if line.startswith(("SigPnd", "ShdPnd"))]
+        return any(m & (1 << (signal.SIGINT - 1)) for m in masks)
+
+    wait_for(sigint_pending, 10, "SIGINT pending in the importing node")
+    (g.run_base / "gate").touch()
+    rc, log = g.wait(timeout=10)
+    assert rc == 130, log
+    assert "Traceback" not in log and "still running" not in log, log
+    assert not pid_alive(pid)
+
+
 def test_sigterm_gives_exit_code_143(tmp_path: Path, launch: Callable[..., Launched]) -> None:
     path = write(tmp_path, "nodes:\n  sim: {run: nodes.sim:TrafficSim}\n")
     g = launch(path)
