@@ -131,12 +131,11 @@ def test_streaming_equals_offline_for_a_spec_that_looks_back_for_the_heading_of_
     look = make_models(tmp_path, features={"heading_lookback": 12})
     msgs = scripted_tracks(60)
     g, _ = run_local(msgs, {"models": {k: str(v) for k, v in look.items()}, "lag_s": 0})
-    for code, name in KIND_NAME.items():
-        ref = offline(msgs, look[name], code)
+    refs = {name: offline(msgs, look[name], code) for code, name in KIND_NAME.items()}
+    for name, ref in refs.items():
         assert_same(streamed(g, name), ref)
-    ref = offline(msgs, look["vehicle"], AgentKind.VEHICLE)
     plain = offline(msgs, models["vehicle"], AgentKind.VEHICLE)
-    assert any(not np.allclose(ref[k], plain[k]) for k in ref)
+    assert any(not np.allclose(refs["vehicle"][k], plain[k]) for k in plain)
 
 
 def _eth_messages() -> list[Tracks]:
