@@ -14,8 +14,8 @@ import time
 import numpy as np
 
 from bench._results import Results
-from pipeline.messages import Clock, Image
-from pipeline.node import Node, NodeParams
+from pipeline.runtime.node import Node, NodeParams
+from pipeline.wire.messages import Clock, Image
 
 __all__ = ["FrameSink", "FrameSource", "Trigger", "image_shape"]
 

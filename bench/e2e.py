@@ -38,8 +38,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from pipeline.messages import Diagnostics, Predictions, Tracks  # noqa: E402
-from pipeline.node import Node, NodeParams  # noqa: E402
+from pipeline.runtime.node import Node, NodeParams  # noqa: E402
+from pipeline.wire.messages import Diagnostics, Predictions, Tracks  # noqa: E402
 
 WARMUP_S = 3.0
 SHIPPED = {"vehicle": REPO / "models/pretrained/vehicle_lstm.onnx",
@@ -105,8 +105,8 @@ nodes:
 def _random_models(tmp: Path) -> dict[str, Path]:
     import torch
 
-    from export.features import default_spec, feature_dim
-    from export.onnx_export import export_onnx
+    from export.runtime.features import default_spec, feature_dim
+    from export.torch_export.onnx_export import export_onnx
     from models.trajectory import ModelConfig, TrajectoryModel, save_checkpoint
 
     out = {}
@@ -122,8 +122,8 @@ def _random_models(tmp: Path) -> dict[str, Path]:
 
 
 def run_one(n: int, seconds: float, models: dict[str, Path], tmp: Path) -> dict[str, float]:
-    from pipeline.graph import load_graph
-    from pipeline.launch import Supervisor, make_run_dir
+    from pipeline.runtime.graph import load_graph
+    from pipeline.runtime.launch import Supervisor, make_run_dir
 
     out = tmp / f"sink-{n}.json"
     path = tmp / f"graph-{n}.yaml"

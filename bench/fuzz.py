@@ -5,19 +5,19 @@
 Sections (the time is shared equally):
 
 - codec:   random, truncated, oversized and type-confused multipart messages, and hostile valid messages,
-           straight into `pipeline.codec.decode`; valid ones must round-trip exactly.
+           straight into `pipeline.wire.codec.decode`; valid ones must round-trip exactly.
 - launch:  random YAML trees near the launch schema, and byte/line mutations of the real launch.yaml, into
-           `pipeline.graph.load_graph` (only ConfigError may come out).
+           `pipeline.runtime.graph.load_graph` (only ConfigError may come out).
 - nodes:   every ready-made node with inputs, in a ProcessRuntime, fed the cases of tests/test_node_fuzz.py
            through `ProcessRuntime._deliver` (bad messages counted per kind, valid ones reach `on_<input>`,
            10 s deadline per message).
-- shm:     damaged shared-memory message bodies (`pipeline.shm`), as ZeroMQ brings them and as a bell finds
+- shm:     damaged shared-memory message bodies (`pipeline.transport.shm`), as ZeroMQ brings them and as a bell finds
            them in a slot's record, through `Subscriber._resolve`/`drain_bell`, `decode` and `settle`.
 - mcap:    damaged drivecast MCAP files (cuts, bit flips, zeroed and duplicated ranges) through
            `open_recording`, `info()`, `items()` and `decode` (only RecordingError/DecodeError may come out).
 - bag:     the same damage applied to a ROS 1 bag and a ROS 2 mcap from ../shared/recordings (if present).
 - onnx:    damaged and mismatched step models (byte damage; metadata keys removed or given wrong values, via
-           the `onnx` package) into `export.runtime.StepModel`, then one step (only ModelError may come out).
+           the `onnx` package) into `export.runtime.step_model.StepModel`, then one step (only ModelError may come out).
            Needs torch to export the tiny models; skipped without it.
 
 Each case ends in an outcome (`dropped.bad_header`, `RecordingError`, `ok`, ...), counted per section. Any
@@ -52,9 +52,9 @@ sys.path.insert(0, str(REPO))
 import numpy as np  # noqa: E402
 import yaml  # noqa: E402
 
-from pipeline.codec import decode, encode  # noqa: E402
 from pipeline.errors import ConfigError, DecodeError  # noqa: E402
-from pipeline.messages import SCHEMAS  # noqa: E402
+from pipeline.wire.codec import decode, encode  # noqa: E402
+from pipeline.wire.messages import SCHEMAS  # noqa: E402
 from tests.test_node_fuzz import (  # noqa: E402
     KNOWN_BUGS,
     NODES,
@@ -162,7 +162,7 @@ _KEYS = ["name", "nodes", "run", "params", "inputs", "respawn", "required", "mac
          "tracks", "sim", "printer", "x"]
 _SCALARS = [None, True, False, 0, -1, 10**6, 1.5, float("nan"), float("inf"), "", "nodes.sim:TrafficSim",
             "nodes.printer:TrackPrinter", "sim/tracks", "block", "latest", "drop_oldest", "tcp", "ipc",
-            "os:system", "a:b", "pipeline.runner:main", "../../x", "\x00"]
+            "os:system", "a:b", "pipeline.runtime.runner:main", "../../x", "\x00"]
 
 
 def _tree(rnd: random.Random, depth: int = 0) -> Any:
@@ -195,7 +195,7 @@ def _mutate_text(rnd: random.Random, text: str) -> str:
 
 
 def fuzz_launch(sec: Section, rnd: random.Random, until: float, workdir: Path) -> None:
-    from pipeline.graph import load_graph
+    from pipeline.runtime.graph import load_graph
 
     base = (REPO / "launch.yaml").read_text()
     path = workdir / "launch.yaml"
@@ -314,7 +314,7 @@ def _damage(rnd: random.Random, data: bytes) -> tuple[str, bytes]:
 
 
 def _read_all(path: Path) -> str:
-    from pipeline.recording import RecordingError, open_recording
+    from pipeline.recordings.reader import RecordingError, open_recording
 
     try:
         with open_recording(path) as rec:
@@ -334,7 +334,7 @@ def _read_all(path: Path) -> str:
 
 
 def _drive(workdir: Path) -> bytes:
-    from pipeline.record import Recorder
+    from pipeline.recordings.writer import Recorder
     from tests.test_node_fuzz import hostile_message as hm
 
     rnd = random.Random(0)
@@ -375,7 +375,7 @@ def fuzz_onnx(sec: Section, rnd: random.Random, until: float, workdir: Path) -> 
     except Exception as exc:
         sec.skipped = str(exc)
         return
-    from export.runtime import ModelError, StepModel
+    from export.runtime.step_model import ModelError, StepModel
 
     onnx: Any
     try:
@@ -428,9 +428,9 @@ def fuzz_shm(sec: Section, rnd: random.Random, until: float, workdir: Path) -> N
     counted, never an exception."""
     import zmq
 
-    from pipeline.messages import Image
-    from pipeline.shm import _HEADER_BYTES, _META_BYTES, _META_LEN, BODY
-    from pipeline.transport import Publisher, Subscriber
+    from pipeline.transport.pubsub import Publisher, Subscriber
+    from pipeline.transport.shm import _HEADER_BYTES, _META_BYTES, _META_LEN, BODY
+    from pipeline.wire.messages import Image
     from tests.conftest import connected, take, wait_for
 
     ctx = zmq.Context()
@@ -485,7 +485,7 @@ def fuzz_shm(sec: Section, rnd: random.Random, until: float, workdir: Path) -> N
                     del msg
                 sub.release()
                 # Three names in a row that match but do not open make it fall back to plain frames
-                # (pipeline/transport.py): by design, and the end of this harness's subscriber.
+                # (pipeline/transport/pubsub.py): by design, and the end of this harness's subscriber.
                 reader.unreachable = 0
                 after = (sub.dropped, reader.bad, reader.overruns)
                 what = "+".join(out) or ("bad" if after[1] > before[1] else "overrun" if after[2] > before[2]

@@ -2,12 +2,12 @@
 
     python bench/replay.py [--quick] [--json FILE]
 
-(a) timing fidelity at --rate 1: a synthetic 200 Hz drive with bursts played through `pipeline.play.play`
+(a) timing fidelity at --rate 1: a synthetic 200 Hz drive with bursts played through `pipeline.recordings.replay.play`
     onto real ZeroMQ publishers (the `drivecast play` path); lateness of each send vs its absolute deadline.
-(b) lockstep throughput: an imported ETH/UCY scene (models.drive_import) replayed by `pipeline.play.lockstep`
+(b) lockstep throughput: an imported ETH/UCY scene (models.drive_import) replayed by `pipeline.recordings.replay.lockstep`
     through the default predictor (nodes.predictor with models/pretrained/pedestrian_lstm.onnx), as a
     multiple of real time; falls back to a constant-velocity node when the model is absent (reported).
-(c) record throughput for 1 MiB Image messages: `pipeline.record.Recorder` with its defaults (each image
+(c) record throughput for 1 MiB Image messages: `pipeline.recordings.writer.Recorder` with its defaults (each image
     stored once, as a RawImage channel carrying the wire frames; Foxglove mirrors on) and with
     `foxglove_mirror=False` (`record_lossless_only_*`: for images the same stored form) vs the mcap
     library writing the same packed bytes directly, same run, repetitions alternating between the
@@ -31,11 +31,11 @@ sys.path.insert(0, str(REPO))
 
 from mcap.writer import CompressionType, Writer  # noqa: E402
 
-from pipeline.codec import encode  # noqa: E402
-from pipeline.messages import Image, Tracks  # noqa: E402
-from pipeline.play import PlayOptions, lockstep, play  # noqa: E402
-from pipeline.record import Recorder  # noqa: E402
-from pipeline.recording import open_recording, pack_frames  # noqa: E402
+from pipeline.recordings.reader import open_recording, pack_frames  # noqa: E402
+from pipeline.recordings.replay import PlayOptions, lockstep, play  # noqa: E402
+from pipeline.recordings.writer import Recorder  # noqa: E402
+from pipeline.wire.codec import encode  # noqa: E402
+from pipeline.wire.messages import Image, Tracks  # noqa: E402
 
 ETH = REPO.parent / "shared" / "data" / "eth_ucy" / "zara1" / "val" / "crowds_zara02_val.txt"
 
@@ -43,7 +43,7 @@ ETH = REPO.parent / "shared" / "data" / "eth_ucy" / "zara1" / "val" / "crowds_za
 def timing(tmp: Path, seconds: float) -> dict[str, float]:
     import zmq
 
-    from pipeline.transport import Publisher
+    from pipeline.transport.pubsub import Publisher
 
     path = tmp / "pace.mcap"
     t0, period = 1_700_000_000_000_000_000, 5_000_000
@@ -67,7 +67,7 @@ def timing(tmp: Path, seconds: float) -> dict[str, float]:
 
 def lockstep_speed(tmp: Path) -> dict[str, float | str]:
     from models.drive_import import main as import_main
-    from pipeline.graph import load_graph
+    from pipeline.runtime.graph import load_graph
 
     if not ETH.exists():
         return {"lockstep_note": f"{ETH} absent"}

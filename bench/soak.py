@@ -28,9 +28,9 @@ import zmq
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from pipeline.codec import decode  # noqa: E402
 from pipeline.errors import DecodeError  # noqa: E402
-from pipeline.messages import Diagnostics  # noqa: E402
+from pipeline.wire.codec import decode  # noqa: E402
+from pipeline.wire.messages import Diagnostics  # noqa: E402
 
 
 def rss_mb(pid: int) -> float:

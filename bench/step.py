@@ -1,4 +1,4 @@
-"""One predictor step, onnxruntime (export/runtime.py) vs torch, same model, same run.
+"""One predictor step, onnxruntime (export/runtime/step_model.py) vs torch, same model, same run.
 
     python bench/step.py [--quick] [--json FILE] [--ckpt CKPT] [--threads N]
 
@@ -37,8 +37,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch
 
-from export.onnx_export import export_module, load_checkpoint, write_variant
-from export.runtime import StepModel
+from export.runtime.step_model import StepModel
+from export.torch_export.onnx_export import export_module, load_checkpoint, write_variant
 
 SHIPPED = Path(__file__).resolve().parent.parent / "models" / "pretrained" / "vehicle_lstm.pt"
 BATCHES = (1, 16, 64, 256)

@@ -9,7 +9,7 @@ array (CLOCK_MONOTONIC is one clock for all processes of the machine, so one-way
 no ping-pong, no RTT/2). Candidates, each a sender process and a receiver process:
 
 - drivecast: `bench/_transport_nodes.py` FrameSource -> FrameSink, two real nodes run by
-  `python -m pipeline.runner` from a manifest built by `pipeline.launch.build_manifest` out of a
+  `python -m pipeline.runtime.runner` from a manifest built by `pipeline.runtime.launch.build_manifest` out of a
   launch file (ipc transport, input queue `drop_oldest`, so that a burst after a stall of the
   sender loses no sample), shared memory off (`DRIVECAST_SHM=off`);
   payload = `Image.data`, so the header, the codec's checks and the callback dispatch are in;
@@ -56,11 +56,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench._results import Results  # noqa: E402
-from pipeline.codec import encode  # noqa: E402
-from pipeline.graph import load_graph  # noqa: E402
-from pipeline.launch import build_manifest, make_run_dir, write_manifest  # noqa: E402
-from pipeline.messages import Clock  # noqa: E402
-from pipeline.transport import Publisher, free_tcp_port  # noqa: E402
+from pipeline.runtime.graph import load_graph  # noqa: E402
+from pipeline.runtime.launch import build_manifest, make_run_dir, write_manifest  # noqa: E402
+from pipeline.transport.pubsub import Publisher, free_tcp_port  # noqa: E402
+from pipeline.wire.codec import encode  # noqa: E402
+from pipeline.wire.messages import Clock  # noqa: E402
 
 SIZES = (64, 4096, 1 << 20, 1280 * 720 * 3)
 LABELS = {64: "64 B", 4096: "4 KiB", 1 << 20: "1 MiB", 1280 * 720 * 3: "2.7 MB"}
@@ -122,7 +122,7 @@ def start_drivecast(name: str, tmp: Path, cap: int, ctx: zmq.Context, shm: str, 
     pub = Publisher(ctx, "ctl/go", manifest["topics"]["ctl/go"]["endpoint"])
     env = {"DRIVECAST_SHM": shm}
     cand = Candidate(name, results)
-    cand.procs = [_spawn([PY, "-m", "pipeline.runner", str(run_dir), n], tmp / f"{name}.{n}.log", env)
+    cand.procs = [_spawn([PY, "-m", "pipeline.runtime.runner", str(run_dir), n], tmp / f"{name}.{n}.log", env)
                   for n in ("dst", "src")]
     count = [0]
 
@@ -136,8 +136,8 @@ def start_drivecast(name: str, tmp: Path, cap: int, ctx: zmq.Context, shm: str, 
     def cleanup() -> None:
         pub.close()
         shutil.rmtree(run_dir, ignore_errors=True)
-        if importlib.util.find_spec("pipeline.shm") is not None:
-            from pipeline.shm import remove_segments
+        if importlib.util.find_spec("pipeline.transport.shm") is not None:
+            from pipeline.transport.shm import remove_segments
             remove_segments(run_dir)
 
     cand.cleanup.append(cleanup)
@@ -260,12 +260,12 @@ def run(n: int, only: set[str] | None = None) -> dict[str, Any]:
         if want("drivecast"):
             cands.append(start_drivecast("drivecast", tmp, cap, ctx, "off"))
         if want("shm"):
-            if importlib.util.find_spec("pipeline.shm") is not None:
+            if importlib.util.find_spec("pipeline.transport.shm") is not None:
                 cands.append(start_drivecast("shm", tmp, cap, ctx, "on"))
                 if want("loan"):
                     cands.append(start_drivecast("loan", tmp, cap, ctx, "on", loan=True))
             else:
-                skipped["shm"] = "pipeline.shm not present"
+                skipped["shm"] = "pipeline.transport.shm not present"
         if want("pyzmq"):
             cands.append(start_pyzmq(tmp, cap, ctx))
         if want("dora"):

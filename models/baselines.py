@@ -1,6 +1,6 @@
 """Constant-velocity baseline: choosing its k, scoring it, and running it behind the model step interface.
 
-CV(k) itself (`export.features.constant_velocity`) is the velocity averaged over the last k observed
+CV(k) itself (`export.runtime.features.constant_velocity`) is the velocity averaged over the last k observed
 steps, extrapolated; it needs k+1 observed positions. k is chosen on a validation split (`choose_k`):
 on Argoverse k=5 is about 40% better than k=1, so reporting CV(k=1) beside a model would flatter the model.
 """
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from export.features import constant_velocity
+from export.runtime.features import constant_velocity
 
 __all__ = ["ConstantVelocityStep", "choose_k", "displacement_errors"]
 
@@ -35,7 +35,7 @@ def choose_k(obs: np.ndarray, truth: np.ndarray, ks: list[int] | None = None) ->
 class ConstantVelocityStep:
     """Constant velocity behind the same step interface as the models (numpy, stateless).
 
-    It reads the agent's last k displacements from x_t (export/features.py puts the last `history` of
+    It reads the agent's last k displacements from x_t (export/runtime/features.py puts the last `history` of
     them there, in the heading frame, in units of scale), so it needs k <= history. Where an agent has
     fewer than k known displacements it averages those it has. It plugs into the evaluation, or into the
     predictor node as a fallback model.

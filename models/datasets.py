@@ -58,7 +58,7 @@ class Protocol:
     horizon: int
     dt_s: float
     focal_only: bool          # only tracks marked focal are evaluated (the Argoverse AGENT)
-    agent_kind: str           # default feature family in export.features.default_spec
+    agent_kind: str           # default feature family in export.runtime.features.default_spec
 
 
 DATASETS: dict[str, Protocol] = {

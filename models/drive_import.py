@@ -23,10 +23,10 @@ from pathlib import Path
 import numpy as np
 
 from models.datasets import DatasetError, Scene, load_scene, scene_files
-from pipeline.codec import encode
 from pipeline.errors import DrivecastError
-from pipeline.messages import AgentKind, Tracks
-from pipeline.record import Recorder
+from pipeline.recordings.writer import Recorder
+from pipeline.wire.codec import encode
+from pipeline.wire.messages import AgentKind, Tracks
 
 __all__ = ["DATASET_NAMES", "main", "scene_tracks", "write_drive"]
 

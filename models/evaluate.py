@@ -2,7 +2,7 @@
 
 Everything here runs a plain step callable: `.meta` (cell, layers, hidden, input_dim, horizon, obs_len,
 dt_s, features), `.zero_state(batch)`, `.step(x float32[B,F], state) -> (pred[B,T,2], state)`, numpy in
-and out. A checkpoint is wrapped in `TorchStepper`; an .onnx file is `export.runtime.StepModel`; both go
+and out. A checkpoint is wrapped in `TorchStepper`; an .onnx file is `export.runtime.step_model.StepModel`; both go
 through the same code and so give the same ADE/FDE up to float error.
 
 Two protocols, on the same windows (obs_len observed + horizon future samples, all present):
@@ -25,7 +25,7 @@ from typing import Protocol as TypingProtocol
 
 import numpy as np
 
-from export.features import constant_velocity, history_len, to_world
+from export.runtime.features import constant_velocity, history_len, to_world
 from models.baselines import choose_k, displacement_errors
 from models.datasets import DATASETS, DatasetError, Grid, load_scenes, to_grid
 from models.sequences import find_windows, track_sequences, window_inputs
@@ -42,7 +42,7 @@ class Stepper(TypingProtocol):
 
 
 class TorchStepper:
-    """A TrajectoryModel behind the numpy step interface that export.runtime.StepModel also has.
+    """A TrajectoryModel behind the numpy step interface that export.runtime.step_model.StepModel also has.
 
     State is (h, c) for an LSTM and (h,) for a GRU, each float32[L,B,H].
     """
@@ -74,7 +74,7 @@ def load_stepper(path: str | Path) -> Stepper:
     """A checkpoint (.pt, anything torch.load reads) or an .onnx step model."""
     path = Path(path)
     if path.suffix == ".onnx":
-        from export.runtime import StepModel  # torch-free runtime, written for the predictor node
+        from export.runtime.step_model import StepModel  # torch-free runtime, written for the predictor node
 
         return StepModel(str(path))
     from models.trajectory import load_checkpoint

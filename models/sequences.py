@@ -1,8 +1,8 @@
-"""Model inputs and targets built from a `Grid`, one sample time at a time with export.features.
+"""Model inputs and targets built from a `Grid`, one sample time at a time with export.runtime.features.
 
 Training (`track_sequences`) and the streaming protocol see each agent from its first sample with its whole
 past; the window protocol (`window_inputs`) sees only the obs_len samples of the window. Both call
-`export.features.step_features` once per sample time on everyone present, exactly as the streaming
+`export.runtime.features.step_features` once per sample time on everyone present, exactly as the streaming
 predictor node does, so offline and streaming inputs are the same numbers.
 """
 
@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from export.features import feature_dim, history_len, step_features, to_frame
+from export.runtime.features import feature_dim, history_len, step_features, to_frame
 from models.datasets import Grid
 
 __all__ = ["TrackSeq", "Windows", "find_windows", "pool_at", "track_sequences", "window_inputs"]

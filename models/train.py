@@ -36,7 +36,15 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from export.features import OPTIONAL_KEYS, default_spec, feature_dim, flag_mask, mirror_sign, to_frame, validate_spec
+from export.runtime.features import (
+    OPTIONAL_KEYS,
+    default_spec,
+    feature_dim,
+    flag_mask,
+    mirror_sign,
+    to_frame,
+    validate_spec,
+)
 from models.baselines import choose_k
 from models.datasets import DATASETS, DatasetError, load_scenes, reversed_grid, to_grid
 from models.evaluate import EvalSet, TorchStepper, evaluate, prepare
@@ -87,7 +95,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--max-minutes", type=float, default=30.0,
                    help="wall-clock budget (of each seed with --seeds); stops after the epoch")
     p.add_argument("--feature", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a feature-spec entry (export/features.py), e.g. --feature k_neighbors=6")
+                   help="override a feature-spec entry (export/runtime/features.py), e.g. --feature k_neighbors=6")
     p.add_argument("--cv-init", action="store_true",
                    help="initialise the head's skip path to constant velocity (CV k from val, capped at the "
                         "feature history): the model starts at CV and learns a residual correction")

@@ -4,7 +4,7 @@
 `forward` is the same computation unrolled over a sequence for training. The head sees the recurrent
 output and x_t itself: the skip path makes constant velocity (a linear function of the recent
 displacements in x_t) easy to represent, so the recurrent part only has to learn corrections.
-pred is in the normalised agent frame of export/features.py; `export.features.to_world` maps it back.
+pred is in the normalised agent frame of export/runtime/features.py; `export.runtime.features.to_world` maps it back.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ class ModelConfig:
     horizon: int = 12             # T predicted samples
     obs_len: int = 8              # standard window protocol's observed samples
     dt_s: float = 0.4             # sample period, seconds
-    features: dict[str, Any] = field(default_factory=dict)   # export.features spec
+    features: dict[str, Any] = field(default_factory=dict)   # export.runtime.features spec
     dropout: float = 0.0          # between stacked layers only (layers > 1)
     agent_kind: str = ""          # "pedestrian" | "vehicle" | "mixed": lets a node pick a model per class
 
@@ -82,7 +82,7 @@ def average_models(models: list[TrajectoryModel], mirror: Tensor | None = None) 
     variance a single small model has on ETH/UCY-sized data. The members run side by side in one cell:
     each gate's weights are block-diagonal in the hidden units, so member m owns hidden units
     [m*H, (m+1)*H) and never sees the others'. A mirrored member reads x * mirror (mirror: float32[F]
-    of +-1, export.features.mirror_sign) and its prediction's lateral component is negated back. The
+    of +-1, export.runtime.features.mirror_sign) and its prediction's lateral component is negated back. The
     head averages the members' heads. Cost: hidden grows to H * members (* 2 with mirror).
     """
     cfg0 = models[0].cfg

@@ -9,7 +9,7 @@ Lichtblick over a local WebSocket (foxglove-sdk; optional extra `pip install 'dr
 ```
 
 Open Foxglove -> "Open connection" -> `ws://127.0.0.1:8765`. Each input becomes a channel named by
-`names` (default: the input name) with the Foxglove well-known schema of `pipeline.foxglove`
+`names` (default: the input name) with the Foxglove well-known schema of `pipeline.recordings.foxglove`
 (SceneUpdate for tracks and predictions, PoseInFrame, LocationFix as JSON; RawImage and PointCloud
 as CDR); log time = the message stamp. A message is converted only while a client is subscribed.
 The server binds `host` (default 127.0.0.1: local only; the WebSocket has no authentication).
@@ -19,10 +19,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipeline import foxglove as fx
 from pipeline.errors import ConfigError
-from pipeline.messages import GnssFix, Image, Imu, Message, Odometry, PointCloud, Predictions, Tracks
-from pipeline.node import Node, NodeParams
+from pipeline.recordings import foxglove as fx
+from pipeline.runtime.node import Node, NodeParams
+from pipeline.wire.messages import GnssFix, Image, Imu, Message, Odometry, PointCloud, Predictions, Tracks
 
 __all__ = ["Bridge"]
 

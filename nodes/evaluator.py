@@ -6,7 +6,7 @@ each time (a row whose agent is missing from either is skipped: no made-up truth
 error over the horizon, FDE the error at its end, in meters, per agent kind and overall (overall
 averages rows of every model, each over its own horizon).
 
-Beside the model, on exactly the same rows: constant velocity (`export.features.constant_velocity`) from
+Beside the model, on exactly the same rows: constant velocity (`export.runtime.features.constant_velocity`) from
 the same inputs (truth positions up to the prediction's sample time t0 = t_ns[0] - dt):
 v = (p(t0) - p(t0 - k*dt)) / (k*dt), for each k in `cv_ks` (an agent seen for less than k*dt uses the
 longest of `cv_ks` it has been seen for); the best k per kind is reported, which flatters the baseline
@@ -24,10 +24,10 @@ from collections import Counter, defaultdict, deque
 
 import numpy as np
 
-from export.features import constant_velocity
+from export.runtime.features import constant_velocity
 from pipeline.errors import ConfigError
-from pipeline.messages import AgentKind, Diagnostics, Predictions, StateEvent, Tracks
-from pipeline.node import Node, NodeParams
+from pipeline.runtime.node import Node, NodeParams
+from pipeline.wire.messages import AgentKind, Diagnostics, Predictions, StateEvent, Tracks
 
 __all__ = ["Evaluator"]
 

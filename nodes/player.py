@@ -12,7 +12,7 @@ nodes:
 clock: player/clock                 # nodes' timers and now() follow the replayed time
 ```
 
-Options are `drivecast play`'s (`pipeline.play`): rate, loop, start_offset, topics, remap
+Options are `drivecast play`'s (`pipeline.recordings.replay`): rate, loop, start_offset, topics, remap
 (`{recorded topic: output}`; default: the first recorded topic of each schema, by name), clock_hz
 (0 = no clock), delay_s (a wait before the first message, during which the clock is held at the
 first log time: subscribers of the clock, a lossy topic, then know the time before any message;
@@ -28,11 +28,11 @@ from __future__ import annotations
 
 import time
 
-from pipeline.codec import decode
-from pipeline.messages import Clock, Detections, GnssFix, Image, Imu, Odometry, PointCloud, Predictions, Tracks
-from pipeline.node import Node, NodeParams
-from pipeline.play import PlayOptions, player_topics, schedule
-from pipeline.recording import open_recording, prefetch
+from pipeline.recordings.reader import open_recording, prefetch
+from pipeline.recordings.replay import PlayOptions, player_topics, schedule
+from pipeline.runtime.node import Node, NodeParams
+from pipeline.wire.codec import decode
+from pipeline.wire.messages import Clock, Detections, GnssFix, Image, Imu, Odometry, PointCloud, Predictions, Tracks
 
 __all__ = ["Player"]
 

@@ -58,7 +58,7 @@ from pathlib import Path
 
 import numpy as np
 
-from export.features import (
+from export.runtime.features import (
     FeatureSpecError,
     agent_frames,
     feature_dim,
@@ -67,11 +67,11 @@ from export.features import (
     to_world,
     validate_spec,
 )
-from export.runtime import ModelError, StepModel
+from export.runtime.step_model import ModelError, StepModel
 from nodes.state_table import AgentTable, save_npz
 from pipeline.errors import ConfigError
-from pipeline.messages import AgentKind, Predictions, StateEvent, Tracks
-from pipeline.node import Node, NodeParams
+from pipeline.runtime.node import Node, NodeParams
+from pipeline.wire.messages import AgentKind, Predictions, StateEvent, Tracks
 
 __all__ = ["Predictor"]
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline.messages import AgentKind, Tracks
-from pipeline.node import Node, NodeParams
+from pipeline.runtime.node import Node, NodeParams
+from pipeline.wire.messages import AgentKind, Tracks
 
 __all__ = ["TrackPrinter"]
 

@@ -9,7 +9,7 @@
 
 One input per schema (wire the ones you want); `names` gives each input's channel name in the file
 (default: the input name). With `queue: block` nothing is lost. The file layout is
-`pipeline.record`'s (zstd chunks, closed at least once a second, Foxglove mirror channels unless
+`pipeline.recordings.writer`'s (zstd chunks, closed at least once a second, Foxglove mirror channels unless
 `foxglove: false`). log_time = the node clock when the message arrives.
 
 Difference from `drivecast record`: a node receives decoded messages, not wire frames, so the
@@ -21,10 +21,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline.codec import encode
-from pipeline.messages import Detections, GnssFix, Image, Imu, Message, Odometry, PointCloud, Predictions, Tracks
-from pipeline.node import Node, NodeParams
-from pipeline.record import Recorder as McapRecorder
+from pipeline.recordings.writer import Recorder as McapRecorder
+from pipeline.runtime.node import Node, NodeParams
+from pipeline.wire.codec import encode
+from pipeline.wire.messages import Detections, GnssFix, Image, Imu, Message, Odometry, PointCloud, Predictions, Tracks
 
 __all__ = ["Recorder"]
 

@@ -13,8 +13,8 @@ from __future__ import annotations
 import numpy as np
 
 from pipeline.errors import ConfigError
-from pipeline.messages import AgentKind, Detections, Tracks
-from pipeline.node import Node, NodeParams
+from pipeline.runtime.node import Node, NodeParams
+from pipeline.wire.messages import AgentKind, Detections, Tracks
 
 __all__ = ["TrafficSim", "TrafficWorld"]
 

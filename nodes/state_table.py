@@ -6,7 +6,7 @@ small array per agent) fragments memory and costs an allocation per agent per me
 fancy-indexing operation each way.
 
 A slot holds the LSTM state (h, c), the agent's position history resampled to the model period
-(`hist[slot, -1]` = newest sample, as `export.features` expects), how many samples it has (`n_obs`, not
+(`hist[slot, -1]` = newest sample, as `export.runtime.features` expects), how many samples it has (`n_obs`, not
 capped), the last raw observation (`last_t`, `last_xy`: the left end of the next interpolation) and the
 grid index of its last sample (`last_k`, `NEVER` until the first). `arrays`/`restore` move the rows in
 use to and from one `.npz` (no pickle), written by `save_npz` with an atomic replace.

@@ -103,7 +103,7 @@ def run_base() -> Iterator[Path]:
     """A short run directory base (ipc socket paths must stay under ~100 characters)."""
     d = Path(tempfile.mkdtemp(prefix="dc-", dir="/tmp"))
     yield d
-    from pipeline.shm import remove_segments
+    from pipeline.transport.shm import remove_segments
 
     for run in [d, *(p for p in d.iterdir() if p.is_dir())]:
         remove_segments(run)  # what a graph killed mid-test left in /dev/shm (the launcher removes them otherwise)
@@ -139,8 +139,8 @@ def closing() -> Iterator[list[Any]]:
 
 def connected(pub: Any, sub: Any, timeout: float = 5.0) -> None:
     """Send probes until the subscriber gets one (ZeroMQ's slow joiner), then drop the probes."""
-    from pipeline.codec import encode
-    from pipeline.messages import Clock
+    from pipeline.wire.codec import encode
+    from pipeline.wire.messages import Clock
 
     def probe() -> bool:
         pub.send(encode(Clock(frame_id="probe")), lambda: False)

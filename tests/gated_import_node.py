@@ -9,9 +9,9 @@ import sys
 import time
 from pathlib import Path
 
-from pipeline.node import Node
+from pipeline.runtime.node import Node
 
-if getattr(sys.modules["__main__"].__spec__, "name", "") == "pipeline.runner":  # the node, not the launcher
+if getattr(sys.modules["__main__"].__spec__, "name", "") == "pipeline.runtime.runner":  # the node, not the launcher
     _BASE = Path(os.environ["DRIVECAST_RUN_DIR"])
     (_BASE / "importing").touch()
     _deadline = time.monotonic() + 30

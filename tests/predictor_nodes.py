@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 
 from nodes.sim import TrafficWorld
-from pipeline.messages import AgentKind, Diagnostics, Predictions, StateEvent, Tracks
-from pipeline.node import Node, NodeParams
+from pipeline.runtime.node import Node, NodeParams
+from pipeline.wire.messages import AgentKind, Diagnostics, Predictions, StateEvent, Tracks
 
 BASE_NS = 1_000_000_000_000  # synthetic stamps: BASE_NS + i * period, the same in every run
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -133,8 +133,8 @@ def make_models(tmp: Path, hidden: int = 16, seed: int = 0, features: dict | Non
     `features` overrides keys of both default feature specs."""
     import torch
 
-    from export.features import default_spec, feature_dim
-    from export.onnx_export import export_onnx
+    from export.runtime.features import default_spec, feature_dim
+    from export.torch_export.onnx_export import export_onnx
     from models.trajectory import ModelConfig, TrajectoryModel, save_checkpoint
 
     out = {}

@@ -1,4 +1,4 @@
-"""pipeline/bag.py + pipeline/rosbag.py on the real recordings in ../shared/recordings: `bag info`
+"""pipeline/cli/bag.py + pipeline/recordings/rosbag_reader.py on the real recordings in ../shared/recordings: `bag info`
 figures match each README, ROS types convert into drivecast schemas, a bag without type definitions
 gives a clear error (and reads once the types are supplied), `bag convert` writes a playable drive."""
 
@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.bag import main as bag_main
-from pipeline.codec import decode
-from pipeline.messages import GnssFix, Imu, Odometry, PointCloud
-from pipeline.play import main as play_main
-from pipeline.recording import RecordingError, open_recording
+from pipeline.cli.bag import main as bag_main
+from pipeline.recordings.reader import RecordingError, open_recording
+from pipeline.recordings.replay import main as play_main
+from pipeline.wire.codec import decode
+from pipeline.wire.messages import GnssFix, Imu, Odometry, PointCloud
 
 RECORDINGS = Path(__file__).resolve().parents[2] / "shared" / "recordings"
 HUSKY = "husky_outdoor_gps_imu_odom_ros1/test1.bag"

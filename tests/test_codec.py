@@ -11,9 +11,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.codec import Limits, decode, encode
 from pipeline.errors import DecodeError
-from pipeline.messages import SCHEMAS, Image, Message, Tracks
+from pipeline.wire.codec import Limits, decode, encode
+from pipeline.wire.messages import SCHEMAS, Image, Message, Tracks
 
 
 def _message_strategy(cls: type[Message]) -> st.SearchStrategy[Message]:

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from nodes.predictor import STATE_FILE
-from pipeline.messages import Predictions
+from pipeline.wire.messages import Predictions
 from tests.conftest import Launched, wait_for
 from tests.predictor_nodes import BASE_NS, DATA, eth_tracks, make_models, read_log, scripted_tracks
 from tests.test_predictor import KIND_NAME, assert_same, offline, run_local, streamed
@@ -170,8 +170,8 @@ def test_the_predictor_and_evaluator_never_import_torch() -> None:
 
 def test_the_default_graph_runs_in_one_process_and_gives_the_same_numbers_twice(models: dict[str, Path]) -> None:
     from nodes.evaluator import Evaluator
-    from pipeline.graph import load_graph
-    from pipeline.local import LocalGraph
+    from pipeline.runtime.graph import load_graph
+    from pipeline.runtime.local import LocalGraph
 
     repo = Path(__file__).resolve().parents[1]
     overrides: dict[str, dict[str, Any]] = {"predictor": {"models": {k: str(v) for k, v in models.items()}, "max_age_s": 0.0},
@@ -192,7 +192,7 @@ def test_the_evaluator_scores_what_an_independent_count_over_the_same_prediction
         models: dict[str, Path]) -> None:
     from nodes.evaluator import Evaluator
     from nodes.predictor import Predictor
-    from pipeline.local import LocalGraph
+    from pipeline.runtime.local import LocalGraph
 
     msgs = scripted_tracks(120)
     g = LocalGraph(start_ns=BASE_NS)

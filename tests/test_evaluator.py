@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from nodes.evaluator import Evaluator
-from pipeline.local import LocalGraph
-from pipeline.messages import AgentKind, Predictions, StateEvent, Tracks
+from pipeline.runtime.local import LocalGraph
+from pipeline.wire.messages import AgentKind, Predictions, StateEvent, Tracks
 
 DT = 100_000_000
 T = 5

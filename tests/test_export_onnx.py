@@ -1,4 +1,4 @@
-"""export/onnx_export.py: the step graph, its parity with torch, metadata, variants and the CLI."""
+"""export/torch_export/onnx_export.py: the step graph, its parity with torch, metadata, variants and the CLI."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import pytest
 torch = pytest.importorskip("torch")
 onnx = pytest.importorskip("onnx")
 
-from export.features import default_spec, feature_dim  # noqa: E402
-from export.onnx_export import ExportError, export_onnx, graph_hash, main, max_abs_diff  # noqa: E402
-from export.runtime import StepModel  # noqa: E402
+from export.runtime.features import default_spec, feature_dim  # noqa: E402
+from export.runtime.step_model import StepModel  # noqa: E402
+from export.torch_export.onnx_export import ExportError, export_onnx, graph_hash, main, max_abs_diff  # noqa: E402
 from models.trajectory import ModelConfig, TrajectoryModel, save_checkpoint  # noqa: E402
 
 METRICS = {"cv_k": 3, "val": {"ade": 0.52, "fde": 1.1}}

@@ -1,4 +1,4 @@
-"""export/verify.py: `drivecast verify MODEL.onnx CKPT` passes a true export and names what is wrong otherwise."""
+"""export/torch_export/verify.py: `drivecast verify MODEL.onnx CKPT` passes a true export and names what is wrong otherwise."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import pytest
 torch = pytest.importorskip("torch")
 onnx = pytest.importorskip("onnx")
 
-from export.features import default_spec, feature_dim  # noqa: E402
-from export.onnx_export import export_onnx  # noqa: E402
-from export.verify import main  # noqa: E402
+from export.runtime.features import default_spec, feature_dim  # noqa: E402
+from export.torch_export.onnx_export import export_onnx  # noqa: E402
+from export.torch_export.verify import main  # noqa: E402
 from models.trajectory import ModelConfig, TrajectoryModel, save_checkpoint  # noqa: E402
 
 
@@ -127,7 +127,7 @@ def test_with_a_dataset_the_ade_fde_change_is_reported(
 def test_a_graph_that_computes_something_else_fails_parity(pair: tuple[Path, Path], tmp_path: Path,
                                                           capsys: pytest.CaptureFixture[str]) -> None:
     # An exporter bug, simulated: a weight changes by 0.1 and the hash is recomputed as export would.
-    from export.onnx_export import graph_hash
+    from export.torch_export.onnx_export import graph_hash
 
     proto = onnx.load(str(pair[1]))
     init = max(proto.graph.initializer, key=lambda t: np.prod(t.dims))

@@ -1,4 +1,4 @@
-"""export/features.py: frames, round trips, the training builder equals step-by-step calls, constant velocity."""
+"""export/runtime/features.py: frames, round trips, the training builder equals step-by-step calls, constant velocity."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from export.features import (
+from export.runtime.features import (
     FeatureSpecError,
     agent_frames,
     constant_velocity,
@@ -35,7 +35,7 @@ def _random_pool(rng: np.random.Generator, spec: dict, n: int) -> tuple[np.ndarr
 
 
 def test_features_module_does_not_import_torch() -> None:
-    import export.features as f
+    import export.runtime.features as f
 
     assert "torch" not in f.__dict__
     src = Path(f.__file__).read_text()
@@ -214,7 +214,7 @@ def test_training_sequences_equal_step_by_step_calls(lookback: int | None) -> No
 
 
 def test_rotation_written_out_equals_einsum() -> None:
-    from export.features import _rotate
+    from export.runtime.features import _rotate
 
     rng = np.random.default_rng(1)
     ang = rng.uniform(-np.pi, np.pi, 40)

@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pipeline.errors import ConfigError
-from pipeline.graph import load_graph
+from pipeline.runtime.graph import load_graph
 
 # Values and keys drawn near the real schema, so that fuzzing reaches deep into validation.
 KEYS = st.sampled_from(["name", "nodes", "run", "params", "inputs", "respawn", "required", "machine", "topic",

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.errors import ConfigError
-from pipeline.graph import load_graph, parse_set
+from pipeline.runtime.graph import load_graph, parse_set
 from tests.conftest import REPO
 
 GOOD = """

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 from models.drive_import import main as import_main
-from pipeline.codec import decode
-from pipeline.messages import AgentKind, Predictions, Tracks
-from pipeline.play import PlayOptions, lockstep
-from pipeline.recording import open_recording
+from pipeline.recordings.reader import open_recording
+from pipeline.recordings.replay import PlayOptions, lockstep
+from pipeline.wire.codec import decode
+from pipeline.wire.messages import AgentKind, Predictions, Tracks
 from tests.conftest import REPLAY_GRAPH
 
 REPO = Path(__file__).resolve().parents[1]
@@ -78,7 +78,7 @@ def test_import_errors_name_the_path(tmp_path: Path, capsys) -> None:
 
 
 def _prediction_hash(drive: Path, launch: Path) -> tuple[str, float, int]:
-    from pipeline.graph import load_graph
+    from pipeline.runtime.graph import load_graph
 
     h = hashlib.sha256()
     n = 0

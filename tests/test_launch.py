@@ -11,8 +11,8 @@ from pathlib import Path
 
 import zmq
 
-from pipeline.codec import decode
-from pipeline.messages import Diagnostics
+from pipeline.wire.codec import decode
+from pipeline.wire.messages import Diagnostics
 from tests.conftest import Launched, pid_alive, wait_for
 
 

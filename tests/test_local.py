@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from nodes.sim import TrafficSim
-from pipeline.local import LocalGraph
-from pipeline.messages import AgentKind, Tracks
+from pipeline.runtime.local import LocalGraph
+from pipeline.wire.messages import AgentKind, Tracks
 from tests.graph_nodes import Relay
 
 

@@ -19,7 +19,7 @@ def test_choose_k_prefers_averaging_on_noisy_tracks() -> None:
 
 def test_step_interface_cv_equals_position_cv_through_the_evaluation() -> None:
     """The step-API CV, run by the evaluation code like a model, scores exactly like the windows' CV."""
-    from export.features import default_spec
+    from export.runtime.features import default_spec
     from models.baselines import ConstantVelocityStep
     from models.datasets import Scene, Track, to_grid
     from models.evaluate import evaluate, prepare
@@ -35,7 +35,7 @@ def test_step_interface_cv_equals_position_cv_through_the_evaluation() -> None:
 
 def test_step_interface_cv_averages_the_displacements_an_agent_has() -> None:
     """An agent seen for fewer than k+1 samples: the step CV equals position CV over what there is."""
-    from export.features import constant_velocity, default_spec, history_len, step_features, to_frame
+    from export.runtime.features import constant_velocity, default_spec, history_len, step_features, to_frame
     from models.baselines import ConstantVelocityStep
 
     spec = default_spec("vehicle")

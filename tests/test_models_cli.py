@@ -105,7 +105,7 @@ def test_train_with_window_loss_cv_init_and_reversed_scenes(tiny_eth: Path, tmp_
 def test_cv_init_head_reproduces_constant_velocity() -> None:
     import torch
 
-    from export.features import default_spec, feature_dim
+    from export.runtime.features import default_spec, feature_dim
     from models.baselines import ConstantVelocityStep
     from models.trajectory import ModelConfig, TrajectoryModel
 
@@ -122,7 +122,7 @@ def test_cv_init_head_reproduces_constant_velocity() -> None:
 
 
 def test_training_windows_match_the_window_protocol(tiny_eth: Path) -> None:
-    from export.features import default_spec
+    from export.runtime.features import default_spec
     from models.datasets import load_scenes, to_grid
 
     spec = default_spec("pedestrian")
@@ -139,7 +139,7 @@ def test_train_seeds_ships_their_mirror_averaged_merge(tiny_eth: Path, tmp_path:
                                                        capsys: pytest.CaptureFixture) -> None:
     import torch
 
-    from export.features import mirror_sign
+    from export.runtime.features import mirror_sign
     from models.trajectory import load_checkpoint
 
     out = tmp_path / "avg"

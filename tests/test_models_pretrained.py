@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from export.features import history_len, step_features, to_world
+from export.runtime.features import history_len, step_features, to_world
 from models.evaluate import load_stepper
 
 PRETRAINED = Path(__file__).resolve().parents[1] / "models" / "pretrained"

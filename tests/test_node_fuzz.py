@@ -6,7 +6,7 @@ as the launcher starts it) built from a small manifest; messages go in through
 for every received multipart message. Two families of input:
 
 - malformed: random frames, truncated, oversized and type-confused messages. Each must be counted under
-  `decode_errors.<kind>` (the kind `pipeline.codec.decode` gives), dropped, and leave the node running.
+  `decode_errors.<kind>` (the kind `pipeline.wire.codec.decode` gives), dropped, and leave the node running.
 - hostile but valid: messages that pass the codec with NaN/inf coordinates, duplicate, negative and huge
   ids, empty arrays, stamps going backwards, stamp 0, unknown agent kinds, 10k agents. Each must reach
   `on_<input>` and return (no exception, within a deadline), and memory must stay bounded.
@@ -39,11 +39,11 @@ import zmq
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipeline.codec import decode, encode
 from pipeline.errors import DecodeError
-from pipeline.messages import SCHEMAS, Diagnostics, Message, Predictions, Tracks
-from pipeline.node import Node
-from pipeline.runner import ProcessRuntime
+from pipeline.runtime.node import Node
+from pipeline.runtime.runner import ProcessRuntime
+from pipeline.wire.codec import decode, encode
+from pipeline.wire.messages import SCHEMAS, Diagnostics, Message, Predictions, Tracks
 from tests.conftest import wait_for
 
 REPO = Path(__file__).resolve().parents[1]
@@ -130,7 +130,7 @@ class KnownBug(NamedTuple):
 
 
 KNOWN_BUGS: dict[str, KnownBug] = {}
-_READERS = ("pipeline/recording.py", "pipeline/rosbag.py")
+_READERS = ("pipeline/recordings/reader.py", "pipeline/recordings/rosbag_reader.py")
 
 
 #: Known unbounded growth, pinned by its own test; the generic memory test skips these nodes meanwhile.
@@ -651,7 +651,7 @@ def test_a_shape_whose_byte_size_overflows_int64_is_a_decode_error(node_in: Call
     """An image declared [2**32, 2**32, 1] (a cloud [2**32, 2**32]): the element count wraps to 0 in int64
     (`np.prod(shape, dtype=np.int64)`), matches an empty frame, and `reshape` raised ValueError, which the
     runtime does not catch: one message crashed the recorder or bridge process."""
-    from pipeline.messages import Image, PointCloud
+    from pipeline.wire.messages import Image, PointCloud
 
     rec = node_in("nodes.recorder:Recorder")
     for inp, msg, shape in (("image", Image(), [2**32, 2**32, 1]), ("points", PointCloud(), [2**32, 2**32])):
@@ -678,8 +678,8 @@ def test_header_integers_beyond_int64_are_refused_by_the_codec(field: int) -> No
 def test_recorder_and_bridge_convert_empty_images_and_clouds(node_in: Callable[[str], Harness]) -> None:
     """An image with no rows, a cloud with no points (a LaserScan with no valid range): their Foxglove form
     (written by the recorder, streamed by the bridge) must still encode."""
-    from pipeline import foxglove
-    from pipeline.messages import Image, PointCloud
+    from pipeline.recordings import foxglove
+    from pipeline.wire.messages import Image, PointCloud
 
     empty = [Image(stamp_ns=BASE_NS, data=np.zeros((0, 4, 3), np.uint8)),
              PointCloud(stamp_ns=BASE_NS, fields="x,y,z,intensity", points=np.zeros((0, 4), np.float32))]
@@ -693,7 +693,7 @@ def test_recorder_and_bridge_convert_empty_images_and_clouds(node_in: Callable[[
 def test_recorder_mirrors_images_and_clouds_stamped_after_2038(node_in: Callable[[str], Harness]) -> None:
     """The Foxglove CDR time is int32 seconds: a stamp past 2**31 s (2038, or a corrupt stamp) made
     `struct.pack('<iI')` raise in the recorder's mirror; the lossless channel must still get the message."""
-    from pipeline.messages import Image, PointCloud
+    from pipeline.wire.messages import Image, PointCloud
 
     rec = node_in("nodes.recorder:Recorder")
     late = 2**62
@@ -709,7 +709,7 @@ def test_a_model_with_undecodable_metadata_fails_predictor_setup_clearly(tmp_pat
     assert at > 0
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(data[:at + 2] + b"\xff\xfe\xfd\xfc" + data[at + 6:])
-    from export.runtime import ModelError, StepModel
+    from export.runtime.step_model import ModelError, StepModel
 
     with pytest.raises(ModelError, match=r"bad\.onnx: "):
         StepModel(bad)

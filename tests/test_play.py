@@ -1,4 +1,4 @@
-"""pipeline/play.py: byte-identical replay, pacing against absolute deadlines, options, lockstep
+"""pipeline/recordings/replay.py: byte-identical replay, pacing against absolute deadlines, options, lockstep
 determinism through an in-process graph, and `drivecast play` -> `drivecast record` across processes."""
 
 from __future__ import annotations
@@ -14,13 +14,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.codec import encode
 from pipeline.errors import ConfigError
-from pipeline.messages import Clock, Image, Message, Odometry, PointCloud, Predictions, Tracks
-from pipeline.node import Node, NodeParams
-from pipeline.play import PlayOptions, lockstep, parse_remap, play, schedule
-from pipeline.record import Recorder
-from pipeline.recording import open_recording
+from pipeline.recordings.reader import open_recording
+from pipeline.recordings.replay import PlayOptions, lockstep, parse_remap, play, schedule
+from pipeline.recordings.writer import Recorder
+from pipeline.runtime.node import Node, NodeParams
+from pipeline.wire.codec import encode
+from pipeline.wire.messages import Clock, Image, Message, Odometry, PointCloud, Predictions, Tracks
 from tests.conftest import REPLAY_GRAPH, REPO, wait_for
 
 T0 = 1_700_000_000_000_000_000
@@ -94,7 +94,7 @@ def test_play_sends_the_recorded_frames_byte_identical(drive) -> None:
 
 
 def test_play_sends_recorded_images_and_clouds_byte_identical_and_filters_them_by_topic(tmp_path: Path) -> None:
-    from pipeline.codec import peek_header
+    from pipeline.wire.codec import peek_header
 
     path = tmp_path / "sensors.mcap"
     frames = write_drive(path, images=True, clouds=True)
@@ -110,8 +110,8 @@ def _write_old_layout(path: Path, topic: str, msgs: list[Message]) -> list[list[
     a drivecast channel of packed wire frames, and a preview on `/foxglove/<topic>` beside it."""
     from mcap.writer import CompressionType, Writer
 
-    from pipeline import foxglove
-    from pipeline.recording import (
+    from pipeline.recordings import foxglove
+    from pipeline.recordings.reader import (
         FOXGLOVE_PREFIX,
         MESSAGE_ENCODING,
         PROFILE,
@@ -146,7 +146,7 @@ def test_a_drive_recorded_before_images_and_clouds_were_stored_once_plays_the_sa
         tmp_path: Path, topic: str, make: Callable[[int], Message]) -> None:
     from mcap.reader import make_reader
 
-    from pipeline.bag import main as bag_main
+    from pipeline.cli.bag import main as bag_main
 
     old = tmp_path / "old.mcap"
     msgs = [make(i) for i in range(10)]
@@ -206,7 +206,7 @@ def test_play_options_filter_remap_offset_loop_and_clock(drive) -> None:
         clocked = list(schedule(rec, PlayOptions(clock_hz=100.0)))
     ticks = [it for it in clocked if it.topic == "clock"]
     assert len(ticks) == 60 and ticks[0].log_ns == clocked[1].log_ns  # a tick before the first message
-    from pipeline.codec import decode
+    from pipeline.wire.codec import decode
     assert decode(ticks[5].frames, expect=Clock)[0].stamp_ns == ticks[5].log_ns
 
 
@@ -247,7 +247,7 @@ class CvPredictor(Node):
 
 
 def test_lockstep_twice_gives_byte_identical_outputs(drive, tmp_path: Path) -> None:
-    from pipeline.graph import load_graph
+    from pipeline.runtime.graph import load_graph
 
     path, _ = drive
     launch = tmp_path / "launch.yaml"
@@ -266,14 +266,14 @@ def test_lockstep_twice_gives_byte_identical_outputs(drive, tmp_path: Path) -> N
         topics = {t.name: t.count for t in info.topics}
         assert topics["predictor/predictions"] == 60 and topics["player/tracks"] == 60
         preds = [it for it in rec.items(["predictor/predictions"])]
-    from pipeline.codec import decode
+    from pipeline.wire.codec import decode
     last = decode(preds[-1].frames, expect=Predictions)[0]
     assert last.model.startswith("cv ticks=") and int(last.model.split("now=")[1]) == preds[-1].log_ns
     assert int(last.model.split()[1].split("=")[1]) >= 10   # timers ran on the replayed clock
 
 
 def test_lockstep_cli_writes_the_same_file_twice(drive, tmp_path: Path) -> None:
-    from pipeline.play import main
+    from pipeline.recordings.replay import main
 
     path, _ = drive
     launch = tmp_path / "launch.yaml"
@@ -374,7 +374,7 @@ def test_player_and_recorder_nodes_in_a_launched_graph(drive, tmp_path: Path, la
     rc, text = launched.wait(timeout=60)
     assert rc == 0, text
     assert "required node player finished" in text
-    from pipeline.codec import decode
+    from pipeline.wire.codec import decode
     with open_recording(path) as rec:
         orig = [decode(it.frames)[0] for it in rec.items(["sim/tracks"])]
     with open_recording(out) as rec:

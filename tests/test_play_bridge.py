@@ -14,8 +14,8 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
-from pipeline.local import LocalGraph
-from pipeline.messages import Tracks
+from pipeline.runtime.local import LocalGraph
+from pipeline.wire.messages import Tracks
 
 pytest.importorskip("foxglove", reason="foxglove-sdk is an optional extra (pip install 'drivecast[bridge]')")
 

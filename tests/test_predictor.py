@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from export.features import step_features, to_world
-from export.runtime import StepModel
+from export.runtime.features import step_features, to_world
+from export.runtime.step_model import StepModel
 from nodes.predictor import STATE_FILE, Predictor
-from pipeline.local import LocalGraph
-from pipeline.messages import AgentKind, Predictions, StateEvent, Tracks
+from pipeline.runtime.local import LocalGraph
+from pipeline.wire.messages import AgentKind, Predictions, StateEvent, Tracks
 from tests.predictor_nodes import BASE_NS, DATA, eth_tracks, make_models, scripted_tracks
 
 pytest.importorskip("torch")

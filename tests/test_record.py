@@ -1,4 +1,4 @@
-"""pipeline/record.py + pipeline/recording.py: lossless MCAP layout, images and point clouds stored once
+"""pipeline/recordings/writer.py + pipeline/recordings/reader.py: lossless MCAP layout, images and point clouds stored once
 as Foxglove RawImage and PointCloud channels, Foxglove mirror channels, crash safety (a recorder killed
 with SIGKILL leaves a readable file), recovery, bad files."""
 
@@ -20,11 +20,11 @@ import numpy as np
 import pytest
 from mcap.reader import make_reader
 
-from pipeline.bag import main as bag_main
-from pipeline.codec import decode, encode
-from pipeline.messages import GnssFix, Image, Imu, Odometry, PointCloud, Predictions, Tracks
-from pipeline.record import Recorder
-from pipeline.recording import RecordingError, open_recording, pack_frames, unpack_frames
+from pipeline.cli.bag import main as bag_main
+from pipeline.recordings.reader import RecordingError, open_recording, pack_frames, unpack_frames
+from pipeline.recordings.writer import Recorder
+from pipeline.wire.codec import decode, encode
+from pipeline.wire.messages import GnssFix, Image, Imu, Odometry, PointCloud, Predictions, Tracks
 from tests.conftest import REPO, wait_for
 
 T0 = 1_700_000_000_000_000_000
@@ -199,9 +199,9 @@ def test_unpack_frames_rejects_corrupt_bodies_with_the_reason() -> None:
 
 WRITER = """
 import sys, numpy as np
-from pipeline.codec import encode
-from pipeline.messages import Tracks
-from pipeline.record import Recorder
+from pipeline.wire.codec import encode
+from pipeline.wire.messages import Tracks
+from pipeline.recordings.writer import Recorder
 rec = Recorder(sys.argv[1], flush_s=0.02, chunk_size=64 * 1024)
 i = 0
 while True:   # until killed
@@ -311,7 +311,7 @@ def test_not_a_recording_gives_a_clear_error(tmp_path: Path) -> None:
 
 
 def test_record_without_a_running_graph_says_how_to_start_one(tmp_path: Path, monkeypatch, capsys) -> None:
-    from pipeline.record import main
+    from pipeline.recordings.writer import main
 
     monkeypatch.setenv("DRIVECAST_RUN_DIR", str(tmp_path / "runs"))
     assert main(["--all", "-o", str(tmp_path / "x.mcap")]) == 2
@@ -404,7 +404,7 @@ def test_a_cloud_that_does_not_fit_falls_back_to_the_drivecast_channel_and_a_pre
 
 @pytest.mark.parametrize(("encoding", "shape"), [("rgb8", (7, 9, 3)), ("mono8", (5, 7, 1))])
 def test_a_preview_is_every_other_row_and_column_of_the_image(encoding: str, shape: tuple[int, ...]) -> None:
-    from pipeline.foxglove import convert
+    from pipeline.recordings.foxglove import convert
     data = np.random.default_rng(1).integers(0, 255, shape, dtype=np.uint8)
     cdr = convert(Image(stamp_ns=T0, data=data, encoding=encoding), "cam/image", preview=True)
     width, height = struct.unpack_from("<II", cdr, 24)

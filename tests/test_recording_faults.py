@@ -2,7 +2,7 @@
 and `drivecast play`, corrupt MCAP files and ROS bags.
 
 The graph being recorded is faked: this test binds the topic's endpoint itself and writes a run manifest
-(`pipeline.introspect.find_run` finds it: its launcher_pid is this process), so `drivecast record` runs for
+(`pipeline.cli.topics.find_run` finds it: its launcher_pid is this process), so `drivecast record` runs for
 real against a publisher the test controls. A full disk is a file-size limit (RLIMIT_FSIZE, with SIGXFSZ
 ignored so that write() fails with EFBIG as on ENOSPC) set in the recorder's process only.
 
@@ -34,13 +34,13 @@ import numpy as np
 import pytest
 import zmq
 
-from pipeline.bag import main as bag_main
-from pipeline.codec import encode
+from pipeline.cli.bag import main as bag_main
 from pipeline.errors import ConfigError
-from pipeline.messages import Tracks
-from pipeline.record import Recorder
-from pipeline.record import main as record_main
-from pipeline.recording import open_recording
+from pipeline.recordings.reader import open_recording
+from pipeline.recordings.writer import Recorder
+from pipeline.recordings.writer import main as record_main
+from pipeline.wire.codec import encode
+from pipeline.wire.messages import Tracks
 from tests.conftest import REPO, SHARED, wait_for
 
 TOPIC = "sim/tracks"
@@ -337,7 +337,7 @@ def _cli(*args: str, timeout: float = 60) -> tuple[int, str]:
 def _info_and_play_read_it_or_name_it(bad: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """`bag info` and `play` of a damaged file either read what is readable or fail with an ERROR line
     that names the file (never a traceback)."""
-    from pipeline.play import main as play_main
+    from pipeline.recordings.replay import main as play_main
 
     rc = bag_main(["info", str(bad)])
     text = capsys.readouterr()
@@ -375,8 +375,8 @@ def _stored_records(path: Path, topic: str, schema: str, bodies: list[bytes]) ->
     """A drivecast MCAP whose `topic` channel holds `bodies` as records of `schema`'s stored Foxglove form."""
     from mcap.writer import Writer
 
-    from pipeline.foxglove import STORED
-    from pipeline.recording import DRIVECAST_SCHEMA_KEY, PROFILE
+    from pipeline.recordings.foxglove import STORED
+    from pipeline.recordings.reader import DRIVECAST_SCHEMA_KEY, PROFILE
 
     spec = STORED[schema].spec
     with open(path, "wb") as f:
@@ -393,7 +393,7 @@ def _stored_records(path: Path, topic: str, schema: str, bodies: list[bytes]) ->
 
 def _stored(msg: Any) -> tuple[bytes, bytes]:
     """The stored record of `msg` and its wire header."""
-    from pipeline.foxglove import stored
+    from pipeline.recordings.foxglove import stored
 
     frames = encode(msg)
     record = stored(msg.SCHEMA, frames)
@@ -408,7 +408,7 @@ def _with_header(record: bytes, header: bytes, other: Any) -> bytes:
 
 
 def _image_record_damaged(how: str) -> bytes:
-    from pipeline.messages import Image
+    from pipeline.wire.messages import Image
 
     good, header = _stored(Image(stamp_ns=T0, data=np.zeros((4, 6, 3), np.uint8)))  # 72 bytes: no padding after
     if how == "big_endian":
@@ -430,7 +430,7 @@ def _image_record_damaged(how: str) -> bytes:
 
 
 def _cloud_record_damaged(how: str) -> bytes:
-    from pipeline.messages import Image, PointCloud
+    from pipeline.wire.messages import Image, PointCloud
 
     def cloud(fields: str = "x,y,z,intensity", n: int = 2) -> PointCloud:
         return PointCloud(stamp_ns=T0, fields=fields, points=np.ones((n, 4)))
@@ -496,8 +496,8 @@ def test_a_corrupt_stored_record_gives_a_clear_error(kind: str, how: str, error:
     """A stored RawImage or PointCloud record whose lengths, fields or header are wrong (a crafted or damaged
     file; the chunk CRC passes): the reader names the file, the topic, the log time and what is wrong, and
     `drivecast play` prints it and exits 1."""
-    from pipeline.play import main as play_main
-    from pipeline.recording import RecordingError
+    from pipeline.recordings.reader import RecordingError
+    from pipeline.recordings.replay import main as play_main
 
     monkeypatch.setenv("DRIVECAST_RUN_DIR", str(run_base))
     topic, schema, damaged = SENSORS[kind]

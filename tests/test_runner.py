@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import zmq
 
-from pipeline.codec import encode
-from pipeline.messages import Image, Tracks
-from pipeline.runner import ProcessRuntime
+from pipeline.runtime.runner import ProcessRuntime
+from pipeline.wire.codec import encode
+from pipeline.wire.messages import Image, Tracks
 from tests.conftest import wait_for
 
 

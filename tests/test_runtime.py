@@ -1,4 +1,4 @@
-"""export/runtime.py: loading, metadata and I/O checks, stepping, and no torch at run time."""
+"""export/runtime/step_model.py: loading, metadata and I/O checks, stepping, and no torch at run time."""
 
 from __future__ import annotations
 
@@ -15,11 +15,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from export.runtime import FORMAT, ModelError, ModelMeta, StepModel, default_providers
+from export.runtime.step_model import FORMAT, ModelError, ModelMeta, StepModel, default_providers
 
 torch = pytest.importorskip("torch")
-from export.features import default_spec, feature_dim  # noqa: E402
-from export.onnx_export import export_module  # noqa: E402
+from export.runtime.features import default_spec, feature_dim  # noqa: E402
+from export.torch_export.onnx_export import export_module  # noqa: E402
 from models.trajectory import ModelConfig, TrajectoryModel  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -254,7 +254,7 @@ class NoTrainExtra:  # behave like the runtime install: torch and onnx are not t
 sys.meta_path.insert(0, NoTrainExtra())
 import numpy as np
 import pipeline, nodes
-import export.runtime
+import export.runtime.step_model
 import pkgutil, importlib
 for pkg in (pipeline, nodes):
     for info in pkgutil.iter_modules(pkg.__path__, pkg.__name__ + "."):
@@ -263,7 +263,7 @@ for pkg in (pipeline, nodes):
         except Exception as exc:  # a module a colleague is still writing: torch is what we look for
             if "torch" in str(exc):
                 raise
-model = export.runtime.StepModel({str(lstm[0])!r})
+model = export.runtime.step_model.StepModel({str(lstm[0])!r})
 pred, state = model.step(np.zeros((2, model.meta.input_dim), np.float32), model.zero_state(2))
 assert pred.shape == (2, 12, 2)
 bad = [m for m in ("torch", "onnx") if m in sys.modules]  # the runtime install has neither

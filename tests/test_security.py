@@ -15,8 +15,8 @@ import zmq
 import zmq.auth
 
 from pipeline.errors import ConfigError
-from pipeline.graph import load_graph
-from pipeline.transport import free_tcp_port
+from pipeline.runtime.graph import load_graph
+from pipeline.transport.pubsub import free_tcp_port
 from tests.conftest import REPO, Launched, wait_for
 
 

@@ -1,4 +1,4 @@
-"""pipeline/shm.py through pipeline/transport.py: large frames over shared memory (issue 8).
+"""pipeline/transport/shm.py through pipeline/transport/pubsub.py: large frames over shared memory (issue 8).
 
 Integrity under a full-speed publisher and a slow subscriber, kill -9 of either side, a mixed
 local + tcp subscriber set, no fd leak, owner-only segments in the run's namespace, untrusted
@@ -27,11 +27,11 @@ import numpy as np
 import pytest
 import zmq
 
-from pipeline.codec import decode, encode, peek_header
-from pipeline.messages import Image
-from pipeline.runner import ProcessRuntime
-from pipeline.shm import DESCRIPTOR_MAGIC, ShmReader, bell_path, remove_segments, run_prefix, segment_dir
-from pipeline.transport import Publisher, Subscriber, free_tcp_port
+from pipeline.runtime.runner import ProcessRuntime
+from pipeline.transport.pubsub import Publisher, Subscriber, free_tcp_port
+from pipeline.transport.shm import DESCRIPTOR_MAGIC, ShmReader, bell_path, remove_segments, run_prefix, segment_dir
+from pipeline.wire.codec import decode, encode, peek_header
+from pipeline.wire.messages import Image
 from tests.conftest import REPO, Launched, connected, pid_alive, take, wait_for
 
 TOPIC = "cam/image"
@@ -158,9 +158,9 @@ def test_every_slot_held_by_the_node_makes_the_publisher_send_inline_not_wait(
 
 _FULL_SPEED_PUBLISHER = textwrap.dedent("""
     import sys, time, zmq, numpy as np
-    from pipeline.codec import encode
-    from pipeline.messages import Image
-    from pipeline.transport import Publisher
+    from pipeline.wire.codec import encode
+    from pipeline.wire.messages import Image
+    from pipeline.transport.pubsub import Publisher
     ctx = zmq.Context()
     pub = Publisher(ctx, "cam/image", sys.argv[1], shm="on", shm_slots=4)
     print("ready", flush=True)
@@ -490,7 +490,7 @@ def test_a_descriptor_sent_before_its_copy_is_delivered_once_the_copy_is_complet
         assert waiting.wait(5), "the reader did not wait for the slot"
 
     try:
-        with mock.patch("pipeline.shm.os.sched_yield", yield_and_tell):
+        with mock.patch("pipeline.transport.shm.os.sched_yield", yield_and_tell):
             assert pub._writer.write([np.full(100_000, 7, np.uint8).data], announce)
             resolving[0].join(5)
         frames = got[0]

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from pipeline.errors import ConfigError
-from pipeline.graph import load_graph
-from pipeline.launch import build_manifest
-from pipeline.shm import run_prefix, segment_dir
+from pipeline.runtime.graph import load_graph
+from pipeline.runtime.launch import build_manifest
+from pipeline.transport.shm import run_prefix, segment_dir
 from tests.conftest import Launched, wait_for
 
 

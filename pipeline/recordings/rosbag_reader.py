@@ -30,9 +30,9 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.codec import encode
-from pipeline.messages import GnssFix, Imu, Message, Odometry, PointCloud
-from pipeline.recording import Item, Recording, RecordingError, RecordingInfo, TopicInfo
+from pipeline.recordings.reader import Item, Recording, RecordingError, RecordingInfo, TopicInfo
+from pipeline.wire.codec import encode
+from pipeline.wire.messages import GnssFix, Imu, Message, Odometry, PointCloud
 
 __all__ = ["CONVERSIONS", "RosRecording", "load_msg_types"]
 

@@ -2,7 +2,7 @@
 
 The graph is the model's streaming step, `(x[B,F], h[L,B,H], c[L,B,H]) -> (pred[B,T,2], h_out, c_out)`
 (GRU: no c/c_out), with a dynamic batch axis, so a node advances any number of agents in one call; the
-model's description goes into metadata_props (`export.runtime.ModelMeta`), so a node needs nothing but
+model's description goes into metadata_props (`export.runtime.step_model.ModelMeta`), so a node needs nothing but
 the .onnx file.
 
 Exporter: the TorchScript-based exporter (`torch.onnx.export(..., dynamo=False)`), chosen on
@@ -41,7 +41,7 @@ import onnx
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from export.runtime import ModelError, ModelMeta, StepModel
+from export.runtime.step_model import ModelError, ModelMeta, StepModel
 
 __all__ = [
     "ExportError",
@@ -241,7 +241,7 @@ def _meta_from_config(cfg: Any, metrics: Any, data: Any, exporter: str) -> Model
 
 
 # --------------------------------------------------------------------------------------------------
-# Parity (shared with export/verify.py)
+# Parity (shared with export/torch_export/verify.py)
 
 
 def torch_rollout(
@@ -479,7 +479,7 @@ def card_section(paths: list[Path], model: Any, cfg: Any, command: str, data_dir
     """A MODEL_CARD.md section for one exported model and its variants: what, from what, how well, how.
 
     Parity is measured here (200 steps, state carried, batches 1/7/64); with `data_dir` the ADE/FDE of
-    each file on the validation split of its training dataset is measured too (export/verify.py).
+    each file on the validation split of its training dataset is measured too (export/torch_export/verify.py).
     """
     metas = [StepModel(p).meta for p in paths]
     m = metas[0]
@@ -514,7 +514,7 @@ def card_section(paths: list[Path], model: Any, cfg: Any, command: str, data_dir
         row = (f"| {path.name} | {meta.precision} | {path.stat().st_size / 1024:.0f} KiB | "
                f"`{meta.content_hash[:19]}` | {' / '.join(f'{d:.1e}' for d in diffs)} |")
         if data_dir:
-            from export.verify import dataset_change
+            from export.torch_export.verify import dataset_change
 
             res = dataset_change(step_model, model, cfg, str(data.get("dataset")), data_dir,
                                  str(met.get("split", "val")), data.get("fold"))
@@ -528,7 +528,7 @@ def card_section(paths: list[Path], model: Any, cfg: Any, command: str, data_dir
 
 _CARD_HEADING = "## ONNX exports"
 _CARD_INTRO = (
-    "Written by `drivecast export ... --card` (export/onnx_export.py); each section says the exact command.\n"
+    "Written by `drivecast export ... --card` (export/torch_export/onnx_export.py); each section says the exact command.\n"
     "`NAME.onnx` is fp32, equal to the checkpoint within 1e-4 (`drivecast verify`); `NAME.int8.onnx` quantises the\n"
     "LSTM (onnxruntime dynamic quantisation, head kept fp32); `NAME.fp16.onnx` halves the file (fp16\n"
     "compute on GPU providers; on CPU onnxruntime computes the LSTM in fp32). \"point shift\" is the mean\n"

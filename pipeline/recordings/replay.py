@@ -2,7 +2,7 @@
 
 `drivecast play FILE [--rate R] [--loop] [--start-offset S] [--topics T...] [--remap a:=b]
 [--clock [HZ]] [--quiet]` publishes a recording (drivecast MCAP or any ROS bag that
-`pipeline.recording.open_recording` reads) as a graph of its own: it writes a run manifest named
+`pipeline.recordings.reader.open_recording` reads) as a graph of its own: it writes a run manifest named
 `play`, so `drivecast topic echo`, `drivecast record --run play` and other tools attach to it.
 Each topic has a lossy and a lossless endpoint; `--wait-for N` holds the first message until N
 lossless subscribers per topic are connected (nothing lost to ZeroMQ's slow-joiner window).
@@ -23,7 +23,7 @@ per second of recording, default 100, and before the first message); a graph who
 clock subscribers know it before any message). `--loop` replays forever, pass k shifted by k x (span + 1 ns) in log time: still one reference.
 
 Lockstep (`--lockstep --graph launch.yaml [-o out.mcap]`): the graph runs in this process
-(`pipeline.local.LocalGraph`) on the replayed clock: for each message in log-time order the clock
+(`pipeline.runtime.local.LocalGraph`) on the replayed clock: for each message in log-time order the clock
 advances to its log time (firing due timers), the message is injected, and every callback it
 causes runs before the next message is read. Nothing is dropped and nothing depends on wall time,
 so two runs write byte-identical output files. Topic mapping: if the graph has a player node
@@ -47,11 +47,22 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.codec import decode, encode
 from pipeline.errors import ConfigError, DrivecastError
-from pipeline.messages import Clock, Detections, GnssFix, Image, Imu, Message, Odometry, PointCloud, Predictions, Tracks
-from pipeline.recording import Item, Recording, open_recording, prefetch
-from pipeline.signals import StopSignals
+from pipeline.recordings.reader import Item, Recording, open_recording, prefetch
+from pipeline.runtime.signals import StopSignals
+from pipeline.wire.codec import decode, encode
+from pipeline.wire.messages import (
+    Clock,
+    Detections,
+    GnssFix,
+    Image,
+    Imu,
+    Message,
+    Odometry,
+    PointCloud,
+    Predictions,
+    Tracks,
+)
 
 __all__ = ["SCHEMA_OUTPUTS", "PlayOptions", "PlayStats", "lockstep", "main", "parse_remap", "play",
            "player_topics", "schedule"]
@@ -257,9 +268,9 @@ class LockstepStats:
 def lockstep(rec: Recording, graph: Any, opts: PlayOptions,
              sink: Callable[[str, list[Any], int, Message], object] | None = None,
              stop: Callable[[], bool] = lambda: False) -> LockstepStats:
-    """Replay `rec` through `graph` (a `pipeline.graph.Graph`) in this process; see the module doc.
+    """Replay `rec` through `graph` (a `pipeline.runtime.graph.Graph`) in this process; see the module doc.
     `sink(topic, frames, log_ns, msg)` receives every injected and published message in order."""
-    from pipeline.local import LocalGraph
+    from pipeline.runtime.local import LocalGraph
 
     opts.check()
     info = rec.info()
@@ -312,8 +323,8 @@ def _publishers(topics: dict[str, str], wait_for: int) -> tuple[Any, dict[str, A
     """A run directory + manifest named `play`, and one Publisher per topic."""
     import zmq
 
-    from pipeline.launch import make_run_dir, write_manifest
-    from pipeline.transport import Publisher, ipc_endpoint
+    from pipeline.runtime.launch import make_run_dir, write_manifest
+    from pipeline.transport.pubsub import Publisher, ipc_endpoint
 
     run_dir = make_run_dir("play")
     ctx = zmq.Context()
@@ -381,8 +392,8 @@ def main(argv: list[str]) -> int:
 
 
 def _run_lockstep(rec: Recording, args: argparse.Namespace, opts: PlayOptions) -> int:
-    from pipeline.graph import load_graph
-    from pipeline.record import Recorder
+    from pipeline.recordings.writer import Recorder
+    from pipeline.runtime.graph import load_graph
 
     graph = load_graph(args.graph)
     out = Recorder(args.output, flush_s=0) if args.output else None

@@ -4,7 +4,7 @@
 
 - an MCAP file whose header profile is `drivecast` (what `drivecast record` writes): `DrivecastMcap`
 - a ROS 1 `.bag`, a ROS 2 bag directory (`metadata.yaml` + `.db3`/`.mcap`) or a ROS 2 `.mcap`
-  (profile `ros2`): `pipeline.rosbag.RosRecording`, through the `rosbags` library (no ROS install);
+  (profile `ros2`): `pipeline.recordings.rosbag_reader.RosRecording`, through the `rosbags` library (no ROS install);
   supported ROS types are converted into drivecast schemas, the others are listed and skipped.
 
 Every reader yields `Item(topic, log_ns, publish_ns, frames)` in log-time order, where `frames` are
@@ -37,7 +37,7 @@ these bytes. `Recording.info()` gives topics, schemas, counts, start, end and du
 - log_time = receive time at the recorder; publish_time = the publish time in the message header;
   the sensor stamp stays in the header (and in the Foxglove form's `timestamp`).
 - Foxglove mirror channels `/foxglove/<topic>` (JSON or CDR, foxglove schemas: see
-  `pipeline.foxglove`) for the other schemas and the messages that do not fit the stored form;
+  `pipeline.recordings.foxglove`) for the other schemas and the messages that do not fit the stored form;
   readers here skip them.
 
 A file without a summary (cut by `kill -9`, or still being written) is read by a linear scan up to
@@ -61,11 +61,11 @@ from mcap.reader import SeekingReader
 from mcap.records import Channel, Chunk, Footer, Header, Message, Schema
 from mcap.stream_reader import StreamReader, breakup_chunk
 
-from pipeline.codec import decode
 from pipeline.errors import DecodeError, DrivecastError
-from pipeline.foxglove import STORED
-from pipeline.messages import SCHEMAS
-from pipeline.messages import Message as DcMessage
+from pipeline.recordings.foxglove import STORED
+from pipeline.wire.codec import decode
+from pipeline.wire.messages import SCHEMAS
+from pipeline.wire.messages import Message as DcMessage
 
 __all__ = [
     "DRIVECAST_SCHEMA_KEY", "FOXGLOVE_PREFIX", "MESSAGE_ENCODING", "PROFILE", "Item", "Recording", "RecordingError",
@@ -279,7 +279,7 @@ def unpack_stored(record: bytes | memoryview, schema: str, where: str = "message
 def schema_description(cls: type[DcMessage]) -> bytes:
     """The JSON put in a drivecast channel's schema record (for humans and other tools)."""
     return json.dumps({
-        "schema": cls.SCHEMA, "version": cls.VERSION, "encoding": "drivecast wire frames, see pipeline.codec",
+        "schema": cls.SCHEMA, "version": cls.VERSION, "encoding": "drivecast wire frames, see pipeline.wire.codec",
         "scalars": {n: t.__name__ for n, t in cls.SCALARS.items()},
         "arrays": {n: {"dtype": s.dtype.str, "shape": list(s.shape)} for n, s in cls.ARRAYS.items()},
     }, sort_keys=True).encode()
@@ -539,5 +539,5 @@ def open_recording(path: str | Path, types_dir: str | Path | None = None) -> Rec
     except ModuleNotFoundError:
         raise RecordingError(f"{p}: reading ROS bags needs the rosbags package: "
                              "pip install 'drivecast[ros]'") from None
-    from pipeline.rosbag import RosRecording
+    from pipeline.recordings.rosbag_reader import RosRecording
     return RosRecording(p, types_dir=types_dir)

@@ -2,7 +2,7 @@
 
 Checks, in order, each failing with one `ERROR:` line:
 1. `onnx.checker` (full check, with shape inference) passes;
-2. the runtime loads it (metadata and graph inputs/outputs agree: export/runtime.py);
+2. the runtime loads it (metadata and graph inputs/outputs agree: export/runtime/step_model.py);
 3. it was exported from this checkpoint: layer sizes, horizon, period and feature spec match the
    checkpoint's config, the weights hash matches the checkpoint's weights, and the graph's content hash
    matches its metadata (not edited since export);
@@ -26,8 +26,8 @@ import numpy as np
 import onnx
 import torch
 
-from export.onnx_export import ExportError, graph_hash, load_checkpoint, max_abs_diff, weights_hash
-from export.runtime import ModelError, StepModel
+from export.runtime.step_model import ModelError, StepModel
+from export.torch_export.onnx_export import ExportError, graph_hash, load_checkpoint, max_abs_diff, weights_hash
 
 __all__ = ["VerifyError", "check_matches_checkpoint", "dataset_change", "main"]
 

@@ -6,17 +6,17 @@ Each topic has one lossy XPUB socket (it drops for a subscriber whose queue is f
 subscriber's queue is full (back-pressure), and before its first message it waits until the
 expected lossless subscribers have subscribed, so nothing is lost to ZeroMQ's slow-joiner window.
 
-Wire: `[topic, header, array frames...]` (see `pipeline.codec`). Frames of 64 kB and more are
+Wire: `[topic, header, array frames...]` (see `pipeline.wire.codec`). Frames of 64 kB and more are
 sent without a copy, smaller ones are copied, which is cheaper (`send_message`, `recv_message`).
 
-Shared memory (issue 8, `pipeline.shm`): a subscriber on the same machine subscribes to the
+Shared memory (issue 8, `pipeline.transport.shm`): a subscriber on the same machine subscribes to the
 prefix `b"\0" + topic` instead of `topic`. The lossy socket is an XPUB (a PUB that also reports
 subscriptions), so the publisher knows which kinds of subscriber exist and sends each kind its own
 variant, and nothing to an absent kind: to shared-memory subscribers, a message whose arrays total
 at least `shm_threshold` bytes goes as one frame: `b"\0" + topic + b"\0"` and the body: the
 writer's sequence number (8 bytes) and the descriptor's length (2 bytes, little-endian), the
 descriptor, the header (one small send and receive rather than three, each of which costs more
-than the rest of this hop's Python; `pipeline.shm.BODY`), its arrays copied once
+than the rest of this hop's Python; `pipeline.transport.shm.BODY`), its arrays copied once
 into a slot of the topic's segment (a smaller one, or any message while every slot is held by
 readers, goes inline as `[b"\0" + topic, header, arrays...]`); to plain subscribers, `[topic,
 header, arrays...]` as always. A remote (tcp) subscriber is a plain one, so a graph that
@@ -27,7 +27,7 @@ construction; the segments live in the namespace of the socket's run directory) 
 overrides `auto` for a whole graph (benchmarks, a kill switch). `block` inputs stay on the
 lossless socket, plain. A generic tool that subscribes to b"" gets both variants: subscribe to
 `topic` (plain) or use a `Subscriber`. A `Subscriber(bell=True)` also takes messages from its
-bell (`drain_bell`), before ZeroMQ brings them, and skips ZeroMQ's copies (see `pipeline.shm`).
+bell (`drain_bell`), before ZeroMQ brings them, and skips ZeroMQ's copies (see `pipeline.transport.shm`).
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ import numpy as np
 import zmq
 
 from pipeline.errors import ConfigError
-from pipeline.shm import BODY, Bell, ShmReader, ShmWriter
+from pipeline.transport.shm import BODY, Bell, ShmReader, ShmWriter
 
 __all__ = ["DRAIN_S", "END_OF_STREAM", "JOIN_S", "SHM_THRESHOLD", "Publisher", "Subscriber", "free_tcp_port", "ipc_endpoint",
            "recv_message", "send_message"]

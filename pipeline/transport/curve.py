@@ -13,10 +13,8 @@ loopback tcp (the default bind address).
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
-import sys
 from pathlib import Path
 
 import zmq
@@ -25,7 +23,7 @@ from zmq.auth.thread import ThreadAuthenticator
 
 from pipeline.errors import ConfigError
 
-__all__ = ["Curve", "generate_keys", "keys_main"]
+__all__ = ["Curve", "generate_keys"]
 
 log = logging.getLogger("security")
 
@@ -108,17 +106,3 @@ class Curve:
         sock.curve_secretkey = self.secret
         sock.curve_publickey = self.public
         sock.curve_serverkey = self.server_key(server_machine)
-
-
-def keys_main(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(prog="drivecast keys", description="Make CURVE key pairs for the machines of a graph.")
-    ap.add_argument("dir", help="key directory (created with mode 0700)")
-    ap.add_argument("names", nargs="+", help="machine names, as in the launch file's machines:")
-    args = ap.parse_args(argv)
-    try:
-        for path in generate_keys(Path(args.dir), args.names):
-            print(path)
-    except ConfigError as exc:
-        print(f"ERROR: {exc}", file=sys.stderr)
-        return 2
-    return 0

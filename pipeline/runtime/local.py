@@ -25,12 +25,12 @@ from typing import Any
 
 import msgspec
 
-from pipeline.codec import decode, encode
-from pipeline.graph import Graph
-from pipeline.messages import Message
-from pipeline.node import Node, NodeParams
-from pipeline.stats import NodeStats
-from pipeline.timers import Timers
+from pipeline.runtime.graph import Graph
+from pipeline.runtime.node import Node, NodeParams
+from pipeline.runtime.stats import NodeStats
+from pipeline.runtime.timers import Timers
+from pipeline.wire.codec import decode, encode
+from pipeline.wire.messages import Message
 
 __all__ = ["LocalGraph"]
 

@@ -13,8 +13,8 @@ class Printer(Node):
 ```
 
 Node code never sees sockets, topics, threads or signals. A *runtime* delivers messages and runs
-timers: `pipeline.runner` runs one node per process over ZeroMQ (under the launcher), and
-`pipeline.local.LocalGraph` runs several nodes in one process with in-process delivery
+timers: `pipeline.runtime.runner` runs one node per process over ZeroMQ (under the launcher), and
+`pipeline.runtime.local.LocalGraph` runs several nodes in one process with in-process delivery
 (deterministic replay, evaluation, tests). The same class runs unchanged under both.
 
 Every node also has a `diagnostics` output: the runtime publishes its counters (messages in and
@@ -31,7 +31,7 @@ from typing import Any, ClassVar, Protocol
 import msgspec
 import numpy as np
 
-from pipeline.messages import Diagnostics, Message
+from pipeline.wire.messages import Diagnostics, Message
 
 __all__ = ["Node", "NodeParams", "Runtime"]
 

@@ -24,7 +24,7 @@ import msgspec
 import numpy as np
 
 from pipeline.errors import DecodeError
-from pipeline.messages import SCHEMAS, Message
+from pipeline.wire.messages import SCHEMAS, Message
 
 __all__ = ["ALLOWED_DTYPES", "HeaderInfo", "Limits", "decode", "encode", "peek_header"]
 

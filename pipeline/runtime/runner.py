@@ -1,6 +1,6 @@
 """Run one node in this process over ZeroMQ: what the launcher starts for every node.
 
-`python -m pipeline.runner RUN_DIR NODE` reads `RUN_DIR/manifest.json` (written by the launcher),
+`python -m pipeline.runtime.runner RUN_DIR NODE` reads `RUN_DIR/manifest.json` (written by the launcher),
 builds the node, connects its inputs, binds its outputs and runs one loop: poll the inputs with a
 timeout up to the next timer, apply each input's queue policy, decode (a bad message is counted,
 logged once per kind and dropped), call `on_<input>`, fire due timers, publish Diagnostics each
@@ -25,16 +25,16 @@ import msgspec
 import numpy as np
 import zmq
 
-from pipeline.codec import decode, encode
 from pipeline.errors import ConfigError, DecodeError
-from pipeline.graph import resolve_class
-from pipeline.messages import Clock, Diagnostics, Message
-from pipeline.node import Node
-from pipeline.security import Curve
-from pipeline.signals import StopSignals
-from pipeline.stats import NodeStats
-from pipeline.timers import Timers
-from pipeline.transport import END_OF_STREAM, JOIN_S, Publisher, Subscriber
+from pipeline.runtime.graph import resolve_class
+from pipeline.runtime.node import Node
+from pipeline.runtime.signals import StopSignals
+from pipeline.runtime.stats import NodeStats
+from pipeline.runtime.timers import Timers
+from pipeline.transport.curve import Curve
+from pipeline.transport.pubsub import END_OF_STREAM, JOIN_S, Publisher, Subscriber
+from pipeline.wire.codec import decode, encode
+from pipeline.wire.messages import Clock, Diagnostics, Message
 
 __all__ = ["ProcessRuntime", "main"]
 
@@ -262,7 +262,7 @@ class ProcessRuntime:
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 2:
-        print("usage: python -m pipeline.runner RUN_DIR NODE", file=sys.stderr)
+        print("usage: python -m pipeline.runtime.runner RUN_DIR NODE", file=sys.stderr)
         return 2
     run_dir, node_name = Path(args[0]), args[1]
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s", stream=sys.stdout)
@@ -284,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
             # Not after a crash: a respawned publisher carries on the stream. Stopped by a signal,
             # a node still ends its streams, without waiting for its subscribers: the launcher ends
             # a graph by stopping its sources, and their lossless subscribers then finish their
-            # queues and stop on the end of stream (`pipeline.launch`).
+            # queues and stop on the end of stream (`pipeline.runtime.launch`).
             if clean:
                 runtime.end_streams(signals)
         finally:

@@ -21,8 +21,8 @@ import msgspec
 import yaml
 
 from pipeline.errors import ConfigError
-from pipeline.messages import Message
-from pipeline.node import Node, NodeParams
+from pipeline.runtime.node import Node, NodeParams
+from pipeline.wire.messages import Message
 
 __all__ = ["Graph", "InputSpec", "NodeSpec", "load_graph", "parse_set"]
 
@@ -66,7 +66,7 @@ class _Security(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
 
 
 class _TopicOptions(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
-    """`topics: {TOPIC: {...}}`: how one topic travels (see pipeline/transport.py)."""
+    """`topics: {TOPIC: {...}}`: how one topic travels (see pipeline/transport/pubsub.py)."""
 
     shm: bool | Literal["auto"] = "auto"  # auto: shared memory for subscribers on this machine (ipc)
     shm_threshold: int = 65536  # array bytes per message from which shared memory is used

@@ -18,12 +18,12 @@ from typing import Any
 import numpy as np
 import zmq
 
-from pipeline.codec import decode
 from pipeline.errors import ConfigError, DecodeError
-from pipeline.graph import load_graph
-from pipeline.launch import runs_base
-from pipeline.messages import Message
-from pipeline.signals import StopSignals
+from pipeline.runtime.graph import load_graph
+from pipeline.runtime.launch import runs_base
+from pipeline.runtime.signals import StopSignals
+from pipeline.wire.codec import decode
+from pipeline.wire.messages import Message
 
 __all__ = ["find_run", "format_message", "graph_main", "pid_alive", "topic_main"]
 

@@ -3,7 +3,7 @@
 This is the only part of `export/` that nodes import, so it imports numpy and onnxruntime and nothing
 else: a graph running on an embedded box has neither torch nor onnx installed.
 
-A model file is the step graph written by `drivecast export` (export/onnx_export.py):
+A model file is the step graph written by `drivecast export` (export/torch_export/onnx_export.py):
 
     x[B,F], h[L,B,H], c[L,B,H]  ->  pred[B,T,2], h_out[L,B,H], c_out[L,B,H]      (GRU: no c / c_out)
 
@@ -83,7 +83,7 @@ class ModelMeta:
     horizon: int  # T in pred[B,T,2]: predicted steps
     obs_len: int  # observed steps of the windowed protocol the model was validated on
     dt_s: float  # sample period the model steps at, seconds
-    features: dict[str, Any]  # the feature builder's spec (export/features.py), incl. normalisation
+    features: dict[str, Any]  # the feature builder's spec (export/runtime/features.py), incl. normalisation
     training_data: dict[str, Any]  # datasets / splits / scenes it was trained on
     metrics: dict[str, Any]  # validation metrics (ADE/FDE, constant-velocity baseline)
     version: str  # drivecast version that exported it

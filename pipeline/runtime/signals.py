@@ -21,7 +21,7 @@ class StopSignals:
         self.signum: int | None = None
         self._on_stop = on_stop
         self._old = {s: signal.signal(s, self._handle) for s in STOP_SIGNALS}
-        # A launched node starts with them blocked (pipeline.launch): one sent while it started is taken now.
+        # A launched node starts with them blocked (pipeline.runtime.launch): one sent while it started is taken now.
         signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:

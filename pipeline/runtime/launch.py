@@ -1,6 +1,6 @@
 """`drivecast launch FILE`: run a validated graph, one process per node, and supervise it.
 
-- The graph is validated before anything starts (`pipeline.graph`); an error exits with code 2.
+- The graph is validated before anything starts (`pipeline.runtime.graph`); an error exits with code 2.
 - A run directory (mode 0700) holds the ipc sockets, each node's state directory and
   `manifest.json` (nodes, topics, endpoints, pids) that `drivecast topic ...` attaches to.
 - Each node's output lines are printed prefixed with `[node]`.
@@ -34,10 +34,10 @@ from pathlib import Path
 from typing import IO, Any
 
 from pipeline.errors import ConfigError
-from pipeline.graph import Graph, load_graph, parse_set
-from pipeline.shm import remove_segments
-from pipeline.signals import STOP_SIGNALS, StopSignals
-from pipeline.transport import free_tcp_port, ipc_endpoint
+from pipeline.runtime.graph import Graph, load_graph, parse_set
+from pipeline.runtime.signals import STOP_SIGNALS, StopSignals
+from pipeline.transport.pubsub import free_tcp_port, ipc_endpoint
+from pipeline.transport.shm import remove_segments
 
 __all__ = ["Supervisor", "main", "make_run_dir", "runs_base"]
 
@@ -165,7 +165,7 @@ class Supervisor:
         mask = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
         try:
             child.proc = subprocess.Popen(
-                [sys.executable, "-m", "pipeline.runner", str(self.run_dir), child.name],
+                [sys.executable, "-m", "pipeline.runtime.runner", str(self.run_dir), child.name],
                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
             )
         finally:
@@ -255,7 +255,7 @@ class Supervisor:
     def _drain(self) -> None:
         """A graph that ends (duration, required node finished) first stops every node without
         lossless inputs; the others finish their queues and stop on their publishers' end of
-        stream (pipeline.runner), in a cascade, so `block` mode loses nothing at the end either.
+        stream (pipeline.runtime.runner), in a cascade, so `block` mode loses nothing at the end either.
         Nodes still running after DRAIN_S are stopped as usual."""
         lossless = {n for n, spec in self.graph.nodes.items() if any(i.queue == "block" for i in spec.inputs.values())}
         running = {n: c.proc for n, c in self.children.items() if c.proc is not None and c.proc.poll() is None}

@@ -17,18 +17,18 @@ __all__ = ["COMMANDS", "main"]
 
 # name -> ("module:function", one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "launch": ("pipeline.launch:main", "run a node graph from a launch file"),
-    "graph": ("pipeline.introspect:graph_main", "print the nodes, topics and edges of a launch file"),
-    "topic": ("pipeline.introspect:topic_main", "list / echo / hz / bw on a running graph"),
-    "keys": ("pipeline.security:keys_main", "make CURVE key pairs for a graph that spans machines"),
-    "record": ("pipeline.record:main", "record topics of a running graph into an MCAP file"),
-    "play": ("pipeline.play:main", "replay an MCAP or ROS bag recording into a graph"),
-    "bag": ("pipeline.bag:main", "inspect or recover recordings (info, recover)"),
+    "launch": ("pipeline.runtime.launch:main", "run a node graph from a launch file"),
+    "graph": ("pipeline.cli.topics:graph_main", "print the nodes, topics and edges of a launch file"),
+    "topic": ("pipeline.cli.topics:topic_main", "list / echo / hz / bw on a running graph"),
+    "keys": ("pipeline.cli.keys:main", "make CURVE key pairs for a graph that spans machines"),
+    "record": ("pipeline.recordings.writer:main", "record topics of a running graph into an MCAP file"),
+    "play": ("pipeline.recordings.replay:main", "replay an MCAP or ROS bag recording into a graph"),
+    "bag": ("pipeline.cli.bag:main", "inspect or recover recordings (info, recover)"),
     "import": ("models.drive_import:main", "turn a dataset into a drive recording of Tracks"),
     "train": ("models.train:main", "train a trajectory model (needs the [train] extra)"),
     "eval": ("models.evaluate:main", "evaluate a checkpoint or .onnx model against constant velocity"),
-    "export": ("export.onnx_export:main", "export a checkpoint to a self-describing .onnx step model"),
-    "verify": ("export.verify:main", "check an .onnx model against its checkpoint"),
+    "export": ("export.torch_export.onnx_export:main", "export a checkpoint to a self-describing .onnx step model"),
+    "verify": ("export.torch_export.verify:main", "check an .onnx model against its checkpoint"),
 }
 
 

@@ -22,7 +22,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from pipeline.errors import DrivecastError
-from pipeline.recording import RecordingInfo, open_recording
+from pipeline.recordings.reader import RecordingInfo, open_recording
 
 __all__ = ["convert", "format_info", "main"]
 
@@ -57,7 +57,7 @@ def convert(src: str | Path, out: str | Path, types_dir: str | Path | None = Non
             topics: list[str] | None = None, foxglove_mirror: bool = True) -> int:
     """Copy every playable message of `src` into a drivecast MCAP at `out`; returns the count.
     Log and publish times are kept, so a converted file plays exactly like its source."""
-    from pipeline.record import Recorder
+    from pipeline.recordings.writer import Recorder
 
     n = 0
     with open_recording(src, types_dir) as rec, Recorder(out, foxglove_mirror=foxglove_mirror, flush_s=0) as w:

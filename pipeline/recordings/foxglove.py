@@ -24,7 +24,7 @@ array frame (an image's pixels; a cloud's row-major float32 points, one FLOAT32 
 identity pose) and whose `drivecast_header` is the wire header frame, both verbatim. Foxglove
 picks the panel by the schema name and decodes the message with the schema text stored in the
 file (`@mcap/support`'s parseChannel), so the extra field is just one more property it does not
-read; replay slices the frames back out (`pipeline.recording.unpack_stored`). Writer and reader
+read; replay slices the frames back out (`pipeline.recordings.reader.unpack_stored`). Writer and reader
 take the order of the fields from that schema text (`_layout`), so they follow what Foxglove
 decodes with. The mirror form (`convert`) serves images and clouds that do not fit the stored
 form, and the bridge.
@@ -40,9 +40,9 @@ from typing import Any, NamedTuple
 import msgspec
 import numpy as np
 
-from pipeline.codec import decode
 from pipeline.errors import DecodeError
-from pipeline.messages import SCHEMAS, GnssFix, Image, Imu, Message, Odometry, PointCloud, Predictions, Tracks
+from pipeline.wire.codec import decode
+from pipeline.wire.messages import SCHEMAS, GnssFix, Image, Imu, Message, Odometry, PointCloud, Predictions, Tracks
 
 __all__ = ["STORED", "ChannelSpec", "Layout", "StoredForm", "channel_spec", "convert", "stored", "supported"]
 
@@ -183,11 +183,11 @@ _POINT_CLOUD_DEPS = (
     "MSG: foxglove_msgs/PackedElementField\nstring name\nuint32 offset\nuint8 type")
 # What a stored type has after its own fields (`STORED`): Foxglove decodes with the schema text in
 # the file, so it reads this field too and ignores it.
-_HEADER_FIELD = ("\n# the drivecast wire header of this message, byte for byte (pipeline.codec)\n"
+_HEADER_FIELD = ("\n# the drivecast wire header of this message, byte for byte (pipeline.wire.codec)\n"
                  "uint8[] drivecast_header")
 
 # The kind of each field type that comes before `uint8[] data`: a `_Cdr` method here and a reader
-# method in `pipeline.recording`, so the order and alignment come from the schema text alone.
+# method in `pipeline.recordings.reader`, so the order and alignment come from the schema text alone.
 _KINDS = {"builtin_interfaces/Time": "time", "string": "string", "uint32": "u32", "geometry_msgs/Pose": "pose",
           "foxglove_msgs/PackedElementField[]": "packed_fields"}
 Layout = tuple[tuple[str, str], ...]
@@ -347,7 +347,7 @@ STORED: dict[str, StoredForm] = {
 def stored(schema: str, frames: Sequence[Any]) -> bytes | None:
     """The record that stores one wire message `[header, data]` of `schema` in its `STORED` form:
     CDR of the Foxglove type whose `data` is the data frame and whose `drivecast_header` is the
-    header frame, both verbatim. Foxglove shows it in full; `pipeline.recording.unpack_stored`
+    header frame, both verbatim. Foxglove shows it in full; `pipeline.recordings.reader.unpack_stored`
     slices the two frames back out, so replay stays byte-identical. One join of the frames, no
     numpy copy.
 

@@ -1,9 +1,9 @@
 """Write drives into MCAP, and `drivecast record`: record topics of a running graph.
 
-`Recorder(path)` writes the layout described in `pipeline.recording`: one channel per topic holding
+`Recorder(path)` writes the layout described in `pipeline.recordings.reader`: one channel per topic holding
 each message's wire frames byte for byte (so replay republishes identical bytes), zstd chunks,
 log_time = receive time, publish_time = the header's publish time, plus Foxglove mirror channels
-`/foxglove/<topic>` (`pipeline.foxglove`) unless `foxglove_mirror=False`.
+`/foxglove/<topic>` (`pipeline.recordings.foxglove`) unless `foxglove_mirror=False`.
 
 Images and point clouds are stored once, in full and at full rate: the topic's channel is a
 Foxglove RawImage or PointCloud that carries the wire frames verbatim (`foxglove.stored`), so it
@@ -23,7 +23,7 @@ Crash safety: the recorder closes the current chunk when it reaches `chunk_size`
 `flush_s` of data lost); readers fall back to a linear scan, `drivecast bag recover` rewrites it.
 
 `drivecast record -o FILE [TOPICS...|--all] [--run NAME] [--lossless]` finds a running graph
-(`pipeline.introspect.find_run`), subscribes to the topics' lossy endpoints (recording never slows
+(`pipeline.cli.topics.find_run`), subscribes to the topics' lossy endpoints (recording never slows
 the graph down; `--lossless` uses a topic's lossless endpoint where the graph has one, and then
 applies back-pressure instead of dropping), and writes until Ctrl-C, `--duration` or the graph ends.
 Messages lost on the way show up as gaps in the per-topic `seq`, reported at the end.
@@ -41,11 +41,9 @@ from typing import Any
 
 from mcap.writer import CompressionType, Writer
 
-from pipeline import foxglove
-from pipeline.codec import HeaderInfo, decode, peek_header
 from pipeline.errors import ConfigError, DecodeError, DrivecastError
-from pipeline.messages import SCHEMAS, Message
-from pipeline.recording import (
+from pipeline.recordings import foxglove
+from pipeline.recordings.reader import (
     DRIVECAST_SCHEMA_KEY,
     FOXGLOVE_PREFIX,
     MESSAGE_ENCODING,
@@ -54,8 +52,10 @@ from pipeline.recording import (
     pack_frames,
     schema_description,
 )
-from pipeline.signals import StopSignals
-from pipeline.transport import END_OF_STREAM
+from pipeline.runtime.signals import StopSignals
+from pipeline.transport.pubsub import END_OF_STREAM
+from pipeline.wire.codec import HeaderInfo, decode, peek_header
+from pipeline.wire.messages import SCHEMAS, Message
 
 __all__ = ["LARGE_BYTES", "RecordWriteError", "Recorder", "main"]
 
@@ -243,7 +243,7 @@ def main(argv: list[str]) -> int:
     args = ap.parse_args(argv)
     import zmq
 
-    from pipeline.introspect import find_run, pid_alive
+    from pipeline.cli.topics import find_run, pid_alive
 
     try:
         if bool(args.topics) == args.all:

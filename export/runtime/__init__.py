@@ -1,0 +1,1 @@
+"""The torch-free model contract: step features and the onnxruntime step model. Never imports torch."""

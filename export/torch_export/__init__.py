@@ -1,0 +1,1 @@
+"""Checkpoint to ONNX, verification and the model card. Needs torch (the `[train]` extra)."""
