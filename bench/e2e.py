@@ -123,7 +123,8 @@ def _random_models(tmp: Path) -> dict[str, Path]:
 
 def run_one(n: int, seconds: float, models: dict[str, Path], tmp: Path) -> dict[str, float]:
     from pipeline.runtime.graph import load_graph
-    from pipeline.runtime.launch import Supervisor, make_run_dir
+    from pipeline.runtime.launch import Supervisor
+    from pipeline.runtime.rundir import make_run_dir
 
     out = tmp / f"sink-{n}.json"
     path = tmp / f"graph-{n}.yaml"

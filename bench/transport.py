@@ -57,7 +57,8 @@ sys.path.insert(0, str(ROOT))
 
 from bench._results import Results  # noqa: E402
 from pipeline.runtime.graph import load_graph  # noqa: E402
-from pipeline.runtime.launch import build_manifest, make_run_dir, write_manifest  # noqa: E402
+from pipeline.runtime.launch import build_manifest  # noqa: E402
+from pipeline.runtime.rundir import make_run_dir, write_manifest  # noqa: E402
 from pipeline.transport.pubsub import Publisher, free_tcp_port  # noqa: E402
 from pipeline.wire.codec import encode  # noqa: E402
 from pipeline.wire.messages import Clock  # noqa: E402
@@ -119,7 +120,7 @@ def start_drivecast(name: str, tmp: Path, cap: int, ctx: zmq.Context, shm: str, 
     manifest = build_manifest(graph, run_dir)
     write_manifest(run_dir, manifest)
     # The harness is the `ctl` node: a real Publisher on the manifest's endpoint.
-    pub = Publisher(ctx, "ctl/go", manifest["topics"]["ctl/go"]["endpoint"])
+    pub = Publisher(ctx, "ctl/go", manifest.topics["ctl/go"].endpoint)
     env = {"DRIVECAST_SHM": shm}
     cand = Candidate(name, results)
     cand.procs = [_spawn([PY, "-m", "pipeline.runtime.runner", str(run_dir), n], tmp / f"{name}.{n}.log", env)

@@ -41,6 +41,7 @@ from hypothesis import strategies as st
 
 from pipeline.errors import DecodeError
 from pipeline.runtime.node import Node
+from pipeline.runtime.rundir import Manifest
 from pipeline.runtime.runner import ProcessRuntime
 from pipeline.wire.codec import decode, encode
 from pipeline.wire.messages import SCHEMAS, Diagnostics, Message, Predictions, Tracks
@@ -187,7 +188,8 @@ class Harness:
         self.ctx = zmq.Context()
         self.callbacks = 0
         self.known: dict[str, int] = {}
-        self.rt = ProcessRuntime(manifest(cls, workdir, params, restarts), NODE, ctx=self.ctx)
+        self.rt = ProcessRuntime(msgspec.convert(manifest(cls, workdir, params, restarts), Manifest), NODE,
+                                 ctx=self.ctx)
         self.subscribers = {inp: sub for inp, _, sub in self.rt.inputs.values()}
         done = self.rt.stats.callback_done
 
@@ -490,7 +492,7 @@ def test_each_bad_message_kind_is_counted_once_per_message(harness: Harness) -> 
     sub = harness.ctx.socket(zmq.SUB)
     sub.setsockopt(zmq.LINGER, 0)
     sub.setsockopt(zmq.SUBSCRIBE, b"")
-    sub.connect(harness.rt.manifest["topics"][f"{NODE}/diagnostics"]["endpoint"])
+    sub.connect(harness.rt.manifest.topics[f"{NODE}/diagnostics"].endpoint)
     try:
         def published() -> Any:
             harness.rt._publish_diagnostics()  # re-sent until the subscription is up (slow joiner)

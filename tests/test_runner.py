@@ -5,9 +5,11 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
+import msgspec
 import numpy as np
 import zmq
 
+from pipeline.runtime.rundir import Manifest
 from pipeline.runtime.runner import ProcessRuntime
 from pipeline.wire.codec import encode
 from pipeline.wire.messages import Image, Tracks
@@ -36,7 +38,7 @@ def test_bad_messages_are_counted_dropped_and_the_node_keeps_running(run_base: P
     pub.bind(f"ipc://{run_base}/src.sock")
     m = manifest(run_base, out)
     m["topics"]["src/tracks"]["lossless_endpoint"] = f"ipc://{run_base}/src.sock"
-    rt = ProcessRuntime(m, "sink", ctx=ctx)
+    rt = ProcessRuntime(msgspec.convert(m, Manifest), "sink", ctx=ctx)
     thread = threading.Thread(target=rt.run, daemon=True)
     thread.start()
     try:

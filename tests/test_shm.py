@@ -23,10 +23,12 @@ from pathlib import Path
 from typing import Any
 from unittest import mock
 
+import msgspec
 import numpy as np
 import pytest
 import zmq
 
+from pipeline.runtime.rundir import Manifest
 from pipeline.runtime.runner import ProcessRuntime
 from pipeline.transport.pubsub import Publisher, Subscriber, free_tcp_port
 from pipeline.transport.shm import DESCRIPTOR_MAGIC, ShmReader, bell_path, remove_segments, run_prefix, segment_dir
@@ -700,7 +702,7 @@ def test_a_node_takes_shared_memory_frames_through_its_bell_each_exactly_once(ru
     }
     ctx = zmq.Context()
     pub = Publisher(ctx, TOPIC, endpoint, run_dir=run_base)
-    rt = ProcessRuntime(manifest, "view", ctx=ctx)
+    rt = ProcessRuntime(msgspec.convert(manifest, Manifest), "view", ctx=ctx)
     thread = threading.Thread(target=rt.run, daemon=True)
     thread.start()
     try:

@@ -12,6 +12,7 @@ import pytest
 from pipeline.errors import ConfigError
 from pipeline.runtime.graph import load_graph
 from pipeline.runtime.launch import build_manifest
+from pipeline.runtime.rundir import ShmOptions
 from pipeline.transport.shm import run_prefix, segment_dir
 from tests.conftest import Launched, wait_for
 
@@ -30,8 +31,8 @@ def _write(tmp: Path, extra: str = "") -> Path:
 def test_topic_options_reach_the_manifest_and_slots_outlast_the_deepest_queue(tmp_path: Path) -> None:
     g = load_graph(_write(tmp_path, "topics:\n  cam/image: {shm: off, shm_threshold: 1000}\n"))
     m = build_manifest(g, tmp_path)
-    assert m["topics"]["cam/image"]["shm"] == {"shm": "off", "shm_threshold": 1000, "shm_slots": 9}
-    assert m["topics"]["view/diagnostics"]["shm"] == {"shm": "auto", "shm_threshold": 65536, "shm_slots": 4}
+    assert m.topics["cam/image"].shm == ShmOptions(shm="off", shm_threshold=1000, shm_slots=9)
+    assert m.topics["view/diagnostics"].shm == ShmOptions(shm="auto", shm_threshold=65536, shm_slots=4)
 
 
 @pytest.mark.parametrize("bad, match", [

@@ -8,24 +8,20 @@ so watching never slows the graph down.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 import time
-from pathlib import Path
-from typing import Any
 
 import numpy as np
 import zmq
 
 from pipeline.errors import ConfigError, DecodeError
 from pipeline.runtime.graph import load_graph
-from pipeline.runtime.launch import runs_base
+from pipeline.runtime.rundir import Manifest, find_run
 from pipeline.runtime.signals import StopSignals
 from pipeline.wire.codec import decode
 from pipeline.wire.messages import Message
 
-__all__ = ["find_run", "format_message", "graph_main", "pid_alive", "topic_main"]
+__all__ = ["format_message", "graph_main", "topic_main"]
 
 
 def graph_main(argv: list[str]) -> int:
@@ -54,37 +50,6 @@ def graph_main(argv: list[str]) -> int:
     return 0
 
 
-def pid_alive(pid: int) -> bool:
-    """Whether a process exists (a graph's launcher still runs)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def find_run(which: str | None = None) -> dict[str, Any]:
-    """The manifest of a running graph: `which` is a run directory or a graph name; default newest."""
-    if which and Path(which).is_dir():
-        candidates = [Path(which) / "manifest.json"]
-    else:
-        candidates = list(runs_base().glob("*/manifest.json"))
-    live = []
-    for path in candidates:
-        try:
-            m = json.loads(path.read_text())
-        except (OSError, ValueError):
-            continue
-        if pid_alive(int(m.get("launcher_pid", -1))) and (not which or Path(which).is_dir() or m.get("name") == which):
-            live.append(m)
-    if not live:
-        where = which or str(runs_base())
-        raise ConfigError(f"no running graph found in {where} (start one with `drivecast launch FILE`)")
-    return max(live, key=lambda m: m.get("started_ns", 0))
-
-
 def format_message(msg: Message, max_items: int = 4) -> str:
     lines = [f"{type(msg).SCHEMA} seq={msg.seq} stamp_ns={msg.stamp_ns} frame_id={msg.frame_id!r}"]
     for name in type(msg).SCALARS:
@@ -100,15 +65,15 @@ def format_message(msg: Message, max_items: int = 4) -> str:
 
 
 class _Watch:
-    def __init__(self, manifest: dict[str, Any], topic: str) -> None:
-        topics = manifest["topics"]
+    def __init__(self, manifest: Manifest, topic: str) -> None:
+        topics = manifest.topics
         if topic not in topics:
-            raise ConfigError(f"graph {manifest['name']!r} has no topic {topic!r} (topics: {', '.join(sorted(topics))})")
+            raise ConfigError(f"graph {manifest.name!r} has no topic {topic!r} (topics: {', '.join(sorted(topics))})")
         self.ctx = zmq.Context()
         self.sock = self.ctx.socket(zmq.SUB)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.setsockopt(zmq.SUBSCRIBE, topic.encode())  # the plain variant (not shared memory)
-        self.sock.connect(topics[topic]["endpoint"])
+        self.sock.connect(topics[topic].endpoint)
         self.stop = StopSignals()
 
     def recv(self, timeout_s: float) -> list[zmq.Frame] | None:
@@ -148,14 +113,14 @@ def topic_main(argv: list[str]) -> int:
         watch.close()
 
 
-def _list(manifest: dict[str, Any]) -> int:
+def _list(manifest: Manifest) -> int:
     subs: dict[str, list[str]] = {}
-    for node, entry in manifest["nodes"].items():
-        for inp, spec in entry["inputs"].items():
-            subs.setdefault(spec["topic"], []).append(f"{node}.{inp}[{spec['queue']}]")
-    print(f"graph {manifest['name']!r} (run directory {manifest['run_dir']})")
-    for topic, t in sorted(manifest["topics"].items()):
-        print(f"{topic}  {t['schema']}  -> {', '.join(subs.get(topic, [])) or '-'}")
+    for node, entry in manifest.nodes.items():
+        for inp, spec in entry.inputs.items():
+            subs.setdefault(spec.topic, []).append(f"{node}.{inp}[{spec.queue}]")
+    print(f"graph {manifest.name!r} (run directory {manifest.run_dir})")
+    for topic, t in sorted(manifest.topics.items()):
+        print(f"{topic}  {t.schema}  -> {', '.join(subs.get(topic, [])) or '-'}")
     return 0
 
 

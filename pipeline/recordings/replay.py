@@ -323,19 +323,18 @@ def _publishers(topics: dict[str, str], wait_for: int) -> tuple[Any, dict[str, A
     """A run directory + manifest named `play`, and one Publisher per topic."""
     import zmq
 
-    from pipeline.runtime.launch import make_run_dir, write_manifest
+    from pipeline.runtime.rundir import Manifest, TopicEntry, make_run_dir, write_manifest
     from pipeline.transport.pubsub import Publisher, ipc_endpoint
 
     run_dir = make_run_dir("play")
     ctx = zmq.Context()
     pubs = {}
-    manifest: dict[str, Any] = {"name": "play", "file": "", "run_dir": str(run_dir), "launcher_pid": os.getpid(),
-                                "started_ns": time.time_ns(), "clock": "", "topics": {}, "nodes": {}}
+    manifest = Manifest(name="play", run_dir=str(run_dir), launcher_pid=os.getpid(), started_ns=time.time_ns())
     for topic, schema in topics.items():
         ep, lep = ipc_endpoint(run_dir, topic), ipc_endpoint(run_dir, topic, lossless=True)
         pubs[topic] = Publisher(ctx, topic, ep, lep, wait_for, sndhwm=1000)
-        manifest["topics"][topic] = {"schema": schema, "publisher": "play", "endpoint": ep,
-                                     "lossless_endpoint": lep, "lossless_subscribers": wait_for}
+        manifest.topics[topic] = TopicEntry(schema=schema, publisher="play", endpoint=ep, lossless_endpoint=lep,
+                                            lossless_subscribers=wait_for)
     write_manifest(run_dir, manifest)
     return run_dir, pubs, ctx
 

@@ -23,7 +23,7 @@ Crash safety: the recorder closes the current chunk when it reaches `chunk_size`
 `flush_s` of data lost); readers fall back to a linear scan, `drivecast bag recover` rewrites it.
 
 `drivecast record -o FILE [TOPICS...|--all] [--run NAME] [--lossless]` finds a running graph
-(`pipeline.cli.topics.find_run`), subscribes to the topics' lossy endpoints (recording never slows
+(`pipeline.runtime.rundir.find_run`), subscribes to the topics' lossy endpoints (recording never slows
 the graph down; `--lossless` uses a topic's lossless endpoint where the graph has one, and then
 applies back-pressure instead of dropping), and writes until Ctrl-C, `--duration` or the graph ends.
 Messages lost on the way show up as gaps in the per-topic `seq`, reported at the end.
@@ -243,20 +243,20 @@ def main(argv: list[str]) -> int:
     args = ap.parse_args(argv)
     import zmq
 
-    from pipeline.cli.topics import find_run, pid_alive
+    from pipeline.runtime.rundir import find_run, pid_alive
 
     try:
         if bool(args.topics) == args.all:
             raise ConfigError("give TOPICS or --all (not both)")
         manifest = find_run(args.run)
-        known = manifest["topics"]
+        known = manifest.topics
         topics = sorted(known) if args.all else args.topics
         unknown = [t for t in topics if t not in known]
         if unknown:
-            raise ConfigError(f"graph {manifest['name']!r} has no topic {', '.join(map(repr, unknown))} "
+            raise ConfigError(f"graph {manifest.name!r} has no topic {', '.join(map(repr, unknown))} "
                               f"(topics: {', '.join(sorted(known))})")
         rec = Recorder(args.output, foxglove_mirror=not args.no_foxglove,
-                       metadata={"graph": manifest["name"], "file": str(manifest.get("file", ""))})
+                       metadata={"graph": manifest.name, "file": manifest.file})
     except DrivecastError as exc:
         print(f"ERROR: {exc}", file=sys.stderr)
         return 2
@@ -270,11 +270,11 @@ def main(argv: list[str]) -> int:
         s.setsockopt(zmq.LINGER, 0)
         s.setsockopt(zmq.RCVHWM, 10000)
         s.setsockopt(zmq.SUBSCRIBE, t.encode())  # the plain variant, not the shared-memory one
-        ep = known[t].get("lossless_endpoint") if args.lossless else None
-        s.connect(ep or known[t]["endpoint"])
+        ep = known[t].lossless_endpoint if args.lossless else None
+        s.connect(ep or known[t].endpoint)
         socks[s] = t
         poller.register(s, zmq.POLLIN)
-    launcher = int(manifest.get("launcher_pid", -1))
+    launcher = manifest.launcher_pid
     end = None if args.duration is None else time.monotonic() + args.duration
     bad = 0
     failed = ""
@@ -282,7 +282,7 @@ def main(argv: list[str]) -> int:
     gaps = 0
     next_check = time.monotonic() + 1.0
     if not args.quiet:
-        print(f"recording {len(topics)} topics of graph {manifest['name']!r} into {args.output}", file=sys.stderr)
+        print(f"recording {len(topics)} topics of graph {manifest.name!r} into {args.output}", file=sys.stderr)
     try:
         while not stopped() and not failed:
             for s, _ in poller.poll(100):

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import shutil
 import signal
@@ -31,15 +30,24 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
 from pipeline.errors import ConfigError
 from pipeline.runtime.graph import Graph, load_graph, parse_set
+from pipeline.runtime.rundir import (
+    InputEntry,
+    Manifest,
+    NodeEntry,
+    ShmOptions,
+    TopicEntry,
+    make_run_dir,
+    write_manifest,
+)
 from pipeline.runtime.signals import STOP_SIGNALS, StopSignals
 from pipeline.transport.pubsub import free_tcp_port, ipc_endpoint
 from pipeline.transport.shm import remove_segments
 
-__all__ = ["Supervisor", "main", "make_run_dir", "runs_base"]
+__all__ = ["Supervisor", "build_manifest", "main"]
 
 STOP_SIGINT_S = 2.0
 DRAIN_S = 10.0  # at a graph's end, how long nodes with lossless inputs may take to finish their queues
@@ -47,28 +55,8 @@ STOP_SIGTERM_S = 1.5
 MAX_BACKOFF_S = 30.0
 
 
-def runs_base() -> Path:
-    """Where run directories live: $DRIVECAST_RUN_DIR, else /tmp/drivecast-<uid> (mode 0700)."""
-    base = Path(os.environ.get("DRIVECAST_RUN_DIR") or f"/tmp/drivecast-{os.getuid()}")
-    base.mkdir(mode=0o700, parents=True, exist_ok=True)
-    st = base.stat()
-    if st.st_uid != os.getuid():
-        raise ConfigError(f"run directory {base} belongs to another user")
-    if st.st_mode & 0o077:
-        raise ConfigError(f"run directory {base} is open to other users (mode {st.st_mode & 0o777:o}); chmod 700 it")
-    return base
-
-
-def make_run_dir(name: str) -> Path:
-    run = runs_base() / f"{name}-{os.getpid()}"
-    if run.exists():
-        shutil.rmtree(run)
-    run.mkdir(mode=0o700)
-    return run
-
-
-def build_manifest(graph: Graph, run_dir: Path) -> dict[str, Any]:
-    topics: dict[str, Any] = {}
+def build_manifest(graph: Graph, run_dir: Path) -> Manifest:
+    topics: dict[str, TopicEntry] = {}
     next_port = {m: base for m, (_, base) in graph.machines.items()}
     for topic, schema in graph.topics.items():
         lossless = graph.lossless_subscribers(topic)
@@ -89,35 +77,26 @@ def build_manifest(graph: Graph, run_dir: Path) -> dict[str, Any]:
         else:
             endpoint = ipc_endpoint(run_dir, topic)
             lossless_ep = ipc_endpoint(run_dir, topic, lossless=True) if lossless else None
-        topics[topic] = {"schema": schema.SCHEMA, "publisher": topic.split("/", 1)[0], "endpoint": endpoint,
-                         "lossless_endpoint": lossless_ep, "lossless_subscribers": lossless, "machine": machine,
-                         "shm": _shm_options(graph, topic)}
+        topics[topic] = TopicEntry(schema=schema.SCHEMA, publisher=topic.split("/", 1)[0], endpoint=endpoint,
+                                   lossless_endpoint=lossless_ep, lossless_subscribers=lossless, machine=machine,
+                                   shm=_shm_options(graph, topic))
     nodes = {
-        name: {"run": n.run, "params": n.raw_params, "required": n.required, "pid": None, "restarts": 0,
-               "machine": n.machine,
-               "inputs": {i: {"topic": s.topic, "queue": s.queue, "depth": s.depth} for i, s in n.inputs.items()}}
+        name: NodeEntry(run=n.run, params=n.raw_params, required=n.required, machine=n.machine,
+                        inputs={i: InputEntry(s.topic, s.queue, s.depth) for i, s in n.inputs.items()})
         for name, n in graph.nodes.items()
     }
-    return {"name": graph.name, "file": graph.path, "run_dir": str(run_dir), "launcher_pid": os.getpid(),
-            "started_ns": time.time_ns(), "clock": graph.clock, "security": graph.keys_dir,
-            "topics": topics, "nodes": nodes}
+    return Manifest(name=graph.name, file=graph.path, run_dir=str(run_dir), launcher_pid=os.getpid(),
+                    started_ns=time.time_ns(), clock=graph.clock, security=graph.keys_dir, topics=topics, nodes=nodes)
 
 
-def _shm_options(graph: Graph, topic: str) -> dict[str, Any]:
+def _shm_options(graph: Graph, topic: str) -> ShmOptions:
     """Publisher/Subscriber keywords of a topic; the ring outlasts the deepest local queue."""
     opt = graph.topic_options.get(topic)
     depth = max((graph.nodes[n].inputs[i].depth for n, i in graph.subscribers.get(topic, [])
                  if graph.nodes[n].inputs[i].queue == "drop_oldest"), default=1)
     slots = opt.shm_slots if opt is not None and opt.shm_slots else min(62, max(4, depth + 2))
     mode = "auto" if opt is None or opt.shm == "auto" else ("on" if opt.shm else "off")
-    return {"shm": mode,
-            "shm_threshold": opt.shm_threshold if opt is not None else 65536, "shm_slots": slots}
-
-
-def write_manifest(run_dir: Path, manifest: dict[str, Any]) -> None:
-    tmp = run_dir / "manifest.json.tmp"
-    tmp.write_text(json.dumps(manifest, indent=1))
-    os.replace(tmp, run_dir / "manifest.json")  # readers never see a half-written file
+    return ShmOptions(shm=mode, shm_threshold=opt.shm_threshold if opt is not None else 65536, shm_slots=slots)
 
 
 @dataclass
@@ -157,7 +136,7 @@ class Supervisor:
 
     def _spawn(self, child: _Child) -> None:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        self.manifest["nodes"][child.name]["restarts"] = child.restarts
+        self.manifest.nodes[child.name].restarts = child.restarts
         write_manifest(self.run_dir, self.manifest)
         # The node starts with SIGINT and SIGTERM blocked (a child inherits the mask): a stop that comes
         # while it still imports stays pending until its StopSignals handler takes it, instead of a
@@ -171,7 +150,7 @@ class Supervisor:
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         child.respawn_at = None
-        self.manifest["nodes"][child.name]["pid"] = child.proc.pid
+        self.manifest.nodes[child.name].pid = child.proc.pid
         write_manifest(self.run_dir, self.manifest)
         assert child.proc.stdout is not None
         t = threading.Thread(target=self._pump, args=(child.name, child.proc.stdout), daemon=True)

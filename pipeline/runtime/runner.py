@@ -11,7 +11,6 @@ the node notices (its parent changes) and exits, so no orphan outlives its graph
 from __future__ import annotations
 
 import gc
-import json
 import logging
 import os
 import signal
@@ -28,6 +27,7 @@ import zmq
 from pipeline.errors import ConfigError, DecodeError
 from pipeline.runtime.graph import resolve_class
 from pipeline.runtime.node import Node
+from pipeline.runtime.rundir import Manifest, TopicEntry, read_manifest
 from pipeline.runtime.signals import StopSignals
 from pipeline.runtime.stats import NodeStats
 from pipeline.runtime.timers import Timers
@@ -45,12 +45,12 @@ _POLL_MAX_MS = 100
 class ProcessRuntime:
     """Delivers one node's messages over ZeroMQ, per the run manifest."""
 
-    def __init__(self, manifest: dict[str, Any], node_name: str, ctx: zmq.Context | None = None) -> None:
+    def __init__(self, manifest: Manifest, node_name: str, ctx: zmq.Context | None = None) -> None:
         self.manifest = manifest
         self.node_name = node_name
-        entry = manifest["nodes"][node_name]
-        cls = resolve_class(entry["run"])
-        params = msgspec.convert(entry["params"], cls.Params, strict=False)
+        entry = manifest.nodes[node_name]
+        cls = resolve_class(entry.run)
+        params = msgspec.convert(entry.params, cls.Params, strict=False)
         self._own_ctx = ctx is None
         self.ctx = ctx or zmq.Context()
         self._stopping = False
@@ -64,26 +64,29 @@ class ProcessRuntime:
         self._parent = os.getppid()
 
         self.curve: Curve | None = None
-        if manifest.get("security"):
-            self.curve = Curve(Path(manifest["security"]), entry.get("machine") or "default")
+        if manifest.security:
+            self.curve = Curve(Path(manifest.security), entry.machine or "default")
             self.curve.start_authenticator(self.ctx)
         serve = self.curve.make_server if self.curve else None
-        run_dir = Path(manifest["run_dir"])
+        run_dir = Path(manifest.run_dir)
         state_dir = run_dir / "state" / node_name
         state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.publishers: dict[str, Publisher] = {}
         for out in cls.all_outputs():
-            t = manifest["topics"][f"{node_name}/{out}"]
-            self.publishers[out] = Publisher(self.ctx, f"{node_name}/{out}", t["endpoint"],
-                                             t.get("lossless_endpoint"), t.get("lossless_subscribers", 0),
-                                             configure=serve, run_dir=run_dir, **t.get("shm", {}))
+            t = manifest.topics[f"{node_name}/{out}"]
+            self.publishers[out] = Publisher(self.ctx, f"{node_name}/{out}", t.endpoint, t.lossless_endpoint,
+                                             t.lossless_subscribers, configure=serve, run_dir=run_dir,
+                                             shm=t.shm.shm, shm_threshold=t.shm.shm_threshold,
+                                             shm_slots=t.shm.shm_slots)
         self.inputs: dict[zmq.Socket, tuple[str, type[Message], Subscriber]] = {}
-        for inp, spec in entry.get("inputs", {}).items():
-            t = manifest["topics"][spec["topic"]]
-            endpoint = t["lossless_endpoint"] if spec["queue"] == "block" else t["endpoint"]
-            sub = Subscriber(self.ctx, spec["topic"], endpoint, spec["queue"], spec["depth"],
-                             configure=self._client(t), shm=t.get("shm", {}).get("shm", "auto"), run_dir=run_dir,
-                             bell=True)
+        for inp, spec in entry.inputs.items():
+            t = manifest.topics[spec.topic]
+            endpoint = t.lossless_endpoint if spec.queue == "block" else t.endpoint
+            if endpoint is None:
+                raise ConfigError(f"{run_dir / 'manifest.json'}: topics.{spec.topic}: no lossless_endpoint for "
+                                  f"the block input {node_name}.{inp}")
+            sub = Subscriber(self.ctx, spec.topic, endpoint, spec.queue, spec.depth,
+                             configure=self._client(t), shm=t.shm.shm, run_dir=run_dir, bell=True)
             self.inputs[sub.sock] = (inp, cls.inputs[inp], sub)
         # Shared-memory inputs' bells (`Subscriber.drain_bell`), by file descriptor.
         self.bells: dict[int, tuple[str, type[Message], Subscriber]] = {}
@@ -91,28 +94,28 @@ class ProcessRuntime:
             if item[2].bell_fd is not None:
                 self.bells[item[2].bell_fd] = item
         self.clock_sub: Subscriber | None = None
-        clock_topic = manifest.get("clock", "")
+        clock_topic = manifest.clock
         if clock_topic and not clock_topic.startswith(f"{node_name}/"):
-            t = manifest["topics"][clock_topic]
-            self.clock_sub = Subscriber(self.ctx, clock_topic, t["endpoint"], "latest", configure=self._client(t),
-                                        shm=t.get("shm", {}).get("shm", "auto"), run_dir=run_dir)
+            t = manifest.topics[clock_topic]
+            self.clock_sub = Subscriber(self.ctx, clock_topic, t.endpoint, "latest", configure=self._client(t),
+                                        shm=t.shm.shm, run_dir=run_dir)
             self._clock_ns = 0
         self.node: Node = cls(node_name, params, self, state_dir=state_dir,
-                              is_restart=bool(entry.get("restarts", 0)))
+                              is_restart=bool(entry.restarts))
         # Per-message work without string formatting or attribute lookups by name.
         self._in_key = {inp: f"in.{inp}" for inp in cls.inputs}
         self._out_key = {out: f"out.{out}" for out in self.publishers}
         self._callbacks = {inp: getattr(self.node, f"on_{inp}") for inp in cls.inputs}
         # Lossless inputs whose publisher has not ended its stream: when the last one ends, this
         # node has processed everything it was promised and stops by itself (graph end, replay).
-        self._open_block_inputs = {inp for inp, spec in entry.get("inputs", {}).items() if spec["queue"] == "block"}
+        self._open_block_inputs = {inp for inp, spec in entry.inputs.items() if spec.queue == "block"}
         self.setup_done = False
 
-    def _client(self, topic: dict[str, Any]) -> Callable[[zmq.Socket], None] | None:
+    def _client(self, topic: TopicEntry) -> Callable[[zmq.Socket], None] | None:
         curve = self.curve
         if curve is None:
             return None
-        return lambda sock: curve.make_client(sock, topic.get("machine") or "default")
+        return lambda sock: curve.make_client(sock, topic.machine or "default")
 
     # -- Runtime protocol ------------------------------------------------------------------------
     def now_ns(self) -> int:
@@ -266,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     run_dir, node_name = Path(args[0]), args[1]
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s", stream=sys.stdout)
-    manifest = json.loads((run_dir / "manifest.json").read_text())
+    manifest = read_manifest(run_dir / "manifest.json")
     runtime = ProcessRuntime(manifest, node_name)
 
     signals = StopSignals(lambda signum: runtime.request_stop(runtime.node, signal.Signals(signum).name))

@@ -1,0 +1,135 @@
+"""The run directory of a graph and its manifest.
+
+A launched graph owns one directory (mode 0700) under `runs_base()`: its ipc sockets, shared-memory
+names, each node's state directory and `manifest.json`. The manifest says which nodes run where and
+which endpoint carries each topic; the launcher writes it, each node's runner reads its own entry,
+and the tools (`topic`, `record`) and `play` find a running graph by it. It is typed here, once, so
+every reader agrees on its fields and a damaged file is an error that names it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from pipeline.errors import ConfigError
+
+__all__ = ["InputEntry", "Manifest", "NodeEntry", "ShmOptions", "TopicEntry", "find_run", "make_run_dir",
+           "pid_alive", "read_manifest", "runs_base", "write_manifest"]
+
+MANIFEST = "manifest.json"
+
+
+class ShmOptions(msgspec.Struct, forbid_unknown_fields=True):
+    """How a topic's large frames go through shared memory (Publisher/Subscriber keywords)."""
+
+    shm: str = "auto"  # auto | on | off
+    shm_threshold: int = 65536
+    shm_slots: int = 4
+
+
+class TopicEntry(msgspec.Struct, forbid_unknown_fields=True):
+    schema: str
+    endpoint: str
+    publisher: str = ""  # the node (or tool) that publishes it
+    lossless_endpoint: str | None = None  # only where a subscriber asked for `block`
+    lossless_subscribers: int = 0
+    machine: str = ""
+    shm: ShmOptions = msgspec.field(default_factory=ShmOptions)
+
+
+class InputEntry(msgspec.Struct, forbid_unknown_fields=True):
+    topic: str
+    queue: str = "drop_oldest"
+    depth: int = 10
+
+
+class NodeEntry(msgspec.Struct, forbid_unknown_fields=True):
+    run: str
+    params: dict[str, Any] = {}
+    required: bool = False
+    pid: int | None = None  # set by the launcher once the process runs
+    restarts: int = 0
+    machine: str = ""
+    inputs: dict[str, InputEntry] = {}
+
+
+class Manifest(msgspec.Struct, forbid_unknown_fields=True):
+    name: str
+    run_dir: str
+    file: str = ""
+    launcher_pid: int = -1
+    started_ns: int = 0
+    clock: str = ""  # topic of the graph's clock, "" for wall time
+    security: str | None = None  # CURVE keys directory
+    topics: dict[str, TopicEntry] = {}
+    nodes: dict[str, NodeEntry] = {}
+
+
+def runs_base() -> Path:
+    """Where run directories live: $DRIVECAST_RUN_DIR, else /tmp/drivecast-<uid> (mode 0700)."""
+    base = Path(os.environ.get("DRIVECAST_RUN_DIR") or f"/tmp/drivecast-{os.getuid()}")
+    base.mkdir(mode=0o700, parents=True, exist_ok=True)
+    st = base.stat()
+    if st.st_uid != os.getuid():
+        raise ConfigError(f"run directory {base} belongs to another user")
+    if st.st_mode & 0o077:
+        raise ConfigError(f"run directory {base} is open to other users (mode {st.st_mode & 0o777:o}); chmod 700 it")
+    return base
+
+
+def make_run_dir(name: str) -> Path:
+    run = runs_base() / f"{name}-{os.getpid()}"
+    if run.exists():
+        shutil.rmtree(run)
+    run.mkdir(mode=0o700)
+    return run
+
+
+def write_manifest(run_dir: Path, manifest: Manifest) -> None:
+    tmp = run_dir / f"{MANIFEST}.tmp"
+    tmp.write_bytes(msgspec.json.format(msgspec.json.encode(manifest), indent=1))
+    os.replace(tmp, run_dir / MANIFEST)  # readers never see a half-written file
+
+
+def read_manifest(path: Path) -> Manifest:
+    """A manifest file, or ConfigError naming the file and what is wrong with it."""
+    try:
+        return msgspec.json.decode(path.read_bytes(), type=Manifest)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the run manifest: {exc.strerror or exc}") from None
+    except msgspec.DecodeError as exc:
+        raise ConfigError(f"{path}: not a drivecast run manifest: {exc}") from None
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process exists (a graph's launcher still runs)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def find_run(which: str | None = None) -> Manifest:
+    """The manifest of a running graph: `which` is a run directory or a graph name; default newest."""
+    in_dir = bool(which) and Path(str(which)).is_dir()
+    candidates = [Path(str(which)) / MANIFEST] if in_dir else list(runs_base().glob(f"*/{MANIFEST}"))
+    live = []
+    for path in candidates:
+        try:
+            m = read_manifest(path)
+        except ConfigError:
+            continue  # a run being set up, or one left by another version
+        if pid_alive(m.launcher_pid) and (not which or in_dir or m.name == which):
+            live.append(m)
+    if not live:
+        where = which or str(runs_base())
+        raise ConfigError(f"no running graph found in {where} (start one with `drivecast launch FILE`)")
+    return max(live, key=lambda m: m.started_ns)
