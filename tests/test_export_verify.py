@@ -127,7 +127,7 @@ def test_with_a_dataset_the_ade_fde_change_is_reported(
 def test_a_graph_that_computes_something_else_fails_parity(pair: tuple[Path, Path], tmp_path: Path,
                                                           capsys: pytest.CaptureFixture[str]) -> None:
     # An exporter bug, simulated: a weight changes by 0.1 and the hash is recomputed as export would.
-    from export.torch_export.onnx_export import graph_hash
+    from export.torch_export.parity import graph_hash
 
     proto = onnx.load(str(pair[1]))
     init = max(proto.graph.initializer, key=lambda t: np.prod(t.dims))

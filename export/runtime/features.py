@@ -215,8 +215,8 @@ def step_features(
 
     origin, rot = agent_frames(spec, h, own_n) if frames is None else frames
     # Layout matters as much as the number of calls: numpy runs its inner loop over the last axis, and an
-    # operation that broadcasts along a trailing (x, y) axis of 2 runs it 2 elements at a time (5-10x
-    # slower); a float64 -> float32 store inside an operation is slower still. So the work below is on
+    # operation that broadcasts along a trailing (x, y) axis of 2 runs it 2 elements at a time (several
+    # times slower); a float64 -> float32 store inside an operation is slower still. So the work below is on
     # flat rows, on x and y planes or on whole (x, y) rows, in float64, and every vector (own
     # displacements, neighbour positions and velocities) is rotated and scaled by one set of calls.
     known = _needs(k_hist) < own_n[:, None]                      # [B, 2K]: x, y of each displacement
@@ -282,8 +282,8 @@ def _divisors(k_hist: int, k: int, scale: float, radius: float) -> np.ndarray:
 def _rotate(rot: np.ndarray, v: np.ndarray, inverse: bool = False) -> np.ndarray:
     """rot[b] (2x2) applied to every vector v[b, k, :] (its transpose, the inverse, if `inverse`).
 
-    Written out as multiply-adds: np.einsum took ~100 us for 48 agents x 30 steps where these take
-    ~5 us, and np.matmul may fuse a multiply-add (other bits than training's features).
+    Written out as multiply-adds: np.einsum is many times slower at these sizes, and np.matmul may fuse
+    a multiply-add (other bits than training's features).
     """
     r = rot.transpose(0, 2, 1) if inverse else rot
     x, y = v[..., 0], v[..., 1]

@@ -11,20 +11,17 @@ plus its description in the ONNX metadata_props (`ModelMeta`). `StepModel` check
 node fails at setup with a message naming the file, the key and what was expected, never at the first
 Tracks message with an onnxruntime shape error.
 
-Session settings and why (measured on this 2-core machine, one thread, bench/step.py; the vehicle
-model LSTM 44->128x1 + linear head, T=30: 22 us per step at batch 1, 160 us at 64, 590 us at 256):
-- one intra-op thread, one inter-op thread, sequential execution: at batch 1 a step is ~10 kernels
-  of a microsecond or two, and at batch 64 the LSTM's GEMM is too small to split well: all cores gave
-  22 / 164 us, no better than one, and a node should not take the whole box;
-- full graph optimisation: folds the exporter's Shape/Gather/Constant plumbing (26 nodes -> 10);
-- plain `InferenceSession.run` rather than IO binding: on the CPU provider, binding pre-allocated
-  outputs (and pre-allocated OrtValue inputs updated in place) measured the same as `run` within noise
-  (b=1: 21-22 us both ways; b=64: 113-118 us on an LSTM 8->64x2), and `run` returns fresh arrays, so
-  the caller owns them without an extra copy. IO binding pays off when the state can stay on a GPU,
-  which the numpy `step` API cannot offer. Memory-pattern and arena options made no difference either,
-  with a batch that changes every call (40-90 agents) as in a live graph;
-- a warm-up at load: the first run of a shape allocates and plans memory (milliseconds), which must not
-  land on the first message of a live graph.
+Session settings, each chosen on measurement (figures in bench/README.md):
+- one intra-op thread, one inter-op thread, sequential execution: at batch 1 a step is ~10 tiny kernels,
+  and at batch 64 the LSTM's GEMM is too small to split well, so more threads are no faster, and a node
+  should not take the whole box;
+- full graph optimisation: folds the exporter's Shape/Gather/Constant plumbing;
+- plain `InferenceSession.run` rather than IO binding: on the CPU provider binding is no faster, and
+  `run` returns fresh arrays, so the caller owns them without an extra copy. IO binding pays off when the
+  state can stay on a GPU, which the numpy `step` API cannot offer. Memory-pattern and arena options made
+  no difference either, with a batch that changes every call as in a live graph;
+- a warm-up at load: the first run of a shape allocates and plans memory, which must not land on the
+  first message of a live graph.
 
 GPU providers (TensorRT, CUDA) are chosen when this onnxruntime build has them; that path is untested
 here (no GPU on the development machine), and TensorRT would want engine caching and batch profiles.

@@ -2,33 +2,24 @@
 
 The graph is the model's streaming step, `(x[B,F], h[L,B,H], c[L,B,H]) -> (pred[B,T,2], h_out, c_out)`
 (GRU: no c/c_out), with a dynamic batch axis, so a node advances any number of agents in one call; the
-model's description goes into metadata_props (`export.runtime.step_model.ModelMeta`), so a node needs nothing but
-the .onnx file.
+model's description goes into metadata_props (`export.runtime.step_model.ModelMeta`), so a node needs
+nothing but the .onnx file.
 
-Exporter: the TorchScript-based exporter (`torch.onnx.export(..., dynamo=False)`), chosen on
-measurement, with the dynamo exporter one flag away (`--exporter dynamo`). Both emit the native ONNX
-LSTM/GRU op and agree with torch to ~1e-7. Measured side by side in onnxruntime, one thread
-(bench/step.py, model LSTM 44->128x1 + head, T=30): TorchScript graph 21.9 us per step at batch 1,
-dynamo graph 27.6 us (+26%); at batch 64, 161 vs 169 us. The dynamo graph keeps runtime
-Shape/Slice/Reshape plumbing around each LSTM (52 vs 33 nodes for an LSTM 8->64x2, where it measured
-31.2 vs 22.8 us), and at small batch a step's cost is kernel dispatch, so fewer nodes win.
-The dynamo exporter also silently fixes the batch at 1 when given a batch-1 example; we export with a
-batch-3 example and an explicit dynamic dim either way, and the runtime refuses a fixed batch axis.
-TorchScript export is deprecated in torch 2.x; its warning is silenced here on purpose, and the day it
-is removed `export_onnx(..., exporter="dynamo")` is the tested fallback (tests/test_export_onnx.py).
+The TorchScript exporter (`dynamo=False`) is the default because its graph has fewer nodes, and at small
+batch a step's cost is kernel dispatch; `--exporter dynamo` gives the same native LSTM/GRU op and is the
+tested fallback for the day TorchScript export (deprecated in torch 2.x, its warning silenced here) is
+removed. Dynamo silently fixes the batch at 1 given a batch-1 example, so both export a batch-3 example
+with an explicit dynamic dim, and the runtime refuses a fixed batch axis.
 
-Quantised variants are written next to the fp32 model: `model.int8.onnx` (onnxruntime dynamic
-quantisation: int8 weights, activations quantised per call) and `model.fp16.onnx` (every float
-tensor in fp16, float32 inputs/outputs kept by Cast nodes so the runtime API does not change;
-onnxconverter-common is not a dependency, so the conversion is done here with onnx helpers).
-Their parity with torch is not 1e-4 by construction; `drivecast verify` reports their ADE/FDE change.
+Variants are written next to the fp32 model: `model.int8.onnx` (dynamic quantisation of the LSTM) and
+`model.fp16.onnx` (float32 inputs/outputs kept by Casts, so the runtime API does not change). They
+cannot match torch to 1e-4 by construction; `drivecast verify` reports their ADE/FDE change.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import importlib.metadata
 import io
 import sys
@@ -42,30 +33,23 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from export.runtime.step_model import ModelError, ModelMeta, StepModel
+from export.torch_export.model_card import card_section, update_card
+from export.torch_export.parity import ExportError, graph_hash, load_checkpoint, max_abs_diff, weights_hash
 
 __all__ = [
     "ExportError",
-    "card_section",
     "export_module",
     "export_onnx",
-    "graph_hash",
     "load_checkpoint",
     "main",
-    "max_abs_diff",
     "to_fp16",
     "to_int8",
-    "update_card",
-    "weights_hash",
     "write_variant",
 ]
 
 OPSET = 18
 EXAMPLE_BATCH = 3  # >= 2 (dynamo bakes a batch-1 example in) and not a size the tests run (1, 7, 64)
 PARITY_TOL = 1e-4
-
-
-class ExportError(ValueError):
-    """A checkpoint that cannot be exported, or an export that does not match torch."""
 
 
 # --------------------------------------------------------------------------------------------------
@@ -139,25 +123,6 @@ def _name_batch_dims(proto: onnx.ModelProto) -> None:
                 d.dim_param = "batch"
 
 
-def graph_hash(proto: onnx.ModelProto) -> str:
-    """'sha256:<hex>' of the graph and opsets, metadata excluded: the same weights and ops, the same hash."""
-    h = hashlib.sha256()
-    for op in proto.opset_import:
-        h.update(f"{op.domain}:{op.version};".encode())
-    h.update(proto.graph.SerializeToString(deterministic=True))
-    return "sha256:" + h.hexdigest()
-
-
-def weights_hash(model: torch.nn.Module) -> str:
-    """'sha256:<hex>' of the state_dict (names, dtypes, shapes, values): which trained weights these are."""
-    h = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        arr = tensor.detach().cpu().contiguous().numpy()
-        h.update(f"{name}:{arr.dtype}:{arr.shape};".encode())
-        h.update(arr.tobytes())
-    return "sha256:" + h.hexdigest()
-
-
 def _save(proto: onnx.ModelProto, path: Path) -> None:
     """Write under a temporary name, then rename: a node never loads a half-written model."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -178,7 +143,7 @@ def _version() -> str:
         return importlib.metadata.version("drivecast")
     except importlib.metadata.PackageNotFoundError:
         pass
-    pyproject = Path(__file__).resolve().parent.parent / "pyproject.toml"
+    pyproject = Path(__file__).resolve().parents[2] / "pyproject.toml"
     try:
         import tomllib
 
@@ -241,70 +206,15 @@ def _meta_from_config(cfg: Any, metrics: Any, data: Any, exporter: str) -> Model
 
 
 # --------------------------------------------------------------------------------------------------
-# Parity (shared with export/torch_export/verify.py)
-
-
-def torch_rollout(
-    model: Any, cell: str, xs: np.ndarray, layers: int, hidden: int
-) -> list[np.ndarray]:
-    """torch predictions for xs[S,B,F], stepping with the state carried from zero."""
-    s_n, b = xs.shape[0], xs.shape[1]
-    h = torch.zeros(layers, b, hidden)
-    c = torch.zeros(layers, b, hidden) if cell == "lstm" else None
-    preds = []
-    # One thread: small steps gain nothing from OpenMP, and on a busy machine its spin-waiting threads
-    # made a 200-step rollout take 9.5 s instead of 0.07 s (2 cores, load 3.4, measured here).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with torch.inference_mode():
-            for t in range(s_n):
-                pred, h, c = model.step(torch.from_numpy(xs[t]), h, c)
-                preds.append(pred.numpy().copy())
-    finally:
-        torch.set_num_threads(threads)
-    return preds
-
-
-def ort_rollout(step_model: StepModel, xs: np.ndarray) -> list[np.ndarray]:
-    """onnxruntime predictions for xs[S,B,F], stepping with the state carried from zero."""
-    state = step_model.zero_state(xs.shape[1])
-    preds = []
-    for t in range(xs.shape[0]):
-        pred, state = step_model.step(xs[t], state)
-        preds.append(pred)
-    return preds
-
-
-def rollout_inputs(steps: int, batch: int, input_dim: int, seed: int = 0) -> np.ndarray:
-    """Deterministic inputs xs[S,B,F] for parity checks: smooth, of feature-like scale, some zeros."""
-    rng = np.random.default_rng(seed + 1000 * batch)
-    xs = rng.normal(0.0, 1.0, (steps, batch, input_dim)).astype(np.float32)
-    xs[:, :, input_dim // 2:] *= rng.random((steps, batch, 1)) < 0.7  # neighbours come and go
-    return xs
-
-
-def max_abs_diff(model: Any, step_model: StepModel, steps: int, batch: int) -> float:
-    m = step_model.meta
-    xs = rollout_inputs(steps, batch, m.input_dim)
-    ref = torch_rollout(model, m.cell, xs, m.layers, m.hidden)
-    got = ort_rollout(step_model, xs)
-    return max(float(np.max(np.abs(a - b))) for a, b in zip(ref, got, strict=True))
-
-
-# --------------------------------------------------------------------------------------------------
 # Quantised variants
 
 
 def to_int8(src: Path, dst: Path) -> None:
     """onnxruntime dynamic quantisation of the LSTM op (int8 weights per channel, activations per call).
 
-    The linear head stays fp32. Measured on two briefly trained models (val split, mean distance between
-    int8 and torch predicted points): quantising everything moved them 1.6 cm on ETH/UCY hotel and 10.0
-    cm on Argoverse; the LSTM alone, per channel, 0.8 cm and 4.1 cm, at 91-103 us instead of 85-90 us
-    for 64 agents (fp32: 160 us). The head maps straight to positions, so its rounding lands in the
-    output undamped. Shipped models (MODEL_CARD.md): pedestrian 2.9 cm (ADE +0.004 m), vehicle 11 cm
-    (ADE +0.001 m, FDE +0.011 m). onnxruntime has no quantised GRU kernel: GRU models get no int8 variant.
+    The linear head stays fp32: it maps straight to positions, so its rounding would land in the output
+    undamped (measured: quantising it too moves the predicted points further). onnxruntime has no
+    quantised GRU kernel: GRU models get no int8 variant.
     """
     import logging
 
@@ -325,7 +235,8 @@ def to_fp16(proto: onnx.ModelProto) -> onnx.ModelProto:
 
     The inputs and outputs stay float32 so that `StepModel.step` is the same for every variant. On the
     CPU provider onnxruntime runs the ops that have no fp16 kernel (LSTM) in float32 behind inserted
-    casts: the gain there is file size; fp16 compute is for the CUDA/TensorRT providers.
+    casts: the gain there is file size; fp16 compute is for the CUDA/TensorRT providers. Written with
+    onnx helpers because onnxconverter-common is not a dependency.
     """
     out = onnx.ModelProto()
     out.CopyFrom(proto)
@@ -429,19 +340,6 @@ def write_variant(src: Path, precision: str) -> Path:
     return dst
 
 
-def load_checkpoint(ckpt_path: str | Path) -> tuple[torch.nn.Module, Any, dict[str, Any]]:
-    """models.trajectory.load_checkpoint with its failures as one ExportError naming the file."""
-    path = Path(ckpt_path)
-    if not path.is_file():
-        raise ExportError(f"{path}: no such checkpoint file")
-    from models.trajectory import load_checkpoint as _load
-
-    try:
-        return _load(path)
-    except (KeyError, ValueError, TypeError, RuntimeError, EOFError, OSError) as exc:
-        raise ExportError(f"{path}: cannot load checkpoint: {type(exc).__name__}: {exc}") from None
-
-
 def export_onnx(
     ckpt_path: str | Path,
     out_path: str | Path,
@@ -467,90 +365,6 @@ def export_onnx(
         if wanted:
             written.append(write_variant(out, precision))
     return written
-
-
-def _ade_fde(res: Any) -> str:
-    if isinstance(res, dict) and "ade" in res and "fde" in res:
-        return f"{res['ade']:.3f}/{res['fde']:.3f}"
-    return "n/a"
-
-
-def card_section(paths: list[Path], model: Any, cfg: Any, command: str, data_dir: str | None = None) -> str:
-    """A MODEL_CARD.md section for one exported model and its variants: what, from what, how well, how.
-
-    Parity is measured here (200 steps, state carried, batches 1/7/64); with `data_dir` the ADE/FDE of
-    each file on the validation split of its training dataset is measured too (export/torch_export/verify.py).
-    """
-    metas = [StepModel(p).meta for p in paths]
-    m = metas[0]
-    met, data, f = m.metrics, m.training_data, m.features
-    feat = ", ".join(f"{k} {v}" for k, v in f.items() if k not in ("name", "version"))
-    lines = [
-        f"### {paths[0].name}",
-        "",
-        (f"- Model: {m.cell.upper()} {m.input_dim}->{m.hidden}x{m.layers} + linear head, predicts T={m.horizon} "
-        f"steps at dt={m.dt_s} s (window protocol: {m.obs_len} observed); features "
-        f"`{f.get('name')}` v{f.get('version')} ({feat})."),
-        f"- Trained on: {data.get('dataset', '?')}"
-        + (f" fold {data['fold']}" if data.get("fold") else "")
-        + (f", seed {data['seed']}" if "seed" in data else "")
-        + (f", {len(data['train_files'])} train files" if isinstance(data.get("train_files"), list) else "")
-        + (f"; command `{met['command']}`" if met.get("command") else ""),
-        (f"- Validation ({met.get('dataset', data.get('dataset', '?'))} {met.get('split', 'val')}, "
-        f"n={met.get('model', {}).get('n', '?')}, meters, K=1): window ADE/FDE {_ade_fde(met.get('model'))}, "
-        f"streaming {_ade_fde(met.get('stream'))}, constant velocity (k={met.get('cv_k', '?')}) "
-        f"{_ade_fde(met.get('cv'))}."),
-        f"- Exported with drivecast {m.version}, {m.exporter} exporter; weights {m.weights_hash[:19]}...",
-        f"- Command: `{command}`",
-        "",
-        "| file | precision | size | content hash | max abs diff vs torch (200 steps, b=1/7/64) |"
-        + (" val ADE/FDE window, torch -> onnx | streaming, torch -> onnx | point shift mean/max (m) |"
-           if data_dir else ""),
-        "|---|---|---|---|---|" + ("---|---|---|" if data_dir else ""),
-    ]
-    for path, meta in zip(paths, metas, strict=True):
-        step_model = StepModel(path)
-        diffs = [max_abs_diff(model, step_model, 200, b) for b in (1, 7, 64)]
-        row = (f"| {path.name} | {meta.precision} | {path.stat().st_size / 1024:.0f} KiB | "
-               f"`{meta.content_hash[:19]}` | {' / '.join(f'{d:.1e}' for d in diffs)} |")
-        if data_dir:
-            from export.torch_export.verify import dataset_change
-
-            res = dataset_change(step_model, model, cfg, str(data.get("dataset")), data_dir,
-                                 str(met.get("split", "val")), data.get("fold"))
-            for r in res.values():
-                row += (f" {r['torch_ade']:.4f}/{r['torch_fde']:.4f} -> "
-                        f"{r['onnx_ade']:.4f}/{r['onnx_fde']:.4f} |")
-            row += f" {res['model']['shift_mean_m']:.1e} / {res['model']['shift_max_m']:.1e} |"
-        lines.append(row)
-    return "\n".join(lines) + "\n"
-
-
-_CARD_HEADING = "## ONNX exports"
-_CARD_INTRO = (
-    "Written by `drivecast export ... --card` (export/torch_export/onnx_export.py); each section says the exact command.\n"
-    "`NAME.onnx` is fp32, equal to the checkpoint within 1e-4 (`drivecast verify`); `NAME.int8.onnx` quantises the\n"
-    "LSTM (onnxruntime dynamic quantisation, head kept fp32); `NAME.fp16.onnx` halves the file (fp16\n"
-    "compute on GPU providers; on CPU onnxruntime computes the LSTM in fp32). \"point shift\" is the mean\n"
-    "distance between the variant's predicted points and torch's, on the validation split.\n"
-)
-
-
-def update_card(card: Path, key: str, section: str) -> None:
-    """Replace this model's section in the card (between markers), or append it; written atomically."""
-    begin, end = f"<!-- drivecast-export: {key} -->", f"<!-- /drivecast-export: {key} -->"
-    block = f"{begin}\n{section}{end}\n"
-    text = card.read_text() if card.is_file() else "# Pretrained models\n"
-    if begin in text and end in text:
-        head, rest = text.split(begin, 1)
-        text = head + block + rest.split(end, 1)[1].lstrip("\n")
-    else:
-        if _CARD_HEADING not in text:
-            text = text.rstrip("\n") + f"\n\n{_CARD_HEADING}\n\n{_CARD_INTRO}"
-        text = text.rstrip("\n") + "\n\n" + block
-    tmp = card.with_name(card.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(card)
 
 
 def main(argv: list[str]) -> int:

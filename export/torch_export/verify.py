@@ -27,7 +27,7 @@ import onnx
 import torch
 
 from export.runtime.step_model import ModelError, StepModel
-from export.torch_export.onnx_export import ExportError, graph_hash, load_checkpoint, max_abs_diff, weights_hash
+from export.torch_export.parity import ExportError, graph_hash, load_checkpoint, max_abs_diff, weights_hash
 
 __all__ = ["VerifyError", "check_matches_checkpoint", "dataset_change", "main"]
 
@@ -81,7 +81,7 @@ def dataset_change(
     stored = meta.metrics.get("cv_k")
     cv_k = stored if isinstance(stored, int) else choose_k(es.obs, es.truth)[0]
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # see onnx_export.torch_rollout: more threads only wait on each other here
+    torch.set_num_threads(1)  # see parity.torch_rollout: more threads only wait on each other here
     try:
         torch_res = evaluate(TorchStepper(model, cfg), es, cv_k)
     finally:
