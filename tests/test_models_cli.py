@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from models import evaluate, train
+from models import evaluate, train, train_data
 
 
 def _write_scene(path: Path, seed: int) -> None:
@@ -127,7 +127,7 @@ def test_training_windows_match_the_window_protocol(tiny_eth: Path) -> None:
 
     spec = default_spec("pedestrian")
     grids = [to_grid(s, 0.4) for s in load_scenes("eth_ucy", tiny_eth, "train", "zz")]
-    x, y = train.training_windows(spec, grids, 8, 12)
+    x, y = train_data.training_windows(spec, grids, 8, 12)
     assert x.shape[1:] == (8, 3 * 4 + 5 * 4) and y.shape[1:] == (12, 2) and len(x) == len(y) > 0
     # straight walkers: the target is the current velocity extrapolated, in the heading frame (+x)
     v = x[:, -1, 0:2]
