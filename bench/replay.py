@@ -4,7 +4,7 @@
 
 (a) timing fidelity at --rate 1: a synthetic 200 Hz drive with bursts played through `pipeline.recordings.replay.play`
     onto real ZeroMQ publishers (the `drivecast play` path); lateness of each send vs its absolute deadline.
-(b) lockstep throughput: an imported ETH/UCY scene (models.drive_import) replayed by `pipeline.recordings.replay.lockstep`
+(b) lockstep throughput: an imported ETH/UCY scene (models.drive_import) replayed by `pipeline.recordings.lockstep.lockstep`
     through the default predictor (nodes.predictor with models/pretrained/pedestrian_lstm.onnx), as a
     multiple of real time; falls back to a constant-velocity node when the model is absent (reported).
 (c) record throughput for 1 MiB Image messages: `pipeline.recordings.writer.Recorder` with its defaults (each image
@@ -31,8 +31,11 @@ sys.path.insert(0, str(REPO))
 
 from mcap.writer import CompressionType, Writer  # noqa: E402
 
-from pipeline.recordings.reader import open_recording, pack_frames  # noqa: E402
-from pipeline.recordings.replay import PlayOptions, lockstep, play  # noqa: E402
+from pipeline.recordings.lockstep import lockstep  # noqa: E402
+from pipeline.recordings.mcap_format import pack_frames  # noqa: E402
+from pipeline.recordings.reader import open_recording  # noqa: E402
+from pipeline.recordings.replay import play  # noqa: E402
+from pipeline.recordings.schedule import PlayOptions  # noqa: E402
 from pipeline.recordings.writer import Recorder  # noqa: E402
 from pipeline.wire.codec import encode  # noqa: E402
 from pipeline.wire.messages import Image, Tracks  # noqa: E402

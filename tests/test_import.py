@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 from models.drive_import import main as import_main
+from pipeline.recordings.lockstep import lockstep
 from pipeline.recordings.reader import open_recording
-from pipeline.recordings.replay import PlayOptions, lockstep
+from pipeline.recordings.schedule import PlayOptions
 from pipeline.wire.codec import decode
 from pipeline.wire.messages import AgentKind, Predictions, Tracks
 from tests.conftest import REPLAY_GRAPH

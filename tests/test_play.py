@@ -1,4 +1,4 @@
-"""pipeline/recordings/replay.py: byte-identical replay, pacing against absolute deadlines, options, lockstep
+"""pipeline/recordings/replay.py, schedule.py, lockstep.py: byte-identical replay, pacing against absolute deadlines, options, lockstep
 determinism through an in-process graph, and `drivecast play` -> `drivecast record` across processes."""
 
 from __future__ import annotations
@@ -15,8 +15,10 @@ import numpy as np
 import pytest
 
 from pipeline.errors import ConfigError
+from pipeline.recordings.lockstep import lockstep
 from pipeline.recordings.reader import open_recording
-from pipeline.recordings.replay import PlayOptions, lockstep, parse_remap, play, schedule
+from pipeline.recordings.replay import play
+from pipeline.recordings.schedule import PlayOptions, parse_remap, schedule
 from pipeline.recordings.writer import Recorder
 from pipeline.runtime.node import Node, NodeParams
 from pipeline.wire.codec import encode
@@ -111,7 +113,7 @@ def _write_old_layout(path: Path, topic: str, msgs: list[Message]) -> list[list[
     from mcap.writer import CompressionType, Writer
 
     from pipeline.recordings import foxglove
-    from pipeline.recordings.reader import (
+    from pipeline.recordings.mcap_format import (
         FOXGLOVE_PREFIX,
         MESSAGE_ENCODING,
         PROFILE,

@@ -1,4 +1,4 @@
-"""pipeline/recordings/writer.py + pipeline/recordings/reader.py: lossless MCAP layout, images and point clouds stored once
+"""pipeline/recordings/writer.py + pipeline/recordings/reader.py (mcap_format, mcap_reader): lossless MCAP layout, images and point clouds stored once
 as Foxglove RawImage and PointCloud channels, Foxglove mirror channels, crash safety (a recorder killed
 with SIGKILL leaves a readable file), recovery, bad files."""
 
@@ -21,7 +21,8 @@ import pytest
 from mcap.reader import make_reader
 
 from pipeline.cli.bag import main as bag_main
-from pipeline.recordings.reader import RecordingError, open_recording, pack_frames, unpack_frames
+from pipeline.recordings.mcap_format import pack_frames, unpack_frames
+from pipeline.recordings.reader import RecordingError, open_recording
 from pipeline.recordings.writer import Recorder
 from pipeline.wire.codec import decode, encode
 from pipeline.wire.messages import GnssFix, Image, Imu, Odometry, PointCloud, Predictions, Tracks

@@ -49,6 +49,8 @@ TOPIC = "sim/tracks"
 def pending(reason: str) -> pytest.MarkDecorator:
     """A test pinning a reported bug whose fix is not in the tree yet: strict, so it goes when the fix lands."""
     return pytest.mark.xfail(strict=True, reason=f"reported, fix pending: {reason}")
+
+
 T0 = 1_700_000_000_000_000_000
 
 
@@ -376,7 +378,7 @@ def _stored_records(path: Path, topic: str, schema: str, bodies: list[bytes]) ->
     from mcap.writer import Writer
 
     from pipeline.recordings.foxglove import STORED
-    from pipeline.recordings.reader import DRIVECAST_SCHEMA_KEY, PROFILE
+    from pipeline.recordings.mcap_format import DRIVECAST_SCHEMA_KEY, PROFILE
 
     spec = STORED[schema].spec
     with open(path, "wb") as f:

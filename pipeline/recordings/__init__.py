@@ -1,5 +1,12 @@
-"""Recordings: one reader interface (`reader`) over one module per format (drivecast MCAP, ROS bags),
-the MCAP writer (`writer`), the Foxglove channels it adds (`foxglove`), and replay (`replay`).
+"""Recordings: read them, write them, replay them.
 
-May import `pipeline.runtime`, `pipeline.transport`, `pipeline.wire` and `pipeline.errors`.
+- Reading: `reader.open_recording` is the one interface; it picks a format module, `mcap_reader`
+  (drivecast MCAP) or `rosbag_reader` (ROS bags), each implementing `base.Recording`.
+- Writing: `writer.Recorder` and `drivecast record`. The on-disk format both sides share is
+  `mcap_format`; `foxglove` gives the Foxglove channels (stored images and clouds, mirrors).
+- Replay: `schedule` (what plays when), `replay` (paced, `drivecast play`), `lockstep` (in-process).
+
+May import `pipeline.runtime`, `pipeline.transport`, `pipeline.wire` and `pipeline.errors`. Inside,
+`base` and `foxglove` import nothing of the package and the format modules only those two, so the
+dispatcher in `reader` imports the formats without a circle.
 """

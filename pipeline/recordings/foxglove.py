@@ -14,20 +14,15 @@ and mirror channels `/foxglove/<topic>` for the rest) and the live bridge node.
 
 Small messages are JSON (`jsonschema` schemas, minimal: Foxglove picks the renderer by schema
 name). Images and point clouds are ROS 2 CDR with `ros2msg` schemas of the same Foxglove types
-(the `foxglove_msgs` package): JSON would carry their bytes as base64, which costs a copy, a third
-more bytes and, measured here, ~10x the zstd time of the raw bytes. An empty `frame_id` becomes
-`world` so that the 3D panel has a frame to draw in.
+(the `foxglove_msgs` package): JSON would carry their bytes as base64, a copy, a third more bytes
+and slower compression. An empty `frame_id` becomes `world` so that the 3D panel has a frame.
 
-The recorder does not mirror images and point clouds: it stores each one once, as its Foxglove
-type with one trailing field `drivecast_header` (`STORED`, `stored`), whose `data` is the wire
-array frame (an image's pixels; a cloud's row-major float32 points, one FLOAT32 field per column,
-identity pose) and whose `drivecast_header` is the wire header frame, both verbatim. Foxglove
-picks the panel by the schema name and decodes the message with the schema text stored in the
-file (`@mcap/support`'s parseChannel), so the extra field is just one more property it does not
-read; replay slices the frames back out (`pipeline.recordings.reader.unpack_stored`). Writer and reader
-take the order of the fields from that schema text (`_layout`), so they follow what Foxglove
-decodes with. The mirror form (`convert`) serves images and clouds that do not fit the stored
-form, and the bridge.
+Images and point clouds are stored once, not mirrored (`STORED`, `stored`): as their Foxglove
+type plus a trailing `drivecast_header` field, `data` and `drivecast_header` being the wire frames
+verbatim. Foxglove decodes with the schema text in the file and ignores the extra field; replay
+slices the frames back out (`pipeline.recordings.mcap_format.unpack_stored`). Both sides take the
+field order from that schema text (`_layout`). `convert` serves the messages that do not fit, and
+the bridge.
 """
 
 from __future__ import annotations
@@ -187,7 +182,7 @@ _HEADER_FIELD = ("\n# the drivecast wire header of this message, byte for byte (
                  "uint8[] drivecast_header")
 
 # The kind of each field type that comes before `uint8[] data`: a `_Cdr` method here and a reader
-# method in `pipeline.recordings.reader`, so the order and alignment come from the schema text alone.
+# method in `pipeline.recordings.mcap_format`, so the order and alignment come from the schema text alone.
 _KINDS = {"builtin_interfaces/Time": "time", "string": "string", "uint32": "u32", "geometry_msgs/Pose": "pose",
           "foxglove_msgs/PackedElementField[]": "packed_fields"}
 Layout = tuple[tuple[str, str], ...]
@@ -226,8 +221,7 @@ def _image(msg: Image, topic: str, preview: bool = False) -> bytes:
 
 def _half(image: np.ndarray) -> np.ndarray:
     """Every other row and column of an HxWxC image, pixels copied whole: numpy copies
-    `image[::2, ::2]` of an RGB image three single bytes at a time (0.5-0.6 ms for a 1 MiB frame
-    here, about what writing the frame costs); as one C-byte item per pixel, 0.2 ms."""
+    `image[::2, ::2]` of an RGB image one byte at a time, a C-byte item per pixel is faster."""
     if not image.size:
         return image[::2, ::2]
     rows = np.ascontiguousarray(image[::2])
@@ -347,7 +341,7 @@ STORED: dict[str, StoredForm] = {
 def stored(schema: str, frames: Sequence[Any]) -> bytes | None:
     """The record that stores one wire message `[header, data]` of `schema` in its `STORED` form:
     CDR of the Foxglove type whose `data` is the data frame and whose `drivecast_header` is the
-    header frame, both verbatim. Foxglove shows it in full; `pipeline.recordings.reader.unpack_stored`
+    header frame, both verbatim. Foxglove shows it in full; `pipeline.recordings.mcap_format.unpack_stored`
     slices the two frames back out, so replay stays byte-identical. One join of the frames, no
     numpy copy.
 

@@ -1,37 +1,16 @@
-"""Replay recordings: paced like `ros2 bag play`, or in lockstep through an in-process graph.
+"""Replay a recording paced like `ros2 bag play`, and the `drivecast play` command.
 
-`drivecast play FILE [--rate R] [--loop] [--start-offset S] [--topics T...] [--remap a:=b]
-[--clock [HZ]] [--quiet]` publishes a recording (drivecast MCAP or any ROS bag that
-`pipeline.recordings.reader.open_recording` reads) as a graph of its own: it writes a run manifest named
-`play`, so `drivecast topic echo`, `drivecast record --run play` and other tools attach to it.
-Each topic has a lossy and a lossless endpoint; `--wait-for N` holds the first message until N
-lossless subscribers per topic are connected (nothing lost to ZeroMQ's slow-joiner window).
-To feed a launched graph, put the player node (`nodes.player:Player`, same options) in launch.yaml
-and wire `player/tracks` into the predictor.
+`drivecast play FILE` publishes a recording (anything `reader.open_recording` opens) as a graph of
+its own: it writes a run manifest named `play`, so `drivecast topic echo`, `drivecast record --run
+play` and other tools attach to it. `--wait-for N` holds the first message until N lossless
+subscribers per topic are connected; `--clock [HZ]` publishes the replayed time on `clock`;
+`--lockstep --graph launch.yaml` runs the graph in this process instead (`lockstep`). To feed a
+launched graph, put the player node (`nodes.player:Player`) in launch.yaml.
 
 Pacing: message i is due at `t0 + (log_i - log_0) / rate`, one reference point for the whole run,
-so lateness never accumulates (a late message does not shift the next) and bursts in the recording
-(messages with equal or close log times) go out back to back as they were received. The wait is a
-sleep to ~0.3 ms before the deadline, then a spin. A read-ahead thread (`recording.prefetch`)
-decompresses chunks and converts ROS messages ahead of the schedule; the interpreter's thread
-switch interval is lowered during play so that this thread cannot delay the sender by more than
-~0.2 ms. Frames are sent exactly as recorded (byte-identical to the original wire messages).
-`--clock [HZ]` publishes `Clock` messages carrying the replayed log time on topic `clock` (HZ times
-per second of recording, default 100, and before the first message); a graph whose launch file says
-`clock: player/clock` runs its timers and `now()` on it.
-`--delay S` waits before the first message (holding the clock at the start time, so that lossy
-clock subscribers know it before any message). `--loop` replays forever, pass k shifted by k x (span + 1 ns) in log time: still one reference.
-
-Lockstep (`--lockstep --graph launch.yaml [-o out.mcap]`): the graph runs in this process
-(`pipeline.runtime.local.LocalGraph`) on the replayed clock: for each message in log-time order the clock
-advances to its log time (firing due timers), the message is injected, and every callback it
-causes runs before the next message is read. Nothing is dropped and nothing depends on wall time,
-so two runs write byte-identical output files. Topic mapping: if the graph has a player node
-(a class with `REPLAYS_RECORDING = True`), recorded topics feed its outputs (`<player>/<output>`,
-output chosen by schema, see `SCHEMA_OUTPUTS`, or by `--remap topic:=output`); otherwise recorded
-topics (after `--remap`) are injected under their names. Nodes that publish an injected topic are
-not instantiated: the recording replaces them. The output file holds the injected messages and
-everything the graph published, with log_time = the replayed clock.
+so lateness never accumulates and bursts go out back to back as they were received. A read-ahead
+thread (`reader.prefetch`) decompresses and converts ahead of the schedule. Frames are sent
+exactly as recorded.
 """
 
 from __future__ import annotations
@@ -41,62 +20,28 @@ import os
 import sys
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from pipeline.errors import ConfigError, DrivecastError
-from pipeline.recordings.reader import Item, Recording, open_recording, prefetch
+from pipeline.recordings.base import Recording, RecordingInfo
+from pipeline.recordings.lockstep import SCHEMA_OUTPUTS, lockstep, player_topics
+from pipeline.recordings.reader import open_recording, prefetch
+from pipeline.recordings.schedule import PlayOptions, parse_remap, schedule
 from pipeline.runtime.signals import StopSignals
-from pipeline.wire.codec import decode, encode
-from pipeline.wire.messages import (
-    Clock,
-    Detections,
-    GnssFix,
-    Image,
-    Imu,
-    Message,
-    Odometry,
-    PointCloud,
-    Predictions,
-    Tracks,
-)
+from pipeline.wire.codec import encode
+from pipeline.wire.messages import Clock
 
+# PlayOptions, parse_remap, schedule, SCHEMA_OUTPUTS, player_topics and lockstep are re-exported:
+# they were defined here, and nodes.player imports them from here.
 __all__ = ["SCHEMA_OUTPUTS", "PlayOptions", "PlayStats", "lockstep", "main", "parse_remap", "play",
            "player_topics", "schedule"]
 
-#: The player node's outputs: one per schema (recorded topics map here by schema or `remap`).
-SCHEMA_OUTPUTS: dict[str, tuple[str, type[Message]]] = {
-    Tracks.SCHEMA: ("tracks", Tracks), Detections.SCHEMA: ("detections", Detections),
-    Predictions.SCHEMA: ("predictions", Predictions), Odometry.SCHEMA: ("odom", Odometry),
-    Imu.SCHEMA: ("imu", Imu), GnssFix.SCHEMA: ("fix", GnssFix), Image.SCHEMA: ("image", Image),
-    PointCloud.SCHEMA: ("points", PointCloud), Clock.SCHEMA: ("clock", Clock),
-}
-CLOCK_TOPIC = "clock"
 _SPIN_NS = 300_000      # sleep until this close to a deadline, then spin
-_SWITCH_S = 0.0002      # thread switch interval while playing (read-ahead vs sender)
-
-
-@dataclass
-class PlayOptions:
-    rate: float = 1.0
-    loop: bool = False
-    start_offset_s: float = 0.0
-    topics: list[str] | None = None
-    remap: dict[str, str] = field(default_factory=dict)
-    clock_hz: float = 0.0                 # 0: no clock
-    clock_topic: str = CLOCK_TOPIC
-    max_loops: int = 0                    # with loop: stop after this many passes (0 = forever)
-
-    def check(self) -> None:
-        if not self.rate > 0:
-            raise ConfigError(f"--rate: expected a positive number, got {self.rate:g}")
-        if self.start_offset_s < 0:
-            raise ConfigError(f"--start-offset: expected >= 0 seconds, got {self.start_offset_s:g}")
-        if self.clock_hz < 0:
-            raise ConfigError(f"--clock: expected a positive rate in Hz, got {self.clock_hz:g}")
+_SWITCH_S = 0.0002      # thread switch interval while playing: bounds how long read-ahead delays the sender
 
 
 @dataclass
@@ -113,48 +58,6 @@ class PlayStats:
         return {"messages": self.messages, "wall_s": self.wall_s, "replayed_s": self.replayed_ns / 1e9,
                 "late_median_ms": float(np.median(late)), "late_p99_ms": float(np.percentile(late, 99)),
                 "late_max_ms": max(float(late.max()), self.late_max_ns / 1e6)}
-
-
-def parse_remap(items: list[str]) -> dict[str, str]:
-    out = {}
-    for item in items:
-        a, sep, b = item.partition(":=")
-        if not sep or not a or not b:
-            raise ConfigError(f"--remap {item!r}: expected FROM:=TO")
-        out[a] = b
-    return out
-
-
-def schedule(rec: Recording, opts: PlayOptions) -> Iterator[Item]:
-    """The messages to play, in order, with remapped topics, clock ticks and loop shifts applied."""
-    info = rec.info()
-    wanted = {t.name for t in info.topics if t.converted}
-    if opts.topics is not None:
-        unknown = sorted(set(opts.topics) - {t.name for t in info.topics})
-        if unknown:
-            raise ConfigError(f"--topics: {rec.path} has no topic {', '.join(unknown)} "
-                              f"(topics: {', '.join(t.name for t in info.topics)})")
-        wanted &= set(opts.topics)
-    start = info.start_ns + int(opts.start_offset_s * 1e9)
-    span = max(0, info.end_ns - start) + 1
-    period = int(1e9 / opts.clock_hz) if opts.clock_hz else 0
-    k = 0
-    while True:
-        shift = k * span
-        next_tick = start
-        for item in rec.items(sorted(wanted), start_ns=start):
-            t = item.log_ns + shift
-            while period and next_tick + shift <= t:
-                yield _clock_item(opts.clock_topic, next_tick + shift)
-                next_tick += period
-            yield Item(opts.remap.get(item.topic, item.topic), t, item.publish_ns, item.frames)
-        k += 1
-        if not opts.loop or (opts.max_loops and k >= opts.max_loops):
-            return
-
-
-def _clock_item(topic: str, t_ns: int) -> Item:
-    return Item(topic, t_ns, t_ns, encode(Clock(stamp_ns=t_ns), publish_ns=t_ns))
 
 
 def _wait_until(deadline_ns: int, stop: Callable[[], bool]) -> int:
@@ -225,95 +128,6 @@ def play(rec: Recording, opts: PlayOptions, send: Callable[[str, list[Any]], Non
         sys.setswitchinterval(old_switch)
     stats.wall_s = time.perf_counter() - start
     bar.update(stats.replayed_ns, stats.messages, force=True)
-    return stats
-
-
-# -- lockstep ---------------------------------------------------------------------------------------------
-
-def player_topics(rec_info: Any, remap: dict[str, str], player: str) -> dict[str, str]:
-    """Recorded topic -> `<player>/<output>` for a player node: by `remap`, else by schema (the first
-    recorded topic of each schema, in name order; the others are not played)."""
-    out: dict[str, str] = {}
-    taken: set[str] = set()
-    outputs = {name for name, _ in SCHEMA_OUTPUTS.values()}
-    for t in rec_info.topics:
-        if t.name in remap:
-            if remap[t.name] not in outputs:
-                raise ConfigError(f"--remap {t.name}:={remap[t.name]}: the player has no output "
-                                  f"{remap[t.name]!r} (outputs: {', '.join(sorted(outputs))})")
-            out[t.name] = f"{player}/{remap[t.name]}"
-            taken.add(remap[t.name])
-    for t in sorted(rec_info.topics, key=lambda t: t.name):
-        if t.name in out or not t.converted or t.schema not in SCHEMA_OUTPUTS:
-            continue
-        name = SCHEMA_OUTPUTS[t.schema][0]
-        if name not in taken:
-            out[t.name] = f"{player}/{name}"
-            taken.add(name)
-    return out
-
-
-@dataclass
-class LockstepStats:
-    injected: int = 0
-    published: int = 0
-    replayed_ns: int = 0
-    wall_s: float = 0.0
-
-    @property
-    def x_realtime(self) -> float:
-        return self.replayed_ns / 1e9 / self.wall_s if self.wall_s > 0 else 0.0
-
-
-def lockstep(rec: Recording, graph: Any, opts: PlayOptions,
-             sink: Callable[[str, list[Any], int, Message], object] | None = None,
-             stop: Callable[[], bool] = lambda: False) -> LockstepStats:
-    """Replay `rec` through `graph` (a `pipeline.runtime.graph.Graph`) in this process; see the module doc.
-    `sink(topic, frames, log_ns, msg)` receives every injected and published message in order."""
-    from pipeline.runtime.local import LocalGraph
-
-    opts.check()
-    info = rec.info()
-    players = [n for n, s in graph.nodes.items() if getattr(s.cls, "REPLAYS_RECORDING", False)]
-    if len(players) > 1:
-        raise ConfigError(f"{graph.path}: lockstep feeds one player node, the graph has {', '.join(players)}")
-    if players:
-        mapping = player_topics(info, opts.remap, players[0])
-        opts = PlayOptions(opts.rate, opts.loop, opts.start_offset_s,
-                           sorted(mapping) if opts.topics is None else [t for t in opts.topics if t in mapping],
-                           mapping, opts.clock_hz, f"{players[0]}/clock", opts.max_loops or 1)
-    else:
-        mapping = {t.name: opts.remap.get(t.name, t.name) for t in info.topics if t.converted}
-        opts = PlayOptions(**{**opts.__dict__, "max_loops": opts.max_loops or 1})
-    injected = set(mapping.values()) | ({opts.clock_topic} if opts.clock_hz else set())
-    replaced = set(players) | {t.split("/", 1)[0] for t in injected if t in graph.topics}
-
-    stats = LockstepStats()
-    first = None
-    g = None
-    t_start = time.perf_counter()
-    for item in schedule(rec, opts):
-        if stop():
-            break
-        if g is None:
-            first = item.log_ns
-            # on_publish hands the sink the same frames the subscribers decoded: same bytes, same clock
-            g = LocalGraph(start_ns=item.log_ns, record=False, on_publish=sink)
-            for name, spec in graph.nodes.items():
-                if name not in replaced:
-                    g.add(name, spec.cls, spec.params, {i: s.topic for i, s in spec.inputs.items()})
-            g.start()
-        g.advance_to(item.log_ns)
-        msg, _ = decode(item.frames)
-        if sink is not None:
-            sink(item.topic, item.frames, item.log_ns, msg)
-        g.inject(item.topic, msg)
-        stats.published += g.spin()
-        stats.injected += 1
-        stats.replayed_ns = item.log_ns - (first or 0)
-    if g is not None:
-        g.stop()
-    stats.wall_s = time.perf_counter() - t_start
     return stats
 
 
@@ -410,7 +224,7 @@ def _run_lockstep(rec: Recording, args: argparse.Namespace, opts: PlayOptions) -
     return 130 if stopped() else 0
 
 
-def _run_live(rec: Recording, args: argparse.Namespace, opts: PlayOptions, info: Any) -> int:
+def _run_live(rec: Recording, args: argparse.Namespace, opts: PlayOptions, info: RecordingInfo) -> int:
     import shutil
 
     topics = {opts.remap.get(t.name, t.name): t.schema for t in info.topics

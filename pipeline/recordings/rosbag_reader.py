@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.recordings.reader import Item, Recording, RecordingError, RecordingInfo, TopicInfo
+from pipeline.recordings.base import Item, Recording, RecordingError, RecordingInfo, TopicInfo
 from pipeline.wire.codec import encode
 from pipeline.wire.messages import GnssFix, Imu, Message, Odometry, PointCloud
 

@@ -1,32 +1,12 @@
-"""Write drives into MCAP, and `drivecast record`: record topics of a running graph.
+"""Write drivecast MCAP files (`Recorder`), and `drivecast record`: record topics of a running graph.
 
-`Recorder(path)` writes the layout described in `pipeline.recordings.reader`: one channel per topic holding
-each message's wire frames byte for byte (so replay republishes identical bytes), zstd chunks,
-log_time = receive time, publish_time = the header's publish time, plus Foxglove mirror channels
-`/foxglove/<topic>` (`pipeline.recordings.foxglove`) unless `foxglove_mirror=False`.
+`Recorder` writes the layout of `pipeline.recordings.mcap_format`: each message's wire frames byte
+for byte, so replay republishes identical bytes, plus Foxglove mirror channels for viewers. It
+closes a chunk at least every `flush_s`, so a process killed with `kill -9` loses at most that much.
 
-Images and point clouds are stored once, in full and at full rate: the topic's channel is a
-Foxglove RawImage or PointCloud that carries the wire frames verbatim (`foxglove.stored`), so it
-needs no mirror. That is the storage format, not a mirror: `foxglove_mirror=False` keeps it (it
-costs what the drivecast form costs: one join of the frames). A message that does not fit that
-form (an image encoding Foxglove cannot show, a cloud whose `fields` do not name its columns)
-falls back to a drivecast channel of the same topic and a mirror, like the other schemas.
-
-Large mirrored messages (such fallbacks, over `LARGE_BYTES`) are mirrored as previews: at most
-`fox_large_hz` times per second of log time per topic (default 10; 0 = every message), images at
-half resolution and clouds with every 4th point (`foxglove.convert(preview=True)`). A full mirror
-would write every byte twice. The lossless channel has every message in full.
-
-Crash safety: the recorder closes the current chunk when it reaches `chunk_size` bytes or when
-`flush_s` seconds have passed since the last one, and flushes it to the OS. A process killed with
-`kill -9` therefore leaves a file that is readable up to its last complete chunk (at most about
-`flush_s` of data lost); readers fall back to a linear scan, `drivecast bag recover` rewrites it.
-
-`drivecast record -o FILE [TOPICS...|--all] [--run NAME] [--lossless]` finds a running graph
-(`pipeline.runtime.rundir.find_run`), subscribes to the topics' lossy endpoints (recording never slows
-the graph down; `--lossless` uses a topic's lossless endpoint where the graph has one, and then
-applies back-pressure instead of dropping), and writes until Ctrl-C, `--duration` or the graph ends.
-Messages lost on the way show up as gaps in the per-topic `seq`, reported at the end.
+`drivecast record` subscribes to the lossy endpoints of a running graph (recording never slows the
+graph down; `--lossless` uses the lossless ones and applies back-pressure instead of dropping) and
+writes until Ctrl-C, `--duration` or the graph ends; gaps in the per-topic `seq` are reported.
 """
 
 from __future__ import annotations
@@ -43,7 +23,7 @@ from mcap.writer import CompressionType, Writer
 
 from pipeline.errors import ConfigError, DecodeError, DrivecastError
 from pipeline.recordings import foxglove
-from pipeline.recordings.reader import (
+from pipeline.recordings.mcap_format import (
     DRIVECAST_SCHEMA_KEY,
     FOXGLOVE_PREFIX,
     MESSAGE_ENCODING,
@@ -67,7 +47,19 @@ class RecordWriteError(DrivecastError):
 
 
 class Recorder:
-    """An MCAP writer for drivecast messages (see the module docstring)."""
+    """An MCAP writer for drivecast messages.
+
+    Images and point clouds are stored once, in full, as their Foxglove type carrying the wire
+    frames verbatim (`foxglove.stored`): that is the storage format, not a mirror, so
+    `foxglove_mirror=False` keeps it. A message that does not fit that form falls back to a
+    drivecast channel of the same topic plus a mirror, like the other schemas. Mirrors of messages
+    over `LARGE_BYTES` are previews (`foxglove.convert(preview=True)`), at most `fox_large_hz` per
+    second of log time per topic (0: every message): a full mirror would write every byte twice.
+
+    Crash safety: a chunk is closed when it reaches `chunk_size` bytes or `flush_s` seconds after
+    the last one, and handed to the OS; a cut file is readable up to its last complete chunk and
+    `drivecast bag recover` rewrites it.
+    """
 
     def __init__(self, path: str | Path, *, foxglove_mirror: bool = True, chunk_size: int = 1 << 20,
                  flush_s: float = 1.0, compression: str = "zstd", metadata: dict[str, str] | None = None,
@@ -194,7 +186,7 @@ class Recorder:
     def flush(self) -> None:
         """Close the chunk in progress and hand it to the OS (what survives a kill -9)."""
         try:
-            self._w.flush()
+            self._w.flush()  # type: ignore[no-untyped-call]  # mcap's Writer is unannotated
         except OSError as exc:
             raise self._failed(exc) from None
         self._last_flush = time.monotonic_ns()
@@ -210,7 +202,7 @@ class Recorder:
         self._closed = True
         try:
             if not self._broken:  # after a failed write the summary cannot be written either
-                self._w.finish()
+                self._w.finish()  # type: ignore[no-untyped-call]
         except OSError as exc:
             raise self._failed(exc) from None
         finally:
