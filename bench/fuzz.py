@@ -12,7 +12,7 @@ Sections (the time is shared equally):
            through `ProcessRuntime._deliver` (bad messages counted per kind, valid ones reach `on_<input>`,
            10 s deadline per message).
 - shm:     damaged shared-memory message bodies (`pipeline.transport.shm`), as ZeroMQ brings them and as a bell finds
-           them in a slot's record, through `Subscriber._resolve`/`drain_bell`, `decode` and `settle`.
+           them in a slot's record, through `Subscriber._resolve`/`drain`, `decode` and `ShmReader.ready`.
 - mcap:    damaged drivecast MCAP files (cuts, bit flips, zeroed and duplicated ranges) through
            `open_recording`, `info()`, `items()` and `decode` (only RecordingError/DecodeError may come out).
 - bag:     the same damage applied to a ROS 1 bag and a ROS 2 mcap from ../shared/recordings (if present).
@@ -362,6 +362,7 @@ def fuzz_recordings(sec: Section, rnd: random.Random, until: float, workdir: Pat
         op, bad = _damage(rnd, data)
         path = workdir / f"bad{suffix}"
         path.write_bytes(bad)
+
         def case(path: Path = path) -> str:
             return _read_all(path)
         sec.run(case, f"{op} {suffix}")
@@ -428,8 +429,9 @@ def fuzz_shm(sec: Section, rnd: random.Random, until: float, workdir: Path) -> N
     counted, never an exception."""
     import zmq
 
-    from pipeline.transport.pubsub import Publisher, Subscriber
-    from pipeline.transport.shm import _HEADER_BYTES, _META_BYTES, _META_LEN, BODY
+    from pipeline.transport.publisher import Publisher
+    from pipeline.transport.shm.segment import BODY, META_BYTES, META_LEN, record_start
+    from pipeline.transport.subscriber import Subscriber
     from pipeline.wire.messages import Image
     from tests.conftest import connected, take, wait_for
 
@@ -446,7 +448,7 @@ def fuzz_shm(sec: Section, rnd: random.Random, until: float, workdir: Path) -> N
         def belled() -> bool:  # until the publisher has the subscriber's bell, so records are stored
             pub.send(encode(Image(data=np.zeros((64, 1024, 1), np.uint8))), lambda: False)
             take(sub)
-            return bool(writer.bell_fds)
+            return bool(writer.bells.fds)
         wait_for(belled, 10, "the bell handed in")
         n = 0
         while time.monotonic() < until:
@@ -467,25 +469,25 @@ def fuzz_shm(sec: Section, rnd: random.Random, until: float, workdir: Path) -> N
                     sub._queue.append(damaged)
                     sub._resolve(sub._queue, 1)
                 else:
-                    start = _HEADER_BYTES + ((writer.next_slot - 1) % writer.slots) * _META_BYTES
-                    body = damaged[:_META_BYTES - _META_LEN.size]
+                    start = record_start((writer.next_slot - 1) % writer.slots)
+                    body = damaged[:META_BYTES - META_LEN.size]
                     length = len(body) if rnd.random() < 0.8 else rnd.randrange(1 << 32)
-                    _META_LEN.pack_into(writer.seg.mm, start, length)  # type: ignore[union-attr]
+                    META_LEN.pack_into(writer.seg.mm, start, length)  # type: ignore[union-attr]
                     writer.seg.mm[start + 4:start + 4 + len(body)] = body  # type: ignore[union-attr]
                     reader.last_seq = writer.seq - 1  # the bell's next message is this one
-                    sub.drain_bell()
+                    sub.drain(sub.bell_fd)
                 out = []
                 while sub._queue:
                     msg = sub._queue.popleft()
                     try:
                         decode(msg[1:], expect=Image)
-                        out.append("delivered" if sub.settle(msg) else "overrun at settle")
+                        out.append("delivered" if reader.ready(msg) else "overrun at settle")
                     except DecodeError as exc:
                         out.append(f"header {exc.kind}")
                     del msg
                 sub.release()
                 # Three names in a row that match but do not open make it fall back to plain frames
-                # (pipeline/transport/pubsub.py): by design, and the end of this harness's subscriber.
+                # (pipeline/transport/subscriber.py): by design, and the end of this harness's subscriber.
                 reader.unreachable = 0
                 after = (sub.dropped, reader.bad, reader.overruns)
                 what = "+".join(out) or ("bad" if after[1] > before[1] else "overrun" if after[2] > before[2]

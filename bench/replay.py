@@ -46,7 +46,7 @@ ETH = REPO.parent / "shared" / "data" / "eth_ucy" / "zara1" / "val" / "crowds_za
 def timing(tmp: Path, seconds: float) -> dict[str, float]:
     import zmq
 
-    from pipeline.transport.pubsub import Publisher
+    from pipeline.transport.publisher import Publisher
 
     path = tmp / "pace.mcap"
     t0, period = 1_700_000_000_000_000_000, 5_000_000

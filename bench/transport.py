@@ -59,7 +59,8 @@ from bench._results import Results  # noqa: E402
 from pipeline.runtime.graph import load_graph  # noqa: E402
 from pipeline.runtime.launch import build_manifest  # noqa: E402
 from pipeline.runtime.rundir import make_run_dir, write_manifest  # noqa: E402
-from pipeline.transport.pubsub import Publisher, free_tcp_port  # noqa: E402
+from pipeline.transport.endpoints import free_tcp_port  # noqa: E402
+from pipeline.transport.publisher import Publisher  # noqa: E402
 from pipeline.wire.codec import encode  # noqa: E402
 from pipeline.wire.messages import Clock  # noqa: E402
 
@@ -163,6 +164,7 @@ def start_zenoh(tmp: Path, cap: int, ctx: zmq.Context) -> Candidate:
     trig, stop, sock = _raw_trigger(ctx, ctl)
     sizes = ",".join(map(str, SIZES))
     res = str(tmp / "zenoh.res")
+
     def stop_zenoh() -> None:
         stop()
         Path(res + ".stop").touch()  # the receiver only waits; this tells it the run is over

@@ -16,7 +16,7 @@ import zmq.auth
 
 from pipeline.errors import ConfigError
 from pipeline.runtime.graph import load_graph
-from pipeline.transport.pubsub import free_tcp_port
+from pipeline.transport.endpoints import free_tcp_port
 from tests.conftest import REPO, Launched, wait_for
 
 

@@ -1,4 +1,4 @@
-"""pipeline/transport/shm.py through pipeline/transport/pubsub.py: large frames over shared memory (issue 8).
+"""pipeline/transport/shm/ through the Publisher and Subscriber: large frames over shared memory (issue 8).
 
 Integrity under a full-speed publisher and a slow subscriber, kill -9 of either side, a mixed
 local + tcp subscriber set, no fd leak, owner-only segments in the run's namespace, untrusted
@@ -30,8 +30,10 @@ import zmq
 
 from pipeline.runtime.rundir import Manifest
 from pipeline.runtime.runner import ProcessRuntime
-from pipeline.transport.pubsub import Publisher, Subscriber, free_tcp_port
+from pipeline.transport.endpoints import free_tcp_port
+from pipeline.transport.publisher import Publisher
 from pipeline.transport.shm import DESCRIPTOR_MAGIC, ShmReader, bell_path, remove_segments, run_prefix, segment_dir
+from pipeline.transport.subscriber import Subscriber
 from pipeline.wire.codec import decode, encode, peek_header
 from pipeline.wire.messages import Image
 from tests.conftest import REPO, Launched, connected, pid_alive, take, wait_for
@@ -162,7 +164,7 @@ _FULL_SPEED_PUBLISHER = textwrap.dedent("""
     import sys, time, zmq, numpy as np
     from pipeline.wire.codec import encode
     from pipeline.wire.messages import Image
-    from pipeline.transport.pubsub import Publisher
+    from pipeline.transport.publisher import Publisher
     ctx = zmq.Context()
     pub = Publisher(ctx, "cam/image", sys.argv[1], shm="on", shm_slots=4)
     print("ready", flush=True)
@@ -207,7 +209,7 @@ def test_a_slow_subscriber_of_a_full_speed_publisher_never_gets_a_torn_frame(
             ready = dict(poller.poll(100))
             if not ready:
                 continue
-            q = sub.drain_bell() if sub.bell_fd in ready else sub.drain()
+            q = sub.drain(sub.bell_fd) if sub.bell_fd in ready else sub.drain()
             while q:
                 msg = _images([q.popleft()])[0]
                 first = msg.data[0, 0, 0]
@@ -273,7 +275,7 @@ def test_a_malformed_shared_memory_frame_is_counted_and_not_delivered(
 
 def test_a_message_queued_mid_copy_is_read_only_after_settle_and_dropped_if_its_slot_moved_on(
         ctx: zmq.Context, closing: list[Any], tmp_path: Path) -> None:
-    """`resolve(wait=False)` (what the runner's drain does) hands out a slot still being copied
+    """`resolve(wait=False)` (what `Subscriber.take` does) hands out a slot still being copied
     into, unread; `settle` then waits for the copy, or refuses a slot rewritten meanwhile."""
     pub = Publisher(ctx, TOPIC, f"ipc://{tmp_path}/cam.sock", shm="on", shm_slots=2)
     closing.append(pub)
@@ -492,7 +494,7 @@ def test_a_descriptor_sent_before_its_copy_is_delivered_once_the_copy_is_complet
         assert waiting.wait(5), "the reader did not wait for the slot"
 
     try:
-        with mock.patch("pipeline.transport.shm.os.sched_yield", yield_and_tell):
+        with mock.patch("pipeline.transport.shm.reader.os.sched_yield", yield_and_tell):
             assert pub._writer.write([np.full(100_000, 7, np.uint8).data], announce)
             resolving[0].join(5)
         frames = got[0]
@@ -529,7 +531,7 @@ def _rings(fd: int, timeout_s: float = 5.0) -> bool:
 
 
 def _take_bell(sub: Subscriber) -> list[Image]:
-    q = sub.drain_bell()
+    q = sub.drain(sub.bell_fd)
     out = _images(list(q))
     q.clear()
     return out
@@ -541,7 +543,7 @@ def _belled(pub: Publisher, sub: Subscriber) -> None:
     def taken() -> bool:
         pub.send(encode(_image(0)), lambda: False)
         take(sub)
-        return bool(pub._writer.bell_fds)  # type: ignore[union-attr]
+        return bool(pub._writer.bells.fds)  # type: ignore[union-attr]
     wait_for(taken, 5, "the publisher to take the bell")
     wait_for(lambda: not (take(sub) or _take_bell(sub)) and not sub.sock.poll(50), 5, "both paths to drain")
     sub.dropped = 0
@@ -615,7 +617,7 @@ def test_the_publisher_forgets_the_bells_of_subscribers_that_left_and_refuses_ba
 
     def forgotten() -> bool:
         pub.send(encode(_image(0)), lambda: False)
-        return not writer.bell_fds
+        return not writer.bells.fds
     counts = []
     for _ in range(3):
         sub = Subscriber(ctx, TOPIC, f"ipc://{tmp_path}/cam.sock", "latest", shm="on", bell=True)
@@ -644,7 +646,7 @@ def test_the_publisher_forgets_the_bells_of_subscribers_that_left_and_refuses_ba
                     pub.send(encode(_image(0)), lambda: False)
                     return _rings(conn.fileno(), 0.02) and conn.recv(1) == b""  # the publisher hung up
                 wait_for(refused, 5, f"the publisher to refuse {message!r} with {fds}")
-                assert writer.bell_fds == []
+                assert writer.bells.fds == []
             finally:
                 conn.close()
         # A connection that sends nothing does not hold the publisher up, and is dropped after a while.
@@ -675,12 +677,12 @@ def test_the_publisher_forgets_the_bells_of_subscribers_that_left_and_refuses_ba
 
             def rung() -> bool:
                 pub.send(encode(_image(0)), lambda: False)
-                return len(writer.bell_fds) == 1 and _rings(r, 0.05)
+                return len(writer.bells.fds) == 1 and _rings(r, 0.05)
             wait_for(rung, 5, "a good bell taken and rung")
             # The publisher writes through a file description of its own: non-blocking whatever
             # the sender does to its own (a full pipe must never stall the publisher).
             assert fcntl.fcntl(w, fcntl.F_GETFL) & os.O_NONBLOCK == 0
-            assert fcntl.fcntl(writer.bell_fds[0], fcntl.F_GETFL) & os.O_NONBLOCK
+            assert fcntl.fcntl(writer.bells.fds[0], fcntl.F_GETFL) & os.O_NONBLOCK
         finally:
             conn.close()
     finally:
@@ -706,8 +708,9 @@ def test_a_node_takes_shared_memory_frames_through_its_bell_each_exactly_once(ru
     thread = threading.Thread(target=rt.run, daemon=True)
     thread.start()
     try:
-        sub = next(iter(rt.inputs.values()))[2]
-        assert rt.bells == {sub.bell_fd: next(iter(rt.inputs.values()))}
+        item = next(iter(rt.inputs.values()))
+        sub = item[2]
+        assert sub.bell_fd is not None and rt.inputs == {sub.bell_fd: item, sub.sock: item}  # bell and socket
 
         def first() -> bool:  # resent until the subscription is up (slow joiner)
             pub.send(encode(_image(1)), lambda: False)
@@ -747,8 +750,9 @@ def test_the_bell_never_delivers_ahead_of_what_zeromq_still_carries(
 
     def deliver(count: int) -> list[int]:
         got: list[int] = []
+
         def all_there() -> bool:
-            for q in (sub.drain_bell(), sub.drain()):  # in the runner's order
+            for q in (sub.drain(sub.bell_fd), sub.drain()):  # in the runner's order
                 got.extend(m.seq for m in _images(list(q)))
                 q.clear()
             return len(got) >= count
@@ -801,7 +805,7 @@ def test_bells_go_on_across_a_segment_growing_and_the_notifier_stops_with_the_pu
         ctx: zmq.Context, closing: list[Any], tmp_path: Path) -> None:
     pub, sub = _pair(ctx, closing, tmp_path, bell=True)
     assert sub.reader is not None and pub._writer is not None
-    notifier = pub._writer._notifier
+    notifier = pub._writer.bells._notifier
     assert notifier is not None and notifier.is_alive()
     for rows in (256, 1024):  # the second size needs a new, larger segment
         segment = sub.reader.current

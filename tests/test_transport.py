@@ -1,4 +1,4 @@
-"""pipeline/transport/pubsub.py: zero-copy receive, and the queue policies latest / drop_oldest / block.
+"""pipeline/transport/publisher.py and subscriber.py: zero-copy receive, and the queue policies latest / drop_oldest / block.
 
 The policy tests run over plain ZeroMQ and over shared memory (`shm` off / on); the shared-memory
 path itself is tested in tests/test_shm.py.
@@ -19,7 +19,8 @@ import numpy as np
 import pytest
 import zmq
 
-from pipeline.transport.pubsub import END_OF_STREAM, Publisher, Subscriber
+from pipeline.transport.publisher import END_OF_STREAM, Publisher
+from pipeline.transport.subscriber import Subscriber
 from pipeline.wire.codec import decode, encode
 from pipeline.wire.messages import Image
 from tests.conftest import connected, take, wait_for

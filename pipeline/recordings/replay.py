@@ -138,7 +138,8 @@ def _publishers(topics: dict[str, str], wait_for: int) -> tuple[Any, dict[str, A
     import zmq
 
     from pipeline.runtime.rundir import Manifest, TopicEntry, make_run_dir, write_manifest
-    from pipeline.transport.pubsub import Publisher, ipc_endpoint
+    from pipeline.transport.endpoints import ipc_endpoint
+    from pipeline.transport.publisher import Publisher
 
     run_dir = make_run_dir("play")
     ctx = zmq.Context()

@@ -33,7 +33,7 @@ from pipeline.recordings.mcap_format import (
     schema_description,
 )
 from pipeline.runtime.signals import StopSignals
-from pipeline.transport.pubsub import END_OF_STREAM
+from pipeline.transport.publisher import END_OF_STREAM
 from pipeline.wire.codec import HeaderInfo, decode, peek_header
 from pipeline.wire.messages import SCHEMAS, Message
 

@@ -66,7 +66,7 @@ class _Security(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
 
 
 class _TopicOptions(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
-    """`topics: {TOPIC: {...}}`: how one topic travels (see pipeline/transport/pubsub.py)."""
+    """`topics: {TOPIC: {...}}`: how one topic travels (see pipeline/transport/publisher.py)."""
 
     shm: bool | Literal["auto"] = "auto"  # auto: shared memory for subscribers on this machine (ipc)
     shm_threshold: int = 65536  # array bytes per message from which shared memory is used

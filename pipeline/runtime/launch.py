@@ -44,7 +44,7 @@ from pipeline.runtime.rundir import (
     write_manifest,
 )
 from pipeline.runtime.signals import STOP_SIGNALS, StopSignals
-from pipeline.transport.pubsub import free_tcp_port, ipc_endpoint
+from pipeline.transport.endpoints import free_tcp_port, ipc_endpoint
 from pipeline.transport.shm import remove_segments
 
 __all__ = ["Supervisor", "build_manifest", "main"]

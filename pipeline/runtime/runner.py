@@ -2,10 +2,11 @@
 
 `python -m pipeline.runtime.runner RUN_DIR NODE` reads `RUN_DIR/manifest.json` (written by the launcher),
 builds the node, connects its inputs, binds its outputs and runs one loop: poll the inputs with a
-timeout up to the next timer, apply each input's queue policy, decode (a bad message is counted,
-logged once per kind and dropped), call `on_<input>`, fire due timers, publish Diagnostics each
-second. SIGINT/SIGTERM end the loop; `shutdown()` runs; the exit code is 0. If the launcher dies,
-the node notices (its parent changes) and exits, so no orphan outlives its graph.
+timeout up to the next timer, take each ready input's messages (its `Subscriber` applies the queue
+policy), decode (a bad message is counted, logged once per kind and dropped), call `on_<input>`,
+fire due timers, publish Diagnostics each second. SIGINT/SIGTERM end the loop; `shutdown()` runs;
+the exit code is 0. If the launcher dies, the node notices (its parent changes) and exits, so no
+orphan outlives its graph.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +34,8 @@ from pipeline.runtime.signals import StopSignals
 from pipeline.runtime.stats import NodeStats
 from pipeline.runtime.timers import Timers
 from pipeline.transport.curve import Curve
-from pipeline.transport.pubsub import END_OF_STREAM, JOIN_S, Publisher, Subscriber
+from pipeline.transport.publisher import END_OF_STREAM, JOIN_S, Publisher
+from pipeline.transport.subscriber import Source, Subscriber
 from pipeline.wire.codec import decode, encode
 from pipeline.wire.messages import Clock, Diagnostics, Message
 
@@ -45,7 +48,7 @@ _POLL_MAX_MS = 100
 class ProcessRuntime:
     """Delivers one node's messages over ZeroMQ, per the run manifest."""
 
-    def __init__(self, manifest: Manifest, node_name: str, ctx: zmq.Context | None = None) -> None:
+    def __init__(self, manifest: Manifest, node_name: str, ctx: zmq.Context[Any] | None = None) -> None:
         self.manifest = manifest
         self.node_name = node_name
         entry = manifest.nodes[node_name]
@@ -78,7 +81,8 @@ class ProcessRuntime:
                                              t.lossless_subscribers, configure=serve, run_dir=run_dir,
                                              shm=t.shm.shm, shm_threshold=t.shm.shm_threshold,
                                              shm_slots=t.shm.shm_slots)
-        self.inputs: dict[zmq.Socket, tuple[str, type[Message], Subscriber]] = {}
+        # What to poll, each subscriber's sources (its socket, maybe a bell's pipe) to its input.
+        self.inputs: dict[Source, tuple[str, type[Message], Subscriber]] = {}
         for inp, spec in entry.inputs.items():
             t = manifest.topics[spec.topic]
             endpoint = t.lossless_endpoint if spec.queue == "block" else t.endpoint
@@ -87,12 +91,8 @@ class ProcessRuntime:
                                   f"the block input {node_name}.{inp}")
             sub = Subscriber(self.ctx, spec.topic, endpoint, spec.queue, spec.depth,
                              configure=self._client(t), shm=t.shm.shm, run_dir=run_dir, bell=True)
-            self.inputs[sub.sock] = (inp, cls.inputs[inp], sub)
-        # Shared-memory inputs' bells (`Subscriber.drain_bell`), by file descriptor.
-        self.bells: dict[int, tuple[str, type[Message], Subscriber]] = {}
-        for item in self.inputs.values():
-            if item[2].bell_fd is not None:
-                self.bells[item[2].bell_fd] = item
+            for source in sub.sources:
+                self.inputs[source] = (inp, cls.inputs[inp], sub)
         self.clock_sub: Subscriber | None = None
         clock_topic = manifest.clock
         if clock_topic and not clock_topic.startswith(f"{node_name}/"):
@@ -106,12 +106,15 @@ class ProcessRuntime:
         self._in_key = {inp: f"in.{inp}" for inp in cls.inputs}
         self._out_key = {out: f"out.{out}" for out in self.publishers}
         self._callbacks = {inp: getattr(self.node, f"on_{inp}") for inp in cls.inputs}
+        # What `Subscriber.take` calls for each message of an input: decode, then deliver.
+        self._handlers = {inp: (partial(self._decode, inp, schema, sub), partial(self._call, inp))
+                          for inp, schema, sub in dict.fromkeys(self.inputs.values())}
         # Lossless inputs whose publisher has not ended its stream: when the last one ends, this
         # node has processed everything it was promised and stops by itself (graph end, replay).
         self._open_block_inputs = {inp for inp, spec in entry.inputs.items() if spec.queue == "block"}
         self.setup_done = False
 
-    def _client(self, topic: TopicEntry) -> Callable[[zmq.Socket], None] | None:
+    def _client(self, topic: TopicEntry) -> Callable[[zmq.Socket[Any]], None] | None:
         curve = self.curve
         if curve is None:
             return None
@@ -133,7 +136,7 @@ class ProcessRuntime:
         pub.send(encode(msg), self.stopped)
         self.stats.counts[self._out_key[output]] += 1
 
-    def loan(self, node: Node, output: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    def loan(self, node: Node, output: str, shape: tuple[int, ...], dtype: np.dtype[Any]) -> np.ndarray[Any, Any]:
         pub = self.publishers.get(output)
         if pub is None:
             raise KeyError(f"{node.name}: no output {output!r} (outputs: {', '.join(self.publishers)})")
@@ -154,12 +157,22 @@ class ProcessRuntime:
 
     # -- the loop --------------------------------------------------------------------------------
     def _deliver(self, inp: str, schema: type[Message], frames: list[Any], sub: Subscriber) -> None:
+        """One message through `_decode` and `_call`, what `run` has `Subscriber.take` do for each."""
+        msg = self._decode(inp, schema, sub, frames)
+        if msg is not None:
+            self._call(inp, msg)
+
+    def _decode(self, inp: str, schema: type[Message], sub: Subscriber, frames: list[Any]) -> Message | None:
+        """The message in `frames`, or None: the stream ended, a bad message (counted, logged once
+        per kind), or the node is stopping. Reads the header only: the arrays may not be ready."""
+        if self._stopping:
+            return None
         if len(frames) == 2 and bytes(frames[1]) == END_OF_STREAM:
             sub.end()
             self._open_block_inputs.discard(inp)
             if not self._open_block_inputs:
                 self.request_stop(self.node, "every lossless input ended")
-            return
+            return None
         self.stats.counts[self._in_key[inp]] += 1
         try:
             if len(frames) < 2:
@@ -170,9 +183,10 @@ class ProcessRuntime:
             if (inp, exc.kind) not in self._logged:  # once per kind: a flood must not flood the log
                 self._logged.add((inp, exc.kind))
                 self.node.log.warning("dropped a bad message on input %r: %s", inp, exc)
-            return
-        if sub.reader is not None and not sub.settle(frames):
-            return  # its shared-memory slot was rewritten before the copy ended (counted)
+            return None
+        return msg
+
+    def _call(self, inp: str, msg: Message) -> None:
         last = self._last_seq.get(inp)
         if last is not None and msg.seq > last + 1:
             self.stats.counts[f"gaps.{inp}"] += msg.seq - last - 1
@@ -182,10 +196,9 @@ class ProcessRuntime:
         self.stats.callback_done(time.perf_counter() - t0)
 
     def _publish_diagnostics(self) -> None:
-        for _sock, (inp, _, sub) in self.inputs.items():
-            self.stats.counts[f"drops.{inp}"] = sub.dropped
-            if sub.bell_fd is not None:
-                self.stats.counts[f"shm_bell.{inp}"] = sub.bell_taken
+        for inp, _, sub in dict.fromkeys(self.inputs.values()):  # once per input, not per source
+            for key, value in sub.counters().items():
+                self.stats.counts[f"{key}.{inp}"] = value
         values = self.stats.values(self.node.diagnostics)
         self.publish(self.node, "diagnostics", Diagnostics(node=self.node_name, values=values))
 
@@ -202,16 +215,15 @@ class ProcessRuntime:
 
     def run(self) -> int:
         poller = zmq.Poller()
-        for fd in self.bells:  # first: the bell is the earlier path (ZeroMQ's copy is then skipped)
-            poller.register(fd, zmq.POLLIN)
-        for sock in self.inputs:
-            poller.register(sock, zmq.POLLIN)
+        # Pipes (bells) before sockets, of all inputs: the earlier path (ZeroMQ's copy is then skipped).
+        for source in sorted(self.inputs, key=lambda s: isinstance(s, zmq.Socket)):
+            poller.register(source, zmq.POLLIN)
         if self.clock_sub is not None:
             poller.register(self.clock_sub.sock, zmq.POLLIN)
         self.node.setup()
         self.setup_done = True
         # Everything allocated so far (modules, models, tables) lives as long as the node: move it out
-        # of the collector's sight. A full collection over it took 17-26 ms in a predictor process.
+        # of the collector's sight, so that a full collection does not walk it between messages.
         gc.freeze()
         self.timers.add(self.now_ns(), DIAGNOSTICS_PERIOD_S, self._publish_diagnostics)
         for pub in self.publishers.values():
@@ -224,19 +236,11 @@ class ProcessRuntime:
             ready = dict(poller.poll(timeout))
             if self.clock_sub is not None and self.clock_sub.sock in ready:
                 self._update_clock()
-            for sock in ready:
-                item = self.inputs.get(sock)
+            for source in ready:
+                item = self.inputs.get(source)
                 if item is not None:
-                    inp, schema, sub = item
-                    q = sub.drain(settle=False)  # header decoding overlaps a shared-memory copy
-                elif sock in self.bells:
-                    inp, schema, sub = self.bells[sock]
-                    q = sub.drain_bell(settle=False)
-                else:
-                    continue
-                while q and not self._stopping:
-                    self._deliver(inp, schema, q.popleft(), sub)
-                sub.release()
+                    decode_frames, call = self._handlers[item[0]]
+                    item[2].take(source, decode_frames, call)
             for fn in self.timers.pop_due(self.now_ns()):
                 fn()
         return 0

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
 import zmq
 import zmq.auth
@@ -86,7 +87,7 @@ class Curve:
     def server_key(self, machine: str) -> bytes:
         return _load(self.keys_dir / f"{machine}.key", secret=False)[0]
 
-    def start_authenticator(self, ctx: zmq.Context) -> None:
+    def start_authenticator(self, ctx: zmq.Context[Any]) -> None:
         """One ZAP handler per context checks every client of every publisher in this process."""
         self._auth = ThreadAuthenticator(ctx)
         self._auth.start()
@@ -97,12 +98,12 @@ class Curve:
             self._auth.stop()
             self._auth = None
 
-    def make_server(self, sock: zmq.Socket) -> None:
+    def make_server(self, sock: zmq.Socket[Any]) -> None:
         sock.curve_secretkey = self.secret
         sock.curve_publickey = self.public
         sock.curve_server = True
 
-    def make_client(self, sock: zmq.Socket, server_machine: str) -> None:
+    def make_client(self, sock: zmq.Socket[Any], server_machine: str) -> None:
         sock.curve_secretkey = self.secret
         sock.curve_publickey = self.public
         sock.curve_serverkey = self.server_key(server_machine)
