@@ -21,11 +21,13 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections import Counter, defaultdict, deque
+from logging import Logger
+from typing import Annotated
 
 import numpy as np
+from msgspec import Meta
 
 from export.runtime.features import constant_velocity
-from pipeline.errors import ConfigError
 from pipeline.runtime.node import Node, NodeParams
 from pipeline.wire.messages import AgentKind, Diagnostics, Predictions, StateEvent, Tracks
 
@@ -61,13 +63,21 @@ class _Score:
         self.model += (model.mean(1).sum(), model[:, -1].sum())
         self.cv += np.stack([cv.mean(2).sum(1), cv[:, :, -1].sum(1)], 1)
 
+    def row(self, name: str, ks: list[int]) -> tuple[str, int, float, float, int, float, float]:
+        """(name, rows, ADE, FDE, best k, its CV ADE, its CV FDE)."""
+        m = self.model / max(self.n, 1)
+        cv = self.cv / max(self.n, 1)
+        b = int(np.argmin(cv[:, 0]))
+        return name, self.n, float(m[0]), float(m[1]), ks[b], float(cv[b, 0]), float(cv[b, 1])
+
 
 class Evaluator(Node):
     """Predictions + truth Tracks in; ADE/FDE beside constant velocity out (log lines, final table)."""
 
     class Params(NodeParams):
         report_s: float = 5.0               # period of the summary line (0: only the final table)
-        cv_ks: tuple[int, ...] = (1, 2, 3, 5)  # constant-velocity windows, in model periods
+        # constant-velocity windows, in model periods
+        cv_ks: Annotated[tuple[Annotated[int, Meta(ge=1)], ...], Meta(min_length=1)] = (1, 2, 3, 5)
         keep_s: float = 12.0                # truth history kept (>= longest horizon + k*dt + latency)
         plot: str = ""                      # write a PNG of recent paths here at shutdown
 
@@ -75,9 +85,6 @@ class Evaluator(Node):
     inputs = {"predictions": Predictions, "truth": Tracks, "events": StateEvent, "diagnostics": Diagnostics}
 
     def setup(self) -> None:
-        if not self.params.cv_ks or min(self.params.cv_ks) < 1:
-            raise ConfigError(f"{self.name}: params.cv_ks: expected a non-empty list of ints >= 1, "
-                             f"got {list(self.params.cv_ks)}")
         self.ks = sorted(set(self.params.cv_ks))
         self.frames: deque[_Frame] = deque()
         self.stamps: deque[int] = deque()
@@ -176,16 +183,10 @@ class Evaluator(Node):
             self.paths.append((pred[0], cv[-1, 0], truth[0]))
 
     # -- reporting -----------------------------------------------------------------------------------
-    def _row(self, name: str, s: _Score) -> tuple[str, int, float, float, int, float, float]:
-        m = s.model / max(s.n, 1)
-        cv = s.cv / max(s.n, 1)
-        b = int(np.argmin(cv[:, 0]))
-        return name, s.n, float(m[0]), float(m[1]), self.ks[b], float(cv[b, 0]), float(cv[b, 1])
-
     def summary(self) -> str:
         parts = []
         for name in sorted(self.scores, key=lambda n: (n == "all", n)):
-            _, n, ade, fde, k, cade, cfde = self._row(name, self.scores[name])
+            _, n, ade, fde, k, cade, cfde = self.scores[name].row(name, self.ks)
             parts.append(f"{name} n={n} ADE/FDE {ade:.2f}/{fde:.2f} m (CV k={k}: {cade:.2f}/{cfde:.2f})")
         line = " | ".join(parts) or "no predictions matched yet"
         if self.latency_ms:
@@ -202,7 +203,7 @@ class Evaluator(Node):
         head = f"{'kind':<12}{'rows':>8}{'ADE':>8}{'FDE':>8}{'CV k':>6}{'CV ADE':>8}{'CV FDE':>8}{'ADE gain':>10}"
         lines = ["final accuracy (meters)", head]
         for name in sorted(self.scores, key=lambda n: (n == "all", n)):
-            name, n, ade, fde, k, cade, cfde = self._row(name, self.scores[name])
+            name, n, ade, fde, k, cade, cfde = self.scores[name].row(name, self.ks)
             gain = f"{(1 - ade / cade) * 100:+.0f}%" if cade > 0 else "-"
             lines.append(f"{name:<12}{n:>8}{ade:>8.3f}{fde:>8.3f}{k:>6}{cade:>8.3f}{cfde:>8.3f}{gain:>10}")
         if self.events:
@@ -212,27 +213,29 @@ class Evaluator(Node):
     def shutdown(self) -> None:
         print(self.table(), flush=True)
         if self.params.plot and self.paths:
-            self._plot()
+            _plot(self.paths, self.ks[-1], self.params.plot, self.log)
 
-    def _plot(self) -> None:
-        try:
-            import matplotlib
-            matplotlib.use("Agg")
-            import matplotlib.pyplot as plt
-        except ImportError:
-            self.log.warning("plot %s not written: matplotlib is not installed", self.params.plot)
-            return
-        fig, ax = plt.subplots(figsize=(10, 4))
-        for i, (pred, cv, truth) in enumerate(self.paths):
-            lab = i == 0
-            ax.plot(truth[:, 0], truth[:, 1], "k-", lw=1, label="truth" if lab else None)
-            ax.plot(pred[:, 0], pred[:, 1], "r.-", ms=2, lw=0.8, label="model" if lab else None)
-            ax.plot(cv[:, 0], cv[:, 1], "b:", lw=0.8, label=f"CV k={self.ks[-1]}" if lab else None)
-        ax.set_aspect("equal")
-        ax.set_xlabel("x (m)")
-        ax.set_ylabel("y (m)")
-        ax.legend(loc="upper right")
-        ax.set_title("recent predictions vs truth")
-        fig.savefig(self.params.plot, dpi=120, bbox_inches="tight")
-        plt.close(fig)
-        self.log.info("wrote %s", self.params.plot)
+
+def _plot(paths: deque[tuple[np.ndarray, np.ndarray, np.ndarray]], k: int, file: str, log: Logger) -> None:
+    """Draw recent (model, constant velocity with window k, truth) paths into the PNG `file`."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log.warning("plot %s not written: matplotlib is not installed", file)
+        return
+    fig, ax = plt.subplots(figsize=(10, 4))
+    for i, (pred, cv, truth) in enumerate(paths):
+        lab = i == 0
+        ax.plot(truth[:, 0], truth[:, 1], "k-", lw=1, label="truth" if lab else None)
+        ax.plot(pred[:, 0], pred[:, 1], "r.-", ms=2, lw=0.8, label="model" if lab else None)
+        ax.plot(cv[:, 0], cv[:, 1], "b:", lw=0.8, label=f"CV k={k}" if lab else None)
+    ax.set_aspect("equal")
+    ax.set_xlabel("x (m)")
+    ax.set_ylabel("y (m)")
+    ax.legend(loc="upper right")
+    ax.set_title("recent predictions vs truth")
+    fig.savefig(file, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    log.info("wrote %s", file)

@@ -10,9 +10,11 @@ generator, so the same seed gives the same traffic, whatever the machine's timin
 
 from __future__ import annotations
 
-import numpy as np
+from typing import Annotated
 
-from pipeline.errors import ConfigError
+import numpy as np
+from msgspec import Meta
+
 from pipeline.runtime.node import Node, NodeParams
 from pipeline.wire.messages import AgentKind, Detections, Tracks
 
@@ -173,9 +175,9 @@ class TrafficSim(Node):
     """Publishes the simulated world on `tracks` (truth) and `detections` (noisy, with misses)."""
 
     class Params(NodeParams):
-        agents: int = 32
+        agents: Annotated[int, Meta(ge=0)] = 32
         pedestrian_fraction: float = 0.25
-        rate_hz: float = 10.0
+        rate_hz: Annotated[float, Meta(gt=0)] = 10.0
         seed: int = 7
         road_length_m: float = 300.0
         detection_noise_m: float = 0.3
@@ -188,8 +190,6 @@ class TrafficSim(Node):
 
     def setup(self) -> None:
         p = self.params
-        if p.rate_hz <= 0 or p.agents < 0:
-            raise ConfigError(f"{self.name}: params: rate_hz must be > 0 and agents >= 0, got {p.rate_hz} and {p.agents}")
         self.world = TrafficWorld(p.agents, p.pedestrian_fraction, p.road_length_m, 1.0 / p.rate_hz, p.seed)
         self.noise = np.random.default_rng(p.seed + 1)
         self.ticks = 0

@@ -1,29 +1,26 @@
 """Per-agent recurrent state in preallocated arrays: agent id -> slot, for one model.
 
-Why preallocated: a live graph sees agents come and go for hours. Growing and shrinking arrays (or one
-small array per agent) fragments memory and costs an allocation per agent per message; a fixed table of
-`capacity` slots keeps the resident size flat and lets the node gather/scatter a whole batch with one
-fancy-indexing operation each way.
+Preallocated because a live graph sees agents come and go for hours: a fixed table of `capacity`
+slots keeps the resident size flat and lets the node gather/scatter a whole batch with one
+fancy-indexing operation each way, where growing arrays (or one per agent) would allocate per agent.
 
-A slot holds the LSTM state (h, c), the agent's position history resampled to the model period
-(`hist[slot, -1]` = newest sample, as `export.runtime.features` expects), how many samples it has (`n_obs`, not
-capped), the last raw observation (`last_t`, `last_xy`: the left end of the next interpolation) and the
-grid index of its last sample (`last_k`, `NEVER` until the first). `arrays`/`restore` move the rows in
-use to and from one `.npz` (no pickle), written by `save_npz` with an atomic replace.
+A slot holds the recurrent state (h, c), the agent's position history resampled to the model period
+(`hist[slot, -1]` = newest sample, as `export.runtime.features` expects), how many samples it has
+(`n_obs`, not capped), the last raw observation (`last_t`, `last_xy`: the left end of the next
+interpolation) and the grid index of its last sample (`last_k`, `NEVER` until the first).
+`arrays`/`restore` move the rows in use to and from a saved file (`nodes.state_file`).
 
-id -> slot is a sorted array of the ids in use searched with one `np.searchsorted` per message, not a
-dict: a Python lookup per agent costs more than the whole search from about 30 agents on, and the
-arrays change only when agents come or go.
+id -> slot is a sorted array of the ids in use, searched with one `np.searchsorted` per message
+rather than a dict lookup per agent; it changes only when agents come or go.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-__all__ = ["NEVER", "AgentTable", "save_npz"]
+__all__ = ["NEVER", "AgentTable"]
 
 NEVER = np.iinfo(np.int64).max
 """`last_k` of an agent not sampled yet: `last_k < k - 1` (it missed ticks) never holds for it."""
@@ -38,6 +35,13 @@ class AgentTable:
         if capacity < 1:
             raise ValueError(f"capacity: expected >= 1, got {capacity}")
         self.capacity = capacity
+        self._shape = (n_state, layers, hidden, hist_len)
+        self.clear()
+
+    def clear(self) -> None:
+        """Forget every agent: the table is as new."""
+        n_state, layers, hidden, hist_len = self._shape
+        capacity = self.capacity
         self.ids = np.full(capacity, -1, np.int64)            # -1: free slot
         self.state = np.zeros((n_state, layers, capacity, hidden), np.float32)
         self.hist = np.zeros((capacity, hist_len, 2), np.float64)
@@ -138,10 +142,3 @@ class AgentTable:
         free = np.flatnonzero(self.ids < 0)[::-1]
         self._free[: len(free)], self._n_free = free, len(free)
 
-
-def save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    """Atomic write: a reader (or a respawned node) sees the old file or the new one, never half."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as fh:
-        np.savez(fh, **arrays)  # type: ignore[arg-type]  # numpy's stub types the first kwarg as allow_pickle
-    tmp.replace(path)

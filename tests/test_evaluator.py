@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from nodes.evaluator import Evaluator
+from pipeline.errors import ConfigError
 from pipeline.runtime.local import LocalGraph
 from pipeline.wire.messages import AgentKind, Predictions, StateEvent, Tracks
 
@@ -82,11 +83,11 @@ def test_summary_and_final_table_show_model_beside_constant_velocity(capsys: pyt
     assert "vehicle" in out and "pedestrian" in out and "CV ADE" in out and "restored 2 (respawn)" in out
 
 
-def test_bad_cv_windows_are_refused() -> None:
-    g = LocalGraph()
-    g.add("eval", Evaluator, {"cv_ks": [0]})
-    with pytest.raises(ValueError, match=r"eval: params\.cv_ks: expected a non-empty list of ints >= 1, got \[0\]"):
-        g.start()
+@pytest.mark.parametrize(("cv_ks", "message"), [([0], r"^eval: params\.cv_ks\[0\]: expected int >= 1"),
+                                                ([], r"^eval: params\.cv_ks: expected array of length >= 1")])
+def test_bad_cv_windows_are_refused(cv_ks: list[int], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        LocalGraph().add("eval", Evaluator, {"cv_ks": cv_ks})
 
 
 def test_a_png_of_recent_paths_is_written_at_shutdown(tmp_path) -> None:  # type: ignore[no-untyped-def]

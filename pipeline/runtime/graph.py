@@ -153,13 +153,26 @@ def _where(exc: msgspec.ValidationError) -> tuple[str, str]:
     return key, msg[:1].lower() + msg[1:]
 
 
-def _convert(value: Any, typ: type, where: str, key: str, strict: bool = True) -> Any:
-    """msgspec.convert with the error rewritten as `FILE: KEY: message`."""
+def _value_at(value: Any, path: str) -> tuple[bool, Any]:
+    """The value at a msgspec key path such as `cv_ks[1]` or `models.vehicle`, if there is one."""
+    for part in re.findall(r"[^.\[\]]+|\[\d+\]", path):
+        try:
+            value = value[int(part[1:-1])] if part.startswith("[") else value[part]
+        except (LookupError, TypeError, ValueError):
+            return False, None
+    return True, value
+
+
+def convert(value: Any, typ: type, where: str, key: str, strict: bool = True) -> Any:
+    """msgspec.convert with the error rewritten as `FILE: KEY: message, got VALUE`."""
     try:
         return msgspec.convert(value, typ, strict=strict)
     except msgspec.ValidationError as exc:
         sub, msg = _where(exc)
-        full = ".".join(k for k in (key, sub) if k)
+        full = ".".join(k for k in (key, sub) if k).replace(".[", "[")
+        found, got = _value_at(value, sub)
+        if found and msg.startswith("expected") and ", got" not in msg:  # a declared range: say what was given
+            msg += f", got {got!r}"
         raise ConfigError(f"{where}: {full + ': ' if full else ''}{msg}") from None
 
 
@@ -194,7 +207,7 @@ def load_graph(path: str | Path, overrides: dict[str, dict[str, Any]] | None = N
         raise ConfigError(f"{where}: {pos}invalid YAML: {problem}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: expected a mapping with a 'nodes' key, got {type(raw).__name__}")
-    spec = _convert(raw, _LaunchFile, where, "")
+    spec = convert(raw, _LaunchFile, where, "")
     if not spec.nodes:
         raise ConfigError(f"{where}: nodes: expected at least one node")
     if not _NAME.match(spec.name):  # it names the run directory: no '/' or '..'
@@ -211,20 +224,20 @@ def load_graph(path: str | Path, overrides: dict[str, dict[str, Any]] | None = N
         key = f"nodes.{name}"
         if not isinstance(name, str) or not _NAME.match(name):
             raise ConfigError(f"{where}: {key}: node names are letters, digits, '_' and '-'")
-        entry = _convert(raw_entry, _NodeEntry, where, key)
+        entry = convert(raw_entry, _NodeEntry, where, key)
         try:
             cls = resolve_class(entry.run)
         except ValueError as exc:
             raise ConfigError(f"{where}: {key}.run: {exc}") from None
         raw_params = {**entry.params, **overrides.get(name, {})}
-        params = _convert(raw_params, cls.Params, where, f"{key}.params", strict=False)
+        params = convert(raw_params, cls.Params, where, f"{key}.params", strict=False)
         inputs: dict[str, InputSpec] = {}
         for inp, value in entry.inputs.items():
             if inp not in cls.inputs:
                 raise ConfigError(f"{where}: {key}.inputs.{inp}: {entry.run} has no input {inp!r} "
                                   f"(inputs: {', '.join(cls.inputs) or 'none'})")
             ikey = f"{key}.inputs.{inp}"
-            i = _Input(value) if isinstance(value, str) else _convert(value, _Input, where, ikey)
+            i = _Input(value) if isinstance(value, str) else convert(value, _Input, where, ikey)
             if i.queue not in ("latest", "drop_oldest", "block"):
                 raise ConfigError(f"{where}: {ikey}.queue: expected latest, drop_oldest or block, got {i.queue!r}")
             if i.depth < 1:
@@ -282,7 +295,7 @@ def load_graph(path: str | Path, overrides: dict[str, dict[str, Any]] | None = N
     for t, raw_opt in spec.topics.items():
         if t not in topics:
             raise ConfigError(f"{where}: topics.{t}: unknown topic {t!r} (topics: {', '.join(sorted(topics))})")
-        opt = topic_options[t] = _convert(raw_opt, _TopicOptions, where, f"topics.{t}")
+        opt = topic_options[t] = convert(raw_opt, _TopicOptions, where, f"topics.{t}")
         if opt.shm_slots and not 2 <= opt.shm_slots <= 62:
             raise ConfigError(f"{where}: topics.{t}.shm_slots: expected 2 to 62, got {opt.shm_slots}")
         if opt.shm_threshold < 0:

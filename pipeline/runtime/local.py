@@ -23,9 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import msgspec
-
-from pipeline.runtime.graph import Graph
+from pipeline.runtime.graph import Graph, convert
 from pipeline.runtime.node import Node, NodeParams
 from pipeline.runtime.stats import NodeStats
 from pipeline.runtime.timers import Timers
@@ -66,8 +64,9 @@ class LocalGraph:
 
     def add(self, name: str, cls: type[Node], params: NodeParams | dict[str, Any] | None = None,
             inputs: dict[str, str] | None = None, is_restart: bool = False) -> Node:
-        if not isinstance(params, NodeParams):
-            params = msgspec.convert(params or {}, cls.Params, strict=False)
+        if not isinstance(params, NodeParams):  # checked as in a launch file: ConfigError "NAME: params.KEY: ..."
+            checked: NodeParams = convert(params or {}, cls.Params, name, "params", strict=False)
+            params = checked
         state_dir = None
         if self.state_root is not None:
             state_dir = self.state_root / name

@@ -39,7 +39,9 @@ __all__ = ["Node", "NodeParams", "Runtime"]
 class NodeParams(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """Base of a node's `Params`: fields with types and defaults, validated from launch.yaml.
 
-    An unknown key or a value of the wrong type is an error before the graph starts.
+    An unknown key, a value of the wrong type or one outside its declared range is an error before
+    the graph starts. Declare ranges on the field, not in `setup()`:
+    `rate_hz: Annotated[float, msgspec.Meta(gt=0)] = 10.0`.
     """
 
 
