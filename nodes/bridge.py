@@ -51,7 +51,7 @@ class Bridge(Node):
         self.channels: dict[str, Any] = {}
         self.log.info("Foxglove WebSocket on ws://%s:%d", self.params.host, self.port)
 
-    def _send(self, inp: str, msg: Message) -> None:
+    def on_input(self, inp: str, msg: Message) -> None:
         ch = self.channels.get(inp)
         if ch is None:
             topic = self.params.names.get(inp, inp)
@@ -62,27 +62,6 @@ class Bridge(Node):
         if ch.has_sinks():  # converting costs; skip it while nobody watches
             ch.log(fx.convert(msg, self.params.names.get(inp, inp)), log_time=msg.stamp_ns)
             self.diagnostics[f"sent.{inp}"] = self.diagnostics.get(f"sent.{inp}", 0) + 1
-
-    def on_tracks(self, msg: Tracks) -> None:
-        self._send("tracks", msg)
-
-    def on_predictions(self, msg: Predictions) -> None:
-        self._send("predictions", msg)
-
-    def on_odom(self, msg: Odometry) -> None:
-        self._send("odom", msg)
-
-    def on_fix(self, msg: GnssFix) -> None:
-        self._send("fix", msg)
-
-    def on_imu(self, msg: Imu) -> None:
-        self._send("imu", msg)
-
-    def on_image(self, msg: Image) -> None:
-        self._send("image", msg)
-
-    def on_points(self, msg: PointCloud) -> None:
-        self._send("points", msg)
 
     def shutdown(self) -> None:
         for ch in self.channels.values():

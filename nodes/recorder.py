@@ -52,34 +52,10 @@ class Recorder(Node):
             path = nxt
         self.out = McapRecorder(path, foxglove_mirror=p.foxglove, flush_s=p.flush_s)
 
-    def _write(self, inp: str, msg: Message) -> None:
+    def on_input(self, inp: str, msg: Message) -> None:
         now = self.now_ns()
         self.out.write(self.params.names.get(inp, inp), encode(msg, publish_ns=now), now, msg)
         self.diagnostics["recorded"] = self.out.count
-
-    def on_tracks(self, msg: Tracks) -> None:
-        self._write("tracks", msg)
-
-    def on_detections(self, msg: Detections) -> None:
-        self._write("detections", msg)
-
-    def on_predictions(self, msg: Predictions) -> None:
-        self._write("predictions", msg)
-
-    def on_odom(self, msg: Odometry) -> None:
-        self._write("odom", msg)
-
-    def on_imu(self, msg: Imu) -> None:
-        self._write("imu", msg)
-
-    def on_fix(self, msg: GnssFix) -> None:
-        self._write("fix", msg)
-
-    def on_image(self, msg: Image) -> None:
-        self._write("image", msg)
-
-    def on_points(self, msg: PointCloud) -> None:
-        self._write("points", msg)
 
     def shutdown(self) -> None:
         self.out.close()

@@ -7,7 +7,8 @@ import pytest
 
 from nodes.sim import TrafficSim
 from pipeline.runtime.local import LocalGraph
-from pipeline.wire.messages import AgentKind, Tracks
+from pipeline.runtime.node import Node
+from pipeline.wire.messages import AgentKind, Detections, Message, Odometry, Tracks
 from tests.graph_nodes import Relay
 
 
@@ -61,3 +62,43 @@ def test_received_arrays_are_read_only() -> None:
 def test_unknown_input_is_an_error() -> None:
     with pytest.raises(KeyError, match="Relay has no input 'nope'"):
         LocalGraph().add("relay", Relay, inputs={"nope": "x/y"})
+
+
+class _PassThrough(Node):
+    """Every input arrives at on_input, except `tracks`, which has its own method."""
+
+    inputs = {"tracks": Tracks, "detections": Detections, "odom": Odometry}
+
+    def setup(self) -> None:
+        self.got: list[tuple[str, str]] = []
+
+    def on_tracks(self, msg: Tracks) -> None:
+        self.got.append(("on_tracks", msg.SCHEMA))
+
+    def on_input(self, name: str, msg: Message) -> None:
+        self.got.append((name, msg.SCHEMA))
+
+
+def test_inputs_without_their_own_method_arrive_at_on_input_with_their_name() -> None:
+    g = LocalGraph()
+    node = g.add("p", _PassThrough, inputs={"tracks": "s/tracks", "detections": "s/detections", "odom": "s/odom"})
+    g.start()
+    g.inject("s/detections", Detections(xy=np.zeros((0, 2)), kind=np.zeros(0), score=np.zeros(0)))
+    g.inject("s/tracks", Tracks(ids=np.zeros(0), xy=np.zeros((0, 2)), vxy=np.zeros((0, 2)), kind=np.zeros(0)))
+    g.inject("s/odom", Odometry())
+    g.spin()
+    assert isinstance(node, _PassThrough)
+    assert node.got == [("detections", "drivecast/Detections"), ("on_tracks", "drivecast/Tracks"),
+                        ("odom", "drivecast/Odometry")]
+    assert node.callback("tracks") == node.on_tracks
+
+
+def test_a_node_with_an_input_it_cannot_receive_is_refused() -> None:
+    with pytest.raises(TypeError, match=r"Deaf declares input 'tracks' but has no on_tracks\(msg\) method "
+                                        r"and no on_input\(name, msg\)"):
+        type("Deaf", (Node,), {"inputs": {"tracks": Tracks}})
+
+
+def test_the_input_name_input_is_reserved_for_on_input() -> None:
+    with pytest.raises(TypeError, match=r"Odd: the input name 'input' is reserved"):
+        type("Odd", (Node,), {"inputs": {"input": Tracks}, "on_input": lambda self, name, msg: None})

@@ -136,7 +136,7 @@ class LocalGraph:
         while self._queue:
             node, inp, msg = self._queue.popleft()
             self.stats[node.name].counts[f"in.{inp}"] += 1
-            getattr(node, f"on_{inp}")(msg)
+            node.callback(inp)(msg)
             n += 1
         return n
 

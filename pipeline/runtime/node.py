@@ -1,5 +1,5 @@
 """The Node API: a node is a small class with typed params, declared inputs and outputs, one
-callback per input, timers and a clock.
+callback per input (or one `on_input` for all of them), timers and a clock.
 
 ```python
 class Printer(Node):
@@ -23,6 +23,7 @@ out, drops, decode errors, callback latency) merged with `self.diagnostics` abou
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -55,7 +56,8 @@ class Runtime(Protocol):
 
 
 class Node:
-    """Base class of all nodes. Subclasses declare `Params`, `inputs`, `outputs` and `on_<input>`."""
+    """Base class of all nodes. Subclasses declare `Params`, `inputs`, `outputs`, and for each input
+    an `on_<input>(msg)` method or, for a node that treats its inputs alike, one `on_input(name, msg)`."""
 
     Params: ClassVar[type[NodeParams]] = NodeParams
     inputs: ClassVar[dict[str, type[Message]]] = {}
@@ -65,9 +67,13 @@ class Node:
         super().__init_subclass__(**kwargs)
         if "diagnostics" in cls.outputs and cls.outputs["diagnostics"] is not Diagnostics:
             raise TypeError(f"{cls.__name__}: the output 'diagnostics' is reserved for Diagnostics")
+        if "input" in cls.inputs:
+            raise TypeError(f"{cls.__name__}: the input name 'input' is reserved (on_input receives any input)")
+        generic = cls.on_input is not Node.on_input
         for name in cls.inputs:
-            if not callable(getattr(cls, f"on_{name}", None)):
-                raise TypeError(f"{cls.__name__} declares input {name!r} but has no on_{name}(msg) method")
+            if not generic and not callable(getattr(cls, f"on_{name}", None)):
+                raise TypeError(f"{cls.__name__} declares input {name!r} but has no on_{name}(msg) method "
+                                f"and no on_input(name, msg)")
 
     def __init__(self, name: str, params: NodeParams, runtime: Runtime, *,
                  state_dir: Path | None = None, is_restart: bool = False) -> None:
@@ -86,12 +92,22 @@ class Node:
     def all_outputs(cls) -> dict[str, type[Message]]:
         return {**cls.outputs, "diagnostics": Diagnostics}
 
+    def callback(self, name: str) -> Callable[[Message], None]:
+        """What a runtime calls with each message of input `name`: `on_<name>` if the node has one,
+        else `on_input` bound to the name."""
+        own: Callable[[Message], None] | None = getattr(self, f"on_{name}", None)
+        return own if own is not None else functools.partial(self.on_input, name)
+
     # -- lifecycle, overridden by nodes ------------------------------------------------------
     def setup(self) -> None:
         """Load models, allocate state, start timers. Runs once before any message."""
 
     def shutdown(self) -> None:
         """Save what must survive a restart. Runs once on a clean stop."""
+
+    def on_input(self, name: str, msg: Message) -> None:
+        """Receives each message of every input that has no `on_<name>` method (pass-through nodes)."""
+        raise NotImplementedError(f"{type(self).__name__} has no on_{name}(msg) method and no on_input(name, msg)")
 
     # -- services for node code ---------------------------------------------------------------
     def publish(self, output: str, msg: Message) -> None:

@@ -105,7 +105,7 @@ class ProcessRuntime:
         # Per-message work without string formatting or attribute lookups by name.
         self._in_key = {inp: f"in.{inp}" for inp in cls.inputs}
         self._out_key = {out: f"out.{out}" for out in self.publishers}
-        self._callbacks = {inp: getattr(self.node, f"on_{inp}") for inp in cls.inputs}
+        self._callbacks = {inp: self.node.callback(inp) for inp in cls.inputs}
         # What `Subscriber.take` calls for each message of an input: decode, then deliver.
         self._handlers = {inp: (partial(self._decode, inp, schema, sub), partial(self._call, inp))
                           for inp, schema, sub in dict.fromkeys(self.inputs.values())}
