@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
+import msgspec
 import numpy as np
 
 from pipeline.runtime.node import Node, NodeParams
@@ -12,7 +15,7 @@ __all__ = ["TrackPrinter"]
 
 class TrackPrinter(Node):
     class Params(NodeParams):
-        every_n: int = 10  # print one line per this many messages
+        every_n: Annotated[int, msgspec.Meta(ge=1)] = 10  # print one line per this many messages
 
     params: Params
 

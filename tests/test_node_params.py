@@ -38,6 +38,7 @@ EVAL = "nodes.evaluator:Evaluator"
     (PRED, "{models: {vehicle: m.onnx}, threads: 0}", "nodes.a.params.threads: expected int >= 1, got 0"),
     (EVAL, "{cv_ks: []}", "nodes.a.params.cv_ks: expected array of length >= 1, got []"),
     (EVAL, "{cv_ks: [1, 0]}", "nodes.a.params.cv_ks[1]: expected int >= 1, got 0"),
+    ("nodes.printer:TrackPrinter", "{every_n: 0}", "nodes.a.params.every_n: expected int >= 1, got 0"),
 ])
 def test_a_param_out_of_its_declared_range_names_file_key_and_range(
         tmp_path: Path, run: str, params: str, message: str) -> None:
