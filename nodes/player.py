@@ -28,8 +28,9 @@ from __future__ import annotations
 
 import time
 
+from pipeline.recordings.lockstep import player_topics
 from pipeline.recordings.reader import open_recording, prefetch
-from pipeline.recordings.replay import PlayOptions, player_topics, schedule
+from pipeline.recordings.schedule import PlayOptions, schedule
 from pipeline.runtime.node import Node, NodeParams
 from pipeline.wire.codec import decode
 from pipeline.wire.messages import Clock, Detections, GnssFix, Image, Imu, Odometry, PointCloud, Predictions, Tracks

@@ -28,17 +28,14 @@ import numpy as np
 
 from pipeline.errors import ConfigError, DrivecastError
 from pipeline.recordings.base import Recording, RecordingInfo
-from pipeline.recordings.lockstep import SCHEMA_OUTPUTS, lockstep, player_topics
+from pipeline.recordings.lockstep import lockstep
 from pipeline.recordings.reader import open_recording, prefetch
 from pipeline.recordings.schedule import PlayOptions, parse_remap, schedule
 from pipeline.runtime.signals import StopSignals
 from pipeline.wire.codec import encode
 from pipeline.wire.messages import Clock
 
-# PlayOptions, parse_remap, schedule, SCHEMA_OUTPUTS, player_topics and lockstep are re-exported:
-# they were defined here, and nodes.player imports them from here.
-__all__ = ["SCHEMA_OUTPUTS", "PlayOptions", "PlayStats", "lockstep", "main", "parse_remap", "play",
-           "player_topics", "schedule"]
+__all__ = ["PlayStats", "main", "play"]
 
 _SPIN_NS = 300_000      # sleep until this close to a deadline, then spin
 _SWITCH_S = 0.0002      # thread switch interval while playing: bounds how long read-ahead delays the sender
