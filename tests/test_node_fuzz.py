@@ -131,7 +131,8 @@ class KnownBug(NamedTuple):
 
 
 KNOWN_BUGS: dict[str, KnownBug] = {}
-_READERS = ("pipeline/recordings/reader.py", "pipeline/recordings/rosbag_reader.py")
+_READERS = ("pipeline/recordings/reader.py", "pipeline/recordings/mcap_reader.py", "pipeline/recordings/mcap_format.py",
+            "pipeline/recordings/rosbag_reader.py")
 
 
 #: Known unbounded growth, pinned by its own test; the generic memory test skips these nodes meanwhile.
@@ -188,8 +189,12 @@ class Harness:
         self.ctx = zmq.Context()
         self.callbacks = 0
         self.known: dict[str, int] = {}
-        self.rt = ProcessRuntime(msgspec.convert(manifest(cls, workdir, params, restarts), Manifest), NODE,
-                                 ctx=self.ctx)
+        try:
+            self.rt = ProcessRuntime(msgspec.convert(manifest(cls, workdir, params, restarts), Manifest), NODE,
+                                     ctx=self.ctx)
+        except BaseException:
+            self.ctx.destroy(linger=0)  # else a later garbage collection blocks on its sockets
+            raise
         self.subscribers = {inp: sub for inp, _, sub in self.rt.inputs.values()}
         done = self.rt.stats.callback_done
 
