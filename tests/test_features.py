@@ -130,7 +130,6 @@ def test_neighbours_beyond_radius_are_absent() -> None:
     assert not x[:, 3 * spec["history"]:].any()
 
 
-
 def test_a_neighbour_at_exactly_the_radius_is_present_and_just_beyond_it_is_absent() -> None:
     spec = default_spec("pedestrian")
     hl, k = history_len(spec), spec["history"]
@@ -162,6 +161,7 @@ def test_frames_given_by_the_caller_give_the_same_features_and_world_positions()
         np.testing.assert_array_equal(step_features(spec, hist, n_obs, frames=frames), step_features(spec, hist, n_obs))
         pred = rng.normal(0, 2, (11, 12, 2)).astype(np.float32)
         np.testing.assert_array_equal(to_world(spec, pred, hist, n_obs, frames=frames), to_world(spec, pred, hist, n_obs))
+
 
 def test_validate_spec_names_the_bad_key() -> None:
     spec = dict(default_spec("vehicle"), scale="big")
