@@ -54,3 +54,37 @@ def test_topic_without_a_running_graph_is_a_clear_error(run_base: Path) -> None:
     r = cli(run_base, "topic", "list")
     assert r.returncode == 2
     assert r.stderr.startswith(f"ERROR: no running graph found in {run_base}")
+
+
+def test_run_may_follow_the_subcommand_and_hz_says_its_window_in_seconds(
+        tmp_path: Path, run_base: Path, launch: Callable[..., Launched]) -> None:
+    path = tmp_path / "launch.yaml"
+    path.write_text("name: demo\nnodes:\n  sim: {run: nodes.sim:TrafficSim, params: {agents: 4, rate_hz: 20}}\n")
+    g = launch(path)
+    wait_for(g.node_pids, 30, "nodes started")
+    for args in (("topic", "--run", "demo", "list"), ("topic", "list", "--run", "demo")):
+        r = cli(run_base, *args)
+        assert r.returncode == 0 and "graph 'demo'" in r.stdout, (args, r.stdout + r.stderr)
+    r = cli(run_base, "topic", "hz", "sim/tracks", "--run", "demo", "-n", "1", "--window", "0.5", "--timeout", "20")
+    assert r.returncode == 0, r.stderr
+    assert re.search(r"window: 0\.5 s, \d+ messages", r.stdout), r.stdout
+
+
+def test_topic_tools_stopped_by_a_signal_exit_like_launch(
+        tmp_path: Path, run_base: Path, launch: Callable[..., Launched]) -> None:
+    path = tmp_path / "launch.yaml"
+    path.write_text("name: quiet\nnodes:\n  sim: {run: nodes.sim:TrafficSim, params: {agents: 4, rate_hz: 20}}\n")
+    g = launch(path)
+    wait_for(g.node_pids, 30, "nodes started")
+    env = {**os.environ, "DRIVECAST_RUN_DIR": str(run_base)}
+    for sig, code in ((signal.SIGINT, 130), (signal.SIGTERM, 143)):
+        p = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "topic", "echo", "sim/tracks"], cwd=REPO, env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            assert p.stdout is not None
+            assert p.stdout.readline().startswith("drivecast/Tracks seq="), "echo printed a message"
+            p.send_signal(sig)
+            assert p.wait(timeout=10) == code
+        finally:
+            p.kill()
+            p.communicate()

@@ -89,11 +89,15 @@ class _Watch:
 
 def topic_main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="drivecast topic", description="Inspect topics of a running graph.")
-    ap.add_argument("--run", default=None, help="graph name or run directory (default: the newest running graph)")
+    run_help = "graph name or run directory (default: the newest running graph)"
+    ap.add_argument("--run", default=None, help=run_help)
     sub = ap.add_subparsers(dest="cmd", required=True)
-    sub.add_parser("list", help="topics with schema, publisher and subscribers")
+    # --run is accepted after the subcommand too (`topic list --run demo`); SUPPRESS keeps the first one given.
+    sub.add_parser("list", help="topics with schema, publisher and subscribers").add_argument(
+        "--run", default=argparse.SUPPRESS, help=run_help)
     for name, help_ in (("echo", "print messages"), ("hz", "print the publishing rate"), ("bw", "print the bandwidth")):
         p = sub.add_parser(name, help=help_)
+        p.add_argument("--run", default=argparse.SUPPRESS, help=run_help)
         p.add_argument("topic")
         p.add_argument("-n", type=int, default=0, help="stop after N messages (echo) or N reports (hz, bw)")
         p.add_argument("--window", type=float, default=1.0, help="seconds per report (hz, bw)")
@@ -108,9 +112,11 @@ def topic_main(argv: list[str]) -> int:
         print(f"ERROR: {exc}", file=sys.stderr)
         return 2
     try:
-        return {"echo": _echo, "hz": _hz, "bw": _hz}[args.cmd](watch, args)
+        rc = {"echo": _echo, "hz": _hz, "bw": _hz}[args.cmd](watch, args)
     finally:
         watch.close()
+    # Stopped by Ctrl-C or SIGTERM, exit as `drivecast launch` does (130, 143), not as a finished -n.
+    return 128 + watch.stop.signum if watch.stop.signum is not None else rc
 
 
 def _list(manifest: Manifest) -> int:
@@ -169,7 +175,7 @@ def _hz(watch: _Watch, args: argparse.Namespace) -> int:
             if len(stamps) >= 2:
                 dt = np.diff(stamps)
                 print(f"average rate: {1 / dt.mean():.3f} Hz  min: {dt.min():.4f}s max: {dt.max():.4f}s "
-                      f"std dev: {dt.std():.5f}s window: {len(stamps)}", flush=True)
+                      f"std dev: {dt.std():.5f}s window: {args.window:g} s, {len(stamps)} messages", flush=True)
             else:
                 print("no new messages", flush=True)
         else:
