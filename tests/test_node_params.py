@@ -77,3 +77,9 @@ def test_a_check_that_cannot_be_declared_stays_in_setup_with_its_message() -> No
     g.add("pred", Predictor, {})  # the default (no models) is valid to msgspec, not to the node
     with pytest.raises(ConfigError, match=r"^pred: params\.models: expected at least one 'kind: model.onnx' entry"):
         g.start()
+
+
+def test_a_params_instance_built_in_code_is_checked_like_a_launch_file() -> None:
+    # msgspec constructors do not validate: Params(rate_hz=0) must not slip past the declared range.
+    with pytest.raises(ConfigError, match=r"^s: params.rate_hz: expected float > 0.0, got 0"):
+        LocalGraph().add("s", TrafficSim, TrafficSim.Params(rate_hz=0))

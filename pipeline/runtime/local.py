@@ -23,6 +23,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 from pipeline.runtime.graph import Graph, convert
 from pipeline.runtime.node import Node, NodeParams
 from pipeline.runtime.stats import NodeStats
@@ -64,14 +66,15 @@ class LocalGraph:
 
     def add(self, name: str, cls: type[Node], params: NodeParams | dict[str, Any] | None = None,
             inputs: dict[str, str] | None = None, is_restart: bool = False) -> Node:
-        if not isinstance(params, NodeParams):  # checked as in a launch file: ConfigError "NAME: params.KEY: ..."
-            checked: NodeParams = convert(params or {}, cls.Params, name, "params", strict=False)
-            params = checked
+        # Checked as in a launch file (ConfigError "NAME: params.KEY: ..."), an instance too: msgspec
+        # constructors do not check declared ranges.
+        raw = msgspec.to_builtins(params) if isinstance(params, NodeParams) else params or {}
+        checked: NodeParams = convert(raw, cls.Params, name, "params", strict=False)
         state_dir = None
         if self.state_root is not None:
             state_dir = self.state_root / name
             state_dir.mkdir(parents=True, exist_ok=True)
-        node = cls(name, params, self, state_dir=state_dir, is_restart=is_restart)
+        node = cls(name, checked, self, state_dir=state_dir, is_restart=is_restart)
         self.nodes[name] = node
         self.stats[name] = NodeStats()
         self._timers[name] = Timers()
