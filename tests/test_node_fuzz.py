@@ -2,8 +2,8 @@
 
 Each node class in `nodes/*.py` that declares inputs runs in a `ProcessRuntime` (one node over ZeroMQ,
 as the launcher starts it) built from a small manifest; messages go in through
-`ProcessRuntime._deliver(input, schema, [topic, header, arrays...], subscriber)`, exactly what the run loop calls
-for every received multipart message. Two families of input:
+`ProcessRuntime._deliver(input, schema, [topic, header, arrays...], subscriber)`: the decode and the callback
+that the run loop has `Subscriber.take` call for every received multipart message. Two families of input:
 
 - malformed: random frames, truncated, oversized and type-confused messages. Each must be counted under
   `decode_errors.<kind>` (the kind `pipeline.wire.codec.decode` gives), dropped, and leave the node running.

@@ -2,7 +2,7 @@
 and `drivecast play`, corrupt MCAP files and ROS bags.
 
 The graph being recorded is faked: this test binds the topic's endpoint itself and writes a run manifest
-(`pipeline.cli.topics.find_run` finds it: its launcher_pid is this process), so `drivecast record` runs for
+(`pipeline.runtime.rundir.find_run` finds it: its launcher_pid is this process), so `drivecast record` runs for
 real against a publisher the test controls. A full disk is a file-size limit (RLIMIT_FSIZE, with SIGXFSZ
 ignored so that write() fails with EFBIG as on ENOSPC) set in the recorder's process only.
 

@@ -2,7 +2,7 @@
 
 numpy only: the predictor node runs without torch, and it must compute exactly the inputs the model saw
 in training. Training builds its input sequences by calling `step_features` once per sample time
-(`models.datasets.build_sequences`), so a node that calls it with the same history reproduces the training
+(`models.sequences.track_sequences`), so a node that calls it with the same history reproduces the training
 inputs bit for bit.
 
 What a caller keeps per agent is a short position history, resampled to the model's period `dt_s`:

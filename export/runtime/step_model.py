@@ -1,7 +1,7 @@
 """Run an exported drivecast step model on onnxruntime, without torch.
 
-This is the only part of `export/` that nodes import, so it imports numpy and onnxruntime and nothing
-else: a graph running on an embedded box has neither torch nor onnx installed.
+`export.runtime` is the only part of `export/` that nodes import, so this imports numpy and onnxruntime
+and nothing else: a graph running on an embedded box has neither torch nor onnx installed.
 
 A model file is the step graph written by `drivecast export` (export/torch_export/onnx_export.py):
 

@@ -7,6 +7,6 @@
 - Replay: `schedule` (what plays when), `replay` (paced, `drivecast play`), `lockstep` (in-process).
 
 May import `pipeline.runtime`, `pipeline.transport`, `pipeline.wire` and `pipeline.errors`. Inside,
-`base` and `foxglove` import nothing of the package and the format modules only those two, so the
-dispatcher in `reader` imports the formats without a circle.
+`base` and `foxglove` import nothing of the package, the format modules only those and `mcap_format`,
+so the dispatcher in `reader` imports the formats without a circle.
 """

@@ -2,8 +2,8 @@
 
 A `Recording` yields `Item(topic, log_ns, publish_ns, frames)` in log-time order, `frames` being the
 drivecast wire frames `[header, array_0, ...]` the player sends as they are, and describes itself
-with `RecordingInfo`. Format modules (`mcap_reader`, `rosbag_reader`) import this one and nothing
-else of the package, so the dispatcher in `reader` can import them all.
+with `RecordingInfo`. Format modules (`mcap_reader`, `rosbag_reader`) import this one, never `reader`,
+so the dispatcher in `reader` can import them all.
 """
 
 from __future__ import annotations

@@ -141,7 +141,7 @@ class Subscriber:
 
     def _receive(self, source: Source, max_block: int, settle: bool) -> deque[Any]:
         """`settle=False`: a shared-memory message whose copy is still under way is queued before
-        it is complete; `_settle` must pass it before anything reads its arrays."""
+        it is complete; `ShmReader.ready` (called by `take`) must pass it before anything reads its arrays."""
         if source is not self.sock:
             return self._ring(settle)
         q = self._queue

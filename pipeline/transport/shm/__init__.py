@@ -7,7 +7,8 @@ rewritten and a torn frame from being delivered; the writer never waits for a re
 
 `segment`: layout, names and locks; `writer`: the publisher's side; `reader`: the subscriber's
 side; `bell`: the pipes that wake a subscriber before ZeroMQ does. The transport's
-`Publisher` and `Subscriber` are its only users and hide all of this from the runtime.
+`Publisher` and `Subscriber` hide all of this from the runtime (the launcher only removes a run's
+segments at its end).
 """
 
 from pipeline.transport.shm.bell import Bell, bell_path
