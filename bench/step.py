@@ -38,7 +38,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch
 
 from export.runtime.step_model import StepModel
-from export.torch_export.onnx_export import export_module, load_checkpoint, write_variant
+from export.torch_export.onnx_export import export_module, write_variant
+from export.torch_export.parity import load_checkpoint
 
 SHIPPED = Path(__file__).resolve().parent.parent / "models" / "pretrained" / "vehicle_lstm.pt"
 BATCHES = (1, 16, 64, 256)

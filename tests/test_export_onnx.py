@@ -12,8 +12,12 @@ onnx = pytest.importorskip("onnx")
 
 from export.runtime.features import default_spec, feature_dim  # noqa: E402
 from export.runtime.step_model import StepModel  # noqa: E402
-from export.torch_export.onnx_export import ExportError, export_onnx, main  # noqa: E402
-from export.torch_export.parity import graph_hash, max_abs_diff  # noqa: E402
+from export.torch_export.onnx_export import export_onnx, main  # noqa: E402
+from export.torch_export.parity import (  # noqa: E402
+    ExportError,  # noqa: E402
+    graph_hash,
+    max_abs_diff,
+)
 from models.trajectory import ModelConfig, TrajectoryModel, save_checkpoint  # noqa: E402
 
 METRICS = {"cv_k": 3, "val": {"ade": 0.52, "fde": 1.1}}

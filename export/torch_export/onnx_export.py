@@ -37,10 +37,8 @@ from export.torch_export.model_card import card_section, update_card
 from export.torch_export.parity import ExportError, graph_hash, load_checkpoint, max_abs_diff, weights_hash
 
 __all__ = [
-    "ExportError",
     "export_module",
     "export_onnx",
-    "load_checkpoint",
     "main",
     "to_fp16",
     "to_int8",
