@@ -29,7 +29,7 @@ import numpy as np
 
 from nodes.state_table import AgentTable
 
-__all__ = ["Grid", "Sample", "interp"]
+__all__ = ["Grid", "Sample"]
 
 
 class Sample(NamedTuple):
@@ -121,16 +121,16 @@ class Grid:
         prev_t, prev_xy, last_k = tab.last_t[slots], tab.last_xy[slots], tab.last_k[slots]
         for j in np.flatnonzero(last_k < k - 1).tolist():  # absent from earlier ticks (within the gap limit;
             for kk in range(int(last_k[j]) + 1, k):         # not sampled yet: NEVER): fill the history only
-                pos = interp(prev_t[j:j + 1], prev_xy[j:j + 1], s, xy[j:j + 1], t_k - (k - kk) * self.dt_ns, None)
+                pos = _interp(prev_t[j:j + 1], prev_xy[j:j + 1], s, xy[j:j + 1], t_k - (k - kk) * self.dt_ns, None)
                 tab.hist[slots[j]] = np.concatenate((tab.hist[slots[j], 1:], pos))
                 tab.n_obs[slots[j]] += 1
-        hist = np.concatenate((tab.hist[slots, 1:], interp(prev_t, prev_xy, s, xy, t_k, new)[:, None]), axis=1)
+        hist = np.concatenate((tab.hist[slots, 1:], _interp(prev_t, prev_xy, s, xy, t_k, new)[:, None]), axis=1)
         count = tab.n_obs[slots] + 1
         tab.hist[slots], tab.n_obs[slots], tab.last_k[slots] = hist, count, k
         return Sample(k, t_k, slots, ids, kind, hist, count)
 
 
-def interp(prev_t: np.ndarray, prev_xy: np.ndarray, s: int, xy: np.ndarray, t: int,
+def _interp(prev_t: np.ndarray, prev_xy: np.ndarray, s: int, xy: np.ndarray, t: int,
            new: np.ndarray | None) -> np.ndarray:
     """Positions at time t between the previous observation and this one (at stamp s), never
     extrapolated; the `new` agents' (no previous observation) are this one."""

@@ -12,7 +12,7 @@ from collections import deque
 
 import numpy as np
 
-__all__ = ["Timing", "rss_mb"]
+__all__ = ["Timing"]
 
 
 class Timing:
@@ -44,10 +44,10 @@ class Timing:
             d["cpu_us_per_msg"] = self._cpu_s / self._n_msgs * 1e6
             self._cpu_s, self._n_msgs = 0.0, 0
         d["cpu_s"] = time.process_time()
-        d["rss_mb"] = rss_mb()
+        d["rss_mb"] = _rss_mb()
 
 
-def rss_mb() -> float:
+def _rss_mb() -> float:
     """This process's resident memory in MiB (NaN where /proc is not there)."""
     try:
         with open("/proc/self/statm") as fh:

@@ -114,7 +114,7 @@ class Subscriber:
 
         `decode` may read the topic and header frames only: a large message can arrive through
         the bell while the publisher is still copying its arrays, and decoding overlaps that copy;
-        the wait for its end (`shm.WAIT_S` at most) comes right before `deliver`. A message whose
+        the wait for its end (`shm.reader.WAIT_S` at most) comes right before `deliver`. A message whose
         slot was rewritten meanwhile is dropped (counted). Afterwards, the slots of messages no
         longer held go back to the publisher."""
         q = self._receive(source, 64, False)

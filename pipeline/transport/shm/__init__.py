@@ -12,9 +12,9 @@ segments at its end).
 """
 
 from pipeline.transport.shm.bell import Bell, bell_path
-from pipeline.transport.shm.reader import WAIT_S, ShmReader
+from pipeline.transport.shm.reader import ShmReader
 from pipeline.transport.shm.segment import BODY, DESCRIPTOR_MAGIC, remove_segments, run_prefix, segment_dir
 from pipeline.transport.shm.writer import ShmWriter
 
-__all__ = ["BODY", "DESCRIPTOR_MAGIC", "WAIT_S", "Bell", "ShmReader", "ShmWriter", "bell_path", "remove_segments",
+__all__ = ["BODY", "DESCRIPTOR_MAGIC", "Bell", "ShmReader", "ShmWriter", "bell_path", "remove_segments",
            "run_prefix", "segment_dir"]
