@@ -5,6 +5,7 @@ gives a clear error (and reads once the types are supplied), `bag convert` write
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -149,3 +150,20 @@ def test_truncated_ros_bag_gives_a_clear_error(tmp_path: Path) -> None:
     cut.write_bytes(data[:5000])
     with pytest.raises(RecordingError, match=r"cut.bag: cannot read as a ROS bag"), open_recording(cut) as rec:
         list(rec.items())
+
+
+def test_bag_info_says_a_tf_message_plays_as_one_message_per_transform_and_counts_them(capsys) -> None:
+    """The turtlebot MCAP holds 8,197 messages and `play` sends 10,087: each TFMessage becomes one Odometry per
+    transform. `bag info` says so in its note, and `--played` counts what play sends, per topic."""
+    path = need(NAV2)
+    assert bag_main(["info", str(path)]) == 0
+    assert "/tf, /tf_static: a TFMessage plays as one Odometry per transform" in capsys.readouterr().out
+    assert bag_main(["info", str(path), "--json", "--played"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert (info["messages"], info["played"]) == (8197, 10087)
+    assert {t["name"]: (t["count"], t["played"]) for t in info["topics"]} == {
+        "/tf": (5422, 7284), "/tf_static": (1, 29), "/odom": (2639, 2639), "/amcl_pose": (135, 135)}
+    assert bag_main(["info", str(path), "--played"]) == 0
+    text = capsys.readouterr().out
+    assert "messages:  8197  (10087 played)" in text
+    assert re.search(r"^  /tf +tf2_msgs/msg/TFMessage +5422 msgs +7284 played", text, re.M)

@@ -13,6 +13,9 @@ Conversions (ROS type -> drivecast schema):
 | sensor_msgs/LaserScan                     | PointCloud `x,y,z,intensity` in the scan frame (valid ranges only) |
 | tf2_msgs/TFMessage                        | one Odometry per transform (frame_id = parent, child_frame_id = child) |
 
+A TFMessage holds several transforms and plays as several messages: `info()` counts the bag's
+messages and its note says which topics play more (`drivecast bag info --played` counts them).
+
 `stamp_ns` is the ROS header stamp; the wire `publish_ns` is the bag's log time (ROS bags store one
 time per message). Other types are listed by `info()` with `converted=False` and skipped on play.
 
@@ -34,7 +37,7 @@ from pipeline.recordings.base import Item, Recording, RecordingError, RecordingI
 from pipeline.wire.codec import encode
 from pipeline.wire.messages import GnssFix, Imu, Message, Odometry, PointCloud
 
-__all__ = ["CONVERSIONS", "RosRecording", "load_msg_types"]
+__all__ = ["CONVERSIONS", "EXPANDING", "RosRecording", "load_msg_types"]
 
 
 def _stamp(header: Any) -> int:
@@ -101,6 +104,9 @@ CONVERSIONS: dict[str, tuple[str, Conversion]] = {
     "sensor_msgs/msg/LaserScan": (PointCloud.SCHEMA, _laserscan),
     "tf2_msgs/msg/TFMessage": (Odometry.SCHEMA, _tf),
 }
+
+#: ROS types whose one message plays as any number of drivecast messages (one per transform)
+EXPANDING = frozenset({"tf2_msgs/msg/TFMessage"})
 
 
 def load_msg_types(types_dir: str | Path) -> dict[str, Any]:
@@ -169,6 +175,11 @@ class RosRecording(Recording):
             missing = self.missing_types()
             note = "no type definitions stored in the bag" + (
                 f"; missing definitions: {', '.join(missing)}" if missing else "")
+        expanding = [t.name for t in topics if t.type in EXPANDING]
+        if expanding:
+            note += ("; " if note else "") + (
+                f"{', '.join(expanding)}: a TFMessage plays as one Odometry per transform, so play sends "
+                "more messages than counted here (--played counts them)")
         self._info = RecordingInfo(str(path), fmt, r.start_time if count else 0, end if count else 0,
                                    count, topics, note=note)
 
