@@ -434,3 +434,50 @@ def test_a_message_whose_arrays_do_not_decode_is_stored_as_received_and_one_with
     with open(path, "rb") as f:
         mirrored = [m.log_time for _, _, m in make_reader(f).iter_messages(topics=["/foxglove/sim/tracks"])]
     assert mirrored == [T0]
+
+
+def test_record_names_the_topics_that_got_no_message_so_its_count_agrees_with_bag_info(
+        tmp_path: Path, run_base: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """A graph's topic that publishes nothing (a node's rare events) is recorded but holds no message: `bag info`
+    cannot list it, so `record` says "on 1 of 2 topics" and names it instead of "recording 2 topics" alone."""
+    import threading
+
+    import zmq
+
+    from pipeline.recordings.writer import main as record_main
+
+    monkeypatch.setenv("DRIVECAST_RUN_DIR", str(run_base))
+    run_dir = run_base / "fake"
+    run_dir.mkdir(mode=0o700)
+    eps = {t: f"ipc://{run_dir}/{t.replace('/', '_')}.sock" for t in ("sim/tracks", "pred/events")}
+    (run_dir / "manifest.json").write_text(json.dumps({
+        "name": "fake", "run_dir": str(run_dir), "launcher_pid": os.getpid(), "started_ns": 1,
+        "topics": {t: {"schema": Tracks.SCHEMA, "endpoint": ep} for t, ep in eps.items()}}))
+    ctx = zmq.Context()
+    pubs = {t: ctx.socket(zmq.PUB) for t in eps}
+    stop = threading.Event()
+    for t, s in pubs.items():
+        s.setsockopt(zmq.LINGER, 0)
+        s.bind(eps[t])
+    msg = encode(Tracks(stamp_ns=T0, ids=[1], xy=[[0, 0]], vxy=[[0, 0]], kind=[1]))
+
+    def publish() -> None:
+        while not stop.wait(0.01):  # the publisher's rate, not a synchronisation
+            pubs["sim/tracks"].send_multipart([b"sim/tracks", *msg])
+
+    th = threading.Thread(target=publish, daemon=True)
+    th.start()
+    out = tmp_path / "rec.mcap"
+    try:
+        assert record_main(["--all", "-o", str(out), "--max-messages", "5", "--duration", "20"]) == 0
+    finally:
+        stop.set()
+        th.join(timeout=5)
+        for s in pubs.values():
+            s.close(0)
+        ctx.term()
+    err = capsys.readouterr().err
+    assert "recording 2 topics" in err
+    assert re.search(r"wrote \d+ messages \(.*\) on 1 of 2 topics to .*rec.mcap \(no message on pred/events\)", err)
+    assert bag_main(["info", str(out), "--json"]) == 0
+    assert [t["name"] for t in json.loads(capsys.readouterr().out)["topics"]] == ["sim/tracks"]

@@ -170,6 +170,11 @@ class Recorder:
             self.flush()
         return info
 
+    @property
+    def topic_counts(self) -> dict[str, int]:
+        """Messages written per topic (topics without a message are absent, as in `bag info`)."""
+        return dict(self._seq)
+
     def _mirror_now(self, topic: str, nbytes: int, log_ns: int) -> bool:
         if nbytes <= LARGE_BYTES or not self._fox_period:
             return True
@@ -322,7 +327,10 @@ def main(argv: list[str]) -> int:
         return 1
     if not args.quiet:
         size = Path(args.output).stat().st_size
-        print(f"wrote {rec.count} messages ({size / 1e6:.2f} MB) to {args.output}; "
+        # `bag info` lists the topics that hold messages: say which recorded topics got none, so the two agree
+        silent = [t for t in topics if t not in rec.topic_counts]
+        print(f"wrote {rec.count} messages ({size / 1e6:.2f} MB) on {len(topics) - len(silent)} of {len(topics)} "
+              f"topics to {args.output}" + (f" (no message on {', '.join(silent)})" if silent else "") + "; "
               f"{gaps} lost on the way (seq gaps), {bad} with a bad header (not written)"
               + (f", {rec.unmirrored} stored as received though their arrays do not decode" if rec.unmirrored else ""),
               file=sys.stderr)
