@@ -36,6 +36,7 @@ __all__ = [
     "Protocol",
     "Scene",
     "Track",
+    "dataset_name",
     "load_scene",
     "load_scenes",
     "reversed_grid",
@@ -66,6 +67,13 @@ DATASETS: dict[str, Protocol] = {
     "argoverse": Protocol(obs_len=20, horizon=30, dt_s=0.1, focal_only=True, agent_kind="vehicle"),
     "apolloscape": Protocol(obs_len=6, horizon=6, dt_s=0.5, focal_only=False, agent_kind="mixed"),
 }
+
+
+def dataset_name(text: str) -> str:
+    """The canonical name of a dataset as typed on a command line: `eth-ucy`, `ETH_UCY` and `eth_ucy`
+    are one dataset (an argparse `type=`; `choices=sorted(DATASETS)` then checks it and lists the
+    canonical names in --help)."""
+    return text.strip().lower().replace("-", "_")
 
 
 @dataclass

@@ -1,4 +1,5 @@
-"""`drivecast import {eth-ucy,argoverse,apolloscape} PATH -o drive.mcap`: a dataset as a drive.
+"""`drivecast import {eth_ucy,argoverse,apolloscape} PATH -o drive.mcap`: a dataset as a drive
+(`eth-ucy` is accepted too: `models.datasets.dataset_name`).
 
 PATH is one scene file, or a directory (every scene file of the dataset under it, in name order,
 as `models.datasets.scene_files(..., "all")` finds them). Parsing is `models.datasets` (numpy only:
@@ -22,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from models.datasets import DatasetError, Scene, load_scene, scene_files
+from models.datasets import DATASETS, DatasetError, Scene, dataset_name, load_scene, scene_files
 from pipeline.errors import DrivecastError
 from pipeline.recordings.writer import Recorder
 from pipeline.wire.codec import encode
@@ -30,8 +31,8 @@ from pipeline.wire.messages import AgentKind, Tracks
 
 __all__ = ["DATASET_NAMES", "main", "scene_tracks", "write_drive"]
 
-#: command-line name -> models.datasets name
-DATASET_NAMES = {"eth-ucy": "eth_ucy", "argoverse": "argoverse", "apolloscape": "apolloscape"}
+#: command-line name -> models.datasets name (kept for callers; `dataset_name` accepts any spelling)
+DATASET_NAMES = {"eth-ucy": "eth_ucy", "eth_ucy": "eth_ucy", "argoverse": "argoverse", "apolloscape": "apolloscape"}
 _KINDS = {"pedestrian": AgentKind.PEDESTRIAN, "vehicle": AgentKind.VEHICLE, "bicycle": AgentKind.CYCLIST,
           "other": AgentKind.UNKNOWN}
 START_NS = 1_577_836_800 * 1_000_000_000  # 2020-01-01T00:00:00Z
@@ -93,7 +94,8 @@ def write_drive(dataset: str, files: list[Path], out: Path, topic: str = "", sta
 
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="drivecast import", description="Turn a dataset into a drive recording of Tracks.")
-    ap.add_argument("dataset", choices=sorted(DATASET_NAMES))
+    ap.add_argument("dataset", type=dataset_name, choices=sorted(DATASETS),
+                    help="dataset (eth-ucy is accepted for eth_ucy)")
     ap.add_argument("path", help="a scene file, or a directory of them")
     ap.add_argument("-o", "--output", required=True, help="output .mcap")
     ap.add_argument("--topic", default="", help="topic name (default <dataset>/tracks)")
@@ -101,7 +103,7 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--gap", type=float, default=1.0, help="seconds between scenes")
     ap.add_argument("--no-foxglove", action="store_true", help="do not write the /foxglove/* mirror channels")
     args = ap.parse_args(argv)
-    dataset = DATASET_NAMES[args.dataset]
+    dataset = args.dataset
     try:
         p = Path(args.path)
         if p.is_file():

@@ -27,7 +27,7 @@ import numpy as np
 
 from export.runtime.features import constant_velocity, history_len, to_world
 from models.baselines import choose_k, displacement_errors
-from models.datasets import DATASETS, DatasetError, Grid, load_scenes, to_grid
+from models.datasets import DATASETS, DatasetError, Grid, dataset_name, load_scenes, to_grid
 from models.sequences import find_windows, track_sequences, window_inputs
 
 __all__ = ["EvalSet", "Stepper", "TorchStepper", "evaluate", "load_stepper", "main", "prepare", "run_streams"]
@@ -218,7 +218,8 @@ def evaluate(stepper: Stepper, es: EvalSet, cv_k: int, streaming: bool = True) -
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="drivecast eval", description=__doc__.split("\n")[0])
     p.add_argument("model", help="checkpoint (.pt) or exported step model (.onnx)")
-    p.add_argument("--dataset", required=True, choices=sorted(DATASETS))
+    p.add_argument("--dataset", required=True, type=dataset_name, choices=sorted(DATASETS),
+                   help="dataset (eth-ucy is accepted for eth_ucy)")
     p.add_argument("--data", required=True, help="dataset directory (e.g. ../shared/data/eth_ucy)")
     p.add_argument("--fold", default=None,
                    help="eth_ucy fold: eth, hotel, univ, zara1, zara2 (or all); argoverse/apolloscape: I/K "

@@ -12,7 +12,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from models.datasets import DATASETS
+from models.datasets import DATASETS, dataset_name
 
 __all__ = [
     "DATASET_DEFAULTS",
@@ -87,7 +87,8 @@ class TrainConfig:
 def parser() -> argparse.ArgumentParser:
     """The command line: every flag with its default and help, in one place."""
     p = argparse.ArgumentParser(prog="drivecast train", description=DESCRIPTION)
-    p.add_argument("--dataset", required=True, choices=sorted(DATASETS))
+    p.add_argument("--dataset", required=True, type=dataset_name, choices=sorted(DATASETS),
+                   help="dataset (eth-ucy is accepted for eth_ucy)")
     p.add_argument("--data", required=True, help="dataset directory (e.g. ../shared/data/eth_ucy)")
     p.add_argument("--fold", default=None,
                    help="eth_ucy fold (eth, hotel, univ, zara1, zara2) or 'all'; argoverse/apolloscape: I/K, "

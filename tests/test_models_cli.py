@@ -165,3 +165,24 @@ def test_train_seeds_ships_their_mirror_averaged_merge(tiny_eth: Path, tmp_path:
     assert all(torch.equal(v, again[k]) for k, v in model.state_dict().items())
     assert train.main(["--dataset", "eth_ucy", "--data", str(tiny_eth), "--seeds", "0"]) == 2
     assert "--seeds 0" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("spelling", ["eth_ucy", "eth-ucy", "ETH-UCY"])
+def test_train_eval_and_import_accept_both_spellings_of_eth_ucy(spelling: str, tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture) -> None:
+    from models import drive_import, train_config
+
+    assert train_config.parser().parse_args(["--dataset", spelling, "--data", "d"]).dataset == "eth_ucy"
+    assert evaluate._parser().parse_args(["m.pt", "--dataset", spelling, "--data", "d"]).dataset == "eth_ucy"
+    assert drive_import.main([spelling, str(tmp_path / "nope"), "-o", str(tmp_path / "x.mcap")]) == 1
+    assert "nope: no such file or directory" in capsys.readouterr().err
+
+
+def test_dataset_help_names_one_canonical_spelling() -> None:
+    from models import drive_import, train_config
+
+    for p in (train_config.parser(), evaluate._parser()):
+        assert "{apolloscape,argoverse,eth_ucy}" in p.format_help()
+    with pytest.raises(SystemExit):
+        drive_import.main(["nope", "x", "-o", "y"])
+
