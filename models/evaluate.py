@@ -305,6 +305,6 @@ def main(argv: list[str]) -> int:
     if args.plot:
         from models.plots import plot_windows
 
-        for path in plot_windows(es, preds, Path(args.plot)):
+        for path in plot_windows(es, preds, Path(args.plot), dt_s=dt_s):
             print(f"wrote {path}")
     return 0

@@ -186,3 +186,31 @@ def test_dataset_help_names_one_canonical_spelling() -> None:
     with pytest.raises(SystemExit):
         drive_import.main(["nope", "x", "-o", "y"])
 
+
+def test_eval_plot_panels_have_units_per_panel_errors_and_say_how_they_were_chosen(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import types
+
+    import matplotlib.pyplot as plt
+
+    from models import plots
+
+    t = np.arange(1, 4, dtype=np.float64)[None, :, None]
+    truth = np.concatenate([t * [1.0, 0.0]] * 4)                      # 4 windows, 3 steps along +x
+    es = types.SimpleNamespace(obs=np.zeros((4, 2, 2)), truth=truth, scene=np.array(["s", "s", "s", "s"]),
+                               window_ref=[("s", a, 10) for a in range(4)])
+    preds = {"model": truth + [0.0, 0.3], "cv": truth * 2}           # model 0.3 m off everywhere; CV 1, 2, 3 m
+    assert plots.panel_errors(preds, truth, 0) == "ADE/FDE model 0.30/0.30  CV 2.00/3.00 m"
+    figs = []
+    monkeypatch.setattr(plt, "close", figs.append)                  # keep the figure to read it back
+    [png] = plots.plot_windows(es, preds, tmp_path, per_scene=3, seed=5, dt_s=0.4)
+    assert png.stat().st_size > 0
+    fig = figs[0]
+    drawn = [ax for ax in fig.axes if ax.axison]
+    assert len(drawn) == 3
+    assert all((ax.get_xlabel(), ax.get_ylabel()) == ("x (m)", "y (m)") for ax in drawn)
+    assert all(ax.get_title().endswith("ADE/FDE model 0.30/0.30  CV 2.00/3.00 m") for ax in drawn)
+    assert fig.get_suptitle() == ("s: 3 of 4 windows, drawn uniformly at random (seed 5), not chosen by "
+                                  "error; prediction 3 steps = 1.2 s ahead; axes in metres (world frame)")
+    monkeypatch.undo()
+    plt.close(fig)
