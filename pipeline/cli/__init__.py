@@ -23,7 +23,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "keys": ("pipeline.cli.keys:main", "make CURVE key pairs for a graph that spans machines"),
     "record": ("pipeline.recordings.writer:main", "record topics of a running graph into an MCAP file"),
     "play": ("pipeline.recordings.replay:main", "replay an MCAP or ROS bag recording into a graph"),
-    "bag": ("pipeline.cli.bag:main", "inspect or recover recordings (info, recover)"),
+    "bag": ("pipeline.cli.bag:main", "inspect, repair and export recordings (info, recover, convert, export)"),
+    "view": ("pipeline.cli.view:main", "show a running graph or a recording in Foxglove (needs the [bridge] extra)"),
     "import": ("models.drive_import:main", "turn a dataset into a drive recording of Tracks"),
     "train": ("models.train:main", "train a trajectory model (needs the [train] extra)"),
     "eval": ("models.evaluate:main", "evaluate a checkpoint or .onnx model against constant velocity"),
@@ -64,6 +65,3 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
 
-
-if __name__ == "__main__":
-    sys.exit(main())
