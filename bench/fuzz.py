@@ -314,7 +314,8 @@ def _damage(rnd: random.Random, data: bytes) -> tuple[str, bytes]:
 
 
 def _read_all(path: Path) -> str:
-    from pipeline.recordings.reader import RecordingError, open_recording
+    from pipeline.recordings.base import RecordingError
+    from pipeline.recordings.reader import open_recording
 
     try:
         with open_recording(path) as rec:

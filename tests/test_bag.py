@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from pipeline.cli.bag import main as bag_main
-from pipeline.recordings.reader import RecordingError, open_recording
+from pipeline.recordings.base import RecordingError
+from pipeline.recordings.reader import open_recording
 from pipeline.recordings.replay import main as play_main
 from pipeline.wire.codec import decode
 from pipeline.wire.messages import GnssFix, Imu, Odometry, PointCloud

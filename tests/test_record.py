@@ -21,8 +21,9 @@ import pytest
 from mcap.reader import make_reader
 
 from pipeline.cli.bag import main as bag_main
+from pipeline.recordings.base import RecordingError
 from pipeline.recordings.mcap_format import pack_frames, unpack_frames
-from pipeline.recordings.reader import RecordingError, open_recording
+from pipeline.recordings.reader import open_recording
 from pipeline.recordings.writer import Recorder
 from pipeline.wire.codec import decode, encode
 from pipeline.wire.messages import GnssFix, Image, Imu, Odometry, PointCloud, Predictions, Tracks

@@ -498,7 +498,7 @@ def test_a_corrupt_stored_record_gives_a_clear_error(kind: str, how: str, error:
     """A stored RawImage or PointCloud record whose lengths, fields or header are wrong (a crafted or damaged
     file; the chunk CRC passes): the reader names the file, the topic, the log time and what is wrong, and
     `drivecast play` prints it and exits 1."""
-    from pipeline.recordings.reader import RecordingError
+    from pipeline.recordings.base import RecordingError
     from pipeline.recordings.replay import main as play_main
 
     monkeypatch.setenv("DRIVECAST_RUN_DIR", str(run_base))

@@ -26,7 +26,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from pipeline.errors import DrivecastError
-from pipeline.recordings.reader import Recording, RecordingInfo, open_recording
+from pipeline.recordings.base import Recording, RecordingInfo
+from pipeline.recordings.reader import open_recording
 
 __all__ = ["SUBCOMMANDS", "convert", "format_info", "main", "played_counts"]
 

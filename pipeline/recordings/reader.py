@@ -5,7 +5,7 @@
 - a ROS 1 `.bag`, a ROS 2 bag directory (`metadata.yaml` + `.db3`/`.mcap`) or a ROS 2 `.mcap`:
   `rosbag_reader.RosRecording`, through the `rosbags` library, imported only when needed
 
-Each returns a `Recording` (`base`, re-exported here with its types); `prefetch` reads one ahead
+Each returns a `Recording` (`pipeline.recordings.base`, with its types); `prefetch` reads one ahead
 in a thread.
 """
 
@@ -22,11 +22,11 @@ from mcap.exceptions import McapError
 from mcap.records import Header
 from mcap.stream_reader import StreamReader
 
-from pipeline.recordings.base import Item, Recording, RecordingError, RecordingInfo, TopicInfo
+from pipeline.recordings.base import Item, Recording, RecordingError
 from pipeline.recordings.mcap_format import MAGIC, PROFILE
 from pipeline.recordings.mcap_reader import DrivecastMcap
 
-__all__ = ["Item", "Recording", "RecordingError", "RecordingInfo", "TopicInfo", "open_recording", "prefetch"]
+__all__ = ["open_recording", "prefetch"]
 
 
 def _mcap_profile(path: Path) -> str | None:
