@@ -175,7 +175,7 @@ class TrafficSim(Node):
     """Publishes the simulated world on `tracks` (truth) and `detections` (noisy, with misses)."""
 
     class Params(NodeParams):
-        agents: Annotated[int, Meta(ge=0)] = 32
+        agents: Annotated[int, Meta(ge=1)] = 32  # 0 would run a graph that scores nothing
         pedestrian_fraction: float = 0.25
         rate_hz: Annotated[float, Meta(gt=0)] = 10.0
         seed: int = 7

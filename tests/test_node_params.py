@@ -27,7 +27,7 @@ EVAL = "nodes.evaluator:Evaluator"
 @pytest.mark.parametrize(("run", "params", "message"), [
     (SIM, "{rate_hz: 0}", "nodes.a.params.rate_hz: expected float > 0.0, got 0"),
     (SIM, "{rate_hz: -2.5}", "nodes.a.params.rate_hz: expected float > 0.0, got -2.5"),
-    (SIM, "{agents: -1}", "nodes.a.params.agents: expected int >= 0, got -1"),
+    (SIM, "{agents: 0}", "nodes.a.params.agents: expected int >= 1, got 0"),
     (PRED, "{models: {vehicle: m.onnx}, capacity: 0}", "nodes.a.params.capacity: expected int >= 1, got 0"),
     (PRED, "{models: {vehicle: m.onnx}, min_obs: 0}", "nodes.a.params.min_obs: expected int >= 1, got 0"),
     (PRED, "{models: {vehicle: m.onnx}, ttl_s: 0}", "nodes.a.params.ttl_s: expected float > 0.0, got 0"),
@@ -51,13 +51,13 @@ def test_a_param_out_of_its_declared_range_names_file_key_and_range(
 def test_values_on_the_edge_of_a_declared_range_are_accepted(tmp_path: Path) -> None:
     path = write(tmp_path, f"""
 nodes:
-  a: {{run: {SIM}, params: {{agents: 0, rate_hz: 0.001}}}}
-  b: {{run: {PRED}, params: {{models: {{vehicle: m.onnx}}, capacity: 1, min_obs: 1, max_gap_steps: 1, lag_s: 0,
+  a: {{run: {SIM}, params: {{agents: 1, rate_hz: 0.001}}}}
+  b: {{run: {PRED}, params: {{models: {{vehicle: models/pretrained/vehicle_lstm.onnx}}, capacity: 1, min_obs: 1, max_gap_steps: 1, lag_s: 0,
                               max_age_s: 0, save_every_s: 0, threads: 1}}}}
   c: {{run: {EVAL}, params: {{cv_ks: [1]}}}}
 """)
     g = load_graph(path)
-    assert g.nodes["a"].params.agents == 0 and g.nodes["b"].params.max_gap_steps == 1.0
+    assert g.nodes["a"].params.agents == 1 and g.nodes["b"].params.max_gap_steps == 1.0
     assert g.nodes["c"].params.cv_ks == (1,)
 
 
