@@ -56,11 +56,12 @@ def sample(pids: dict[str, int]) -> dict[str, dict[str, float]]:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--seconds", type=float, default=600.0)
+    ap.add_argument("--seconds", type=float, default=600.0, help="how long the graph runs (default 600)")
     ap.add_argument("--warmup", type=float, default=None, help="seconds before the first sample (default 10%%, 3-30 s)")
-    ap.add_argument("--file", default=str(REPO / "launch.yaml"))
-    ap.add_argument("--set", dest="sets", action="append", default=[])
-    ap.add_argument("--json", default=None)
+    ap.add_argument("--file", default=str(REPO / "launch.yaml"), help="launch file (default: the repository's)")
+    ap.add_argument("--set", dest="sets", action="append", default=[], metavar="NODE.PARAM=VALUE",
+                    help="override a param, as drivecast launch --set")
+    ap.add_argument("--json", default=None, metavar="FILE", help="write the results here")
     args = ap.parse_args()
     warmup = args.warmup if args.warmup is not None else min(30.0, max(3.0, args.seconds * 0.1))
 
