@@ -138,3 +138,12 @@ def test_the_readme_outputs_are_ignored_and_no_tracked_file_is() -> None:
                "m.json", "veh.onnx"]
     run = subprocess.run(["git", "check-ignore", *outputs], cwd=REPO, capture_output=True, text=True, timeout=30)
     assert run.stdout.split() == outputs
+
+
+def test_version_prints_the_installed_version(capsys: pytest.CaptureFixture[str]) -> None:
+    from importlib.metadata import version
+
+    from pipeline.cli import main
+
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out == f"drivecast {version('drivecast')}\n"

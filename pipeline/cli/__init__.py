@@ -11,6 +11,7 @@ The training-side commands (train, eval, export, verify) are named here by modul
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 import sys
 
 __all__ = ["COMMANDS", "main"]
@@ -35,10 +36,17 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 def _usage() -> str:
     width = max(len(n) for n in COMMANDS)
-    lines = ["usage: drivecast COMMAND [ARGS...]", "", "commands:"]
+    lines = ["usage: drivecast COMMAND [ARGS...] | --version", "", "commands:"]
     lines += [f"  {name:<{width}}  {help_}" for name, (_, help_) in COMMANDS.items()]
     lines += ["", "Run `drivecast COMMAND --help` for a command's options."]
     return "\n".join(lines)
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("drivecast")
+    except importlib.metadata.PackageNotFoundError:  # run from a checkout that was never installed
+        return "(not installed)"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -46,6 +54,9 @@ def main(argv: list[str] | None = None) -> int:
     if not args or args[0] in ("-h", "--help"):
         print(_usage())
         return 0 if args else 2
+    if args[0] == "--version":
+        print(f"drivecast {_version()}")
+        return 0
     name, rest = args[0], args[1:]
     if name not in COMMANDS:
         print(f"ERROR: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
