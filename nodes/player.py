@@ -13,7 +13,7 @@ clock: player/clock                 # nodes' timers and now() follow the replaye
 ```
 
 Options are `drivecast play`'s (`pipeline.recordings.replay`): rate, loop, start_offset, topics, remap
-(`{recorded topic: output}`; default: the first recorded topic of each schema, by name), clock_hz
+(`{recorded topic: output}`; default: the output of the topic's schema), clock_hz
 (0 = no clock), delay_s (a wait before the first message, during which the clock is held at the
 first log time: subscribers of the clock, a lossy topic, then know the time before any message;
 default 0.3 s with a clock). The node publishes from a timer every `tick_s` (1 ms) of wall time, each message at
@@ -22,13 +22,20 @@ ready. Messages are re-published by this node, so `seq` and the publish time are
 (the content is the recording's). For byte-identical frames use `drivecast play`; for a
 deterministic replay through the graph, `drivecast play --lockstep --graph launch.yaml`, which
 recognises this node (`REPLAYS_RECORDING`) and feeds its outputs in-process.
+
+Every recorded topic plays (or every one in `topics`). Several topics of one schema share its output,
+in log-time order, each message's `frame_id` set to its recorded topic (`/ego_pose`, `/red_pose`), so
+a subscriber tells them apart; a topic alone on its output keeps its recorded frame_id. Topics the
+player cannot publish (a ROS type without a drivecast schema, Diagnostics) are logged as not played.
+The mapping is `pipeline.recordings.lockstep.player_options`, the same as a lockstep replay's.
 """
 
 from __future__ import annotations
 
 import time
 
-from pipeline.recordings.lockstep import player_topics
+from pipeline.errors import ConfigError
+from pipeline.recordings.lockstep import player_options
 from pipeline.recordings.reader import open_recording, prefetch
 from pipeline.recordings.schedule import PlayOptions, schedule
 from pipeline.runtime.node import Node, NodeParams
@@ -61,10 +68,13 @@ class Player(Node):
     def setup(self) -> None:
         p = self.params
         self.rec = open_recording(p.file, p.types or None)
-        mapping = {k: v.split("/", 1)[1] for k, v in player_topics(self.rec.info(), p.remap, self.name).items()}
-        opts = PlayOptions(p.rate, p.loop, p.start_offset, [t for t in mapping if p.topics is None or t in p.topics],
-                           mapping, p.clock_hz, "clock")
+        opts, skipped = player_options(self.rec.info(), PlayOptions(p.rate, p.loop, p.start_offset, p.topics,
+                                                                    dict(p.remap), p.clock_hz))
         opts.check()
+        if skipped:
+            self.log.warning("not played: %s", ", ".join(skipped))
+        if not opts.remap:
+            raise ConfigError(f"{p.file}: no topic to play (not played: {', '.join(skipped) or 'none'})")
         self.items = prefetch(schedule(self.rec, opts))
         self.pending = next(self.items, None)
         delay = p.delay_s if p.delay_s >= 0 else (0.3 if p.clock_hz else 0.0)
@@ -73,7 +83,8 @@ class Player(Node):
         self.log0 = self.pending.log_ns if self.pending else 0
         self.rate = p.rate
         self.sent = 0
-        self.log.info("playing %s: %s", p.file, ", ".join(f"{k} -> {v}" for k, v in mapping.items()))
+        self.log.info("playing %s: %s", p.file, ", ".join(
+            f"{k} -> {v}" + (" (frame_id = topic)" if k in opts.tag_source else "") for k, v in opts.remap.items()))
         self.every(p.tick_s, self.tick)
 
     def tick(self) -> None:

@@ -116,3 +116,21 @@ def test_two_lockstep_replays_of_an_imported_scene_give_identical_predictions(pr
     print(f"lockstep {predictor}: {n} Predictions, x{speed:.0f} real time")
     assert n > 100 and first == second
     assert speed > 20
+
+
+def test_an_imported_scene_remapped_onto_the_default_graph_is_scored_and_a_misspelt_remap_is_an_error(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from pipeline.recordings.replay import main as play_main
+
+    src = need("eth_ucy/zara1/val")
+    drive = tmp_path / "zara1.mcap"
+    assert import_main(["eth-ucy", str(src), "-o", str(drive), "--no-foxglove"]) == 0
+    launch = str(REPO / "launch.yaml")
+    assert play_main([str(drive), "--lockstep", "--graph", launch, "--remap", "eth/tracks:=sim/tracks"]) != 0
+    out, err = capsys.readouterr()
+    assert "ERROR: --remap eth/tracks:=sim/tracks: " in err and "has no topic 'eth/tracks' (topics: eth_ucy/tracks)" in err
+    assert "final accuracy" not in out
+    assert play_main([str(drive), "--lockstep", "--graph", launch, "--remap", "eth_ucy/tracks:=sim/tracks"]) == 0
+    out, err = capsys.readouterr()
+    # the README's figures for this scene (the sim is replaced; the predictor and evaluator run)
+    assert "pedestrian      6792   0.457   1.000" in out and "lockstep: 1117 messages in, 3335 deliveries" in err
