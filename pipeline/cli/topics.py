@@ -42,6 +42,9 @@ def graph_main(argv: list[str]) -> int:
     for topic, schema in g.topics.items():
         subs = ", ".join(f"{n}.{i}" for n, i in g.subscribers.get(topic, [])) or "-"
         print(f"  {topic} ({schema.SCHEMA}) -> {subs}")
+    for topic, schema in g.external.items():
+        subs = ", ".join(f"{n}.{i}" for n, i in g.subscribers.get(topic, [])) or "-"
+        print(f"  {topic} ({schema.SCHEMA}, external: fed by `drivecast play`) -> {subs}")
     print("edges:")
     for name, n in g.nodes.items():
         for inp, spec in n.inputs.items():
@@ -126,7 +129,8 @@ def _list(manifest: Manifest) -> int:
             subs.setdefault(spec.topic, []).append(f"{node}.{inp}[{spec.queue}]")
     print(f"graph {manifest.name!r} (run directory {manifest.run_dir})")
     for topic, t in sorted(manifest.topics.items()):
-        print(f"{topic}  {t.schema}  -> {', '.join(subs.get(topic, [])) or '-'}")
+        source = "  (external: fed by `drivecast play`)" if t.external else ""
+        print(f"{topic}  {t.schema}{source}  -> {', '.join(subs.get(topic, [])) or '-'}")
     return 0
 
 

@@ -1,11 +1,15 @@
 """Replay a recording paced like `ros2 bag play`, and the `drivecast play` command.
 
-`drivecast play FILE` publishes a recording (anything `reader.open_recording` opens) as a graph of
-its own: it writes a run manifest named `play`, so `drivecast topic echo`, `drivecast record --run
-play` and other tools attach to it. `--wait-for N` holds the first message until N lossless
-subscribers per topic are connected; `--clock [HZ]` publishes the replayed time on `clock`;
-`--lockstep --graph launch.yaml` runs the graph in this process instead (`lockstep`). To feed a
-launched graph, put the player node (`nodes.player:Player`) in launch.yaml.
+`drivecast play FILE` feeds a running graph that waits for topics from outside (launched
+`--without` its source node, or with `topics: {T: {external: true}}`; `--run` picks one, else the
+newest): the recorded topics (after `--topics`, `--remap`) that are its external topics are
+published at the graph's own endpoints (`attach`), the others are named and not played. Without
+such a graph, it publishes the recording as a graph of its own: a run manifest named `play`, so
+`drivecast topic echo`, `drivecast record --run play` and other tools attach to it. `--wait-for N`
+holds the first message until N lossless subscribers per topic are connected; `--clock [HZ]`
+publishes the replayed time on `clock` (a fed graph with an external clock always gets it);
+`--lockstep --graph launch.yaml` runs the graph in this process instead (`lockstep`). The player
+node (`nodes.player:Player`) puts a replay inside a launch file.
 
 Pacing: message i is due at `t0 + (log_i - log_0) / rate`, one reference point for the whole run,
 so lateness never accumulates and bursts go out back to back as they were received. A read-ahead
@@ -38,6 +42,7 @@ from pipeline.wire.messages import Clock
 __all__ = ["PlayStats", "main", "play"]
 
 _SPIN_NS = 300_000      # sleep until this close to a deadline, then spin
+_CLOCK_HZ = 100.0       # a fed graph's clock ticks per second of recording, unless --clock says otherwise
 _SWITCH_S = 0.0002      # thread switch interval while playing: bounds how long read-ahead delays the sender
 
 
@@ -169,6 +174,8 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--delay", type=float, default=0.0, metavar="S",
                     help="wait S seconds before the first message (with --clock: holding the clock at the start time)")
     ap.add_argument("--types", default=None, help="directory of .msg files for bags without type definitions")
+    ap.add_argument("--run", default=None, metavar="NAME_OR_DIR",
+                    help="the running graph to feed (default: the newest one that waits for external topics)")
     ap.add_argument("--quiet", action="store_true", help="no progress line")
     args = ap.parse_args(argv)
     opts = PlayOptions(args.rate, args.loop, args.start_offset, args.topics, {}, args.clock)
@@ -179,6 +186,8 @@ def main(argv: list[str]) -> int:
             raise ConfigError("--lockstep and --graph go together")
         if args.output and not args.lockstep:
             raise ConfigError("-o is for --lockstep (record a live replay with `drivecast record`)")
+        if args.run and args.lockstep:
+            raise ConfigError("--run feeds a running graph; --lockstep runs --graph in this process")
         rec = open_recording(args.file, args.types)
     except DrivecastError as exc:
         print(f"ERROR: {exc}", file=sys.stderr)
@@ -223,6 +232,80 @@ def _run_lockstep(rec: Recording, args: argparse.Namespace, opts: PlayOptions) -
 
 
 def _run_live(rec: Recording, args: argparse.Namespace, opts: PlayOptions, info: RecordingInfo) -> int:
+    from pipeline.recordings.attach import Feed, plan_feed, target_graph
+
+    try:
+        graph = target_graph(args.run)
+        if graph is None:
+            return _run_alone(rec, args, opts, info)
+        plan = plan_feed(graph, info, opts, args.file)
+        played = [*dict.fromkeys(plan.topics.values())] + ([plan.clock] if plan.clock else [])
+        feed = Feed(graph, played, args.wait_for)
+    except ConfigError as exc:
+        print(f"ERROR: {exc}", file=sys.stderr)
+        return 2
+
+    def say(text: str) -> None:
+        if not args.quiet:
+            print(text, file=sys.stderr)
+
+    say(f"feeding graph {graph.name!r} ({graph.run_dir}): "
+        + ", ".join(a if a == b else f"{a} -> {b}" for a, b in plan.topics.items())
+        + (f", clock -> {plan.clock}" if plan.clock else ""))
+    if plan.unused:
+        say(f"not played, nothing in the graph subscribes to: {', '.join(plan.unused)}")
+    if plan.missing:
+        say(f"the graph also waits for {', '.join(plan.missing)}: not in this recording (--remap FROM:=TO)")
+    clock_hz = (opts.clock_hz or _CLOCK_HZ) if plan.clock else 0.0
+    opts = PlayOptions(**{**opts.__dict__, "topics": sorted(plan.topics), "clock_hz": clock_hz,
+                          "clock_topic": plan.clock or opts.clock_topic})
+    stopped = StopSignals()
+    next_check = [time.monotonic() + 1.0]
+    gone = [False]
+
+    def stop() -> bool:
+        if stopped() or gone[0]:
+            return True
+        if time.monotonic() >= next_check[0]:  # once a second: is the graph still there?
+            next_check[0] = time.monotonic() + 1.0
+            gone[0] = not feed.graph_alive()
+        return gone[0]
+
+    try:
+        for line in feed.wait_for_subscribers(stop):
+            say(f"WARNING: {line}; starting anyway")
+        stats = _paced(rec, args, opts, info, lambda topic, frames: feed.send(topic, list(frames), stop), stop)
+    finally:
+        feed.close(drain=not stop())
+        stopped.restore()
+    _summary(args, stats)
+    if gone[0]:
+        print(f"ERROR: graph {graph.name!r} ended during the replay", file=sys.stderr)
+        return 1
+    return 130 if stopped() else 0
+
+
+def _paced(rec: Recording, args: argparse.Namespace, opts: PlayOptions, info: RecordingInfo,
+           send: Callable[[str, list[Any]], None], stop: Callable[[], bool]) -> PlayStats:
+    """`--delay` (holding the clock at the start), then `play`."""
+    end = time.monotonic() + max(0.0, args.delay)
+    while time.monotonic() < end and not stop():  # --delay: subscribers join meanwhile
+        if opts.clock_hz:
+            t = info.start_ns + int(opts.start_offset_s * 1e9)
+            send(opts.clock_topic, encode(Clock(stamp_ns=t), publish_ns=t))
+        time.sleep(min(0.05, max(0.0, end - time.monotonic())))
+    return play(rec, opts, send, stop, progress=not args.quiet)
+
+
+def _summary(args: argparse.Namespace, stats: PlayStats) -> None:
+    if not args.quiet:
+        s = stats.summary()
+        print(f"played {stats.messages} messages, {s['replayed_s']:.2f} s of recording in {s['wall_s']:.2f} s; "
+              f"lateness median {s['late_median_ms']:.3f} ms, p99 {s['late_p99_ms']:.3f} ms, "
+              f"max {s['late_max_ms']:.3f} ms", file=sys.stderr)
+
+
+def _run_alone(rec: Recording, args: argparse.Namespace, opts: PlayOptions, info: RecordingInfo) -> int:
     import shutil
 
     topics = {opts.remap.get(t.name, t.name): t.schema for t in info.topics
@@ -236,23 +319,13 @@ def _run_live(rec: Recording, args: argparse.Namespace, opts: PlayOptions, info:
         pubs[topic].send(list(frames), stopped)
 
     try:
-        end = time.monotonic() + max(0.0, args.delay)
-        while time.monotonic() < end and not stopped():  # --delay: subscribers join meanwhile
-            if opts.clock_hz:
-                t = info.start_ns + int(opts.start_offset_s * 1e9)
-                send(opts.clock_topic, encode(Clock(stamp_ns=t), publish_ns=t))
-            time.sleep(min(0.05, max(0.0, end - time.monotonic())))
-        stats = play(rec, opts, send, stopped, progress=not args.quiet)
+        stats = _paced(rec, args, opts, info, send, stopped)
     finally:
         for p in pubs.values():
             p.close()
         ctx.term()
         shutil.rmtree(run_dir, ignore_errors=True)
         stopped.restore()
-    if not args.quiet:
-        s = stats.summary()
-        print(f"played {stats.messages} messages, {s['replayed_s']:.2f} s of recording in {s['wall_s']:.2f} s; "
-              f"lateness median {s['late_median_ms']:.3f} ms, p99 {s['late_p99_ms']:.3f} ms, "
-              f"max {s['late_max_ms']:.3f} ms", file=sys.stderr)
+    _summary(args, stats)
     return 130 if stopped() else 0
 

@@ -7,10 +7,19 @@ that name no declared input, topics no node publishes, schema mismatches between
 input, and cycles in which every edge is lossless (`block`), which could deadlock.
 
 Topics are node outputs, named `node/output`. Each node also has the output `diagnostics`.
+
+An input may also name an *external* topic, one that no node of the graph publishes and that
+`drivecast play` feeds into the running graph: a topic of a node removed with `--without NODE`
+(`load_graph(..., without=...)`), or one the file marks `topics: {TOPIC: {external: true}}`. Its
+schema is what its subscribers' inputs expect (they must agree). Any other topic that no node
+publishes stays an error: a typo must not become a silent input that never receives anything.
+A graph with external topics and no `clock:` follows the replayed time on the external topic
+`clock`, which `drivecast play` publishes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import re
 from dataclasses import dataclass, field
@@ -22,11 +31,12 @@ import yaml
 
 from pipeline.errors import ConfigError
 from pipeline.runtime.node import Node, NodeParams
-from pipeline.wire.messages import Message
+from pipeline.wire.messages import Clock, Message
 
-__all__ = ["Graph", "InputSpec", "NodeSpec", "load_graph", "parse_set"]
+__all__ = ["EXTERNAL_CLOCK", "Graph", "InputSpec", "NodeSpec", "load_graph", "parse_set"]
 
 Policy = Literal["latest", "drop_oldest", "block"]
+EXTERNAL_CLOCK = "clock"  # the clock of a graph with external topics and no `clock:` of its own
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]*$")
 
 
@@ -71,6 +81,7 @@ class _TopicOptions(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     shm: bool | Literal["auto"] = "auto"  # auto: shared memory for subscribers on this machine (ipc)
     shm_threshold: int = 65536  # array bytes per message from which shared memory is used
     shm_slots: int = 0  # 0: the launcher picks max(4, deepest local drop_oldest depth + 2)
+    external: bool = False  # no node publishes it: `drivecast play` feeds it into the running graph
 
 
 class _LaunchFile(msgspec.Struct, forbid_unknown_fields=True):
@@ -121,6 +132,9 @@ class Graph:
     machines: dict[str, tuple[str, int]] = field(default_factory=dict)
     keys_dir: str = ""
     topic_options: dict[str, Any] = field(default_factory=dict)  # topic -> _TopicOptions
+    # Topics the nodes subscribe to that no node publishes (see the module), with their schema.
+    external: dict[str, type[Message]] = field(default_factory=dict)
+    removed: tuple[str, ...] = ()  # the nodes `--without` took out
 
     def lossless_subscribers(self, topic: str) -> int:
         return sum(1 for node, inp in self.subscribers.get(topic, [])
@@ -190,8 +204,11 @@ def resolve_class(run: str) -> type[Node]:
     return cls
 
 
-def load_graph(path: str | Path, overrides: dict[str, dict[str, Any]] | None = None) -> Graph:
-    """Read and validate a launch file; raise ConfigError naming the file and key on any problem."""
+def load_graph(path: str | Path, overrides: dict[str, dict[str, Any]] | None = None,
+               without: list[str] | tuple[str, ...] = ()) -> Graph:
+    """Read and validate a launch file; raise ConfigError naming the file and key on any problem.
+    `without`: nodes to leave out (`drivecast launch --without`); the topics they published become
+    external, fed by `drivecast play`."""
     path = Path(path)
     where = str(path)
     try:
@@ -217,13 +234,28 @@ def load_graph(path: str | Path, overrides: dict[str, dict[str, Any]] | None = N
     for node in overrides:
         if node not in spec.nodes:
             raise ConfigError(f"--set {node}.*: no node {node!r} in {where} (nodes: {', '.join(spec.nodes)})")
+        if node in without:
+            raise ConfigError(f"--set {node}.*: node {node!r} is left out by --without {node}")
+    for node in without:
+        if node not in spec.nodes:
+            raise ConfigError(f"--without {node}: no node {node!r} in {where} (nodes: {', '.join(spec.nodes)})")
+    if set(spec.nodes) <= set(without):
+        raise ConfigError(f"--without: leaves no node of {where} to run")
+    marked = {t for t, opt in spec.topics.items() if isinstance(opt, dict) and opt.get("external") is True}
 
     nodes: dict[str, NodeSpec] = {}
     topics: dict[str, type[Message]] = {}
+    removed_outputs: dict[str, dict[str, type[Message]]] = {}
     for name, raw_entry in spec.nodes.items():
         key = f"nodes.{name}"
         if not isinstance(name, str) or not _NAME.match(name):
             raise ConfigError(f"{where}: {key}: node names are letters, digits, '_' and '-'")
+        if name in without:
+            # Its outputs, if its code is here, catch a misspelt topic; a recording stands in for it,
+            # maybe on a machine without its code, so an import failure is no error.
+            with contextlib.suppress(ValueError):
+                removed_outputs[name] = resolve_class(convert(raw_entry, _NodeEntry, where, key).run).all_outputs()
+            continue
         entry = convert(raw_entry, _NodeEntry, where, key)
         try:
             cls = resolve_class(entry.run)
@@ -255,13 +287,31 @@ def load_graph(path: str | Path, overrides: dict[str, dict[str, Any]] | None = N
             topics[f"{name}/{out}"] = schema
 
     subscribers: dict[str, list[tuple[str, str]]] = {}
+    external: dict[str, type[Message]] = {}
+    first_key: dict[str, str] = {}  # external topic -> the input that set its schema
     for name, nspec in nodes.items():
         for inp, ispec in nspec.inputs.items():
             key = f"nodes.{name}.inputs.{inp}"
+            want = nspec.cls.inputs[inp]
+            publisher, _, output = ispec.topic.partition("/")
+            if ispec.topic not in topics and (ispec.topic in marked or publisher in without):
+                outs = removed_outputs.get(publisher)
+                if ispec.topic not in marked and outs is not None and output not in outs:
+                    raise ConfigError(f"{where}: {key}: unknown topic {ispec.topic!r} (node {publisher!r}, left out "
+                                      f"by --without, has outputs {', '.join(outs)})")
+                known = outs is not None and output in outs
+                prev = external.setdefault(ispec.topic, outs[output] if outs is not None and known else want)
+                first_key.setdefault(ispec.topic, f"nodes.{publisher}.run" if known else key)
+                if prev is not want:
+                    raise ConfigError(f"{where}: {key}: external topic {ispec.topic!r} carries {prev.SCHEMA} "
+                                      f"(per {first_key[ispec.topic]}), input {inp!r} expects {want.SCHEMA}")
+                subscribers.setdefault(ispec.topic, []).append((name, inp))
+                continue
             if ispec.topic not in topics:
                 raise ConfigError(f"{where}: {key}: unknown topic {ispec.topic!r} "
-                                  f"(topics: {', '.join(sorted(topics))})")
-            want, got = nspec.cls.inputs[inp], topics[ispec.topic]
+                                  f"(topics: {', '.join(sorted(topics))}; a topic fed from outside by `drivecast "
+                                  f"play` is marked topics: {{{ispec.topic}: {{external: true}}}})")
+            got = topics[ispec.topic]
             if want is not got:
                 raise ConfigError(f"{where}: {key}: topic {ispec.topic!r} carries {got.SCHEMA}, "
                                   f"input {inp!r} expects {want.SCHEMA}")
@@ -288,21 +338,36 @@ def load_graph(path: str | Path, overrides: dict[str, dict[str, Any]] | None = N
                 if suffix == ".key" and not f.exists():
                     raise ConfigError(f"{where}: security.keys: no public key {f} for machine {m or 'default'!r} "
                                       f"(make it with `drivecast keys {spec.security.keys} {m or 'default'}`)")
-    if spec.clock and spec.clock not in topics:
-        raise ConfigError(f"{where}: clock: unknown topic {spec.clock!r}")
+    clock = spec.clock
+    if clock and clock not in topics:
+        if clock not in marked and clock.split("/", 1)[0] not in without:
+            raise ConfigError(f"{where}: clock: unknown topic {clock!r}")
+        external[clock] = Clock
+    elif external and not clock:
+        # Fed by a recording, the graph lives in the recording's time (its stamps are in the past):
+        # `drivecast play` publishes it, as `ros2 bag play --clock` does for `use_sim_time`.
+        clock = EXTERNAL_CLOCK
+        external[clock] = Clock
     _check_block_cycles(where, nodes)
     topic_options: dict[str, _TopicOptions] = {}
     for t, raw_opt in spec.topics.items():
-        if t not in topics:
+        opt = convert(raw_opt, _TopicOptions, where, f"topics.{t}")
+        if opt.external and t in topics:
+            raise ConfigError(f"{where}: topics.{t}.external: node {t.split('/', 1)[0]!r} publishes {t!r}; "
+                              "an external topic is one no node publishes")
+        if opt.external and t not in external:
+            raise ConfigError(f"{where}: topics.{t}.external: no input subscribes to {t!r}")
+        if t not in topics and t not in external:
             raise ConfigError(f"{where}: topics.{t}: unknown topic {t!r} (topics: {', '.join(sorted(topics))})")
-        opt = topic_options[t] = convert(raw_opt, _TopicOptions, where, f"topics.{t}")
+        topic_options[t] = opt
         if opt.shm_slots and not 2 <= opt.shm_slots <= 62:
             raise ConfigError(f"{where}: topics.{t}.shm_slots: expected 2 to 62, got {opt.shm_slots}")
         if opt.shm_threshold < 0:
             raise ConfigError(f"{where}: topics.{t}.shm_threshold: expected >= 0, got {opt.shm_threshold}")
     transport = "tcp" if machines else spec.transport.kind
-    return Graph(spec.name, where, nodes, topics, spec.clock, transport, spec.transport.host,
-                 spec.transport.base_port, subscribers, machines, keys_dir, topic_options)
+    return Graph(spec.name, where, nodes, topics, clock, transport, spec.transport.host,
+                 spec.transport.base_port, subscribers, machines, keys_dir, topic_options, external,
+                 tuple(without))
 
 
 def _loopback(host: str) -> bool:
@@ -314,8 +379,9 @@ def _check_block_cycles(where: str, nodes: dict[str, NodeSpec]) -> None:
     edges: dict[str, list[str]] = {n: [] for n in nodes}
     for name, node in nodes.items():
         for ispec in node.inputs.values():
-            if ispec.queue == "block":
-                edges[ispec.topic.split("/", 1)[0]].append(name)
+            publisher = ispec.topic.split("/", 1)[0]
+            if ispec.queue == "block" and publisher in edges:  # an external topic's publisher is outside
+                edges[publisher].append(name)
     state: dict[str, int] = {}
 
     def visit(n: str, path: list[str]) -> None:

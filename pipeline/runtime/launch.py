@@ -4,6 +4,9 @@
 - A run directory (mode 0700) holds the ipc sockets, each node's state directory and
   `manifest.json` (nodes, topics, endpoints, pids) that `drivecast topic ...` attaches to.
 - Each node's output lines are printed prefixed with `[node]`.
+- `--without NODE` leaves a node out; the topics it published that others subscribe to become
+  external (see `pipeline.runtime.graph`): their endpoints wait in the run directory for
+  `drivecast play FILE` in another shell, which binds them and feeds the running graph.
 - A node that fails (non-zero exit, or killed) is respawned after `backoff_s * 2**k` (capped at
   30 s) up to `respawn.max` times, except for exit code 2 (bad configuration: a respawn would not
   help); a `required` node that exits ends the graph.
@@ -58,9 +61,13 @@ MAX_BACKOFF_S = 30.0
 def build_manifest(graph: Graph, run_dir: Path) -> Manifest:
     topics: dict[str, TopicEntry] = {}
     next_port = {m: base for m, (_, base) in graph.machines.items()}
-    for topic, schema in graph.topics.items():
+    # External topics come last, so that the node topics' ports are those of the file without them;
+    # one lives on its first subscriber's machine, where `drivecast play` runs.
+    published = [(t, s, graph.nodes[t.split("/", 1)[0]].machine) for t, s in graph.topics.items()]
+    external = [(t, s, graph.nodes[graph.subscribers[t][0][0]].machine if graph.subscribers.get(t) else "")
+                for t, s in graph.external.items()]
+    for topic, schema, machine in published + external:
         lossless = graph.lossless_subscribers(topic)
-        machine = graph.nodes[topic.split("/", 1)[0]].machine
         if graph.machines:
             # Deterministic ports: each machine's launcher computes the same endpoints from the file.
             host, port = graph.machines[machine][0], next_port[machine]
@@ -77,9 +84,10 @@ def build_manifest(graph: Graph, run_dir: Path) -> Manifest:
         else:
             endpoint = ipc_endpoint(run_dir, topic)
             lossless_ep = ipc_endpoint(run_dir, topic, lossless=True) if lossless else None
-        topics[topic] = TopicEntry(schema=schema.SCHEMA, publisher=topic.split("/", 1)[0], endpoint=endpoint,
-                                   lossless_endpoint=lossless_ep, lossless_subscribers=lossless, machine=machine,
-                                   shm=_shm_options(graph, topic))
+        is_external = topic in graph.external
+        topics[topic] = TopicEntry(schema=schema.SCHEMA, publisher="" if is_external else topic.split("/", 1)[0],
+                                   endpoint=endpoint, lossless_endpoint=lossless_ep, lossless_subscribers=lossless,
+                                   machine=machine, shm=_shm_options(graph, topic), external=is_external)
     nodes = {
         name: NodeEntry(run=n.run, params=n.raw_params, required=n.required, machine=n.machine,
                         inputs={i: InputEntry(s.topic, s.queue, s.depth) for i, s in n.inputs.items()})
@@ -163,6 +171,9 @@ class Supervisor:
         rc = 0
         try:
             self.say(f"graph {self.graph.name!r}: {len(self.children)} nodes, run directory {self.run_dir}")
+            if self.graph.external:
+                self.say(f"waiting for {', '.join(sorted(self.graph.external))} from outside: "
+                         f"feed them with `drivecast play FILE` (--remap FROM:=TO)")
             for child in self.children.values():
                 self._spawn(child)
             end = None if duration_s is None else time.monotonic() + duration_s
@@ -282,11 +293,13 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--set", dest="sets", action="append", default=[], metavar="NODE.PARAM=VALUE",
                     help="override a node parameter (value parsed as YAML); repeatable")
     ap.add_argument("--machine", default=None, help="run only this machine's nodes (see machines: in the file)")
+    ap.add_argument("--without", action="append", default=[], metavar="NODE",
+                    help="leave this node out; the topics it published are fed by `drivecast play` (repeatable)")
     args = ap.parse_args(argv)
     try:
         if args.duration is not None and args.duration <= 0:
             raise ConfigError(f"--duration: expected a positive number of seconds, got {args.duration:g}")
-        graph = load_graph(args.file, parse_set(args.sets))
+        graph = load_graph(args.file, parse_set(args.sets), without=args.without)
         if args.machine is not None and args.machine not in graph.machines:
             raise ConfigError(f"--machine {args.machine!r}: {args.file} has machines "
                               f"{', '.join(graph.machines) or '(none)'}")

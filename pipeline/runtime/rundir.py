@@ -3,7 +3,9 @@
 A launched graph owns one directory (mode 0700) under `runs_base()`: its ipc sockets, shared-memory
 names, each node's state directory and `manifest.json`. The manifest says which nodes run where and
 which endpoint carries each topic; the launcher writes it, each node's runner reads its own entry,
-and the tools (`topic`, `record`) and `play` find a running graph by it. It is typed here, once, so
+and the tools (`topic`, `record`) and `play` find a running graph by it. An `external` topic has
+no publisher in the graph: its subscribers connect to an endpoint in the run directory that
+`drivecast play` binds while it feeds the graph (ZeroMQ lets a bind follow the connects). It is typed here, once, so
 every reader agrees on its fields and a damaged file is an error that names it.
 """
 
@@ -19,7 +21,7 @@ import msgspec
 from pipeline.errors import ConfigError
 
 __all__ = ["InputEntry", "Manifest", "NodeEntry", "ShmOptions", "TopicEntry", "find_run", "make_run_dir",
-           "pid_alive", "read_manifest", "runs_base", "write_manifest"]
+           "live_runs", "pid_alive", "read_manifest", "runs_base", "write_manifest"]
 
 MANIFEST = "manifest.json"
 
@@ -35,11 +37,12 @@ class ShmOptions(msgspec.Struct, forbid_unknown_fields=True):
 class TopicEntry(msgspec.Struct, forbid_unknown_fields=True):
     schema: str
     endpoint: str
-    publisher: str = ""  # the node (or tool) that publishes it
+    publisher: str = ""  # the node (or tool) that publishes it; "" for an external topic
     lossless_endpoint: str | None = None  # only where a subscriber asked for `block`
     lossless_subscribers: int = 0
     machine: str = ""
     shm: ShmOptions = msgspec.field(default_factory=ShmOptions)
+    external: bool = False  # no node publishes it: `drivecast play` binds its endpoints
 
 
 class InputEntry(msgspec.Struct, forbid_unknown_fields=True):
@@ -117,8 +120,8 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-def find_run(which: str | None = None) -> Manifest:
-    """The manifest of a running graph: `which` is a run directory or a graph name; default newest."""
+def live_runs(which: str | None = None) -> list[Manifest]:
+    """The manifests of running graphs: `which` is a run directory or a graph name; None: all."""
     in_dir = bool(which) and Path(str(which)).is_dir()
     candidates = [Path(str(which)) / MANIFEST] if in_dir else list(runs_base().glob(f"*/{MANIFEST}"))
     live = []
@@ -129,6 +132,12 @@ def find_run(which: str | None = None) -> Manifest:
             continue  # a run being set up, or one left by another version
         if pid_alive(m.launcher_pid) and (not which or in_dir or m.name == which):
             live.append(m)
+    return live
+
+
+def find_run(which: str | None = None) -> Manifest:
+    """The manifest of a running graph: `which` is a run directory or a graph name; default newest."""
+    live = live_runs(which)
     if not live:
         where = which or str(runs_base())
         raise ConfigError(f"no running graph found in {where} (start one with `drivecast launch FILE`)")
