@@ -1,9 +1,9 @@
 """Run one node in this process over ZeroMQ: what the launcher starts for every node.
 
 `python -m pipeline.runtime.runner RUN_DIR NODE` reads `RUN_DIR/manifest.json` (written by the launcher),
-builds the node, connects its inputs, binds its outputs and runs one loop: poll the inputs with a
-timeout up to the next timer, take each ready input's messages (its `Subscriber` applies the queue
-policy), decode (a bad message is counted, logged once per kind and dropped), call `on_<input>`,
+builds the node, connects its inputs, binds its outputs and runs one loop: poll the inputs (sleep,
+for a node without any) with a timeout up to the next timer, take each ready input's messages (its
+`Subscriber` applies the queue policy), decode (a bad message is counted, logged once per kind and dropped), call `on_<input>`,
 fire due timers, publish Diagnostics each second. SIGINT/SIGTERM end the loop; `shutdown()` runs;
 the exit code is 0. If the launcher dies, the node notices (its parent changes) and exits, so no
 orphan outlives its graph.
@@ -233,7 +233,11 @@ class ProcessRuntime:
             due = self.timers.next_due_ns()
             # ceil, not floor: poll(0) in a loop for the last millisecond before a timer is a busy wait
             timeout = _POLL_MAX_MS if due is None else max(0, min(_POLL_MAX_MS, -((self.now_ns() - due) // 1_000_000)))
-            ready = dict(poller.poll(timeout))
+            if poller.sockets:
+                ready = dict(poller.poll(timeout))
+            else:  # pyzmq's poll returns at once with nothing registered: a node without inputs would spin
+                time.sleep(timeout / 1000)
+                ready = {}
             if self.clock_sub is not None and self.clock_sub.sock in ready:
                 self._update_clock()
             for source in ready:
