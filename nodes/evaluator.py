@@ -22,6 +22,7 @@ from __future__ import annotations
 from bisect import bisect_left
 from collections import Counter, defaultdict, deque
 from logging import Logger
+from pathlib import Path
 from typing import Annotated
 
 import numpy as np
@@ -80,6 +81,11 @@ class Evaluator(Node):
         cv_ks: Annotated[tuple[Annotated[int, Meta(ge=1)], ...], Meta(min_length=1)] = (1, 2, 3, 5)
         keep_s: float = 12.0                # truth history kept (>= longest horizon + k*dt + latency)
         plot: str = ""                      # write a PNG of recent paths here at shutdown
+
+        def __post_init__(self) -> None:
+            # Run by msgspec.convert: found before the graph starts, not when the plot is lost at its end.
+            if self.plot and not Path(self.plot).resolve().parent.is_dir():
+                raise ValueError(f"plot: no such directory '{Path(self.plot).resolve().parent}' to write {self.plot!r} in")
 
     params: Params
     inputs = {"predictions": Predictions, "truth": Tracks, "events": StateEvent, "diagnostics": Diagnostics}

@@ -75,11 +75,22 @@ class _Route:
         self.grid = Grid(table, dt_ns, max_gap_steps)
 
 
+class _ModelFiles(NodeParams):
+    """The `models` param. msgspec.convert runs `__post_init__`: a missing model fails the launch file's
+    validation (exit 2, the key named), before any process starts, not the node's setup."""
+
+    models: dict[str, str] = {}  # agent kind (vehicle, pedestrian, cyclist, unknown) -> step model .onnx
+
+    def __post_init__(self) -> None:
+        for kind, path in self.models.items():
+            if not _resolve(path).is_file():
+                raise ValueError(f"models.{kind}: no such model file {_searched(path)}")
+
+
 class Predictor(Node):
     """Tracks in, one Predictions message per model out; see the module docstring."""
 
-    class Params(NodeParams):
-        models: dict[str, str] = {}  # agent kind (vehicle, pedestrian, cyclist, unknown) -> step model .onnx
+    class Params(_ModelFiles):
         capacity: Annotated[int, Meta(ge=1)] = 256        # agents per model: state table slots, preallocated
         min_obs: Annotated[int, Meta(ge=1)] = 2           # samples an agent needs before it is predicted
         ttl_s: Annotated[float, Meta(gt=0)] = 2.0         # evict agents unseen this long; restore only younger state
@@ -234,6 +245,14 @@ def _resolve(path: str) -> Path:
         return p
     packaged = Path(__file__).resolve().parent.parent / p
     return packaged if packaged.exists() else p
+
+
+def _searched(path: str) -> str:
+    """Where `_resolve` looked for `path`, for an error message."""
+    p = Path(path)
+    if p.is_absolute():
+        return f"'{p}'"
+    return f"'{p}' (looked in {Path.cwd()} and {Path(__file__).resolve().parent.parent})"
 
 
 def _valid_rows(ids: np.ndarray, xy: np.ndarray, kinds: np.ndarray

@@ -221,17 +221,20 @@ nodes:
 
 
 def test_a_configuration_error_in_setup_is_not_respawned(tmp_path: Path, launch: Callable[..., Launched]) -> None:
-    path = write(tmp_path, """
+    model = tmp_path / "model.onnx"  # exists, so the launch file is valid; only loading it (setup) fails
+    model.write_bytes(b"not an onnx model")
+    path = write(tmp_path, f"""
 nodes:
-  sim: {run: nodes.sim:TrafficSim}
+  sim: {{run: nodes.sim:TrafficSim}}
   pred:
     run: nodes.predictor:Predictor
-    params: {models: {vehicle: /nonexistent/model.onnx}}
-    inputs: {tracks: sim/tracks}
-    respawn: {max: 5, backoff_s: 0.05}
+    params: {{models: {{vehicle: {model}}}}}
+    inputs: {{tracks: sim/tracks}}
+    respawn: {{max: 5, backoff_s: 0.05}}
     required: true
 """)
     rc, log = launch(path).wait(timeout=60)
     assert rc == 1, log
     assert "pred exited with code 2 (a configuration error: not respawned)" in log
+    assert "not a loadable ONNX model" in log
     assert "respawning pred" not in log and "Traceback" not in log

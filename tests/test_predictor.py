@@ -280,10 +280,9 @@ def test_diagnostics_report_agents_steps_and_latency(models: dict[str, Path]) ->
 
 # -- errors -------------------------------------------------------------------------------------------------
 def test_a_missing_model_file_names_the_param_and_the_path(tmp_path: Path) -> None:
-    g = LocalGraph()
-    g.add("pred", Predictor, {"models": {"vehicle": str(tmp_path / "nope.onnx")}})
-    with pytest.raises(ValueError, match=r"pred: params\.models\.vehicle: .*nope\.onnx: no such model file"):
-        g.start()
+    # Found when the params are checked (LocalGraph.add, or load_graph before any process starts).
+    with pytest.raises(ConfigError, match=r"^pred: params: models\.vehicle: no such model file '.*nope\.onnx'$"):
+        LocalGraph().add("pred", Predictor, {"models": {"vehicle": str(tmp_path / "nope.onnx")}})
 
 
 def test_an_unknown_agent_kind_is_refused(models: dict[str, Path]) -> None:

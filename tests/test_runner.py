@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import re
 import threading
 from pathlib import Path
 
 import msgspec
 import numpy as np
+import pytest
 import zmq
 
-from pipeline.runtime.rundir import Manifest
-from pipeline.runtime.runner import ProcessRuntime
+from pipeline.errors import ConfigError
+from pipeline.runtime.rundir import Manifest, write_manifest
+from pipeline.runtime.runner import ProcessRuntime, main
 from pipeline.wire.codec import encode
 from pipeline.wire.messages import Image, Tracks
 from tests.conftest import wait_for
@@ -73,3 +76,25 @@ def test_bad_messages_are_counted_dropped_and_the_node_keeps_running(run_base: P
         pub.close(0)
         ctx.term()
     assert not thread.is_alive()
+
+
+def test_a_model_file_gone_since_launch_is_a_configuration_error_exit_2(run_base: Path,
+                                                                        caplog: pytest.LogCaptureFixture) -> None:
+    """The node process checks its params again: a model removed after the launch file was validated
+    ends the node with code 2 (not respawned), before any socket is made."""
+    m = manifest(run_base, run_base / "got.jsonl")
+    for out, schema in (("predictions", "Predictions"), ("events", "StateEvent"), ("diagnostics", "Diagnostics")):
+        m["topics"][f"pred/{out}"] = {"schema": f"drivecast/{schema}", "endpoint": f"ipc://{run_base}/{out}.sock",
+                                      "lossless_endpoint": None}
+    m["nodes"]["pred"] = {"run": "nodes.predictor:Predictor", "inputs": {},
+                          "params": {"models": {"vehicle": str(run_base / "gone.onnx")}}}
+    write_manifest(run_base, msgspec.convert(m, Manifest))
+    try:
+        rt = ProcessRuntime(msgspec.convert(m, Manifest), "pred")
+    except ConfigError as exc:
+        assert re.fullmatch(r"pred: params: models\.vehicle: no such model file '.*gone\.onnx'", str(exc)), exc
+    else:
+        rt.close()  # its sockets would hold the interpreter at exit
+        pytest.fail("a missing model file built a runtime")
+    assert main([str(run_base), "pred"]) == 2
+    assert "gone.onnx" in caplog.text

@@ -5,8 +5,8 @@ builds the node, connects its inputs, binds its outputs and runs one loop: poll 
 for a node without any) with a timeout up to the next timer, take each ready input's messages (its
 `Subscriber` applies the queue policy), decode (a bad message is counted, logged once per kind and dropped), call `on_<input>`,
 fire due timers, publish Diagnostics each second. SIGINT/SIGTERM end the loop; `shutdown()` runs;
-the exit code is 0. If the launcher dies, the node notices (its parent changes) and exits, so no
-orphan outlives its graph.
+the exit code is 0, or 2 for a configuration error (bad params, a model file gone since launch).
+If the launcher dies, the node notices (its parent changes) and exits, so no orphan outlives its graph.
 """
 
 from __future__ import annotations
@@ -22,12 +22,11 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-import msgspec
 import numpy as np
 import zmq
 
 from pipeline.errors import ConfigError, DecodeError
-from pipeline.runtime.graph import resolve_class
+from pipeline.runtime.graph import convert, resolve_class
 from pipeline.runtime.node import Node
 from pipeline.runtime.rundir import Manifest, TopicEntry, read_manifest
 from pipeline.runtime.signals import StopSignals
@@ -53,7 +52,7 @@ class ProcessRuntime:
         self.node_name = node_name
         entry = manifest.nodes[node_name]
         cls = resolve_class(entry.run)
-        params = msgspec.convert(entry.params, cls.Params, strict=False)
+        params = convert(entry.params, cls.Params, node_name, "params", strict=False)
         self._own_ctx = ctx is None
         self.ctx = ctx or zmq.Context()
         self._stopping = False
@@ -278,7 +277,11 @@ def main(argv: list[str] | None = None) -> int:
     run_dir, node_name = Path(args[0]), args[1]
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s", stream=sys.stdout)
     manifest = read_manifest(run_dir / "manifest.json")
-    runtime = ProcessRuntime(manifest, node_name)
+    try:
+        runtime = ProcessRuntime(manifest, node_name)
+    except ConfigError as exc:  # params checked again here: a file named by them may be gone since launch
+        logging.getLogger(node_name).error("%s", exc)
+        return 2
 
     signals = StopSignals(lambda signum: runtime.request_stop(runtime.node, signal.Signals(signum).name))
     clean = False
