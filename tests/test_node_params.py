@@ -61,12 +61,6 @@ nodes:
     assert g.nodes["c"].params.cv_ks == (1,)
 
 
-def test_set_overrides_are_held_to_the_declared_ranges(tmp_path: Path) -> None:
-    path = write(tmp_path, f"nodes:\n  sim: {{run: {SIM}}}\n")
-    with pytest.raises(ConfigError, match=r"launch.yaml: nodes.sim.params.rate_hz: expected float > 0.0"):
-        load_graph(path, parse_set(["sim.rate_hz=0"]))
-
-
 def test_an_in_process_graph_checks_params_like_a_launch_file() -> None:
     with pytest.raises(ConfigError, match=r"^sim: params\.rate_hz: expected float > 0\.0"):
         LocalGraph().add("sim", TrafficSim, {"rate_hz": 0})
@@ -83,3 +77,28 @@ def test_a_params_instance_built_in_code_is_checked_like_a_launch_file() -> None
     # msgspec constructors do not validate: Params(rate_hz=0) must not slip past the declared range.
     with pytest.raises(ConfigError, match=r"^s: params.rate_hz: expected float > 0.0, got 0"):
         LocalGraph().add("s", TrafficSim, TrafficSim.Params(rate_hz=0))
+
+
+def test_an_unknown_param_lists_the_known_ones(tmp_path: Path) -> None:
+    path = write(tmp_path, f"nodes:\n  a: {{run: {SIM}, params: {{speed: 3}}}}\n")
+    with pytest.raises(ConfigError) as info:
+        load_graph(path)
+    assert str(info.value) == (f"{path}: nodes.a.params: unknown key 'speed' (expected one of: agents, "
+                               "pedestrian_fraction, rate_hz, seed, road_length_m, detection_noise_m, miss_rate, "
+                               "max_ticks)")
+
+
+def test_a_bad_value_from_set_names_the_set_not_the_file(tmp_path: Path) -> None:
+    path = write(tmp_path, f"nodes:\n  a: {{run: {SIM}}}\n")
+    with pytest.raises(ConfigError, match=r"^--set a\.rate_hz=0: nodes\.a\.params\.rate_hz: expected float > 0\.0"):
+        load_graph(path, parse_set(["a.rate_hz=0"]))
+    with pytest.raises(ConfigError, match=r"^--set a\.speed=3: nodes\.a\.params: unknown key 'speed'"):
+        load_graph(path, parse_set(["a.speed=3"]))
+
+
+@pytest.mark.parametrize("value", [".inf", "-.inf", ".nan"])
+def test_a_non_finite_param_is_refused_at_load(tmp_path: Path, value: str) -> None:
+    # JSON carries params to each node process and cannot hold it: the node would die at start.
+    path = write(tmp_path, f"nodes:\n  a: {{run: {SIM}, params: {{road_length_m: {value}}}}}\n")
+    with pytest.raises(ConfigError, match=rf"^{path}: nodes\.a\.params\.road_length_m: expected a finite number"):
+        load_graph(path)

@@ -30,6 +30,7 @@ import msgspec
 import yaml
 
 from pipeline.errors import ConfigError
+from pipeline.runtime.config import convert
 from pipeline.runtime.node import Node, NodeParams
 from pipeline.wire.messages import Clock, Message
 
@@ -156,40 +157,6 @@ def parse_set(items: list[str]) -> dict[str, dict[str, Any]]:
     return out
 
 
-def _where(exc: msgspec.ValidationError) -> tuple[str, str]:
-    """Split msgspec's "Expected `int`, got `str` - at `$.nodes.sim`" into (key path, message)."""
-    text = str(exc)
-    msg, _, at = text.partition(" - at `")
-    key = at.rstrip("`").removeprefix("$").lstrip(".")
-    msg = re.sub(r"`(\w+)`", r"\1", msg) if msg.startswith("Expected") else msg.replace("`", "'")
-    msg = msg.replace("Object contains unknown field", "unknown key")
-    msg = msg.replace("Object missing required field", "missing required key")
-    return key, msg[:1].lower() + msg[1:]
-
-
-def _value_at(value: Any, path: str) -> tuple[bool, Any]:
-    """The value at a msgspec key path such as `cv_ks[1]` or `models.vehicle`, if there is one."""
-    for part in re.findall(r"[^.\[\]]+|\[\d+\]", path):
-        try:
-            value = value[int(part[1:-1])] if part.startswith("[") else value[part]
-        except (LookupError, TypeError, ValueError):
-            return False, None
-    return True, value
-
-
-def convert(value: Any, typ: type, where: str, key: str, strict: bool = True) -> Any:
-    """msgspec.convert with the error rewritten as `FILE: KEY: message, got VALUE`."""
-    try:
-        return msgspec.convert(value, typ, strict=strict)
-    except msgspec.ValidationError as exc:
-        sub, msg = _where(exc)
-        full = ".".join(k for k in (key, sub) if k).replace(".[", "[")
-        found, got = _value_at(value, sub)
-        if found and msg.startswith("expected") and ", got" not in msg:  # a declared range: say what was given
-            msg += f", got {got!r}"
-        raise ConfigError(f"{where}: {full + ': ' if full else ''}{msg}") from None
-
-
 def resolve_class(run: str) -> type[Node]:
     module_name, colon, attr = run.partition(":")
     if not colon or not module_name or not attr:
@@ -262,7 +229,8 @@ def load_graph(path: str | Path, overrides: dict[str, dict[str, Any]] | None = N
         except ValueError as exc:
             raise ConfigError(f"{where}: {key}.run: {exc}") from None
         raw_params = {**entry.params, **overrides.get(name, {})}
-        params = convert(raw_params, cls.Params, where, f"{key}.params", strict=False)
+        given = {k: f"--set {name}.{k}={v}" for k, v in overrides.get(name, {}).items()}  # errors name them
+        params = convert(raw_params, cls.Params, where, f"{key}.params", strict=False, origin=given)
         inputs: dict[str, InputSpec] = {}
         for inp, value in entry.inputs.items():
             if inp not in cls.inputs:

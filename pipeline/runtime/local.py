@@ -25,7 +25,8 @@ from typing import Any
 
 import msgspec
 
-from pipeline.runtime.graph import Graph, convert
+from pipeline.runtime.config import convert
+from pipeline.runtime.graph import Graph
 from pipeline.runtime.node import Node, NodeParams
 from pipeline.runtime.stats import NodeStats
 from pipeline.runtime.timers import Timers

@@ -26,7 +26,8 @@ import numpy as np
 import zmq
 
 from pipeline.errors import ConfigError, DecodeError
-from pipeline.runtime.graph import convert, resolve_class
+from pipeline.runtime.config import convert
+from pipeline.runtime.graph import resolve_class
 from pipeline.runtime.node import Node
 from pipeline.runtime.rundir import Manifest, TopicEntry, read_manifest
 from pipeline.runtime.signals import StopSignals

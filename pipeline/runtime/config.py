@@ -1,0 +1,96 @@
+"""Typed values from untrusted launch-file YAML, with errors a user can act on.
+
+`convert` is msgspec's conversion (types, unknown keys, declared ranges, a Params `__post_init__`)
+with each failure rewritten as one line that names the file (or the `--set` that gave the value),
+the key path, what was expected and the value found, e.g.
+`launch.yaml: nodes.sim.params.rate_hz: expected float > 0.0, got 0`. Non-finite numbers are
+refused first: JSON, which carries params to each node process, cannot hold them.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any
+
+import msgspec
+import msgspec.inspect
+
+from pipeline.errors import ConfigError
+
+__all__ = ["convert"]
+
+
+def convert(value: Any, typ: type, where: str, key: str, strict: bool = True,
+            origin: dict[str, str] | None = None) -> Any:
+    """`value` as `typ`, or ConfigError `WHERE: KEY: message`. `origin` names where a top-level
+    key of `value` came from when that is not `where` (key -> e.g. "--set sim.speed=3")."""
+    _check_finite(value, where, key)
+    try:
+        return msgspec.convert(value, typ, strict=strict)
+    except msgspec.ValidationError as exc:
+        sub, msg = _where(exc)
+        full = ".".join(k for k in (key, sub) if k).replace(".[", "[")
+        found, got = _value_at(value, sub)
+        if found and msg.startswith("expected") and ", got" not in msg:  # a declared range: say what was given
+            msg += f", got {got!r}"
+        unknown = re.match(r"unknown key '(.+)'$", msg)
+        if unknown:
+            allowed = _fields_at(typ, sub)
+            if allowed:
+                msg += f" (expected one of: {', '.join(allowed)})"
+        top = unknown.group(1) if unknown and not sub else re.split(r"[.\[]", sub)[0]
+        if origin and top in origin:
+            where = origin[top]
+        raise ConfigError(f"{where}: {full + ': ' if full else ''}{msg}") from None
+
+
+def _check_finite(value: Any, where: str, key: str) -> None:
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{where}: {key}: expected a finite number, got {value!r}")
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _check_finite(v, where, f"{key}.{k}" if key else str(k))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            _check_finite(v, where, f"{key}[{i}]")
+
+
+def _where(exc: msgspec.ValidationError) -> tuple[str, str]:
+    """Split msgspec's "Expected `int`, got `str` - at `$.nodes.sim`" into (key path, message)."""
+    text = str(exc)
+    msg, _, at = text.partition(" - at `")
+    key = at.rstrip("`").removeprefix("$").lstrip(".")
+    msg = re.sub(r"`(\w+)`", r"\1", msg) if msg.startswith("Expected") else msg.replace("`", "'")
+    msg = msg.replace("Object contains unknown field", "unknown key")
+    msg = msg.replace("Object missing required field", "missing required key")
+    return key, msg[:1].lower() + msg[1:]
+
+
+def _parts(path: str) -> list[str]:
+    return re.findall(r"[^.\[\]]+|\[\d+\]", path)
+
+
+def _value_at(value: Any, path: str) -> tuple[bool, Any]:
+    """The value at a msgspec key path such as `cv_ks[1]` or `models.vehicle`, if there is one."""
+    for part in _parts(path):
+        try:
+            value = value[int(part[1:-1])] if part.startswith("[") else value[part]
+        except (LookupError, TypeError, ValueError):
+            return False, None
+    return True, value
+
+
+def _fields_at(typ: type, path: str) -> list[str]:
+    """The keys a Struct at `path` inside `typ` accepts ([] where that is not a Struct)."""
+    info: Any = msgspec.inspect.type_info(typ)
+    for part in _parts(path):
+        if isinstance(info, msgspec.inspect.StructType):
+            info = next((f.type for f in info.fields if f.encode_name == part), None)
+        elif isinstance(info, msgspec.inspect.DictType):
+            info = info.value_type
+        elif isinstance(info, (msgspec.inspect.ListType, msgspec.inspect.VarTupleType)):
+            info = info.item_type
+        else:
+            return []
+    return [f.encode_name for f in info.fields] if isinstance(info, msgspec.inspect.StructType) else []
