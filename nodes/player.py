@@ -33,6 +33,10 @@ The mapping is `pipeline.recordings.lockstep.player_options`, the same as a lock
 from __future__ import annotations
 
 import time
+from pathlib import Path
+from typing import Annotated
+
+from msgspec import Meta
 
 from pipeline.errors import ConfigError
 from pipeline.recordings.lockstep import player_options
@@ -50,15 +54,19 @@ class Player(Node):
 
     class Params(NodeParams):
         file: str
-        rate: float = 1.0
+        rate: Annotated[float, Meta(gt=0)] = 1.0
         loop: bool = False
-        start_offset: float = 0.0
+        start_offset: Annotated[float, Meta(ge=0)] = 0.0
         topics: list[str] | None = None
         remap: dict[str, str] = {}
-        clock_hz: float = 0.0
+        clock_hz: Annotated[float, Meta(ge=0)] = 0.0
         types: str = ""
-        tick_s: float = 0.001
+        tick_s: Annotated[float, Meta(gt=0)] = 0.001
         delay_s: float = -1.0     # wait before the first message; -1: 0.3 s with a clock, else 0
+
+        def __post_init__(self) -> None:  # a missing recording is a launch-file error, not a failed node
+            if not Path(self.file).exists():
+                raise ValueError(f"file: no such recording {self.file!r}")
 
     params: Params
 

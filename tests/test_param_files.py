@@ -77,3 +77,13 @@ def test_an_evaluator_plot_in_a_missing_directory_is_refused_before_the_run(tmp_
         load_graph(write(tmp_path, f"{{vehicle: {model}}}", evaluator))
     (tmp_path / "no").mkdir()
     assert load_graph(write(tmp_path, f"{{vehicle: {model}}}", evaluator)).nodes["eval"].params.plot
+
+
+def test_a_player_with_no_recording_is_refused_at_load(tmp_path: Path) -> None:
+    launch = tmp_path / "launch.yaml"
+    launch.write_text(f"nodes:\n  player: {{run: nodes.player:Player, params: {{file: {tmp_path / 'nope.mcap'}}}}}\n")
+    with pytest.raises(ConfigError, match=rf"^{launch}: nodes\.player\.params: file: no such recording '.*nope\.mcap'$"):
+        load_graph(launch)
+    launch.write_text(f"nodes:\n  player: {{run: nodes.player:Player, params: {{file: {launch}, rate: 0}}}}\n")
+    with pytest.raises(ConfigError, match=r"nodes\.player\.params\.rate: expected float > 0\.0, got 0"):
+        load_graph(launch)
