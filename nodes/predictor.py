@@ -47,7 +47,7 @@ from pipeline.errors import ConfigError
 from pipeline.runtime.node import Node, NodeParams
 from pipeline.wire.messages import AgentKind, Predictions, StateEvent, Tracks
 
-__all__ = ["STATE_FILE", "Predictor"]
+__all__ = ["Predictor"]
 
 _KIND_CODE = {name: code for code, name in AgentKind.NAMES.items()}
 
@@ -163,7 +163,8 @@ class Predictor(Node):
         ids, xy, kinds = ids[by_route], xy[by_route].astype(np.float64), kinds[by_route]
         edges = np.searchsorted(route_of[by_route], self.route_edges).tolist()
         for i, r in enumerate(self.routes):
-            self.counts["evictions"] += r.grid.evict(s, p.ttl_s * 1e9)
+            if evicted := r.grid.evict(s, p.ttl_s * 1e9):  # a counter appears once something happened
+                self.counts["evictions"] += evicted
             rows = slice(edges[i], edges[i + 1])
             out = None
             for sample in r.grid.samples(s, ids[rows], xy[rows], kinds[rows], int(p.lag_s * 1e9), self.bridging,

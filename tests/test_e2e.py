@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from nodes.predictor import STATE_FILE
+from nodes.state_file import STATE_FILE
 from pipeline.wire.messages import Predictions
 from tests.conftest import Launched, wait_for
 from tests.predictor_nodes import BASE_NS, DATA, eth_tracks, make_models, read_log, scripted_tracks

@@ -10,7 +10,8 @@ import pytest
 
 from export.runtime.features import step_features, to_world
 from export.runtime.step_model import StepModel
-from nodes.predictor import STATE_FILE, Predictor
+from nodes.predictor import Predictor
+from nodes.state_file import STATE_FILE
 from pipeline.errors import ConfigError
 from pipeline.runtime.local import LocalGraph
 from pipeline.wire.messages import AgentKind, Predictions, StateEvent, Tracks
