@@ -170,3 +170,20 @@ nodes:
     params: {params}
     inputs: {{tracks: {{topic: player/tracks, queue: block}}}}
 """
+
+
+@pytest.fixture
+def procs() -> Iterator[list[subprocess.Popen[bytes]]]:
+    """Processes a test starts in their own session (start_new_session=True): each session is killed at
+    the test's end, even on failure, and its pipes are closed."""
+    started: list[subprocess.Popen[bytes]] = []
+    yield started
+    for p in started:
+        if p.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(p.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            p.wait(timeout=5)
+        for f in (p.stdout, p.stderr):
+            if f is not None:
+                f.close()

@@ -12,7 +12,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -55,20 +54,6 @@ def test_view_without_the_bridge_extra_names_it(tmp_path: Path, monkeypatch: pyt
 def test_view_refuses_a_recording_that_cannot_be_read(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert view_main([str(tmp_path / "missing.mcap")]) == 2
     assert "missing.mcap: no such file or directory" in capsys.readouterr().err
-
-
-@pytest.fixture
-def procs() -> Iterator[list[subprocess.Popen[bytes]]]:
-    started: list[subprocess.Popen[bytes]] = []
-    yield started
-    for p in started:
-        if p.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(p.pid, signal.SIGKILL)
-        p.wait(timeout=5)
-        for f in (p.stdout, p.stderr):
-            if f is not None:
-                f.close()
 
 
 def _url_port(p: subprocess.Popen[bytes], timeout: float = 20) -> int:

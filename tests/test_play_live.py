@@ -8,14 +8,12 @@ tests that need a running graph fake it with a manifest whose launcher is this p
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -77,19 +75,6 @@ def ids(path: Path) -> list[int]:
     if not path.exists():
         return []
     return [json.loads(line)[0] for line in path.read_text().splitlines() if line.endswith("]")]
-
-
-@pytest.fixture
-def procs() -> Iterator[list[subprocess.Popen[bytes]]]:
-    """CLI processes of a test, killed (their whole session) at its end, even on failure."""
-    started: list[subprocess.Popen[bytes]] = []
-    yield started
-    for p in started:
-        if p.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(p.pid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            p.wait(timeout=5)
 
 
 def cli(procs: list[subprocess.Popen[bytes]], run_base: Path, *args: str) -> subprocess.Popen[bytes]:
