@@ -7,8 +7,10 @@
   reads the whole file once and adds the count of messages `play` sends per topic.
   Works on drivecast MCAP (also cut files: the figures then come from a linear scan and the
   output says so), ROS 1 `.bag`, ROS 2 bag directories and ROS 2 `.mcap`.
-- `recover FILE -o OUT`: rewrite what is readable of a cut drivecast MCAP into a complete file
-  (summary and indexes included), so that seeking readers and Foxglove open it.
+- `recover FILE -o OUT`: rewrite every intact chunk of a cut or damaged drivecast MCAP into a
+  complete file (summary and indexes included), so that seeking readers and Foxglove open it.
+  Damaged chunks are skipped, not the end of the road: each is reported on a `dropped ...` line
+  with its time range, topics and message count where the summary or the message indexes keep them.
 - `convert FILE -o OUT.mcap`: any supported recording (ROS bags included) into a drivecast MCAP.
 - `export FILE --topic T --csv OUT | --parquet OUT`: a Tracks, Detections or Predictions topic as a
   flat table for pandas or polars (`pipeline.recordings.table_export` gives the columns).
@@ -26,15 +28,15 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from pipeline.errors import DrivecastError
-from pipeline.recordings.base import Recording, RecordingInfo
+from pipeline.recordings.base import Recording, RecordingError, RecordingInfo
 from pipeline.recordings.reader import open_recording
 
-__all__ = ["SUBCOMMANDS", "convert", "format_info", "main", "played_counts"]
+__all__ = ["SUBCOMMANDS", "convert", "format_info", "main", "played_counts", "recover"]
 
 #: every subcommand with its one-line help (`drivecast --help` lists the names)
 SUBCOMMANDS = {
     "info": "topics, types, counts, rates, duration, start and end",
-    "recover": "rewrite a cut drivecast MCAP into a complete file",
+    "recover": "rewrite the intact chunks of a cut or damaged drivecast MCAP into a complete file",
     "convert": "convert any supported recording into a drivecast MCAP",
     "export": "write a Tracks, Detections or Predictions topic as a CSV or Parquet table",
 }
@@ -90,6 +92,25 @@ def convert(src: str | Path, out: str | Path, types_dir: str | Path | None = Non
     return n
 
 
+def recover(src: str | Path, out: str | Path) -> tuple[int, list[str]]:
+    """Copy every intact message of the drivecast MCAP `src` into `out`, skipping damaged chunks;
+    returns the count kept and one line per stretch dropped (what, when, on which topics, why)."""
+    from pipeline.recordings.mcap_reader import DrivecastMcap
+    from pipeline.recordings.salvage import Salvage
+    from pipeline.recordings.writer import Recorder
+
+    with open_recording(src) as rec:
+        if not isinstance(rec, DrivecastMcap):
+            raise RecordingError(f"{src}: recover rewrites drivecast MCAP files, this is {rec.info().format}")
+        salvage = Salvage(rec.path, rec.summary)
+    n = 0
+    with Recorder(out, flush_s=0) as w:
+        for item in salvage.items():
+            w.write(item.topic, item.frames, item.log_ns)
+            n += 1
+    return n, [d.describe() for d in salvage.dropped]
+
+
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="drivecast bag",
                                  description="Inspect, recover, convert and export recordings.")
@@ -142,14 +163,11 @@ def main(argv: list[str]) -> int:
             print("ERROR: -o must differ from the input file", file=sys.stderr)
             return 2
         if args.cmd == "recover":
-            with open_recording(args.file) as rec:
-                info = rec.info()
-                if info.format != "drivecast-mcap":
-                    print(f"ERROR: {args.file}: recover rewrites drivecast MCAP files, this is {info.format}",
-                          file=sys.stderr)
-                    return 1
-            n = convert(args.file, args.output)
-            print(f"recovered {n} messages into {args.output}" + (f" ({info.note})" if info.note else ""))
+            n, dropped = recover(args.file, args.output)
+            print(f"recovered {n} messages into {args.output}" + (f"; {len(dropped)} damaged stretches skipped:"
+                                                                   if dropped else ""))
+            for line in dropped:
+                print(f"  {line}")
             return 0
         n = convert(args.file, args.output, args.types, args.topics, not args.no_foxglove)
         print(f"converted {n} messages into {args.output}")

@@ -13,6 +13,8 @@ reading back the Foxglove form that images and point clouds are stored in.
   (`foxglove.stored` writes, `unpack_stored` reads). Those that do not fit go to a drivecast
   channel of the same topic, so a topic can have both.
 - log_time = receive time at the recorder; publish_time = the publish time in the wire header.
+- Records are found in damaged bytes by their opcode and length (`record_fits`, `chunk_header_fits`,
+  `trailing_message_indexes`), for `drivecast bag recover`.
 - Foxglove mirror channels `/foxglove/<topic>` (`pipeline.recordings.foxglove`) are for viewers;
   replay skips them.
 """

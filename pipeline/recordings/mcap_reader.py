@@ -21,10 +21,10 @@ from pipeline.recordings.base import Item, Recording, RecordingError, RecordingI
 from pipeline.recordings.foxglove import STORED
 from pipeline.recordings.mcap_format import DRIVECAST_SCHEMA_KEY, MESSAGE_ENCODING, unpack_frames, unpack_stored
 
-__all__ = ["DrivecastMcap"]
+__all__ = ["DrivecastMcap", "plays_as", "to_item"]
 
 
-def _plays_as(ch: Channel, schema: Schema | None) -> str | None:
+def plays_as(ch: Channel, schema: Schema | None) -> str | None:
     """The drivecast schema a channel's messages replay as, or None for a channel replay skips
     (a Foxglove mirror)."""
     if ch.message_encoding == MESSAGE_ENCODING:
@@ -33,7 +33,8 @@ def _plays_as(ch: Channel, schema: Schema | None) -> str | None:
     return stored_as if ch.message_encoding == "cdr" and stored_as in STORED else None
 
 
-def _item(path: Path, ch: Channel, msg: Message) -> Item:
+def to_item(path: Path, ch: Channel, msg: Message) -> Item:
+    """The recorded message as an `Item` of drivecast wire frames; RecordingError names a bad one."""
     where = f"{path}: {ch.topic} @ {msg.log_time}"
     frames = unpack_frames(msg.data, where) if ch.message_encoding == MESSAGE_ENCODING else \
         unpack_stored(msg.data, ch.metadata[DRIVECAST_SCHEMA_KEY], where)
@@ -67,6 +68,11 @@ class DrivecastMcap(Recording):
     def close(self) -> None:
         self._f.close()
 
+    @property
+    def summary(self) -> Summary | None:
+        """The file's summary section (None for a file cut before it was written)."""
+        return self._summary
+
     def _channels(self) -> dict[int, Channel]:
         assert self._summary is not None
         return self._summary.channels
@@ -80,7 +86,7 @@ class DrivecastMcap(Recording):
                 ch.schema_id == 0 or ch.schema_id in self._summary.schemas for ch in self._channels().values()):
             st = self._summary.statistics
             for cid, ch in sorted(self._channels().items()):
-                kind = _plays_as(ch, self._summary.schemas.get(ch.schema_id))
+                kind = plays_as(ch, self._summary.schemas.get(ch.schema_id))
                 if kind is not None:
                     counts[ch.topic] = counts.get(ch.topic, 0) + st.channel_message_counts.get(cid, 0)
                     types[ch.topic] = kind
@@ -94,7 +100,7 @@ class DrivecastMcap(Recording):
         start, end, n = None, None, 0
         scan = _Scan(self._f)
         for ch, schema, msg in scan.messages():
-            kind = _plays_as(ch, schema)
+            kind = plays_as(ch, schema)
             if kind is None:
                 continue
             counts[ch.topic] = counts.get(ch.topic, 0) + 1
@@ -111,7 +117,7 @@ class DrivecastMcap(Recording):
         wanted = None if topics is None else set(topics)
         if self._reader is not None:
             want = [ch.topic for ch in self._channels().values()
-                    if _plays_as(ch, None) is not None and (wanted is None or ch.topic in wanted)]
+                    if plays_as(ch, None) is not None and (wanted is None or ch.topic in wanted)]
             if not want:
                 return
             it = iter(self._reader.iter_messages(topics=want, starting_at=start_ns, log_time_order=True))
@@ -125,15 +131,15 @@ class DrivecastMcap(Recording):
                     raise RecordingError(f"{self.path}: corrupt data after {n} messages: {type(exc).__name__}: "
                                          f"{str(exc)[:120]}; `drivecast bag recover` keeps what is readable") from None
                 n += 1
-                yield _item(self.path, ch, msg)
+                yield to_item(self.path, ch, msg)
         # Linear scan: chunks are written in log-time order by one recorder, so file order is
         # log-time order within a small window; sort each chunk's messages to be safe.
         for ch, _, msg in _Scan(self._f).messages():
-            if _plays_as(ch, None) is None or (wanted is not None and ch.topic not in wanted):
+            if plays_as(ch, None) is None or (wanted is not None and ch.topic not in wanted):
                 continue
             if start_ns is not None and msg.log_time < start_ns:
                 continue
-            yield _item(self.path, ch, msg)
+            yield to_item(self.path, ch, msg)
 
 
 class _Scan:
