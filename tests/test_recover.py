@@ -13,6 +13,8 @@ from mcap.records import Message
 from mcap.stream_reader import StreamReader, breakup_chunk
 
 from pipeline.cli.bag import main as bag_main
+from pipeline.recordings.base import RecordingError
+from pipeline.recordings.mcap_format import MAGIC
 from pipeline.recordings.reader import open_recording
 from tests.test_recording_faults import TOPIC, make_drive
 
@@ -92,3 +94,12 @@ def test_recover_without_a_summary_keeps_every_intact_chunk_after_a_damaged_one(
     assert "dropped an unknown number of messages logged from " in out, out
     assert f"damaged record at byte {last_offset} (RecordingError: opcode 0x6, length {last_length - 9}, " \
            f"{last_length // 2 - 9} bytes left); no intact chunk after it" in out, out
+
+
+@pytest.mark.parametrize("head", [MAGIC[:5], MAGIC[:1], b"#ROSBAG V"])
+def test_a_file_holding_only_the_start_of_a_magic_is_a_truncated_recording(head: bytes, tmp_path: Path) -> None:
+    path = tmp_path / "x.mcap"
+    path.write_bytes(head)
+    magic = "MCAP magic alone is 8" if head.startswith(MAGIC[:1]) else "ROS 1 bag magic alone is 13"
+    with pytest.raises(RecordingError, match=rf"x.mcap: truncated recording: {len(head)} bytes, the {magic}$"):
+        open_recording(path)

@@ -28,6 +28,8 @@ from pipeline.recordings.mcap_reader import DrivecastMcap
 
 __all__ = ["open_recording", "prefetch"]
 
+_ROS1_MAGIC = b"#ROSBAG V2.0\n"
+
 
 def _mcap_profile(path: Path) -> str | None:
     """The MCAP header profile, or None if `path` is not an MCAP file."""
@@ -61,7 +63,12 @@ def open_recording(path: str | Path, types_dir: str | Path | None = None) -> Rec
                                      "the file is corrupt")
             if profile == PROFILE:
                 return DrivecastMcap(p)
-        elif not head.startswith(b"#ROSBAG V2.0") and p.suffix not in (".db3",):
+        elif head and len(head) < len(MAGIC) and MAGIC.startswith(head):
+            raise RecordingError(f"{p}: truncated recording: {len(head)} bytes, the MCAP magic alone is {len(MAGIC)}")
+        elif head and len(head) < len(_ROS1_MAGIC) and _ROS1_MAGIC.startswith(head):
+            raise RecordingError(f"{p}: truncated recording: {len(head)} bytes, the ROS 1 bag magic alone is "
+                                 f"{len(_ROS1_MAGIC)}")
+        elif not head.startswith(_ROS1_MAGIC[:12]) and p.suffix not in (".db3",):
             raise RecordingError(f"{p}: not a recording: expected an MCAP file, a ROS 1 bag (#ROSBAG V2.0) "
                                  f"or a ROS 2 bag directory; the file starts with {head[:13]!r}")
     elif p.is_dir() and not (p / "metadata.yaml").exists():
