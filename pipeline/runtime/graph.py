@@ -4,7 +4,8 @@ Every problem is reported as one `ConfigError` naming the file and the key, e.g.
 `launch.yaml: nodes.predictor.params.ttl_s: expected float, got str`. Checked: YAML syntax, unknown
 or mistyped keys, node classes that cannot be imported, params (unknown key, wrong type), inputs
 that name no declared input, topics no node publishes, schema mismatches between an output and an
-input, and cycles in which every edge is lossless (`block`), which could deadlock.
+input, and cycles in which every edge is lossless (`block`), which could deadlock. Limits (MAX_*) bound
+what a file can cost before its content is used; the size walk stops at the limit (YAML alias bombs).
 
 Topics are node outputs, named `node/output`. Each node also has the output `diagnostics`.
 
@@ -39,6 +40,10 @@ __all__ = ["EXTERNAL_CLOCK", "Graph", "InputSpec", "NodeSpec", "load_graph", "pa
 Policy = Literal["latest", "drop_oldest", "block"]
 EXTERNAL_CLOCK = "clock"  # the clock of a graph with external topics and no `clock:` of its own
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]*$")
+MAX_FILE_BYTES = 1 << 20  # a launch file of 256 nodes with modest params is well under 100 kB
+MAX_NODES = 256  # one process each
+MAX_PARAMS_BYTES = 64 << 10  # per node: strings' bytes plus 8 per item (an estimate of its size)
+MAX_EXPANDED_BYTES = 8 * MAX_FILE_BYTES  # the whole file, estimated as params are, aliases expanded
 
 
 class _Input(msgspec.Struct, forbid_unknown_fields=True):
@@ -179,9 +184,15 @@ def load_graph(path: str | Path, overrides: dict[str, dict[str, Any]] | None = N
     path = Path(path)
     where = str(path)
     try:
-        text = path.read_text()
+        with path.open("rb") as fh:  # bounded read: the size a stat reports does not bind a pipe or /dev/zero
+            data = fh.read(MAX_FILE_BYTES + 1)
+        text = data.decode()
     except OSError as exc:
         raise ConfigError(f"{where}: cannot read launch file: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{where}: not UTF-8 text (byte {exc.start})") from None
+    if len(data) > MAX_FILE_BYTES:
+        raise ConfigError(f"{where}: launch file larger than the limit of {MAX_FILE_BYTES} bytes (1 MiB)")
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -191,9 +202,15 @@ def load_graph(path: str | Path, overrides: dict[str, dict[str, Any]] | None = N
         raise ConfigError(f"{where}: {pos}invalid YAML: {problem}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: expected a mapping with a 'nodes' key, got {type(raw).__name__}")
+    for name, entry in (raw["nodes"] if isinstance(raw.get("nodes"), dict) else {}).items():
+        if isinstance(entry, dict) and _larger_than(entry.get("params"), MAX_PARAMS_BYTES):
+            raise ConfigError(f"{where}: nodes.{name}.params: larger than the limit of {MAX_PARAMS_BYTES} bytes per node")
+    if _larger_than(raw, MAX_EXPANDED_BYTES):
+        raise ConfigError(f"{where}: larger than the limit of {MAX_EXPANDED_BYTES} bytes with its aliases expanded")
     spec = convert(raw, _LaunchFile, where, "")
-    if not spec.nodes:
-        raise ConfigError(f"{where}: nodes: expected at least one node")
+    if not 1 <= len(spec.nodes) <= MAX_NODES:
+        raise ConfigError(f"{where}: nodes: " + (f"{len(spec.nodes)} nodes, more than the limit of {MAX_NODES}"
+                                                  if spec.nodes else "expected at least one node"))
     if not _NAME.match(spec.name):  # it names the run directory: no '/' or '..'
         raise ConfigError(f"{where}: name: letters, digits, '_' and '-' only, got {spec.name!r}")
 
@@ -336,6 +353,21 @@ def load_graph(path: str | Path, overrides: dict[str, dict[str, Any]] | None = N
     return Graph(spec.name, where, nodes, topics, clock, transport, spec.transport.host,
                  spec.transport.base_port, subscribers, machines, keys_dir, topic_options, external,
                  tuple(without))
+
+
+def _larger_than(value: Any, limit: int) -> bool:
+    """Whether `value` holds more than `limit` bytes of strings plus 8 per item; an alias shared a
+    million times counts a million times, and the walk stops at the limit."""
+    stack, left = [value], limit
+    while stack and left >= 0:
+        v = stack.pop()
+        left -= 8 + (len(v) if isinstance(v, (str, bytes)) else 0)
+        if isinstance(v, dict):
+            stack.extend(v.keys())
+            stack.extend(v.values())
+        elif isinstance(v, (list, tuple, set)):
+            stack.extend(v)
+    return left < 0
 
 
 def _loopback(host: str) -> bool:

@@ -13,7 +13,9 @@
 - A graph that ends (duration, required node finished) drains: nodes with lossless (`block`) inputs
   finish their queues and stop on their publishers' end of stream, so nothing is lost at the end.
 - Ctrl-C / SIGTERM / `--duration`: SIGINT to every node, SIGTERM to those left after 2 s, SIGKILL
-  after 3.5 s; everything is gone within 5 s.
+  after 3.5 s; everything is gone within 5 s. That holds during start-up too: a stop while the file
+  loads exits at once (nothing runs yet), one while nodes start ends the start-up before the next node
+  and stops those already started.
 
 Exit codes: 0 the graph ran to its end (duration, or its required node / all nodes finished
 cleanly); 1 a node failed for good (a required node failed, or respawns ran out); 2 the launch file
@@ -165,16 +167,21 @@ class Supervisor:
         t.start()
         self._readers.append(t)
 
-    def run(self, duration_s: float | None = None) -> int:
-        """Run until the duration passes, a signal arrives or the graph ends; return the exit code."""
-        self._signals = signals = StopSignals()
+    def run(self, duration_s: float | None = None, signals: StopSignals | None = None) -> int:
+        """Run until the duration passes, a signal arrives or the graph ends; return the exit code.
+        `signals`: the caller's, installed before the graph loaded (then the caller restores them)."""
+        own = signals is None
+        self._signals = signals = signals or StopSignals()
         rc = 0
         try:
             self.say(f"graph {self.graph.name!r}: {len(self.children)} nodes, run directory {self.run_dir}")
             if self.graph.external:
                 self.say(f"waiting for {', '.join(sorted(self.graph.external))} from outside: "
                          f"feed them with `drivecast play FILE` (--remap FROM:=TO)")
-            for child in self.children.values():
+            for started, child in enumerate(self.children.values()):
+                if signals():  # a stop during start-up starts no further node
+                    self.say(f"start-up interrupted after {started} of {len(self.children)} nodes")
+                    break
                 self._spawn(child)
             end = None if duration_s is None else time.monotonic() + duration_s
             while True:
@@ -195,7 +202,8 @@ class Supervisor:
                 time.sleep(0.05)  # supervision tick, not synchronisation
         finally:
             self.stop()
-            signals.restore()
+            if own:
+                signals.restore()
         if rc == 0 and any(c.failed for c in self.children.values()):
             rc = 1
         self.say(f"exit code {rc}")
@@ -296,15 +304,27 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--without", action="append", default=[], metavar="NODE",
                     help="leave this node out; the topics it published are fed by `drivecast play` (repeatable)")
     args = ap.parse_args(argv)
+    loading = True
+
+    def before_start(signum: int) -> None:
+        if loading:  # nothing runs yet, and importing the nodes' modules may take seconds: leave now
+            print(f"[launch] {signal.Signals(signum).name} while loading {args.file}: exit", flush=True)
+            raise SystemExit(128 + signum)
+
+    signals = StopSignals(on_stop=before_start)
     try:
-        if args.duration is not None and args.duration <= 0:
-            raise ConfigError(f"--duration: expected a positive number of seconds, got {args.duration:g}")
-        graph = load_graph(args.file, parse_set(args.sets), without=args.without)
-        if args.machine is not None and args.machine not in graph.machines:
-            raise ConfigError(f"--machine {args.machine!r}: {args.file} has machines "
-                              f"{', '.join(graph.machines) or '(none)'}")
-        run_dir = make_run_dir(f"{graph.name}.{args.machine}" if args.machine else graph.name)
-    except ConfigError as exc:
-        print(f"ERROR: {exc}", file=sys.stderr)
-        return 2
-    return Supervisor(graph, run_dir, machine=args.machine).run(args.duration)
+        try:
+            if args.duration is not None and args.duration <= 0:
+                raise ConfigError(f"--duration: expected a positive number of seconds, got {args.duration:g}")
+            graph = load_graph(args.file, parse_set(args.sets), without=args.without)
+            if args.machine is not None and args.machine not in graph.machines:
+                raise ConfigError(f"--machine {args.machine!r}: {args.file} has machines "
+                                  f"{', '.join(graph.machines) or '(none)'}")
+            loading = False  # from here a stop is a flag: Supervisor.run stops before starting any node
+            run_dir = make_run_dir(f"{graph.name}.{args.machine}" if args.machine else graph.name)
+        except ConfigError as exc:
+            print(f"ERROR: {exc}", file=sys.stderr)
+            return 2
+        return Supervisor(graph, run_dir, machine=args.machine).run(args.duration, signals)
+    finally:
+        signals.restore()
