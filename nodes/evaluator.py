@@ -12,6 +12,12 @@ v = (p(t0) - p(t0 - k*dt)) / (k*dt), for each k in `cv_ks` (an agent seen for le
 longest of `cv_ks` it has been seen for); the best k per kind is reported, which flatters the baseline
 rather than the model (models/baselines.py picks k on validation data instead).
 
+Rows are checked at the edge (`nodes.plausible`): a truth or predicted row with a position (or a truth
+velocity) that is NaN, inf or beyond the bounds is dropped and counted (`drops.truth_rows`,
+`drops.prediction_rows`), and so is a truth message stamped more than `max_future_s` ahead of the node
+clock (`drops.future_truth`, it would make every later truth look late). One row cannot turn a
+running mean into nan or 1e36 m.
+
 Output: a summary line every `report_s` (accuracy, prediction latency = receive time - Tracks stamp,
 and the predictor's own step latency when its diagnostics are wired in), a table at shutdown, and with
 `plot: FILE.png` a picture of recent predicted, constant-velocity and true paths (needs matplotlib).
@@ -29,7 +35,8 @@ import numpy as np
 from msgspec import Meta
 
 from export.runtime.features import constant_velocity
-from pipeline.runtime.node import Node, NodeParams
+from nodes.plausible import Plausible, plausible_rows
+from pipeline.runtime.node import Node
 from pipeline.wire.messages import AgentKind, Diagnostics, Predictions, StateEvent, Tracks
 
 __all__ = ["Evaluator"]
@@ -38,11 +45,12 @@ __all__ = ["Evaluator"]
 class _Frame:
     """One truth message, ids sorted for vectorised lookups."""
 
-    def __init__(self, msg: Tracks) -> None:
-        order = np.argsort(msg.ids, kind="stable")
+    def __init__(self, msg: Tracks, ok: np.ndarray) -> None:
+        """`ok`: the rows to keep."""
+        order = np.argsort(msg.ids[ok], kind="stable")
         self.stamp = msg.stamp_ns
-        self.ids = msg.ids[order]
-        self.xy = msg.xy[order].astype(np.float64)
+        self.ids = msg.ids[ok][order]
+        self.xy = msg.xy[ok][order].astype(np.float64)
 
     def lookup(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         pos = np.minimum(np.searchsorted(self.ids, ids), max(len(self.ids) - 1, 0))
@@ -55,11 +63,17 @@ class _Score:
 
     def __init__(self, n_k: int) -> None:
         self.n = 0
+        self.nonfinite = 0                # rows left out: their errors were nan or inf
         self.model = np.zeros(2)          # sum of ADE, FDE
         self.cv = np.zeros((n_k, 2))      # per k
 
     def add(self, model: np.ndarray, cv: np.ndarray) -> None:
-        """model: [R,T] errors; cv: [K,R,T]."""
+        """model: [R,T] errors; cv: [K,R,T]. Within the node's bounds errors are finite; a row whose are not
+        is left out all the same: one row must not turn the sums into nan for the rest of the run."""
+        finite = np.isfinite(model).all(1) & np.isfinite(cv).all((0, 2))
+        if not finite.all():
+            self.nonfinite += int(len(finite) - finite.sum())
+            model, cv = model[finite], cv[:, finite]
         self.n += model.shape[0]
         self.model += (model.mean(1).sum(), model[:, -1].sum())
         self.cv += np.stack([cv.mean(2).sum(1), cv[:, :, -1].sum(1)], 1)
@@ -75,12 +89,13 @@ class _Score:
 class Evaluator(Node):
     """Predictions + truth Tracks in; ADE/FDE beside constant velocity out (log lines, final table)."""
 
-    class Params(NodeParams):
+    class Params(Plausible):
         report_s: float = 5.0               # period of the summary line (0: only the final table)
         # constant-velocity windows, in model periods
         cv_ks: Annotated[tuple[Annotated[int, Meta(ge=1)], ...], Meta(min_length=1)] = (1, 2, 3, 5)
         keep_s: float = 12.0                # truth history kept (>= longest horizon + k*dt + latency)
         plot: str = ""                      # write a PNG of recent paths here at shutdown
+        max_future_s: Annotated[float, Meta(ge=0)] = 5.0  # drop truth this far ahead of the node clock (0: off)
 
         def __post_init__(self) -> None:
             # Run by msgspec.convert: found before the graph starts, not when the plot is lost at its end.
@@ -108,7 +123,14 @@ class Evaluator(Node):
     def on_truth(self, msg: Tracks) -> None:
         if self.stamps and msg.stamp_ns <= self.stamps[-1]:
             return  # a duplicate or a late truth message: the history is ordered by stamp
-        self.frames.append(_Frame(msg))
+        p, now = self.params, self.now_ns()
+        if p.max_future_s > 0 and now > 0 and msg.stamp_ns - now > p.max_future_s * 1e9:  # now 0: no clock yet
+            self._drop("future_truth")
+            return
+        ok = plausible_rows(msg.xy, p.max_abs_xy, msg.vxy, p.max_speed)
+        if not ok.all():
+            self._drop("truth_rows", int(len(ok) - ok.sum()))
+        self.frames.append(_Frame(msg, ok))
         self.stamps.append(msg.stamp_ns)
         while self.stamps[0] < msg.stamp_ns - self.params.keep_s * 1e9:
             self.frames.popleft()
@@ -129,13 +151,22 @@ class Evaluator(Node):
             return
         # times a predictor produces: increasing, within int64 with room for the CV window (no overflow)
         if t[0] < 0 or t[-1] > 2**62 or not (np.diff(t) > 0).all():
-            self.dropped["bad_times"] += 1
+            self._drop("bad_times")
             return
         if msg.model not in self.pending and len(self.pending) >= 16:  # a model per agent kind: a handful
-            self.dropped["too_many_models"] += 1
+            self._drop("too_many_models")
             return
+        ok = plausible_rows(msg.xy, self.params.max_abs_xy)
+        if not ok.all():  # a new message, not an edited one: other subscribers may share `msg`
+            self._drop("prediction_rows", int(len(ok) - ok.sum()))
+            msg = Predictions(stamp_ns=msg.stamp_ns, frame_id=msg.frame_id, model=msg.model, ids=msg.ids[ok],
+                              kind=msg.kind[ok], t_ns=t, xy=msg.xy[ok])
         self.pending[msg.model].append(msg)
         self._flush()
+
+    def _drop(self, key: str, n: int = 1) -> None:
+        self.dropped[key] += n
+        self.diagnostics[f"drops.{key}"] = float(self.dropped[key])
 
     def on_events(self, msg: StateEvent) -> None:
         self.events.append(f"{msg.event} {len(msg.ids)} ({msg.reason})")
@@ -145,31 +176,13 @@ class Evaluator(Node):
         self.pred_diag = dict(msg.values)
 
     # -- matching ---------------------------------------------------------------------------------
-    def _truth_at(self, ids: np.ndarray, t_ns: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Truth xy[N,T,2] at the times t_ns, interpolated; ok[N,T] where both neighbours hold the agent."""
-        xy = np.zeros((len(ids), len(t_ns), 2))
-        ok = np.zeros((len(ids), len(t_ns)), bool)
-        for j, t in enumerate(t_ns.tolist()):
-            b = bisect_left(self.stamps, t)
-            if b == len(self.stamps) or (self.stamps[b] != t and b == 0):
-                continue
-            fb = self.frames[b]
-            pb, okb = fb.lookup(ids)
-            if fb.stamp == t:
-                xy[:, j], ok[:, j] = pb, okb
-                continue
-            fa = self.frames[b - 1]
-            pa, oka = fa.lookup(ids)
-            w = (t - fa.stamp) / (fb.stamp - fa.stamp)
-            xy[:, j], ok[:, j] = pa + w * (pb - pa), oka & okb
-        return xy, ok
-
     def _evaluate(self, msg: Predictions) -> None:
         dt = int(msg.t_ns[1] - msg.t_ns[0])
         t0 = int(msg.t_ns[0]) - dt
         ks = self.ks
-        truth, ok = self._truth_at(msg.ids, msg.t_ns)
-        past, past_ok = self._truth_at(msg.ids, t0 - dt * np.array([0, *ks], np.int64))
+        truth, ok = _truth_at(self.frames, self.stamps, msg.ids, msg.t_ns)
+        past, past_ok = _truth_at(self.frames, self.stamps, msg.ids,
+                                   t0 - dt * np.array([0, *ks], np.int64))
         rows = ok.all(1) & past_ok[:, 0]
         if not rows.any():
             return
@@ -220,6 +233,27 @@ class Evaluator(Node):
         print(self.table(), flush=True)
         if self.params.plot and self.paths:
             _plot(self.paths, self.ks[-1], self.params.plot, self.log)
+
+
+def _truth_at(frames: deque[_Frame], stamps: deque[int], ids: np.ndarray, t_ns: np.ndarray
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """Truth xy[N,T,2] at the times t_ns, interpolated; ok[N,T] where both neighbours hold the agent."""
+    xy = np.zeros((len(ids), len(t_ns), 2))
+    ok = np.zeros((len(ids), len(t_ns)), bool)
+    for j, t in enumerate(t_ns.tolist()):
+        b = bisect_left(stamps, t)
+        if b == len(stamps) or (stamps[b] != t and b == 0):
+            continue
+        fb = frames[b]
+        pb, okb = fb.lookup(ids)
+        if fb.stamp == t:
+            xy[:, j], ok[:, j] = pb, okb
+            continue
+        fa = frames[b - 1]
+        pa, oka = fa.lookup(ids)
+        w = (t - fa.stamp) / (fb.stamp - fa.stamp)
+        xy[:, j], ok[:, j] = pa + w * (pb - pa), oka & okb
+    return xy, ok
 
 
 def _plot(paths: deque[tuple[np.ndarray, np.ndarray, np.ndarray]], k: int, file: str, log: Logger) -> None:

@@ -8,8 +8,11 @@ predictions are published (world frame, `t_ns` = t_k + j*dt, stamp = the Tracks 
 with at least `min_obs` samples. Neighbours in the feature vector are the agents of the same model
 sampled at the same tick, as in its training data.
 
-Duplicate, out-of-order and (with `max_age_s`) stale stamps are dropped and counted, and so are rows
-with a non-finite position, a negative id or an id already in the message.
+Duplicate, out-of-order, (with `max_age_s`) stale and future stamps are dropped and counted: a stamp
+more than `max_future_s` ahead of the node clock (wall time, or the replayed clock) is not adopted, or
+the next normal message would look like time jumping back and reset every agent. So are rows with a
+position or velocity outside `nodes.plausible` bounds (NaN and inf included), a negative id or an id
+already in the message.
 
 Crash safety: the tables are saved every `save_every_s` and at shutdown (`nodes.state_file`) and
 restored after a respawn when younger than `ttl_s`; the first message after setup publishes a
@@ -39,12 +42,13 @@ from export.runtime.features import (
 )
 from export.runtime.step_model import ModelError, StepModel
 from nodes import state_file
+from nodes.plausible import Plausible, plausible_rows
 from nodes.resample import Grid, Sample
 from nodes.state_file import STATE_FILE
 from nodes.state_table import AgentTable
 from nodes.timing import Timing
 from pipeline.errors import ConfigError
-from pipeline.runtime.node import Node, NodeParams
+from pipeline.runtime.node import Node
 from pipeline.wire.messages import AgentKind, Predictions, StateEvent, Tracks
 
 __all__ = ["Predictor"]
@@ -75,7 +79,7 @@ class _Route:
         self.grid = Grid(table, dt_ns, max_gap_steps)
 
 
-class _ModelFiles(NodeParams):
+class _ModelFiles(Plausible):
     """The `models` param. msgspec.convert runs `__post_init__`: a missing model fails the launch file's
     validation (exit 2, the key named), before any process starts, not the node's setup."""
 
@@ -97,6 +101,7 @@ class Predictor(Node):
         max_gap_steps: Annotated[float, Meta(ge=1)] = 2.5  # a longer gap (in model periods) resets the agent
         lag_s: Annotated[float, Meta(ge=0)] = 0.03        # the sample grid trails the first stamp by this
         max_age_s: Annotated[float, Meta(ge=0)] = 0.0     # drop Tracks older than this by the node clock (0: off)
+        max_future_s: Annotated[float, Meta(ge=0)] = 5.0  # drop Tracks this far ahead of the node clock (0: off)
         save_every_s: Annotated[float, Meta(ge=0)] = 1.0  # periodic state save (0: only at shutdown)
         threads: Annotated[int, Meta(ge=1)] = 1           # onnxruntime intra-op threads per model
 
@@ -148,13 +153,13 @@ class Predictor(Node):
         if self.last_stamp is not None and s <= self.last_stamp:
             self.counts["drops.duplicate" if s == self.last_stamp else "drops.out_of_order"] += 1
             return
-        if p.max_age_s > 0 and self.now_ns() - s > p.max_age_s * 1e9:
-            self.counts["drops.stale"] += 1
+        if (untimely := _untimely(s, self.now_ns(), p)) is not None:
+            self.counts[untimely] += 1
             return
         if self.bridging and self.last_stamp is not None:
             self.log.info("bridging %.2f s of downtime for the restored agents", (s - self.last_stamp) / 1e9)
         self.last_stamp = s
-        ids, xy, kinds, bad = _valid_rows(msg.ids, msg.xy, msg.kind)
+        ids, xy, kinds, bad = _valid_rows(msg, p)
         if bad:
             self.counts["drops.bad_rows"] += bad
         # one stable sort by route instead of a mask per route: each route's rows are a slice, in message order
@@ -256,13 +261,24 @@ def _searched(path: str) -> str:
     return f"'{p}' (looked in {Path.cwd()} and {Path(__file__).resolve().parent.parent})"
 
 
-def _valid_rows(ids: np.ndarray, xy: np.ndarray, kinds: np.ndarray
-                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
-    """The rows with a finite position and a non-negative id not already in the message (a repeated
-    id keeps its first row), and how many were dropped."""
-    if len(ids) == 0 or (np.isfinite(xy).all() and ids.min() >= 0 and _distinct(ids)):
+def _untimely(stamp: int, now: int, p: Predictor.Params) -> str | None:
+    """The drop counter for a stamp too old (`max_age_s`) or too far ahead (`max_future_s`) of the node
+    clock `now`, else None. A clock of 0 is none yet (a replay's first clock message not in): no check."""
+    if p.max_age_s > 0 and now - stamp > p.max_age_s * 1e9:
+        return "drops.stale"
+    if p.max_future_s > 0 and now > 0 and stamp - now > p.max_future_s * 1e9:
+        return "drops.future"
+    return None
+
+
+def _valid_rows(msg: Tracks, p: Plausible) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """The rows with a plausible position and velocity and a non-negative id not already in the message
+    (a repeated id keeps its first row), and how many were dropped."""
+    ids, xy, kinds = msg.ids, msg.xy, msg.kind
+    ok = plausible_rows(xy, p.max_abs_xy, msg.vxy, p.max_speed)
+    if len(ids) == 0 or (ok.all() and ids.min() >= 0 and _distinct(ids)):
         return ids, xy, kinds, 0
-    ok = np.isfinite(xy).all(1) & (ids >= 0) & _first_occurrence(ids)
+    ok &= (ids >= 0) & _first_occurrence(ids)
     return ids[ok], xy[ok], kinds[ok], int(len(ids) - ok.sum())
 
 

@@ -201,6 +201,7 @@ def test_the_evaluator_scores_what_an_independent_count_over_the_same_prediction
     ev = g.add("eval", Evaluator, {"report_s": 0}, inputs={"predictions": "pred/predictions", "truth": "src/tracks"})
     g.start()
     for m in msgs:
+        g.advance_to(m.stamp_ns)  # the graph's clock follows the stamps, as in a replay
         g.inject("src/tracks", m)
         g.spin()
     assert isinstance(ev, Evaluator)

@@ -11,7 +11,8 @@ __all__ = ["NodeStats"]
 
 class NodeStats:
     """Counters keyed like `in.tracks`, `drops.tracks`, `decode_errors.bad_dtype`, `out.predictions`,
-    plus a window of callback durations for percentiles (bounded memory)."""
+    `gaps.tracks` (messages lost upstream, by seq) and `seq_jumps.tracks` (seq jumps too large to be
+    losses, counted once each), plus a window of callback durations for percentiles (bounded memory)."""
 
     def __init__(self, window: int = 2048) -> None:
         self.counts: Counter[str] = Counter()
