@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import re
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import msgspec
@@ -33,7 +36,10 @@ def manifest(run_dir: Path, out: Path) -> dict:
     }
 
 
-def test_bad_messages_are_counted_dropped_and_the_node_keeps_running(run_base: Path) -> None:
+@contextlib.contextmanager
+def sink(run_base: Path) -> Iterator[tuple[zmq.Socket[bytes], ProcessRuntime, Path]]:
+    """A Collect node (writes each Tracks message's ids to a file) in a ProcessRuntime fed by a PUB
+    socket of the test's, stopped and closed at the end, even on failure."""
     out = run_base / "got.jsonl"
     ctx = zmq.Context()
     pub = ctx.socket(zmq.PUB)
@@ -45,6 +51,20 @@ def test_bad_messages_are_counted_dropped_and_the_node_keeps_running(run_base: P
     thread = threading.Thread(target=rt.run, daemon=True)
     thread.start()
     try:
+        yield pub, rt, out
+        assert thread.is_alive()
+    finally:
+        rt.request_stop(rt.node, "test over")
+        thread.join(timeout=5)
+        rt.node.shutdown()
+        rt.close()
+        pub.close(0)
+        ctx.term()
+    assert not thread.is_alive()
+
+
+def test_bad_messages_are_counted_dropped_and_the_node_keeps_running(run_base: Path) -> None:
+    with sink(run_base) as (pub, rt, out):
         good = [b"src/tracks", *encode(Tracks(ids=[7], xy=np.zeros((1, 2)), vxy=np.zeros((1, 2)), kind=[1]))]
         bad = [
             [b"src/tracks", b"\xc1garbage"],                                 # not msgpack
@@ -67,15 +87,27 @@ def test_bad_messages_are_counted_dropped_and_the_node_keeps_running(run_base: P
         n_good = len(out.read_text().splitlines())
         pub.send_multipart(good)
         wait_for(lambda: len(out.read_text().splitlines()) > n_good, 20, "a good message after the bad ones")
-        assert thread.is_alive()
-    finally:
-        rt.request_stop(rt.node, "test over")
-        thread.join(timeout=5)
-        rt.node.shutdown()
-        rt.close()
-        pub.close(0)
-        ctx.term()
-    assert not thread.is_alive()
+
+
+def test_a_forged_seq_is_one_counted_jump_and_gaps_count_only_real_losses(run_base: Path) -> None:
+    with sink(run_base) as (pub, rt, out):
+        def send(agent: int, seq: int) -> None:
+            msg = Tracks(ids=np.array([agent]), xy=np.zeros((1, 2)), vxy=np.zeros((1, 2)), kind=np.ones(1))
+            msg.seq = seq
+            pub.send_multipart([b"src/tracks", *encode(msg)])
+
+        def got() -> list[int]:
+            return [json.loads(line)[0] for line in out.read_text().splitlines()] if out.exists() else []
+
+        def first() -> bool:
+            send(1, 1)  # resent until the subscription is up (slow joiner); a repeated seq is no gap
+            return 1 in got()
+        wait_for(first, 20, "the first message")
+        for agent, seq in [(2, 2**62), (3, 2), (4, 5)]:  # a forged seq, back to normal, then 2 lost
+            send(agent, seq)
+        wait_for(lambda: 4 in got(), 20, "the messages after the forged seq")
+        assert rt.stats.counts["gaps.tracks"] == 2
+        assert rt.stats.counts["seq_jumps.tracks"] == 1
 
 
 def test_a_model_file_gone_since_launch_is_a_configuration_error_exit_2(run_base: Path,
