@@ -1,8 +1,7 @@
 """Launch files are bounded (size, node count, params per node) and a launcher stopped at any moment
-of its start-up exits with 130/143 within 5 s, leaving no node behind.
-
-This module is also a node: `SlowStart`, whose import in a node process blocks for up to 30 s (a node
-importing onnxruntime or a model), so a graph of them is still starting when the test stops it."""
+of its start-up exits with 130/143 within 5 s, leaving no node behind. The graphs stopped during
+start-up are of `tests.gated_import_node:Gated`, whose import in a node process blocks (up to 30 s,
+until a gate file appears), so they are still starting when the test stops them."""
 
 from __future__ import annotations
 
@@ -19,17 +18,7 @@ import pytest
 
 from pipeline.errors import ConfigError
 from pipeline.runtime.graph import MAX_FILE_BYTES, MAX_NODES, MAX_PARAMS_BYTES, load_graph
-from pipeline.runtime.node import Node
 from tests.conftest import REPO, Launched, pid_alive, wait_for
-
-if getattr(sys.modules["__main__"].__spec__, "name", "") == "pipeline.runtime.runner":  # a node, not the launcher
-    _deadline = time.monotonic() + 30
-    while not (Path(os.environ["DRIVECAST_RUN_DIR"]) / "gate").exists() and time.monotonic() < _deadline:
-        time.sleep(0.01)  # polling interval of a deadline wait
-
-
-class SlowStart(Node):
-    """Does nothing once imported; see the module."""
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -135,7 +124,7 @@ def _stop_and_watch(g: Launched, sig: signal.Signals) -> tuple[int, str, float, 
 
 def _slow_graph(tmp_path: Path, n: int) -> Path:
     return write(tmp_path, "name: slow\nnodes:\n"
-                 + "".join(f"  n{i}: {{run: tests.test_launch_limits:SlowStart}}\n" for i in range(n)))
+                 + "".join(f"  n{i}: {{run: tests.gated_import_node:Gated}}\n" for i in range(n)))
 
 
 def test_sigterm_during_start_up_stops_it_at_once_and_leaves_no_node(
