@@ -75,9 +75,8 @@ class _Server:
 
 
 def _graph(args: argparse.Namespace, stopped: StopSignals) -> int:
-    import zmq
-
     from pipeline.runtime.rundir import find_run, pid_alive
+    from pipeline.transport.tap import Tap
 
     manifest = find_run(args.run)
     topics = {t: e.schema for t, e in manifest.topics.items() if fx.supported(e.schema)}
@@ -85,37 +84,21 @@ def _graph(args: argparse.Namespace, stopped: StopSignals) -> int:
         raise ConfigError(f"graph {manifest.name!r} has no topic Foxglove can show (topics: "
                           f"{', '.join(sorted(manifest.topics)) or 'none'})")
     srv = _Server(args.host, args.port, topics)
-    ctx = zmq.Context()
-    poller = zmq.Poller()
-    socks: dict[Any, str] = {}
+    tap = Tap({t: manifest.topics[t].endpoint for t in topics})
     try:
-        for t in topics:
-            s = ctx.socket(zmq.SUB)
-            s.setsockopt(zmq.LINGER, 0)
-            s.setsockopt(zmq.SUBSCRIBE, t.encode())
-            s.connect(manifest.topics[t].endpoint)
-            socks[s] = t
-            poller.register(s, zmq.POLLIN)
         _ready(srv, f"graph {manifest.name!r}, {len(topics)} topics")
         next_check = time.monotonic() + 1.0
         while not stopped():
-            for s, _ in poller.poll(100):
-                for _ in range(1000):  # drain what is waiting, bounded so the stop check runs
-                    try:
-                        frames = s.recv_multipart(zmq.NOBLOCK, copy=False)
-                    except zmq.Again:
-                        break
-                    if len(frames) > 2:  # [topic, header, arrays...]; the end-of-stream marker has 2
-                        srv.send(socks[s], frames[1:])
+            for topic, frames in tap.poll(100):
+                if len(frames) > 2:  # [topic, header, arrays...]; the end-of-stream marker has 2
+                    srv.send(topic, frames[1:])
             if time.monotonic() >= next_check:
                 next_check = time.monotonic() + 1.0
                 if not pid_alive(manifest.launcher_pid):
                     print("the graph has ended", file=sys.stderr)
                     break
     finally:
-        for s in socks:
-            s.close(0)
-        ctx.term()
+        tap.close()
         srv.close()
     return 0
 

@@ -238,9 +238,8 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--max-messages", type=int, default=0, help="stop after this many messages")
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args(argv)
-    import zmq
-
     from pipeline.runtime.rundir import find_run, pid_alive
+    from pipeline.transport.tap import Tap
 
     try:
         if bool(args.topics) == args.all:
@@ -259,18 +258,9 @@ def main(argv: list[str]) -> int:
         return 2
 
     stopped = StopSignals()
-    ctx = zmq.Context()
-    socks: dict[Any, str] = {}
-    poller = zmq.Poller()
-    for t in topics:
-        s = ctx.socket(zmq.SUB)
-        s.setsockopt(zmq.LINGER, 0)
-        s.setsockopt(zmq.RCVHWM, 10000)
-        s.setsockopt(zmq.SUBSCRIBE, t.encode())  # the plain variant, not the shared-memory one
-        ep = known[t].lossless_endpoint if args.lossless else None
-        s.connect(ep or known[t].endpoint)
-        socks[s] = t
-        poller.register(s, zmq.POLLIN)
+    # the plain variant of each topic (not shared memory), its lossless endpoint with --lossless
+    tap = Tap({t: (known[t].lossless_endpoint if args.lossless else None) or known[t].endpoint for t in topics},
+              rcvhwm=10000)
     launcher = manifest.launcher_pid
     end = None if args.duration is None else time.monotonic() + args.duration
     bad = 0
@@ -282,28 +272,22 @@ def main(argv: list[str]) -> int:
         print(f"recording {len(topics)} topics of graph {manifest.name!r} into {args.output}", file=sys.stderr)
     try:
         while not stopped() and not failed:
-            for s, _ in poller.poll(100):
-                for _ in range(1000):  # drain what is waiting, bounded so the stop check runs
-                    try:
-                        frames = s.recv_multipart(zmq.NOBLOCK, copy=False)
-                    except zmq.Again:
-                        break
-                    now = time.time_ns()
-                    topic = socks[s]
-                    if len(frames) == 2 and bytes(frames[1]) == END_OF_STREAM:
-                        s.setsockopt(zmq.UNSUBSCRIBE, topic.encode())  # tells the publisher we have it all
-                        continue
-                    try:
-                        seq = rec.write(topic, frames[1:], now).seq
-                    except DecodeError:
-                        bad += 1
-                        continue
-                    except RecordWriteError as exc:
-                        failed = str(exc)
-                        break
-                    if topic in last_seq and seq > last_seq[topic] + 1:
-                        gaps += seq - last_seq[topic] - 1
-                    last_seq[topic] = seq
+            for topic, frames in tap.poll(100):
+                now = time.time_ns()
+                if len(frames) == 2 and frames[1].bytes == END_OF_STREAM:
+                    tap.unsubscribe(topic)
+                    continue
+                try:
+                    seq = rec.write(topic, frames[1:], now).seq
+                except DecodeError:
+                    bad += 1
+                    continue
+                except RecordWriteError as exc:
+                    failed = str(exc)
+                    break
+                if topic in last_seq and seq > last_seq[topic] + 1:
+                    gaps += seq - last_seq[topic] - 1
+                last_seq[topic] = seq
             now_m = time.monotonic()
             if (end is not None and now_m >= end) or (args.max_messages and rec.count >= args.max_messages):
                 break
@@ -318,9 +302,7 @@ def main(argv: list[str]) -> int:
             rec.close()
         except RecordWriteError as exc:
             failed = failed or str(exc)
-        for s in socks:
-            s.close(0)
-        ctx.term()
+        tap.close()
         stopped.restore()
     if failed:
         print(f"ERROR: {failed}", file=sys.stderr)

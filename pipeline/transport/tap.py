@@ -1,0 +1,55 @@
+"""Watch topics of a running graph from a tool (`drivecast record`, `drivecast view`).
+
+A tap subscribes to each topic's plain ZeroMQ variant (never the shared-memory one), on the lossy
+endpoint unless told otherwise, so watching never slows the graph down.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import zmq
+
+__all__ = ["Tap"]
+
+_DRAIN = 1000  # messages taken from one socket per poll, so the caller's stop checks still run
+
+
+class Tap:
+    """SUB sockets on `endpoints` (topic -> endpoint)."""
+
+    def __init__(self, endpoints: dict[str, str], rcvhwm: int = 1000) -> None:
+        self.ctx = zmq.Context()
+        self.poller = zmq.Poller()
+        self.topics: dict[Any, str] = {}
+        for topic, endpoint in endpoints.items():
+            s = self.ctx.socket(zmq.SUB)
+            s.setsockopt(zmq.LINGER, 0)
+            s.setsockopt(zmq.RCVHWM, rcvhwm)
+            s.setsockopt(zmq.SUBSCRIBE, topic.encode())
+            s.connect(endpoint)
+            self.topics[s] = topic
+            self.poller.register(s, zmq.POLLIN)
+
+    def poll(self, timeout_ms: int) -> Iterator[tuple[str, list[zmq.Frame]]]:
+        """(topic, [topic, header, arrays...]) of what arrives within `timeout_ms`."""
+        for s, _ in self.poller.poll(timeout_ms):
+            topic = self.topics[s]
+            for _ in range(_DRAIN):
+                try:
+                    frames = s.recv_multipart(zmq.NOBLOCK, copy=False)
+                except zmq.Again:
+                    break
+                yield topic, frames
+
+    def unsubscribe(self, topic: str) -> None:
+        """Stop taking `topic` (on a lossless endpoint this tells its publisher we have it all)."""
+        for s, t in self.topics.items():
+            if t == topic:
+                s.setsockopt(zmq.UNSUBSCRIBE, topic.encode())
+
+    def close(self) -> None:
+        for s in self.topics:
+            s.close(0)
+        self.ctx.term()
