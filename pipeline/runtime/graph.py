@@ -31,7 +31,7 @@ import msgspec
 import yaml
 
 from pipeline.errors import ConfigError
-from pipeline.runtime.config import convert
+from pipeline.runtime.config import check_finite, convert, larger_than
 from pipeline.runtime.node import Node, NodeParams
 from pipeline.wire.messages import Clock, Message
 
@@ -203,10 +203,11 @@ def load_graph(path: str | Path, overrides: dict[str, dict[str, Any]] | None = N
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: expected a mapping with a 'nodes' key, got {type(raw).__name__}")
     for name, entry in (raw["nodes"] if isinstance(raw.get("nodes"), dict) else {}).items():
-        if isinstance(entry, dict) and _larger_than(entry.get("params"), MAX_PARAMS_BYTES):
+        if isinstance(entry, dict) and larger_than(entry.get("params"), MAX_PARAMS_BYTES):
             raise ConfigError(f"{where}: nodes.{name}.params: larger than the limit of {MAX_PARAMS_BYTES} bytes per node")
-    if _larger_than(raw, MAX_EXPANDED_BYTES):
+    if larger_than(raw, MAX_EXPANDED_BYTES):
         raise ConfigError(f"{where}: larger than the limit of {MAX_EXPANDED_BYTES} bytes with its aliases expanded")
+    check_finite(raw, where, "")  # once, here: JSON carries params to each node process and cannot hold them
     spec = convert(raw, _LaunchFile, where, "")
     if not 1 <= len(spec.nodes) <= MAX_NODES:
         raise ConfigError(f"{where}: nodes: " + (f"{len(spec.nodes)} nodes, more than the limit of {MAX_NODES}"
@@ -247,6 +248,8 @@ def load_graph(path: str | Path, overrides: dict[str, dict[str, Any]] | None = N
             raise ConfigError(f"{where}: {key}.run: {exc}") from None
         raw_params = {**entry.params, **overrides.get(name, {})}
         given = {k: f"--set {name}.{k}={v}" for k, v in overrides.get(name, {}).items()}  # errors name them
+        for k, v in overrides.get(name, {}).items():
+            check_finite(v, given[k], f"{key}.params.{k}")
         params = convert(raw_params, cls.Params, where, f"{key}.params", strict=False, origin=given)
         inputs: dict[str, InputSpec] = {}
         for inp, value in entry.inputs.items():
@@ -353,21 +356,6 @@ def load_graph(path: str | Path, overrides: dict[str, dict[str, Any]] | None = N
     return Graph(spec.name, where, nodes, topics, clock, transport, spec.transport.host,
                  spec.transport.base_port, subscribers, machines, keys_dir, topic_options, external,
                  tuple(without))
-
-
-def _larger_than(value: Any, limit: int) -> bool:
-    """Whether `value` holds more than `limit` bytes of strings plus 8 per item; an alias shared a
-    million times counts a million times, and the walk stops at the limit."""
-    stack, left = [value], limit
-    while stack and left >= 0:
-        v = stack.pop()
-        left -= 8 + (len(v) if isinstance(v, (str, bytes)) else 0)
-        if isinstance(v, dict):
-            stack.extend(v.keys())
-            stack.extend(v.values())
-        elif isinstance(v, (list, tuple, set)):
-            stack.extend(v)
-    return left < 0
 
 
 def _loopback(host: str) -> bool:
