@@ -56,12 +56,18 @@ def test_topic_without_a_running_graph_is_a_clear_error(run_base: Path) -> None:
     assert r.stderr.startswith(f"ERROR: no running graph found in {run_base}")
 
 
-def test_run_may_follow_the_subcommand_and_hz_says_its_window_in_seconds(
-        tmp_path: Path, run_base: Path, launch: Callable[..., Launched]) -> None:
+def _sim_graph(tmp_path: Path, launch: Callable[..., Launched], name: str) -> Launched:
+    """A running graph `name` of one 20 Hz simulator."""
     path = tmp_path / "launch.yaml"
-    path.write_text("name: demo\nnodes:\n  sim: {run: nodes.sim:TrafficSim, params: {agents: 4, rate_hz: 20}}\n")
+    path.write_text(f"name: {name}\nnodes:\n  sim: {{run: nodes.sim:TrafficSim, params: {{agents: 4, rate_hz: 20}}}}\n")
     g = launch(path)
     wait_for(g.node_pids, 30, "nodes started")
+    return g
+
+
+def test_run_may_follow_the_subcommand_and_hz_says_its_window_in_seconds(
+        tmp_path: Path, run_base: Path, launch: Callable[..., Launched]) -> None:
+    _sim_graph(tmp_path, launch, "demo")
     for args in (("topic", "--run", "demo", "list"), ("topic", "list", "--run", "demo")):
         r = cli(run_base, *args)
         assert r.returncode == 0 and "graph 'demo'" in r.stdout, (args, r.stdout + r.stderr)
@@ -72,10 +78,7 @@ def test_run_may_follow_the_subcommand_and_hz_says_its_window_in_seconds(
 
 def test_topic_tools_stopped_by_a_signal_exit_like_launch(
         tmp_path: Path, run_base: Path, launch: Callable[..., Launched]) -> None:
-    path = tmp_path / "launch.yaml"
-    path.write_text("name: quiet\nnodes:\n  sim: {run: nodes.sim:TrafficSim, params: {agents: 4, rate_hz: 20}}\n")
-    g = launch(path)
-    wait_for(g.node_pids, 30, "nodes started")
+    _sim_graph(tmp_path, launch, "quiet")
     env = {**os.environ, "DRIVECAST_RUN_DIR": str(run_base)}
     for sig, code in ((signal.SIGINT, 130), (signal.SIGTERM, 143)):
         p = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "topic", "echo", "sim/tracks"], cwd=REPO, env=env,

@@ -122,7 +122,7 @@ def plan(info: RecordingInfo, graph: Any, opts: PlayOptions) -> LockstepPlan:
         raise ConfigError(f"{info.path}: no selected topic converts to a drivecast schema; nothing to replay")
     for topic, src in sources.items():
         # a node's output, or an external topic (one the graph's inputs read and no node publishes)
-        want = graph.topics.get(topic) or getattr(graph, "external", {}).get(topic)
+        want = graph.topics.get(topic) or graph.external.get(topic)
         bad = [s for s in src if want is not None and schemas[s] != want.SCHEMA]
         if want is not None and bad:
             raise ConfigError(f"{bad[0]} is replayed as {topic}, which carries {want.SCHEMA} in {graph.path}, "
