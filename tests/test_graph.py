@@ -116,6 +116,7 @@ def test_graph_name_cannot_escape_the_run_directory(tmp_path: Path, name: str) -
 
 def test_non_loopback_machines_need_security_or_an_explicit_insecure(tmp_path: Path) -> None:
     text = "machines: {a: {host: 192.0.2.7}}\nnodes:\n  s: {run: nodes.sim:TrafficSim, machine: a}\n"
-    with pytest.raises(ConfigError, match=r"machines.a.host: 192.0.2.7 is not loopback; add security"):
+    with pytest.raises(ConfigError, match=r"machines.a.host: 192.0.2.7: plaintext tcp would let anyone on the "
+                                          r"network connect; add security"):
         load_graph(write(tmp_path, text))
     assert load_graph(write(tmp_path, "insecure: true\n" + text)).machines == {"a": ("192.0.2.7", 7400)}

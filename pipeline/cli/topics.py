@@ -16,7 +16,7 @@ import zmq
 
 from pipeline.errors import ConfigError, DecodeError
 from pipeline.runtime.graph import load_graph
-from pipeline.runtime.rundir import Manifest, find_run
+from pipeline.runtime.rundir import Manifest, find_run, tool_client
 from pipeline.runtime.signals import StopSignals
 from pipeline.wire.codec import decode
 from pipeline.wire.messages import Message
@@ -76,6 +76,9 @@ class _Watch:
         self.sock = self.ctx.socket(zmq.SUB)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.setsockopt(zmq.SUBSCRIBE, topic.encode())  # the plain variant (not shared memory)
+        configure = tool_client(manifest)
+        if configure is not None:
+            configure(self.sock, topic)
         self.sock.connect(topics[topic].endpoint)
         self.stop = StopSignals()
 

@@ -75,7 +75,7 @@ class _Server:
 
 
 def _graph(args: argparse.Namespace, stopped: StopSignals) -> int:
-    from pipeline.runtime.rundir import find_run, pid_alive
+    from pipeline.runtime.rundir import find_run, pid_alive, tool_client
     from pipeline.transport.tap import Tap
 
     manifest = find_run(args.run)
@@ -84,7 +84,7 @@ def _graph(args: argparse.Namespace, stopped: StopSignals) -> int:
         raise ConfigError(f"graph {manifest.name!r} has no topic Foxglove can show (topics: "
                           f"{', '.join(sorted(manifest.topics)) or 'none'})")
     srv = _Server(args.host, args.port, topics)
-    tap = Tap({t: manifest.topics[t].endpoint for t in topics})
+    tap = Tap({t: manifest.topics[t].endpoint for t in topics}, configure=tool_client(manifest))
     try:
         _ready(srv, f"graph {manifest.name!r}, {len(topics)} topics")
         next_check = time.monotonic() + 1.0

@@ -97,7 +97,7 @@ class _LaunchFile(msgspec.Struct, forbid_unknown_fields=True):
     transport: _Transport = _Transport()
     machines: dict[str, _Machine] = {}
     security: _Security | None = None
-    insecure: bool = False  # allow plaintext tcp to non-loopback hosts (no `security:`)
+    insecure: bool = False  # allow plaintext tcp (no `security:`): any local user can reach a loopback port
     topics: dict[str, Any] = {}
 
 
@@ -137,6 +137,7 @@ class Graph:
     subscribers: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
     machines: dict[str, tuple[str, int]] = field(default_factory=dict)
     keys_dir: str = ""
+    run_keys: bool = False  # tcp on one machine without `security:`: the launcher makes keys for this run
     topic_options: dict[str, Any] = field(default_factory=dict)  # topic -> _TopicOptions
     # Topics the nodes subscribe to that no node publishes (see the module), with their schema.
     external: dict[str, type[Message]] = field(default_factory=dict)
@@ -311,10 +312,12 @@ def load_graph(path: str | Path, overrides: dict[str, dict[str, Any]] | None = N
                               f"got {nspec.machine!r}")
         if nspec.machine and not machines:
             raise ConfigError(f"{where}: nodes.{name}.machine: no machines: section names {nspec.machine!r}")
-    exposed = [m for m, (host, _) in machines.items() if not _loopback(host)]
-    if exposed and spec.security is None and not spec.insecure:
-        raise ConfigError(f"{where}: machines.{exposed[0]}.host: {machines[exposed[0]][0]} is not loopback; "
-                          "add security: {keys: DIR} (CURVE), or insecure: true to send plaintext")
+    if machines and spec.security is None and not spec.insecure:
+        # Plaintext tcp is open to anyone who can reach the port, every local user included (loopback).
+        m, (host, _) = next(iter(machines.items()))
+        raise ConfigError(f"{where}: machines.{m}.host: {host}: plaintext tcp would let "
+                          + ("any local user" if _loopback(host) else "anyone on the network")
+                          + " connect; add security: {keys: DIR} (CURVE), or insecure: true to send plaintext")
     keys_dir = ""
     if spec.security is not None:
         if spec.transport.kind != "tcp" and not machines:
@@ -353,8 +356,9 @@ def load_graph(path: str | Path, overrides: dict[str, dict[str, Any]] | None = N
         if opt.shm_threshold < 0:
             raise ConfigError(f"{where}: topics.{t}.shm_threshold: expected >= 0, got {opt.shm_threshold}")
     transport = "tcp" if machines else spec.transport.kind
+    run_keys = transport == "tcp" and not machines and not keys_dir and not spec.insecure
     return Graph(spec.name, where, nodes, topics, clock, transport, spec.transport.host,
-                 spec.transport.base_port, subscribers, machines, keys_dir, topic_options, external,
+                 spec.transport.base_port, subscribers, machines, keys_dir, run_keys, topic_options, external,
                  tuple(without))
 
 

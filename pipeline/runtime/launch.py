@@ -49,6 +49,7 @@ from pipeline.runtime.rundir import (
     write_manifest,
 )
 from pipeline.runtime.signals import STOP_SIGNALS, StopSignals
+from pipeline.transport.curve import generate_keys
 from pipeline.transport.endpoints import free_tcp_port, ipc_endpoint
 from pipeline.transport.shm import remove_segments
 
@@ -95,8 +96,12 @@ def build_manifest(graph: Graph, run_dir: Path) -> Manifest:
                         inputs={i: InputEntry(s.topic, s.queue, s.depth) for i, s in n.inputs.items()})
         for name, n in graph.nodes.items()
     }
+    security = graph.keys_dir or None
+    if graph.run_keys:  # tcp on one machine: CURVE with a key pair of this run, in its 0700 directory
+        generate_keys(run_dir / "keys", ["default"])
+        security = str(run_dir / "keys")
     return Manifest(name=graph.name, file=graph.path, run_dir=str(run_dir), launcher_pid=os.getpid(),
-                    started_ns=time.time_ns(), clock=graph.clock, security=graph.keys_dir, topics=topics, nodes=nodes)
+                    started_ns=time.time_ns(), clock=graph.clock, security=security, topics=topics, nodes=nodes)
 
 
 def _shm_options(graph: Graph, topic: str) -> ShmOptions:
@@ -128,6 +133,7 @@ class Supervisor:
         self.run_dir = run_dir
         self.out = out or sys.stdout
         self.manifest = build_manifest(graph, run_dir)
+        self.manifest.machine = machine or ""
         self.children = {name: _Child(name) for name, n in graph.nodes.items()
                          if machine is None or n.machine == machine}
         self._lock = threading.Lock()

@@ -13,15 +13,18 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import msgspec
+import zmq
 
 from pipeline.errors import ConfigError
+from pipeline.transport.curve import Curve
 
 __all__ = ["InputEntry", "Manifest", "NodeEntry", "ShmOptions", "TopicEntry", "find_run", "make_run_dir",
-           "live_runs", "pid_alive", "read_manifest", "runs_base", "write_manifest"]
+           "live_runs", "pid_alive", "read_manifest", "runs_base", "tool_client", "write_manifest"]
 
 MANIFEST = "manifest.json"
 
@@ -69,6 +72,7 @@ class Manifest(msgspec.Struct, forbid_unknown_fields=True):
     started_ns: int = 0
     clock: str = ""  # topic of the graph's clock, "" for wall time
     security: str | None = None  # CURVE keys directory
+    machine: str = ""  # the launcher's machine, in a graph split over hosts (whose key a tool uses)
     topics: dict[str, TopicEntry] = {}
     nodes: dict[str, NodeEntry] = {}
 
@@ -93,9 +97,21 @@ def make_run_dir(name: str) -> Path:
     return run
 
 
+def tool_client(manifest: Manifest) -> Callable[[zmq.Socket[Any], str], None] | None:
+    """How a tool (record, topic, view) connects to a graph's topics, `configure(sock, topic)`: as a
+    CURVE client with the key pair of the launcher's machine when the graph uses CURVE; else None."""
+    if not manifest.security:
+        return None
+    machine = manifest.machine or next((n.machine for n in manifest.nodes.values() if n.machine), "")
+    curve = Curve(Path(manifest.security), machine or "default")
+    return lambda sock, topic: curve.make_client(sock, manifest.topics[topic].machine or "default")
+
+
 def write_manifest(run_dir: Path, manifest: Manifest) -> None:
     tmp = run_dir / f"{MANIFEST}.tmp"
-    tmp.write_bytes(msgspec.json.format(msgspec.json.encode(manifest), indent=1))
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # owner-only, whatever the umask
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(msgspec.json.format(msgspec.json.encode(manifest), indent=1))
     os.replace(tmp, run_dir / MANIFEST)  # readers never see a half-written file
 
 

@@ -1,4 +1,4 @@
-"""CURVE encryption and authentication for graphs that span machines.
+"""CURVE encryption and authentication for graphs on tcp.
 
 Each machine of a graph has a key pair, made by `drivecast keys DIR NAME...`: `DIR/NAME.key` (public,
 shareable) and `DIR/NAME.key_secret` (secret, mode 0600; copy it only to that machine). A node's
@@ -7,8 +7,8 @@ know the publishing machine's public key, so traffic is encrypted and the subscr
 talks to. A ZAP handler on each publisher accepts only clients whose public key is in `DIR/*.key`:
 a peer with any other key is refused, and the refusal is logged (once per key).
 
-Without `security:` in the launch file, sockets use no authentication: keep them on ipc:// or on
-loopback tcp (the default bind address).
+A graph on tcp on one machine without `security:` gets a key pair made for its run, in its 0700 run
+directory (any local user can reach a loopback port); only `insecure: true` sends plaintext.
 """
 
 from __future__ import annotations

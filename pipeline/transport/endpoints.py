@@ -69,3 +69,5 @@ def bind(sock: zmq.Socket[Any], endpoint: str) -> None:
         sock.bind(endpoint)
     except zmq.ZMQError as exc:
         raise ConfigError(f"cannot bind {endpoint}: {exc}") from None
+    if endpoint.startswith("ipc://"):
+        os.chmod(path, 0o600)  # owner-only itself, not only through the run directory (connecting needs write)

@@ -6,7 +6,7 @@ endpoint unless told otherwise, so watching never slows the graph down.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import zmq
@@ -19,7 +19,9 @@ _DRAIN = 1000  # messages taken from one socket per poll, so the caller's stop c
 class Tap:
     """SUB sockets on `endpoints` (topic -> endpoint)."""
 
-    def __init__(self, endpoints: dict[str, str], rcvhwm: int = 1000) -> None:
+    def __init__(self, endpoints: dict[str, str], rcvhwm: int = 1000,
+                 configure: Callable[[zmq.Socket[Any], str], None] | None = None) -> None:
+        """`configure(sock, topic)` runs before a socket connects (CURVE client keys)."""
         self.ctx = zmq.Context()
         self.poller = zmq.Poller()
         self.topics: dict[Any, str] = {}
@@ -28,6 +30,8 @@ class Tap:
             s.setsockopt(zmq.LINGER, 0)
             s.setsockopt(zmq.RCVHWM, rcvhwm)
             s.setsockopt(zmq.SUBSCRIBE, topic.encode())
+            if configure is not None:
+                configure(s, topic)
             s.connect(endpoint)
             self.topics[s] = topic
             self.poller.register(s, zmq.POLLIN)
