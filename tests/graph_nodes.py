@@ -99,17 +99,18 @@ class Crash(Node):
 
 
 class Cam(Node):
-    """Publishes a uniform `rows`x1024 image every 10 ms, filled in a loaned slot when `loan`."""
+    """Publishes a uniform `rows`x1024 image every `period_s`, filled in a loaned slot when `loan`."""
 
     class Params(NodeParams):
         rows: int = 256
         loan: bool = False
+        period_s: float = 0.01
 
     outputs = {"image": Image}
 
     def setup(self) -> None:
         self.seq = 0
-        self.every(0.01, self.tick)
+        self.every(self.params.period_s, self.tick)
 
     def tick(self) -> None:
         self.seq += 1
@@ -132,3 +133,28 @@ class FrameCheck(Node):
         self.n += 1
         if self.n % 20 == 0:
             self.log.info("frames %d", self.n)
+
+
+class Stall(Node):
+    """Stalls in its first callback for `stall_s` (a stuck consumer), with marker files `DIR/stalled`
+    and `DIR/resumed` around it; then appends each image's seq to `DIR/seqs`."""
+
+    class Params(NodeParams):
+        dir: str
+        stall_s: float = 5.0
+
+    inputs = {"image": Image}
+
+    def setup(self) -> None:
+        self.stalled = False
+
+    def on_image(self, msg: Image) -> None:
+        d = Path(self.params.dir)
+        if not self.stalled:
+            self.stalled = True
+            (d / "stalled").write_text(str(msg.seq))
+            time.sleep(self.params.stall_s)
+            (d / "resumed").write_text(str(msg.seq))
+            return
+        with (d / "seqs").open("a") as fh:
+            fh.write(f"{msg.seq}\n")

@@ -33,6 +33,7 @@ import yaml
 from pipeline.errors import ConfigError
 from pipeline.runtime.config import check_finite, convert, larger_than
 from pipeline.runtime.node import Node, NodeParams
+from pipeline.transport.endpoints import QUEUE_BYTES
 from pipeline.wire.messages import Clock, Message
 
 __all__ = ["EXTERNAL_CLOCK", "Graph", "InputSpec", "NodeSpec", "load_graph", "parse_set"]
@@ -50,6 +51,7 @@ class _Input(msgspec.Struct, forbid_unknown_fields=True):
     topic: str
     queue: str = "drop_oldest"
     depth: int = 10
+    max_mb: float = QUEUE_BYTES / 2**20  # what ZeroMQ may queue for this input (see pipeline/transport/endpoints.py)
 
 
 class _Respawn(msgspec.Struct, forbid_unknown_fields=True):
@@ -106,6 +108,7 @@ class InputSpec:
     topic: str
     queue: Policy
     depth: int
+    max_mb: float = QUEUE_BYTES / 2**20
 
 
 @dataclass
@@ -263,7 +266,9 @@ def load_graph(path: str | Path, overrides: dict[str, dict[str, Any]] | None = N
                 raise ConfigError(f"{where}: {ikey}.queue: expected latest, drop_oldest or block, got {i.queue!r}")
             if i.depth < 1:
                 raise ConfigError(f"{where}: {key}.inputs.{inp}.depth: expected >= 1, got {i.depth}")
-            inputs[inp] = InputSpec(i.topic, i.queue, i.depth)  # type: ignore[arg-type]
+            if not 1 <= i.max_mb <= 65536:
+                raise ConfigError(f"{where}: {ikey}.max_mb: expected 1 to 65536 (MiB), got {i.max_mb}")
+            inputs[inp] = InputSpec(i.topic, i.queue, i.depth, i.max_mb)  # type: ignore[arg-type]
         if entry.respawn is True:
             respawn_max, backoff = _Respawn().max, _Respawn().backoff_s
         elif entry.respawn is False:

@@ -93,7 +93,7 @@ def build_manifest(graph: Graph, run_dir: Path) -> Manifest:
                                    machine=machine, shm=_shm_options(graph, topic), external=is_external)
     nodes = {
         name: NodeEntry(run=n.run, params=n.raw_params, required=n.required, machine=n.machine,
-                        inputs={i: InputEntry(s.topic, s.queue, s.depth) for i, s in n.inputs.items()})
+                        inputs={i: InputEntry(s.topic, s.queue, s.depth, s.max_mb) for i, s in n.inputs.items()})
         for name, n in graph.nodes.items()
     }
     security = graph.keys_dir or None

@@ -52,6 +52,7 @@ class InputEntry(msgspec.Struct, forbid_unknown_fields=True):
     topic: str
     queue: str = "drop_oldest"
     depth: int = 10
+    max_mb: float = 64.0
 
 
 class NodeEntry(msgspec.Struct, forbid_unknown_fields=True):

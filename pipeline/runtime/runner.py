@@ -92,8 +92,8 @@ class ProcessRuntime:
             if endpoint is None:
                 raise ConfigError(f"{run_dir / 'manifest.json'}: topics.{spec.topic}: no lossless_endpoint for "
                                   f"the block input {node_name}.{inp}")
-            sub = Subscriber(self.ctx, spec.topic, endpoint, spec.queue, spec.depth,
-                             configure=self._client(t), shm=t.shm.shm, run_dir=run_dir, bell=True)
+            sub = Subscriber(self.ctx, spec.topic, endpoint, spec.queue, spec.depth, configure=self._client(t),
+                             shm=t.shm.shm, run_dir=run_dir, bell=True, max_bytes=int(spec.max_mb * 2**20))
             for source in sub.sources:
                 self.inputs[source] = (inp, cls.inputs[inp], sub)
         self.clock_sub: Subscriber | None = None

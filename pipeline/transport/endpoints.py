@@ -17,9 +17,14 @@ import zmq
 
 from pipeline.errors import ConfigError
 
-__all__ = ["SHM_MODES", "bind", "free_tcp_port", "ipc_endpoint", "shm_namespace", "shm_wanted"]
+__all__ = ["QUEUE_BYTES", "SHM_MODES", "bind", "bounded_hwm", "free_tcp_port", "ipc_endpoint", "shm_namespace",
+           "shm_wanted"]
 
 SHM_MODES = ("auto", "on", "off")
+# What ZeroMQ may hold for one subscriber, at each end: high-water marks count messages, so once
+# messages are this large the HWM is lowered to fit (`bounded_hwm`); a stalled consumer of 2.7 MB
+# camera frames over tcp otherwise held 1,000 of them (2.7 GB) in its queue.
+QUEUE_BYTES = 64 << 20
 _IPC_PATH_MAX = 100  # sun_path is 108 bytes on Linux
 
 
@@ -36,6 +41,17 @@ def free_tcp_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
+
+
+def bounded_hwm(sock: zmq.Socket[Any], option: int, current: int, nbytes: int, max_bytes: int) -> int:
+    """Lower `sock`'s high-water mark `option` (RCVHWM or SNDHWM) so that messages of `nbytes`
+    fill at most `max_bytes` (never below 2), and return it. libzmq (>= 4.2) applies the new mark
+    to pipes that exist already, so a connected socket need not be made again."""
+    hwm = max(2, max_bytes // max(1, nbytes))
+    if hwm >= current:
+        return current
+    sock.setsockopt(option, hwm)
+    return hwm
 
 
 def shm_wanted(mode: str, endpoint: str) -> bool:

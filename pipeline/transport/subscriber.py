@@ -15,7 +15,7 @@ from typing import Any, TypeAlias, TypeVar
 
 import zmq
 
-from pipeline.transport.endpoints import shm_namespace, shm_wanted
+from pipeline.transport.endpoints import QUEUE_BYTES, bounded_hwm, shm_namespace, shm_wanted
 from pipeline.transport.shm import BODY, Bell, ShmReader
 
 __all__ = ["Source", "Subscriber", "recv_message"]
@@ -41,10 +41,11 @@ class Subscriber:
 
     def __init__(self, ctx: zmq.Context[Any], topic: str, endpoint: str, policy: str = "block", depth: int = 10,
                  configure: Callable[[zmq.Socket[Any]], None] | None = None, *, shm: str = "auto",
-                 run_dir: Path | str | None = None, bell: bool = False) -> None:
+                 run_dir: Path | str | None = None, bell: bool = False, max_bytes: int = QUEUE_BYTES) -> None:
         """`configure` is applied to the socket before it connects (CURVE client keys). `bell`:
         over shared memory, also take messages as soon as the publisher stored them, through a
-        pipe that `sources` adds to what the caller polls."""
+        pipe that `sources` adds to what the caller polls. `max_bytes`: what ZeroMQ may queue
+        here while the node is busy (`endpoints.bounded_hwm`; over shared memory, descriptors)."""
         self.topic = topic
         self.policy = policy
         self.depth = depth
@@ -52,9 +53,12 @@ class Subscriber:
         self.sock.setsockopt(zmq.LINGER, 0)
         # A large receive HWM for every policy: ZeroMQ's I/O thread then moves whatever arrives
         # into this process at once, and `drain` applies the policy to all of it (with a small
-        # HWM the backlog waited upstream, and a `latest` consumer got stale messages). Memory
-        # stays bounded by what arrives during one callback.
+        # HWM the backlog waited upstream, and a `latest` consumer got stale messages). Large
+        # messages lower it to `max_bytes` worth (`_bound`).
         self.sock.setsockopt(zmq.RCVHWM, 1000)
+        self._hwm, self._max_bytes = 1000, max_bytes
+        self._big = max_bytes // 1000  # from this message size on, the HWM comes down
+        self._reapply = 0
         self.reader: ShmReader | None = None
         namespace = shm_namespace(endpoint, run_dir)
         if policy != "block" and namespace is not None and shm_wanted(shm, endpoint):
@@ -161,6 +165,8 @@ class Subscriber:
                 frames: Any = recv_message(sock, _NOBLOCK)
             except zmq.Again:
                 break
+            if len(frames) > 2 and sum(map(len, frames)) > self._big:
+                self._bound(sum(map(len, frames)))
             if reader is not None and len(frames) == 1:
                 frames = frames[0].bytes[skip:]  # the body, resolved by `_resolve`
                 if belled and len(frames) >= BODY.size and BODY.unpack_from(frames)[0] <= reader.last_seq:
@@ -172,7 +178,17 @@ class Subscriber:
                 self.dropped += 1
         if reader is not None and received:
             self._resolve(q, min(received, len(q)), settle)
+        if self._hwm < 1000 and received:
+            self._reapply -= received
+            if self._reapply <= 0:
+                # libzmq gives a new connection (a respawned publisher) the mark of connect time: set it again
+                self._reapply = 1000
+                sock.setsockopt(zmq.RCVHWM, self._hwm)
         return q
+
+    def _bound(self, nbytes: int) -> None:
+        hwm = bounded_hwm(self.sock, zmq.RCVHWM, self._hwm, nbytes, self._max_bytes)
+        self._hwm, self._big = hwm, self._max_bytes // hwm if hwm > 2 else 1 << 62
 
     def _ring(self, settle: bool) -> deque[Any]:
         """The bell rang: queue the messages stored since the last one taken, from shared memory."""

@@ -11,6 +11,8 @@ from typing import Any
 
 import zmq
 
+from pipeline.transport.endpoints import QUEUE_BYTES, bounded_hwm
+
 __all__ = ["Tap"]
 
 _DRAIN = 1000  # messages taken from one socket per poll, so the caller's stop checks still run
@@ -20,9 +22,12 @@ class Tap:
     """SUB sockets on `endpoints` (topic -> endpoint)."""
 
     def __init__(self, endpoints: dict[str, str], rcvhwm: int = 1000,
-                 configure: Callable[[zmq.Socket[Any], str], None] | None = None) -> None:
-        """`configure(sock, topic)` runs before a socket connects (CURVE client keys)."""
+                 configure: Callable[[zmq.Socket[Any], str], None] | None = None, max_bytes: int = QUEUE_BYTES) -> None:
+        """`configure(sock, topic)` runs before a socket connects (CURVE client keys); each socket
+        queues `rcvhwm` messages, at most `max_bytes` worth (`endpoints.bounded_hwm`)."""
         self.ctx = zmq.Context()
+        self.max_bytes = max_bytes
+        self._hwm: dict[Any, int] = {}
         self.poller = zmq.Poller()
         self.topics: dict[Any, str] = {}
         for topic, endpoint in endpoints.items():
@@ -34,6 +39,7 @@ class Tap:
                 configure(s, topic)
             s.connect(endpoint)
             self.topics[s] = topic
+            self._hwm[s] = rcvhwm
             self.poller.register(s, zmq.POLLIN)
 
     def poll(self, timeout_ms: int) -> Iterator[tuple[str, list[zmq.Frame]]]:
@@ -45,6 +51,8 @@ class Tap:
                     frames = s.recv_multipart(zmq.NOBLOCK, copy=False)
                 except zmq.Again:
                     break
+                if len(frames) > 2 and (n := sum(map(len, frames))) * self._hwm[s] > self.max_bytes:
+                    self._hwm[s] = bounded_hwm(s, zmq.RCVHWM, self._hwm[s], n, self.max_bytes)
                 yield topic, frames
 
     def unsubscribe(self, topic: str) -> None:
