@@ -76,7 +76,7 @@ def write_drive(dataset: str, files: list[Path], out: Path, topic: str = "", sta
     topic = topic or f"{dataset}/tracks"
     t_ns = start_ns
     n = 0
-    with Recorder(out, foxglove_mirror=foxglove_mirror, flush_s=0,
+    with Recorder(out, foxglove_mirror=foxglove_mirror, max_chunk_age_s=0,
                   metadata={"dataset": dataset, "scenes": ",".join(p.name for p in files)[:4000]}) as rec:
         for i, path in enumerate(files):
             scene = load_scene(dataset, path)

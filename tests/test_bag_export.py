@@ -22,7 +22,7 @@ T0 = 1_700_000_000_000_000_000
 
 def _drive(path: Path) -> Path:
     """Two Tracks messages (2 then 3 agents), one Detections, two Predictions (2 agents x 3 steps), one Odometry."""
-    with Recorder(path, flush_s=0) as rec:
+    with Recorder(path, max_chunk_age_s=0) as rec:
         for i, n in enumerate((2, 3)):
             rec.write("sim/tracks", encode(Tracks(
                 stamp_ns=T0 + i * 100, seq=i + 1, frame_id="map", ids=np.arange(n) + 10,

@@ -256,7 +256,7 @@ def test_lockstep_twice_gives_byte_identical_outputs(drive, tmp_path: Path) -> N
     outs = []
     for k in range(2):
         out = tmp_path / f"out{k}.mcap"
-        with open_recording(path) as rec, Recorder(out, flush_s=0) as w:
+        with open_recording(path) as rec, Recorder(out, max_chunk_age_s=0) as w:
             stats = lockstep(rec, graph, PlayOptions(), w.write)
         outs.append(out.read_bytes())
         print(f"lockstep: {stats.injected} in, {stats.published} deliveries, x{stats.x_realtime:.0f} real time")

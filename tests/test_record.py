@@ -204,7 +204,7 @@ import sys, numpy as np
 from pipeline.wire.codec import encode
 from pipeline.wire.messages import Tracks
 from pipeline.recordings.writer import Recorder
-rec = Recorder(sys.argv[1], flush_s=0.02, chunk_size=64 * 1024)
+rec = Recorder(sys.argv[1], max_chunk_age_s=0.02, chunk_size=64 * 1024)
 i = 0
 while True:   # until killed
     m = Tracks(stamp_ns=i, ids=np.arange(10), xy=np.random.rand(10, 2), vxy=np.zeros((10, 2)), kind=np.ones(10))
@@ -250,7 +250,7 @@ def test_recording_cut_by_kill_9_is_readable_and_recoverable(tmp_path: Path, cap
 
 def test_a_file_cut_in_the_middle_reads_to_its_last_complete_chunk(tmp_path: Path) -> None:
     path = tmp_path / "whole.mcap"
-    with Recorder(path, chunk_size=4096, flush_s=0) as rec:
+    with Recorder(path, chunk_size=4096, max_chunk_age_s=0) as rec:
         for i in range(300):
             rec.write("sim/tracks", encode(Tracks(stamp_ns=i, ids=np.arange(20), xy=np.zeros((20, 2)),
                                                   vxy=np.zeros((20, 2)), kind=np.zeros(20))), i)
@@ -267,7 +267,7 @@ def test_a_cut_file_with_images_and_clouds_reads_by_linear_scan_and_recovers(tmp
     path = tmp_path / "whole.mcap"
     rng = np.random.default_rng(3)
     written = []
-    with Recorder(path, chunk_size=4096, flush_s=0) as rec:
+    with Recorder(path, chunk_size=4096, max_chunk_age_s=0) as rec:
         for i in range(150):
             topic, msg = [
                 ("sim/tracks", Tracks(stamp_ns=i, ids=[i], xy=[[0, 0]], vxy=[[0, 0]], kind=[1])),

@@ -130,7 +130,7 @@ def finish(p: subprocess.Popen[bytes], timeout: float = 20) -> tuple[int, str, s
 
 
 def make_drive(path: Path, n: int, period_ns: int = 100_000_000) -> Path:
-    with Recorder(path, flush_s=0, chunk_size=64 * 1024) as rec:
+    with Recorder(path, max_chunk_age_s=0, chunk_size=64 * 1024) as rec:
         for i in range(n):
             m = tracks(i, n=8)
             rec.write(TOPIC, encode(m, publish_ns=T0 + i * period_ns), T0 + i * period_ns)
@@ -189,7 +189,7 @@ def test_recorder_write_error_names_the_file_and_close_does_not_raise_again(tmp_
         pytest.skip("no /dev/full here")
     from pipeline.errors import DrivecastError
 
-    rec = Recorder("/dev/full", flush_s=0)
+    rec = Recorder("/dev/full", max_chunk_age_s=0)
     with pytest.raises(DrivecastError, match=r"/dev/full: .*No space left on device"):
         rec.write(TOPIC, encode(tracks(0)), T0)
         rec.flush()
@@ -203,7 +203,7 @@ def test_a_respawned_recorder_node_keeps_the_recording_of_its_previous_life(tmp_
 
     cls = NODES["nodes.recorder:Recorder"]
     path = tmp_path / "drive.mcap"
-    params = {"file": str(path), "flush_s": 1e-9, "foxglove": False}  # flush every message: all on disk
+    params = {"file": str(path), "max_chunk_age_s": 1e-9, "foxglove": False}  # flush every message: all on disk
     first = Harness(cls, tmp_path, params)
     try:
         for i in range(20):

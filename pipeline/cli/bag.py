@@ -85,7 +85,7 @@ def convert(src: str | Path, out: str | Path, types_dir: str | Path | None = Non
     from pipeline.recordings.writer import Recorder
 
     n = 0
-    with open_recording(src, types_dir) as rec, Recorder(out, foxglove_mirror=foxglove_mirror, flush_s=0) as w:
+    with open_recording(src, types_dir) as rec, Recorder(out, foxglove_mirror=foxglove_mirror, max_chunk_age_s=0) as w:
         for item in rec.items(topics):
             w.write(item.topic, item.frames, item.log_ns)
             n += 1
@@ -104,7 +104,7 @@ def recover(src: str | Path, out: str | Path) -> tuple[int, list[str]]:
             raise RecordingError(f"{src}: recover rewrites drivecast MCAP files, this is {rec.info().format}")
         salvage = Salvage(rec.path, rec.summary)
     n = 0
-    with Recorder(out, flush_s=0) as w:
+    with Recorder(out, max_chunk_age_s=0) as w:
         for item in salvage.items():
             w.write(item.topic, item.frames, item.log_ns)
             n += 1

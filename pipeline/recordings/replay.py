@@ -216,7 +216,7 @@ def _run_lockstep(rec: Recording, args: argparse.Namespace, opts: PlayOptions) -
     from pipeline.runtime.graph import load_graph
 
     graph = load_graph(args.graph)
-    out = Recorder(args.output, flush_s=0) if args.output else None
+    out = Recorder(args.output, max_chunk_age_s=0) if args.output else None
     stopped = StopSignals()
     try:
         stats = lockstep(rec, graph, opts, out.write if out else None, stop=stopped)

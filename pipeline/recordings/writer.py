@@ -2,7 +2,9 @@
 
 `Recorder` writes the layout of `pipeline.recordings.mcap_format`: each message's wire frames byte
 for byte, so replay republishes identical bytes, plus Foxglove mirror channels for viewers. It
-closes a chunk at least every `flush_s`, so a process killed with `kill -9` loses at most that much.
+hands a chunk to the OS once its oldest message is `max_chunk_age_s` old (`flush_if_due`, which a
+loop waiting for messages calls on a deadline), so a process killed with `kill -9` loses about that
+much whether or not more messages come; the OS page cache survives a kill, so there is no fsync.
 
 `drivecast record` subscribes to the lossy endpoints of a running graph (recording never slows the
 graph down; `--lossless` uses the lossless ones and applies back-pressure instead of dropping) and
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import sys
 import time
 from collections.abc import Sequence
@@ -37,9 +40,11 @@ from pipeline.transport.publisher import END_OF_STREAM
 from pipeline.wire.codec import HeaderInfo, decode, peek_header
 from pipeline.wire.messages import SCHEMAS, Message
 
-__all__ = ["LARGE_BYTES", "RecordWriteError", "Recorder", "main"]
+__all__ = ["LARGE_BYTES", "MAX_CHUNK_AGE_S", "RecordWriteError", "Recorder", "main"]
 
 LARGE_BYTES = 256 * 1024
+#: the default bound on a chunk's age: what a kill -9 of the recorder loses, about (bench/crash.py)
+MAX_CHUNK_AGE_S = 0.1
 
 
 class RecordWriteError(DrivecastError):
@@ -56,14 +61,21 @@ class Recorder:
     over `LARGE_BYTES` are previews (`foxglove.convert(preview=True)`), at most `fox_large_hz` per
     second of log time per topic (0: every message): a full mirror would write every byte twice.
 
-    Crash safety: a chunk is closed when it reaches `chunk_size` bytes or `flush_s` seconds after
-    the last one, and handed to the OS; a cut file is readable up to its last complete chunk and
-    `drivecast bag recover` rewrites it.
+    Crash safety: a chunk is closed when it reaches `chunk_size` bytes or when its oldest message is
+    `max_chunk_age_s` old (0: by size only, for offline writers), and handed to the OS; a cut file
+    is readable up to its last complete chunk and `drivecast bag recover` rewrites it. The age is
+    checked on each write and by `flush_if_due`, which a live recorder calls when no message comes.
+    `flush_s` is the old name of `max_chunk_age_s`, kept until its callers move.
     """
 
     def __init__(self, path: str | Path, *, foxglove_mirror: bool = True, chunk_size: int = 1 << 20,
-                 flush_s: float = 1.0, compression: str = "zstd", metadata: dict[str, str] | None = None,
-                 fox_large_hz: float = 10.0) -> None:
+                 max_chunk_age_s: float = MAX_CHUNK_AGE_S, compression: str = "zstd",
+                 metadata: dict[str, str] | None = None, fox_large_hz: float = 10.0,
+                 flush_s: float | None = None) -> None:
+        if flush_s is not None:
+            max_chunk_age_s = flush_s
+        if max_chunk_age_s < 0:
+            raise ConfigError(f"max_chunk_age_s: expected a number >= 0, got {max_chunk_age_s}")
         self.path = Path(path)
         try:
             self._f = open(self.path, "wb")  # noqa: SIM115 (closed by close())
@@ -75,8 +87,8 @@ class Recorder:
         if metadata:
             self._w.add_metadata("drivecast", metadata)
         self._foxglove = foxglove_mirror
-        self._flush_ns = int(flush_s * 1e9)
-        self._last_flush = time.monotonic_ns()
+        self._max_age_ns = int(max_chunk_age_s * 1e9)
+        self._pending_since: int | None = None  # monotonic ns of the oldest message not handed to the OS
         self._channels: dict[str, int] = {}
         self._stored_channels: dict[str, int] = {}
         self._fox_channels: dict[str, int] = {}
@@ -166,9 +178,22 @@ class Recorder:
             raise self._failed(exc) from None
         self.count += 1
         self.bytes += len(data)
-        if self._flush_ns and time.monotonic_ns() - self._last_flush >= self._flush_ns:
-            self.flush()
+        if self._pending_since is None:
+            self._pending_since = time.monotonic_ns()
+        self.flush_if_due()
         return info
+
+    def flush_if_due(self) -> float | None:
+        """Close the chunk if its oldest message is `max_chunk_age_s` old; return the seconds until it
+        will be (None: no message waiting, or no age bound). A loop waiting for messages waits no longer
+        than that, so a pause in the data does not keep the last messages in memory."""
+        if self._pending_since is None or not self._max_age_ns:
+            return None
+        left = self._pending_since + self._max_age_ns - time.monotonic_ns()
+        if left > 0:
+            return left / 1e9
+        self.flush()
+        return None
 
     @property
     def topic_counts(self) -> dict[str, int]:
@@ -189,12 +214,14 @@ class Recorder:
         return True
 
     def flush(self) -> None:
-        """Close the chunk in progress and hand it to the OS (what survives a kill -9)."""
+        """Close the chunk in progress and hand it to the OS (what survives a kill -9). The file is
+        flushed here too: a chunk mcap closed by size may sit in Python's buffer, which a kill loses."""
         try:
             self._w.flush()  # type: ignore[no-untyped-call]  # mcap's Writer is unannotated
+            self._f.flush()
         except OSError as exc:
             raise self._failed(exc) from None
-        self._last_flush = time.monotonic_ns()
+        self._pending_since = None
 
     def _failed(self, exc: OSError) -> RecordWriteError:
         self._broken = True
@@ -236,6 +263,9 @@ def main(argv: list[str]) -> int:
                          "channels of their Foxglove types)")
     ap.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
     ap.add_argument("--max-messages", type=int, default=0, help="stop after this many messages")
+    ap.add_argument("--max-chunk-age", type=float, default=MAX_CHUNK_AGE_S, metavar="SECONDS",
+                    help=f"hand a chunk to the disk once its oldest message is this old (default "
+                         f"{MAX_CHUNK_AGE_S:g}): about what a kill -9 of the recorder loses; 0: by size only")
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args(argv)
     from pipeline.runtime.rundir import find_run, pid_alive
@@ -251,7 +281,7 @@ def main(argv: list[str]) -> int:
         if unknown:
             raise ConfigError(f"graph {manifest.name!r} has no topic {', '.join(map(repr, unknown))} "
                               f"(topics: {', '.join(sorted(known))})")
-        rec = Recorder(args.output, foxglove_mirror=not args.no_foxglove,
+        rec = Recorder(args.output, foxglove_mirror=not args.no_foxglove, max_chunk_age_s=args.max_chunk_age,
                        metadata={"graph": manifest.name, "file": manifest.file})
     except DrivecastError as exc:
         print(f"ERROR: {exc}", file=sys.stderr)
@@ -272,7 +302,13 @@ def main(argv: list[str]) -> int:
         print(f"recording {len(topics)} topics of graph {manifest.name!r} into {args.output}", file=sys.stderr)
     try:
         while not stopped() and not failed:
-            for topic, frames in tap.poll(100):
+            try:
+                due = rec.flush_if_due()
+            except RecordWriteError as exc:
+                failed = str(exc)
+                break
+            # wake up when the open chunk is due (ceil: a poll(0) loop in its last millisecond is a busy wait)
+            for topic, frames in tap.poll(100 if due is None else min(100, math.ceil(due * 1000))):
                 now = time.time_ns()
                 if len(frames) == 2 and frames[1].bytes == END_OF_STREAM:
                     tap.unsubscribe(topic)
