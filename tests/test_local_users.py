@@ -91,6 +91,10 @@ def test_tcp_on_loopback_is_curve_by_default_and_strangers_get_nothing(
     echo = subprocess.run([sys.executable, "-m", "pipeline.cli", "topic", "echo", "src/tracks", "-n", "1",
                            "--timeout", "20"], cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
     assert echo.returncode == 0 and "Tracks" in echo.stdout, echo.stderr
+    rec = subprocess.run([sys.executable, "-m", "pipeline.cli", "record", "src/tracks", "-o", str(tmp_path / "r.mcap"),
+                          "--max-messages", "5", "--duration", "20"], cwd=REPO, env=env, capture_output=True,
+                         text=True, timeout=60)
+    assert rec.returncode == 0 and "wrote 5 messages" in rec.stderr, rec.stderr
 
     # owner-only files, whatever the umask
     run_dir = Path(manifest["run_dir"])

@@ -268,7 +268,7 @@ def main(argv: list[str]) -> int:
                          f"{MAX_CHUNK_AGE_S:g}): about what a kill -9 of the recorder loses; 0: by size only")
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args(argv)
-    from pipeline.runtime.rundir import find_run, pid_alive
+    from pipeline.runtime.rundir import find_run, pid_alive, tool_client
     from pipeline.transport.tap import Tap
 
     try:
@@ -289,8 +289,9 @@ def main(argv: list[str]) -> int:
 
     stopped = StopSignals()
     # the plain variant of each topic (not shared memory), its lossless endpoint with --lossless
+    # a deep queue (the writer compresses while messages arrive), at most 256 MiB of large frames
     tap = Tap({t: (known[t].lossless_endpoint if args.lossless else None) or known[t].endpoint for t in topics},
-              rcvhwm=10000)
+              rcvhwm=10000, configure=tool_client(manifest), max_bytes=256 << 20)
     launcher = manifest.launcher_pid
     end = None if args.duration is None else time.monotonic() + args.duration
     bad = 0
