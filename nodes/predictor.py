@@ -26,7 +26,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import numpy as np
 from msgspec import Meta
@@ -40,12 +40,12 @@ from export.runtime.features import (
     to_world,
     validate_spec,
 )
-from export.runtime.step_model import ModelError, StepModel
+from export.runtime.step_model import ModelError, ModelMeta, StepModel
 from nodes import state_file
 from nodes.plausible import Plausible, plausible_rows
 from nodes.resample import Grid, Sample
 from nodes.state_file import STATE_FILE
-from nodes.state_table import AgentTable
+from nodes.state_table import AgentTable, check_size
 from nodes.timing import Timing
 from pipeline.errors import ConfigError
 from pipeline.runtime.node import Node
@@ -63,15 +63,10 @@ class _Route:
         """Load the model at `path`; a bad one is a ConfigError that starts with `where`."""
         try:
             model = StepModel(_resolve(path), threads=threads)
-            spec = validate_spec(model.meta.features)
-        except (ModelError, FeatureSpecError) as exc:
+            self.spec, self.hl = _checked_spec(model.meta, str(model.path), capacity)
+        except ModelError as exc:
             raise ConfigError(f"{where}: {exc}") from None
-        if feature_dim(spec) != model.meta.input_dim:
-            raise ConfigError(f"{where}: {path}: features give {feature_dim(spec)} inputs, "
-                              f"the model takes {model.meta.input_dim}")
         self.name, self.model = name, model
-        self.spec = model.meta.features
-        self.hl = history_len(self.spec)
         dt_ns = int(round(model.meta.dt_s * 1e9))
         self.steps_ns = dt_ns * np.arange(1, model.meta.horizon + 1, dtype=np.int64)
         n_state = 2 if model.meta.cell == "lstm" else 1
@@ -79,23 +74,48 @@ class _Route:
         self.grid = Grid(table, dt_ns, max_gap_steps)
 
 
+def _checked_spec(meta: ModelMeta, source: str, capacity: int) -> tuple[dict[str, Any], int]:
+    """The model's feature spec and history length, once the spec is known to give the model's input width
+    and a table of `capacity` agents to fit `MAX_TABLE_BYTES`; else ModelError starting with `source`."""
+    try:
+        spec = validate_spec(meta.features)
+        width, hist_len = feature_dim(spec), history_len(spec)
+    except FeatureSpecError as exc:
+        raise ModelError(f"{source}: {exc}") from None
+    except (ValueError, OverflowError) as exc:  # a NaN or infinity that JSON carried past validate_spec
+        raise ModelError(f"{source}: feature spec: {exc}") from None
+    if width != meta.input_dim:
+        raise ModelError(f"{source}: features give {width} inputs, the model takes {meta.input_dim}")
+    try:
+        check_size(capacity, 2 if meta.cell == "lstm" else 1, meta.layers, meta.hidden, hist_len)
+    except ValueError as exc:
+        raise ModelError(f"{source}: {exc}") from None
+    return spec, hist_len
+
+
 class _ModelFiles(Plausible):
-    """The `models` param. msgspec.convert runs `__post_init__`: a missing model fails the launch file's
-    validation (exit 2, the key named), before any process starts, not the node's setup."""
+    """The `models` param and the agents each model keeps state for. msgspec.convert runs `__post_init__`:
+    a missing or unusable model (graph, metadata and its bounds, feature spec, table size) fails the launch
+    file's validation (exit 2, the key named), before any process starts, not the node's setup."""
 
     models: dict[str, str] = {}  # agent kind (vehicle, pedestrian, cyclist, unknown) -> step model .onnx
+    capacity: Annotated[int, Meta(ge=1)] = 256  # agents per model: state table slots, preallocated
 
     def __post_init__(self) -> None:
         for kind, path in self.models.items():
-            if not _resolve(path).is_file():
+            resolved = _resolve(path)
+            if not resolved.is_file():
                 raise ValueError(f"models.{kind}: no such model file {_searched(path)}")
+            try:  # a light session: no graph optimisation, no warm-up
+                _checked_spec(StepModel.inspect(resolved), str(resolved), self.capacity)
+            except ModelError as exc:
+                raise ValueError(f"models.{kind}: {exc}") from None
 
 
 class Predictor(Node):
     """Tracks in, one Predictions message per model out; see the module docstring."""
 
     class Params(_ModelFiles):
-        capacity: Annotated[int, Meta(ge=1)] = 256        # agents per model: state table slots, preallocated
         min_obs: Annotated[int, Meta(ge=1)] = 2           # samples an agent needs before it is predicted
         ttl_s: Annotated[float, Meta(gt=0)] = 2.0         # evict agents unseen this long; restore only younger state
         max_gap_steps: Annotated[float, Meta(ge=1)] = 2.5  # a longer gap (in model periods) resets the agent

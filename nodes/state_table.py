@@ -12,6 +12,10 @@ interpolation) and the grid index of its last sample (`last_k`, `NEVER` until th
 
 id -> slot is a sorted array of the ids in use, searched with one `np.searchsorted` per message
 rather than a dict lookup per agent; it changes only when agents come or go.
+
+A table is at most `MAX_TABLE_BYTES`, checked (`check_size`) before anything is allocated: capacity,
+state and history sizes come from a launch file and a model file, and their product must fail with
+its factors named, not in numpy or by swapping.
 """
 
 from __future__ import annotations
@@ -20,12 +24,34 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["NEVER", "AgentTable"]
+__all__ = ["MAX_TABLE_BYTES", "NEVER", "AgentTable", "check_size"]
 
 NEVER = np.iinfo(np.int64).max
 """`last_k` of an agent not sampled yet: `last_k < k - 1` (it missed ticks) never holds for it."""
 
 _ARRAYS = ("ids", "state", "hist", "n_obs", "last_t", "last_xy", "last_k")
+MAX_TABLE_BYTES = 1 << 30
+"""Per table (one model): with the shipped models' 1.2 to 1.3 kB per agent, over 800 000 agents."""
+_SLOT_BYTES = 7 * 8  # ids, n_obs, last_t, last_xy (2), last_k and the free-slot stack: int64/float64 each
+
+
+def check_size(capacity: int, n_state: int, layers: int, hidden: int, hist_len: int) -> int:
+    """The bytes of a table of this shape; ValueError naming each factor if over `MAX_TABLE_BYTES`."""
+    per_agent = n_state * layers * hidden * 4 + hist_len * 2 * 8 + _SLOT_BYTES
+    total = capacity * per_agent
+    if total > MAX_TABLE_BYTES:
+        raise ValueError(f"state table: expected at most {_size(MAX_TABLE_BYTES)} per model, found capacity "
+                         f"{capacity} x {per_agent} bytes per agent (state {n_state} x {layers} x {hidden} "
+                         f"float32, history {hist_len} x 2 float64) = {_size(total)}")
+    return total
+
+
+def _size(n: float) -> str:
+    units = ["B", "KiB", "MiB", "GiB", "TiB"]
+    while n >= 1024 and len(units) > 1:
+        n /= 1024
+        units.pop(0)
+    return f"{n:.3g} {units[0]}"
 
 
 class AgentTable:
@@ -34,6 +60,7 @@ class AgentTable:
     def __init__(self, capacity: int, n_state: int, layers: int, hidden: int, hist_len: int) -> None:
         if capacity < 1:
             raise ValueError(f"capacity: expected >= 1, got {capacity}")
+        check_size(capacity, n_state, layers, hidden, hist_len)
         self.capacity = capacity
         self._shape = (n_state, layers, hidden, hist_len)
         self.clear()

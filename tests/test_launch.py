@@ -13,7 +13,7 @@ import zmq
 
 from pipeline.wire.codec import decode
 from pipeline.wire.messages import Diagnostics
-from tests.conftest import Launched, pid_alive, wait_for
+from tests.conftest import REPO, Launched, pid_alive, wait_for
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -221,14 +221,13 @@ nodes:
 
 
 def test_a_configuration_error_in_setup_is_not_respawned(tmp_path: Path, launch: Callable[..., Launched]) -> None:
-    model = tmp_path / "model.onnx"  # exists, so the launch file is valid; only loading it (setup) fails
-    model.write_bytes(b"not an onnx model")
+    # A valid launch file (a good model) whose node refuses its params in setup(): an unknown agent kind.
     path = write(tmp_path, f"""
 nodes:
   sim: {{run: nodes.sim:TrafficSim}}
   pred:
     run: nodes.predictor:Predictor
-    params: {{models: {{vehicle: {model}}}}}
+    params: {{models: {{truck: {REPO / "models/pretrained/vehicle_lstm.onnx"}}}}}
     inputs: {{tracks: sim/tracks}}
     respawn: {{max: 5, backoff_s: 0.05}}
     required: true
@@ -236,5 +235,5 @@ nodes:
     rc, log = launch(path).wait(timeout=60)
     assert rc == 1, log
     assert "pred exited with code 2 (a configuration error: not respawned)" in log
-    assert "not a loadable ONNX model" in log
+    assert "unknown agent kind" in log
     assert "respawning pred" not in log and "Traceback" not in log

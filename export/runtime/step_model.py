@@ -9,7 +9,10 @@ A model file is the step graph written by `drivecast export` (export/torch_expor
 
 plus its description in the ONNX metadata_props (`ModelMeta`). `StepModel` checks both at load, so a
 node fails at setup with a message naming the file, the key and what was expected, never at the first
-Tracks message with an onnxruntime shape error.
+Tracks message with an onnxruntime shape error. `StepModel.inspect` makes the same checks without
+optimising or running the graph, cheaply enough that a launch file naming a bad model is refused before
+any process starts. Declared dimensions have plausible bounds (`LIMITS`, `DT_S_RANGE`), checked before
+anything is sized by them: a file that claims hidden=10**9 must not make the warm-up allocate gigabytes.
 
 Session settings, each chosen on measurement (figures in bench/README.md):
 - one intra-op thread, one inter-op thread, sequential execution: at batch 1 a step is ~10 tiny kernels,
@@ -41,7 +44,9 @@ import onnxruntime as ort
 
 __all__ = [
     "DEFAULT_PROVIDERS",
+    "DT_S_RANGE",
     "FORMAT",
+    "LIMITS",
     "ModelError",
     "ModelMeta",
     "StepModel",
@@ -137,6 +142,19 @@ class ModelMeta:
             values[f.name] = _parse(source, f.name, props[f.name])
         return cls(**values)
 
+    def check_limits(self, source: str = "model") -> None:
+        """ModelError unless each declared dimension is within `LIMITS` and dt_s within `DT_S_RANGE`.
+
+        Kept out of `from_props`, which accepts any positive size so that a description round-trips: the
+        bounds are the loader's, on what it will size arrays by before the graph has run."""
+        for key, top in LIMITS.items():
+            if getattr(self, key) > top:
+                raise ModelError(f"{source}: metadata key {key!r}: expected a positive int <= {top}, "
+                                 f"found '{getattr(self, key)}'")
+        if not DT_S_RANGE[0] <= self.dt_s <= DT_S_RANGE[1]:
+            raise ModelError(f"{source}: metadata key 'dt_s': expected a float from {DT_S_RANGE[0]:g} to "
+                             f"{DT_S_RANGE[1]:g} (seconds), found '{self.dt_s!r}'")
+
 
 _FIELD_NAMES = frozenset(f.name for f in fields(ModelMeta))
 _EXPECT = {
@@ -160,6 +178,17 @@ _EXPECT = {
     "config": "a JSON object",
 }
 _INTS = ("layers", "hidden", "input_dim", "horizon", "obs_len")
+LIMITS: dict[str, int] = {
+    # Far above any model this pipeline runs (the shipped ones: 1 layer, hidden 112-128, 32-44 inputs,
+    # 12-30 steps ahead), far below what would exhaust memory: the warm-up's state at batch 64 is at most
+    # 2 x 16 x 64 x 4096 float32 (32 MiB).
+    "layers": 16,
+    "hidden": 4096,
+    "input_dim": 4096,
+    "horizon": 1000,
+    "obs_len": 10000,
+}
+DT_S_RANGE = (0.001, 60.0)  # seconds; the node rounds dt_s to whole nanoseconds for its sample grid
 _JSON = ("features", "training_data", "metrics", "config")
 
 
@@ -187,7 +216,7 @@ def _parse(source: str, key: str, text: str) -> Any:
     if key in _JSON:
         try:
             obj = json.loads(text)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):  # RecursionError: "[[[[..." nested past the stack
             raise bad() from None
         if not isinstance(obj, dict):
             raise bad()
@@ -220,12 +249,13 @@ def default_providers() -> list[str]:
     return [p for p in DEFAULT_PROVIDERS if p in available]
 
 
-def _session_options(threads: int) -> ort.SessionOptions:
+def _session_options(threads: int, optimise: bool = True) -> ort.SessionOptions:
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimise
+                                   else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
     so.log_severity_level = 3  # errors only: the node's log is not onnxruntime's
     return so
 
@@ -266,6 +296,36 @@ def _fmt(shape: Sequence[Any]) -> str:
     return "[" + ", ".join(str(d) for d in shape) + "]"
 
 
+def _open(source: str, options: ort.SessionOptions, providers: list[str],
+          fallback: bool = True) -> ort.InferenceSession:
+    # fallback=False: onnxruntime would print an "EP Error" banner to stdout and retry on the CPU provider,
+    # noise before a launcher's one-line error when the CPU provider is the one that failed.
+    try:
+        return ort.InferenceSession(source, options, providers=providers, enable_fallback=int(fallback))
+    except Exception as exc:  # noqa: BLE001 - onnxruntime raises several types (InvalidProtobuf, Fail, ...)
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelError(f"{source}: not a loadable ONNX model: {first}") from None
+
+
+def _checked(sess: ort.InferenceSession, source: str) -> tuple[ModelMeta, list[str]]:
+    """The metadata of a session's model and its state input names, once both are checked."""
+    try:  # onnxruntime decodes the file's strings lazily: a damaged byte surfaces here
+        props = sess.get_modelmeta().custom_metadata_map
+        inputs, outputs = sess.get_inputs(), sess.get_outputs()
+        _ = [(a.name, a.type, a.shape) for a in (*inputs, *outputs)]
+    except UnicodeDecodeError as exc:
+        raise ModelError(f"{source}: corrupt model file: a metadata value or graph name is not UTF-8 "
+                         f"({exc.reason} at byte {exc.start})") from None
+    m = ModelMeta.from_props(props, source)
+    m.check_limits(source)  # before the shapes below are compared to them and the warm-up sizes arrays by them
+    state_names = ["h", "c"] if m.cell == "lstm" else ["h"]
+    state_shape: list[Any] = [m.layers, "batch", m.hidden]
+    _check_io(source, "input", inputs, [("x", ["batch", m.input_dim])] + [(n, state_shape) for n in state_names])
+    _check_io(source, "output", outputs,
+              [("pred", ["batch", m.horizon, 2])] + [(n + "_out", state_shape) for n in state_names])
+    return m, state_names
+
+
 # --------------------------------------------------------------------------------------------------
 # The model
 
@@ -292,35 +352,9 @@ class StepModel:
             raise ModelError(
                 f"{source}: providers: expected a non-empty subset of {available}, found {chosen}"
             )
-        try:
-            self._sess = ort.InferenceSession(source, _session_options(threads), providers=chosen)
-        except Exception as exc:  # noqa: BLE001 - onnxruntime raises several types (InvalidProtobuf, Fail, ...)
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ModelError(f"{source}: not a loadable ONNX model: {first}") from None
-
-        try:  # onnxruntime decodes the file's strings lazily: a damaged byte surfaces here
-            props = self._sess.get_modelmeta().custom_metadata_map
-            inputs, outputs = self._sess.get_inputs(), self._sess.get_outputs()
-            _ = [(a.name, a.type, a.shape) for a in (*inputs, *outputs)]
-        except UnicodeDecodeError as exc:
-            raise ModelError(f"{source}: corrupt model file: a metadata value or graph name is not UTF-8 "
-                             f"({exc.reason} at byte {exc.start})") from None
-        self.meta = ModelMeta.from_props(props, source)
+        self._sess = _open(source, _session_options(threads), chosen)
+        self.meta, state_names = _checked(self._sess, source)
         m = self.meta
-        state_names = ["h", "c"] if m.cell == "lstm" else ["h"]
-        state_shape: list[Any] = [m.layers, "batch", m.hidden]
-        _check_io(
-            source,
-            "input",
-            inputs,
-            [("x", ["batch", m.input_dim])] + [(n, state_shape) for n in state_names],
-        )
-        _check_io(
-            source,
-            "output",
-            outputs,
-            [("pred", ["batch", m.horizon, 2])] + [(n + "_out", state_shape) for n in state_names],
-        )
         self._input_names = ["x", *state_names]
         self._output_names = ["pred"] + [n + "_out" for n in state_names]
         self._state_shape = (m.layers, m.hidden)
@@ -332,6 +366,17 @@ class StepModel:
         except Exception as exc:  # noqa: BLE001 - a graph that loads but cannot run (a damaged weight shape)
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ModelError(f"{source}: the model loads but does not run: {first}") from None
+
+    @staticmethod
+    def inspect(path: str | Path) -> ModelMeta:
+        """Make the checks of a load (file, ONNX, metadata and its bounds, graph inputs and outputs) and
+        return the metadata, without optimising or running the graph: a launch file's validation calls
+        this for every model it names, before any process starts."""
+        source = str(path)
+        if not Path(path).is_file():
+            raise ModelError(f"{source}: no such model file")
+        sess = _open(source, _session_options(1, optimise=False), ["CPUExecutionProvider"], fallback=False)
+        return _checked(sess, source)[0]
 
     def __repr__(self) -> str:
         m = self.meta
