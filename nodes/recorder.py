@@ -31,7 +31,18 @@ from pipeline.recordings.writer import MAX_CHUNK_AGE_S
 from pipeline.recordings.writer import Recorder as McapRecorder
 from pipeline.runtime.node import Node, NodeParams
 from pipeline.wire.codec import encode
-from pipeline.wire.messages import Detections, GnssFix, Image, Imu, Message, Odometry, PointCloud, Predictions, Tracks
+from pipeline.wire.messages import (
+    Detections,
+    GnssFix,
+    Image,
+    Imu,
+    LaserScan,
+    Message,
+    Odometry,
+    PointCloud,
+    Predictions,
+    Tracks,
+)
 
 __all__ = ["Recorder"]
 
@@ -47,7 +58,7 @@ class Recorder(Node):
     params: Params
 
     inputs = {"tracks": Tracks, "detections": Detections, "predictions": Predictions, "odom": Odometry,
-              "imu": Imu, "fix": GnssFix, "image": Image, "points": PointCloud}
+              "imu": Imu, "fix": GnssFix, "image": Image, "points": PointCloud, "scan": LaserScan}
 
     def setup(self) -> None:
         p = self.params

@@ -203,7 +203,12 @@ class TrafficSim(Node):
         seen = self.noise.random(len(ids)) >= self.params.miss_rate
         noisy = xy[seen] + self.noise.normal(0, self.params.detection_noise_m, (int(seen.sum()), 2))
         score = np.clip(self.noise.normal(0.85, 0.1, int(seen.sum())), 0, 1)
-        self.publish("detections", Detections(stamp_ns=stamp, frame_id="map", xy=noisy, kind=kind[seen], score=score))
+        k, v = kind[seen], vxy[seen]
+        car = k == AgentKind.VEHICLE
+        self.publish("detections", Detections(
+            stamp_ns=stamp, frame_id="map", xy=noisy, kind=k, score=score, ids=np.full(len(k), -1),
+            length=np.where(car, 4.5, 0.5), width=np.where(car, 1.9, 0.5), heading=np.arctan2(v[:, 1], v[:, 0]),
+            observed=np.where(car, Detections.OBSERVED_LENGTH | Detections.OBSERVED_WIDTH | Detections.OBSERVED_HEADING, 0)))
         self.diagnostics["agents"] = float(len(ids))
         self.ticks += 1
         if self.params.max_ticks and self.ticks >= self.params.max_ticks:

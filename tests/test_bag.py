@@ -16,7 +16,7 @@ from pipeline.recordings.base import RecordingError
 from pipeline.recordings.reader import open_recording
 from pipeline.recordings.replay import main as play_main
 from pipeline.wire.codec import decode
-from pipeline.wire.messages import GnssFix, Imu, Odometry, PointCloud
+from pipeline.wire.messages import GnssFix, Imu, LaserScan, Odometry
 
 RECORDINGS = Path(__file__).resolve().parents[2] / "shared" / "recordings"
 HUSKY = "husky_outdoor_gps_imu_odom_ros1/test1.bag"
@@ -68,7 +68,7 @@ def test_bag_info_rates_and_unconverted_types() -> None:
         info = rec.info()
     by = {t.name: t for t in info.topics}
     assert by["/ego_pose"].rate_hz(info.duration_ns) == pytest.approx(120, rel=0.01)
-    assert by["/scan"].schema == "drivecast/PointCloud"
+    assert by["/scan"].schema == "drivecast/LaserScan"
     assert not by["/wheel_speeds"].converted and by["/wheel_speeds"].type == "barc/msg/Encoder"
 
 
@@ -90,8 +90,10 @@ def test_ros_messages_convert_into_drivecast_schemas() -> None:
             if len(seen) == 3:
                 break
     scan, tf, red = seen["/scan"], seen["/tf"], seen["/red_pose"]
-    assert isinstance(scan, PointCloud) and scan.points.shape[1] == 4 and len(scan.points) > 10
-    assert np.all(np.isfinite(scan.points))
+    assert isinstance(scan, LaserScan) and scan.frame_id == "laser" and len(scan.ranges) == 360
+    assert scan.angle_increment == pytest.approx(2 * np.pi / 360, rel=0.01) and 0 < scan.range_min < scan.range_max
+    hits = (scan.ranges >= scan.range_min) & (scan.ranges <= scan.range_max)
+    assert hits.sum() > 10 and len(scan.intensities) in (0, 360)
     assert isinstance(tf, Odometry) and tf.frame_id == "map" and tf.child_frame_id in ("ego_pose", "red_pose")
     assert isinstance(red, Odometry) and red.child_frame_id == "red_pose"
 

@@ -32,8 +32,9 @@ def _drive(path: Path) -> Path:
                 stamp_ns=T0 + i * 100, seq=i + 1, model="lstm", ids=[10, 11], kind=[1, 2],
                 t_ns=T0 + i * 100 + np.array([1, 2, 3]) * 10**8,
                 xy=np.arange(12).reshape(2, 3, 2) + i)), T0 + i * 100 + 8)
-        rec.write("sim/detections", encode(Detections(stamp_ns=T0, seq=1, xy=[[1, 2], [3, 4]], kind=[2, 0],
-                                                      score=[0.9, 0.25])), T0 + 9)
+        rec.write("sim/detections", encode(Detections(
+            stamp_ns=T0, seq=1, xy=[[1, 2], [3, 4]], kind=[2, 0], score=[0.9, 0.25], ids=[-1, -1], length=[0.5, 1],
+            width=[0.5, 1], heading=[0, 0], observed=[0, 0])), T0 + 9)
         rec.write("car/odom", encode(Odometry(stamp_ns=T0)), T0 + 10)
     return path
 

@@ -83,7 +83,7 @@ def test_inputs_without_their_own_method_arrive_at_on_input_with_their_name() ->
     g = LocalGraph()
     node = g.add("p", _PassThrough, inputs={"tracks": "s/tracks", "detections": "s/detections", "odom": "s/odom"})
     g.start()
-    g.inject("s/detections", Detections(xy=np.zeros((0, 2)), kind=np.zeros(0), score=np.zeros(0)))
+    g.inject("s/detections", Detections())
     g.inject("s/tracks", Tracks(ids=np.zeros(0), xy=np.zeros((0, 2)), vxy=np.zeros((0, 2)), kind=np.zeros(0)))
     g.inject("s/odom", Odometry())
     g.spin()

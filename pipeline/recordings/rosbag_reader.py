@@ -10,7 +10,7 @@ Conversions (ROS type -> drivecast schema):
 | geometry_msgs/PoseWithCovarianceStamped   | Odometry (as PoseStamped)                            |
 | sensor_msgs/NavSatFix                     | GnssFix                                              |
 | sensor_msgs/Imu                           | Imu                                                  |
-| sensor_msgs/LaserScan                     | PointCloud `x,y,z,intensity` in the scan frame (valid ranges only) |
+| sensor_msgs/LaserScan                     | LaserScan (the same fields; intensities kept only one per beam) |
 | tf2_msgs/TFMessage                        | one Odometry per transform (frame_id = parent, child_frame_id = child) |
 
 A TFMessage holds several transforms and plays as several messages: `info()` counts the bag's
@@ -35,7 +35,7 @@ import numpy as np
 
 from pipeline.recordings.base import Item, Recording, RecordingError, RecordingInfo, TopicInfo
 from pipeline.wire.codec import encode
-from pipeline.wire.messages import GnssFix, Imu, Message, Odometry, PointCloud
+from pipeline.wire.messages import GnssFix, Imu, LaserScan, Message, Odometry
 
 __all__ = ["CONVERSIONS", "EXPANDING", "RosRecording", "load_msg_types"]
 
@@ -76,14 +76,11 @@ def _imu(m: Any, topic: str) -> list[Message]:
 
 def _laserscan(m: Any, topic: str) -> list[Message]:
     r = np.asarray(m.ranges, dtype=np.float32)
-    a = m.angle_min + m.angle_increment * np.arange(len(r), dtype=np.float64)
     inten = np.asarray(m.intensities, dtype=np.float32)
-    if inten.shape != r.shape:
-        inten = np.zeros_like(r)
-    ok = np.isfinite(r) & (r >= m.range_min) & (r <= m.range_max)
-    pts = np.stack([r * np.cos(a), r * np.sin(a), np.zeros_like(r), inten], axis=1)[ok]
-    return [PointCloud(stamp_ns=_stamp(m.header), frame_id=m.header.frame_id, fields="x,y,z,intensity",
-                       points=pts.astype(np.float32))]
+    return [LaserScan(stamp_ns=_stamp(m.header), frame_id=m.header.frame_id, angle_min=float(m.angle_min),
+                      angle_increment=float(m.angle_increment), time_increment=float(m.time_increment),
+                      range_min=float(m.range_min), range_max=float(m.range_max), ranges=r,
+                      intensities=inten if inten.shape == r.shape else np.zeros(0, np.float32))]
 
 
 def _tf(m: Any, topic: str) -> list[Message]:
@@ -101,7 +98,7 @@ CONVERSIONS: dict[str, tuple[str, Conversion]] = {
     "geometry_msgs/msg/PoseWithCovarianceStamped": (Odometry.SCHEMA, _pose_stamped),
     "sensor_msgs/msg/NavSatFix": (GnssFix.SCHEMA, _navsatfix),
     "sensor_msgs/msg/Imu": (Imu.SCHEMA, _imu),
-    "sensor_msgs/msg/LaserScan": (PointCloud.SCHEMA, _laserscan),
+    "sensor_msgs/msg/LaserScan": (LaserScan.SCHEMA, _laserscan),
     "tf2_msgs/msg/TFMessage": (Odometry.SCHEMA, _tf),
 }
 

@@ -28,6 +28,7 @@ __all__ = [
     "GnssFix",
     "Image",
     "Imu",
+    "LaserScan",
     "Message",
     "Odometry",
     "PointCloud",
@@ -140,12 +141,44 @@ class Tracks(Message):
 @_finish
 @dataclass(kw_only=True, eq=False)
 class Detections(Message):
-    """Untracked, noisy object detections (no identities)."""
+    """Objects seen in one sensor frame, or a tracker's boxes: centre (m), footprint and heading.
+
+    `length` is along `heading` (rad, counter-clockwise from the frame's x axis), `width` across it;
+    `observed` says which of them the sensor saw (`OBSERVED_*` bits: a lidar that sees one side of a
+    car knows its length, not its width; 0 for a point-like object). `ids` are -1 for untracked
+    detections and the track id in a tracker's output."""
 
     SCHEMA = "drivecast/Detections"
+    VERSION = 2
+    OBSERVED_LENGTH: ClassVar[int] = 1
+    OBSERVED_WIDTH: ClassVar[int] = 2
+    OBSERVED_HEADING: ClassVar[int] = 4
     xy: np.ndarray = array("float32", "N", 2)
     kind: np.ndarray = array("uint8", "N")
     score: np.ndarray = array("float32", "N")
+    ids: np.ndarray = array("int64", "N")
+    length: np.ndarray = array("float32", "N")
+    width: np.ndarray = array("float32", "N")
+    heading: np.ndarray = array("float32", "N")
+    observed: np.ndarray = array("uint8", "N")
+
+
+@_finish
+@dataclass(kw_only=True, eq=False)
+class LaserScan(Message):
+    """A planar lidar scan (ROS sensor_msgs/LaserScan): beam i at angle `angle_min + i *
+    angle_increment` (rad, in `frame_id`) measured `ranges[i]` (m); a range outside [`range_min`,
+    `range_max`] or not finite is no return. `intensities` is empty or one per beam. `stamp_ns` is
+    the time of the first beam, `time_increment` (s) the time between beams."""
+
+    SCHEMA = "drivecast/LaserScan"
+    angle_min: float = 0.0
+    angle_increment: float = 0.0
+    time_increment: float = 0.0
+    range_min: float = 0.0
+    range_max: float = 0.0
+    ranges: np.ndarray = array("float32", "N")
+    intensities: np.ndarray = array("float32", "M")
 
 
 @_finish
