@@ -26,7 +26,7 @@ from pipeline.recordings.mcap_format import pack_frames, unpack_frames
 from pipeline.recordings.reader import open_recording
 from pipeline.recordings.writer import Recorder
 from pipeline.wire.codec import decode, encode
-from pipeline.wire.messages import GnssFix, Image, Imu, Odometry, PointCloud, Predictions, Tracks
+from pipeline.wire.messages import Detections, GnssFix, Image, Imu, LaserScan, Odometry, PointCloud, Predictions, Tracks
 from tests.conftest import REPO, wait_for
 
 T0 = 1_700_000_000_000_000_000
@@ -482,3 +482,32 @@ def test_record_names_the_topics_that_got_no_message_so_its_count_agrees_with_ba
     assert re.search(r"wrote \d+ messages \(.*\) on 1 of 2 topics to .*rec.mcap \(no message on pred/events\)", err)
     assert bag_main(["info", str(out), "--json"]) == 0
     assert [t["name"] for t in json.loads(capsys.readouterr().out)["topics"]] == ["sim/tracks"]
+
+
+def test_scans_and_boxes_get_foxglove_mirrors(tmp_path: Path) -> None:
+    """A LaserScan mirrors as foxglove.LaserScan (no-return beams as null, not drawn), Detections as
+    boxes labelled with their track id."""
+    scan = LaserScan(stamp_ns=T0, frame_id="laser", angle_min=-1.0, angle_increment=0.5, range_min=0.2,
+                     range_max=8.0, ranges=np.array([1.0, np.nan, 9.0, 0.1, 2.5], np.float32))
+    boxes = Detections(stamp_ns=T0, frame_id="map", xy=[[1, 2], [3, 4]], kind=[1, 2], score=[1, 1], ids=[7, -1],
+                       length=[4.0, np.nan], width=[2.0, 0.0], heading=[np.pi / 2, 0], observed=[7, 0])
+    path = tmp_path / "scan.mcap"
+    with Recorder(path) as rec:
+        rec.write("lidar/scan", encode(scan), T0)
+        rec.write("tracker/boxes", encode(boxes), T0)
+    with open(path, "rb") as f:
+        reader = make_reader(f)
+        bodies = {ch.topic: (reader.get_summary().schemas[ch.schema_id].name, m.data)
+                  for _, ch, m in reader.iter_messages(topics=["/foxglove/lidar/scan", "/foxglove/tracker/boxes"])}
+    name, body = bodies["/foxglove/lidar/scan"]
+    fox_scan = json.loads(body)
+    assert name == "foxglove.LaserScan" and fox_scan["frame_id"] == "laser"
+    assert fox_scan["ranges"] == [1.0, None, None, None, 2.5]
+    assert (fox_scan["start_angle"], fox_scan["end_angle"]) == (-1.0, 1.0)
+    name, body = bodies["/foxglove/tracker/boxes"]
+    entity = json.loads(body)["entities"][0]
+    assert name == "foxglove.SceneUpdate" and [t["text"] for t in entity["texts"]] == ["7"]
+    first, second = entity["cubes"]
+    assert first["size"]["x"] == 4.0 and first["size"]["y"] == 2.0
+    assert first["pose"]["orientation"]["z"] == pytest.approx(np.sin(np.pi / 4))
+    assert second["size"]["x"] == second["size"]["y"] == 0.5  # no size known: a small box

@@ -6,6 +6,8 @@ and mirror channels `/foxglove/<topic>` for the rest) and the live bridge node.
 |-------------|------------------------------------|-----------------------------------------------------|
 | Tracks      | foxglove.SceneUpdate               | a sphere and an id label per agent, velocity arrows |
 | Predictions | foxglove.SceneUpdate               | one line strip per agent (predicted path)           |
+| Detections  | foxglove.SceneUpdate               | a box per object, its track id where it has one     |
+| LaserScan   | foxglove.LaserScan                 | the scan's returns (3D)                             |
 | Odometry    | foxglove.PoseInFrame               | a pose (3D), x/y plots                              |
 | GnssFix     | foxglove.LocationFix               | the Map panel                                       |
 | Image       | foxglove_msgs/msg/RawImage (CDR)   | the Image panel                                     |
@@ -28,6 +30,7 @@ the bridge.
 from __future__ import annotations
 
 import json
+import math
 import struct
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
@@ -37,7 +40,19 @@ import numpy as np
 
 from pipeline.errors import DecodeError
 from pipeline.wire.codec import decode
-from pipeline.wire.messages import SCHEMAS, GnssFix, Image, Imu, Message, Odometry, PointCloud, Predictions, Tracks
+from pipeline.wire.messages import (
+    SCHEMAS,
+    Detections,
+    GnssFix,
+    Image,
+    Imu,
+    LaserScan,
+    Message,
+    Odometry,
+    PointCloud,
+    Predictions,
+    Tracks,
+)
 
 __all__ = ["STORED", "ChannelSpec", "Layout", "StoredForm", "channel_spec", "convert", "stored", "supported"]
 
@@ -97,6 +112,42 @@ def _predictions(msg: Predictions, topic: str) -> dict[str, Any]:
                       "points": pts, "color": _color(kinds[i] if i < len(kinds) else 0, 0.9),
                       "colors": [], "indices": []})
     return {"deletions": [], "entities": [_entity(msg, topic, lines=lines)]}
+
+
+def _detections(msg: Detections, topic: str) -> dict[str, Any]:
+    """A box per object (its footprint, 1.5 m high; 0.5 m where no size is known), labelled with its
+    track id when it has one."""
+    cubes, texts = [], []
+    for (x, y), oid, kind, length, width, yaw in zip(msg.xy.tolist(), msg.ids.tolist(), msg.kind.tolist(),
+                                                     msg.length.tolist(), msg.width.tolist(), msg.heading.tolist(),
+                                                     strict=False):
+        color = _color(kind, 0.5)
+        pose = {"position": {"x": x, "y": y, "z": 0.75}, "orientation": _yaw_quat(yaw)}
+        cubes.append({"pose": pose, "size": {"x": _size(length), "y": _size(width), "z": 1.5}, "color": color})
+        if oid >= 0:
+            texts.append({"pose": {"position": {"x": x, "y": y, "z": 1.8}, "orientation": _IDENTITY["orientation"]},
+                          "billboard": True, "font_size": 14.0, "scale_invariant": True, "color": color,
+                          "text": str(oid)})
+    return {"deletions": [], "entities": [_entity(msg, topic, cubes=cubes, texts=texts)]}
+
+
+def _size(v: float) -> float:
+    return v if math.isfinite(v) and v > 0 else 0.5
+
+
+def _yaw_quat(yaw: float) -> dict[str, float]:
+    yaw = yaw if math.isfinite(yaw) else 0.0
+    return {"x": 0.0, "y": 0.0, "z": math.sin(yaw / 2), "w": math.cos(yaw / 2)}
+
+
+def _laserscan(msg: LaserScan, topic: str) -> dict[str, Any]:
+    """No-return beams become NaN (null in JSON: not drawn)."""
+    r = msg.ranges.astype(np.float64)
+    r[~((r >= msg.range_min) & (r <= msg.range_max))] = np.nan
+    end = msg.angle_min + msg.angle_increment * max(len(r) - 1, 0)
+    return {"timestamp": _time(msg.stamp_ns), "frame_id": _frame(msg), "pose": _IDENTITY,
+            "start_angle": msg.angle_min, "end_angle": end, "ranges": r.tolist(),
+            "intensities": msg.intensities.tolist()}
 
 
 def _odometry(msg: Odometry, topic: str) -> dict[str, Any]:
@@ -259,6 +310,9 @@ class ChannelSpec(NamedTuple):
 _JSON: dict[str, tuple[str, Callable[[Any, str], dict[str, Any]], list[str]]] = {
     Tracks.SCHEMA: ("foxglove.SceneUpdate", _tracks, ["deletions", "entities"]),
     Predictions.SCHEMA: ("foxglove.SceneUpdate", _predictions, ["deletions", "entities"]),
+    Detections.SCHEMA: ("foxglove.SceneUpdate", _detections, ["deletions", "entities"]),
+    LaserScan.SCHEMA: ("foxglove.LaserScan", _laserscan, ["timestamp", "frame_id", "pose", "start_angle", "end_angle",
+                                                           "ranges", "intensities"]),
     Odometry.SCHEMA: ("foxglove.PoseInFrame", _odometry, ["timestamp", "frame_id", "pose"]),
     GnssFix.SCHEMA: ("foxglove.LocationFix", _gnss, ["timestamp", "frame_id", "latitude", "longitude", "altitude"]),
     Imu.SCHEMA: ("drivecast.Imu", _imu, ["timestamp", "frame_id", "orientation", "angular_velocity",
