@@ -14,8 +14,7 @@ and mirror channels `/foxglove/<topic>` for the rest) and the live bridge node.
 | PointCloud  | foxglove_msgs/msg/PointCloud (CDR) | 3D points (float32 columns as named in `fields`)    |
 | Imu         | drivecast.Imu (plain)              | plots                                               |
 
-Small messages are JSON (`jsonschema` schemas, minimal: Foxglove picks the renderer by schema
-name). Images and point clouds are ROS 2 CDR with `ros2msg` schemas of the same Foxglove types
+Small messages are JSON (`pipeline.recordings.foxglove_json`). Images and point clouds are ROS 2 CDR with `ros2msg` schemas of the same Foxglove types
 (the `foxglove_msgs` package): JSON would carry their bytes as base64, a copy, a third more bytes
 and slower compression. An empty `frame_id` becomes `world` so that the 3D panel has a frame.
 
@@ -30,7 +29,6 @@ the bridge.
 from __future__ import annotations
 
 import json
-import math
 import struct
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
@@ -39,128 +37,11 @@ import msgspec
 import numpy as np
 
 from pipeline.errors import DecodeError
+from pipeline.recordings.foxglove_json import JSON, frame
 from pipeline.wire.codec import decode
-from pipeline.wire.messages import (
-    SCHEMAS,
-    Detections,
-    GnssFix,
-    Image,
-    Imu,
-    LaserScan,
-    Message,
-    Odometry,
-    PointCloud,
-    Predictions,
-    Tracks,
-)
+from pipeline.wire.messages import SCHEMAS, Image, Message, PointCloud
 
 __all__ = ["STORED", "ChannelSpec", "Layout", "StoredForm", "channel_spec", "convert", "stored", "supported"]
-
-_DEFAULT_FRAME = "world"
-_IDENTITY = {"position": {"x": 0.0, "y": 0.0, "z": 0.0}, "orientation": {"x": 0.0, "y": 0.0, "z": 0.0, "w": 1.0}}
-# agent kind -> RGBA (unknown, vehicle, pedestrian, cyclist)
-_SPHERE = {"x": 0.5, "y": 0.5, "z": 0.5}
-_COLORS = [(0.6, 0.6, 0.6), (0.2, 0.5, 1.0), (1.0, 0.6, 0.1), (0.3, 0.8, 0.3)]
-
-
-def _time(ns: int) -> dict[str, int]:
-    return {"sec": ns // 1_000_000_000, "nsec": ns % 1_000_000_000}
-
-
-def _frame(msg: Message) -> str:
-    return msg.frame_id or _DEFAULT_FRAME
-
-
-def _color(kind: int, a: float = 1.0) -> dict[str, float]:
-    r, g, b = _COLORS[kind] if 0 <= kind < len(_COLORS) else _COLORS[0]
-    return {"r": r, "g": g, "b": b, "a": a}
-
-
-def _entity(msg: Message, entity_id: str, **prims: list[Any]) -> dict[str, Any]:
-    e: dict[str, Any] = {"timestamp": _time(msg.stamp_ns), "frame_id": _frame(msg), "id": entity_id,
-                         "lifetime": {"sec": 0, "nsec": 0}, "frame_locked": False, "metadata": []}
-    for k in ("arrows", "cubes", "spheres", "cylinders", "lines", "triangles", "texts", "models"):
-        e[k] = prims.get(k, [])
-    return e
-
-
-def _tracks(msg: Tracks, topic: str) -> dict[str, Any]:
-    spheres, texts, arrows = [], [], []
-    q0 = _IDENTITY["orientation"]
-    speed = np.hypot(msg.vxy[:, 0], msg.vxy[:, 1]).tolist()
-    yaw = np.arctan2(msg.vxy[:, 1], msg.vxy[:, 0])
-    qz, qw = np.sin(yaw / 2).tolist(), np.cos(yaw / 2).tolist()
-    for i, ((x, y), agent, kind) in enumerate(zip(msg.xy.tolist(), msg.ids.tolist(), msg.kind.tolist(), strict=False)):
-        position = {"x": x, "y": y, "z": 0.0}
-        color = _color(kind)
-        spheres.append({"pose": {"position": position, "orientation": q0}, "size": _SPHERE, "color": color})
-        texts.append({"pose": {"position": {"x": x, "y": y, "z": 0.6}, "orientation": q0}, "billboard": True,
-                      "font_size": 14.0, "scale_invariant": True, "color": color, "text": str(agent)})
-        if speed[i] > 1e-3:
-            arrows.append({"pose": {"position": position, "orientation": {"x": 0.0, "y": 0.0, "z": qz[i], "w": qw[i]}},
-                           "shaft_length": speed[i], "shaft_diameter": 0.05, "head_length": 0.15,
-                           "head_diameter": 0.15, "color": color})
-    return {"deletions": [], "entities": [_entity(msg, topic, spheres=spheres, texts=texts, arrows=arrows)]}
-
-
-def _predictions(msg: Predictions, topic: str) -> dict[str, Any]:
-    lines = []
-    kinds = msg.kind.tolist()
-    for i, path in enumerate(msg.xy.tolist()):
-        pts = [{"x": x, "y": y, "z": 0.0} for x, y in path]
-        lines.append({"type": 0, "pose": _IDENTITY, "thickness": 0.08, "scale_invariant": False,
-                      "points": pts, "color": _color(kinds[i] if i < len(kinds) else 0, 0.9),
-                      "colors": [], "indices": []})
-    return {"deletions": [], "entities": [_entity(msg, topic, lines=lines)]}
-
-
-def _detections(msg: Detections, topic: str) -> dict[str, Any]:
-    """A box per object (its footprint, 1.5 m high; 0.5 m where no size is known), labelled with its
-    track id when it has one."""
-    cubes, texts = [], []
-    for (x, y), oid, kind, length, width, yaw in zip(msg.xy.tolist(), msg.ids.tolist(), msg.kind.tolist(),
-                                                     msg.length.tolist(), msg.width.tolist(), msg.heading.tolist(),
-                                                     strict=False):
-        color = _color(kind, 0.5)
-        pose = {"position": {"x": x, "y": y, "z": 0.75}, "orientation": _yaw_quat(yaw)}
-        cubes.append({"pose": pose, "size": {"x": _size(length), "y": _size(width), "z": 1.5}, "color": color})
-        if oid >= 0:
-            texts.append({"pose": {"position": {"x": x, "y": y, "z": 1.8}, "orientation": _IDENTITY["orientation"]},
-                          "billboard": True, "font_size": 14.0, "scale_invariant": True, "color": color,
-                          "text": str(oid)})
-    return {"deletions": [], "entities": [_entity(msg, topic, cubes=cubes, texts=texts)]}
-
-
-def _size(v: float) -> float:
-    return v if math.isfinite(v) and v > 0 else 0.5
-
-
-def _yaw_quat(yaw: float) -> dict[str, float]:
-    yaw = yaw if math.isfinite(yaw) else 0.0
-    return {"x": 0.0, "y": 0.0, "z": math.sin(yaw / 2), "w": math.cos(yaw / 2)}
-
-
-def _laserscan(msg: LaserScan, topic: str) -> dict[str, Any]:
-    """No-return beams become NaN (null in JSON: not drawn)."""
-    r = msg.ranges.astype(np.float64)
-    r[~((r >= msg.range_min) & (r <= msg.range_max))] = np.nan
-    end = msg.angle_min + msg.angle_increment * max(len(r) - 1, 0)
-    return {"timestamp": _time(msg.stamp_ns), "frame_id": _frame(msg), "pose": _IDENTITY,
-            "start_angle": msg.angle_min, "end_angle": end, "ranges": r.tolist(),
-            "intensities": msg.intensities.tolist()}
-
-
-def _odometry(msg: Odometry, topic: str) -> dict[str, Any]:
-    p, q = msg.position, msg.orientation
-    return {"timestamp": _time(msg.stamp_ns), "frame_id": _frame(msg), "pose": {
-        "position": {"x": float(p[0]), "y": float(p[1]), "z": float(p[2])},
-        "orientation": {"x": float(q[0]), "y": float(q[1]), "z": float(q[2]), "w": float(q[3])}}}
-
-
-def _gnss(msg: GnssFix, topic: str) -> dict[str, Any]:
-    return {"timestamp": _time(msg.stamp_ns), "frame_id": _frame(msg), "latitude": msg.latitude,
-            "longitude": msg.longitude, "altitude": msg.altitude, "position_covariance": [0.0] * 9,
-            "position_covariance_type": 0}
 
 
 class _Cdr:
@@ -262,7 +143,7 @@ def _cdr(layout: Layout, values: Sequence[Any], *blobs: Any) -> bytes:
 
 def _image_values(msg: Image, data: np.ndarray) -> tuple[Any, ...]:
     h, w, c = data.shape
-    return msg.stamp_ns, _frame(msg), w, h, msg.encoding, w * c * data.dtype.itemsize
+    return msg.stamp_ns, frame(msg), w, h, msg.encoding, w * c * data.dtype.itemsize
 
 
 def _image(msg: Image, topic: str, preview: bool = False) -> bytes:
@@ -286,18 +167,12 @@ def _names(msg: PointCloud) -> list[str]:
 
 def _cloud_values(msg: PointCloud, pts: np.ndarray) -> tuple[Any, ...]:
     fields = [(name, 4 * i, _FLOAT32) for i, name in enumerate(_names(msg))]
-    return msg.stamp_ns, _frame(msg), _IDENTITY_POSE, 4 * pts.shape[1] if pts.ndim == 2 else 0, fields
+    return msg.stamp_ns, frame(msg), _IDENTITY_POSE, 4 * pts.shape[1] if pts.ndim == 2 else 0, fields
 
 
 def _points(msg: PointCloud, topic: str, preview: bool = False) -> bytes:
     pts = np.ascontiguousarray(msg.points[::4] if preview else msg.points, dtype="<f4")
     return _cdr(_POINT_CLOUD_LAYOUT, _cloud_values(msg, pts), pts)
-
-
-def _imu(msg: Imu, topic: str) -> dict[str, Any]:
-    return {"timestamp": _time(msg.stamp_ns), "frame_id": msg.frame_id,
-            "orientation": msg.orientation.tolist(), "angular_velocity": msg.angular_velocity.tolist(),
-            "linear_acceleration": msg.linear_acceleration.tolist()}
 
 
 class ChannelSpec(NamedTuple):
@@ -307,17 +182,6 @@ class ChannelSpec(NamedTuple):
     schema_data: bytes
 
 
-_JSON: dict[str, tuple[str, Callable[[Any, str], dict[str, Any]], list[str]]] = {
-    Tracks.SCHEMA: ("foxglove.SceneUpdate", _tracks, ["deletions", "entities"]),
-    Predictions.SCHEMA: ("foxglove.SceneUpdate", _predictions, ["deletions", "entities"]),
-    Detections.SCHEMA: ("foxglove.SceneUpdate", _detections, ["deletions", "entities"]),
-    LaserScan.SCHEMA: ("foxglove.LaserScan", _laserscan, ["timestamp", "frame_id", "pose", "start_angle", "end_angle",
-                                                           "ranges", "intensities"]),
-    Odometry.SCHEMA: ("foxglove.PoseInFrame", _odometry, ["timestamp", "frame_id", "pose"]),
-    GnssFix.SCHEMA: ("foxglove.LocationFix", _gnss, ["timestamp", "frame_id", "latitude", "longitude", "altitude"]),
-    Imu.SCHEMA: ("drivecast.Imu", _imu, ["timestamp", "frame_id", "orientation", "angular_velocity",
-                                         "linear_acceleration"]),
-}
 _CDR_TYPES: dict[str, tuple[str, str, tuple[str, ...], Callable[[Any, str, bool], bytes]]] = {
     Image.SCHEMA: ("foxglove_msgs/msg/RawImage", _RAW_IMAGE_FIELDS, (_TIME,), _image),
     PointCloud.SCHEMA: ("foxglove_msgs/msg/PointCloud", _POINT_CLOUD_FIELDS, _POINT_CLOUD_DEPS, _points),
@@ -325,7 +189,7 @@ _CDR_TYPES: dict[str, tuple[str, str, tuple[str, ...], Callable[[Any, str, bool]
 
 
 def supported(schema: str) -> bool:
-    return schema in _JSON or schema in _CDR_TYPES
+    return schema in JSON or schema in _CDR_TYPES
 
 
 def _ros2msg(schema: str, extra: str = "") -> ChannelSpec:
@@ -338,7 +202,7 @@ def channel_spec(schema: str) -> ChannelSpec:
     """How the Foxglove form of a drivecast schema is written: encoding and schema record."""
     if schema in _CDR_TYPES:
         return _ros2msg(schema)
-    name, _, props = _JSON[schema]
+    name, _, props = JSON[schema]
     body = {"title": name, "type": "object", "properties": {p: {} for p in props}}
     return ChannelSpec("json", name, "jsonschema", json.dumps(body, sort_keys=True).encode())
 
@@ -352,7 +216,7 @@ def convert(msg: Message, topic: str, preview: bool = False) -> bytes:
     schema = type(msg).SCHEMA
     if schema in _CDR_TYPES:
         return _CDR_TYPES[schema][3](msg, topic, preview)
-    return _encoder.encode(_JSON[schema][1](msg, topic))
+    return _encoder.encode(JSON[schema][1](msg, topic))
 
 
 # -- images and point clouds stored once: the recorder's channel of such a topic is the Foxglove type ------
