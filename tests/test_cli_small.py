@@ -91,7 +91,7 @@ def test_view_of_a_recording_prints_the_url_plays_to_a_subscriber_and_stops_on_s
     with contextlib.closing(ws.s):
         _, adv = ws.until(lambda op, d: op == 1 and json.loads(d).get("op") == "advertise", "advertise")
         channels = {c["topic"]: c for c in json.loads(adv)["channels"]}
-        assert set(channels) == {"sim/tracks", "pred/predictions", "car/odom"}  # detections have no Foxglove form
+        assert set(channels) == {"sim/tracks", "pred/predictions", "car/odom", "sim/detections"}
         ws.send_text(json.dumps({"op": "subscribe", "subscriptions": [
             {"id": 1, "channelId": channels["sim/tracks"]["id"]}]}))
         _, data = ws.until(lambda op, d: op == 2 and d[:1] == b"\x01", "message data")
