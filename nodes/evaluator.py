@@ -7,7 +7,9 @@ error over the horizon, FDE the error at its end, in meters, per agent kind and 
 averages rows of every model, each over its own horizon).
 
 Beside the model, on exactly the same rows: constant velocity (`export.runtime.features.constant_velocity`) from
-the same inputs (truth positions up to the prediction's sample time t0 = t_ns[0] - dt):
+the same inputs (positions up to the prediction's sample time t0 = t_ns[0] - dt: the truth's, or with the
+input `observed` wired, those of the tracks the predictor was fed, e.g. a tracker's; the truth then carries
+the tracks' ids, see `nodes.track_eval`):
 v = (p(t0) - p(t0 - k*dt)) / (k*dt), for each k in `cv_ks` (an agent seen for less than k*dt uses the
 longest of `cv_ks` it has been seen for); the best k per kind is reported, which flatters the baseline
 rather than the model (models/baselines.py picks k on validation data instead).
@@ -58,6 +60,29 @@ class _Frame:
         return self.xy[pos] if len(self.ids) else np.zeros((len(ids), 2)), ok
 
 
+class _History:
+    """Tracks messages in stamp order, kept for `keep_s`; positions at given times, interpolated."""
+
+    def __init__(self, keep_s: float) -> None:
+        self.frames: deque[_Frame] = deque()
+        self.stamps: deque[int] = deque()
+        self.keep_ns = keep_s * 1e9
+
+    def add(self, msg: Tracks, ok: np.ndarray) -> bool:
+        """Keep `msg` (its rows `ok`); False for a duplicate or late message (the history is ordered)."""
+        if self.stamps and msg.stamp_ns <= self.stamps[-1]:
+            return False
+        self.frames.append(_Frame(msg, ok))
+        self.stamps.append(msg.stamp_ns)
+        while self.stamps[0] < msg.stamp_ns - self.keep_ns:
+            self.frames.popleft()
+            self.stamps.popleft()
+        return True
+
+    def at(self, ids: np.ndarray, t_ns: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return _truth_at(self.frames, self.stamps, ids, t_ns)
+
+
 class _Score:
     """Running sums for one group of rows (a kind, or everything)."""
 
@@ -103,12 +128,13 @@ class Evaluator(Node):
                 raise ValueError(f"plot: no such directory '{Path(self.plot).resolve().parent}' to write {self.plot!r} in")
 
     params: Params
-    inputs = {"predictions": Predictions, "truth": Tracks, "events": StateEvent, "diagnostics": Diagnostics}
+    inputs = {"predictions": Predictions, "truth": Tracks, "observed": Tracks, "events": StateEvent,
+              "diagnostics": Diagnostics}
 
     def setup(self) -> None:
         self.ks = sorted(set(self.params.cv_ks))
-        self.frames: deque[_Frame] = deque()
-        self.stamps: deque[int] = deque()
+        self.truth = _History(self.params.keep_s)
+        self.observed = _History(self.params.keep_s)  # what the predictor saw, when wired: the CV's input
         # per model, in stamp order; bounded, in case the truth stops coming
         self.pending: dict[str, deque[Predictions]] = defaultdict(lambda: deque(maxlen=1000))
         self.scores: dict[str, _Score] = defaultdict(lambda: _Score(len(self.ks)))
@@ -121,25 +147,25 @@ class Evaluator(Node):
             self.every(self.params.report_s, lambda: self.log.info("%s", self.summary()))
 
     def on_truth(self, msg: Tracks) -> None:
-        if self.stamps and msg.stamp_ns <= self.stamps[-1]:
-            return  # a duplicate or a late truth message: the history is ordered by stamp
+        if self._keep(msg, self.truth, "truth"):
+            self._flush()
+
+    def on_observed(self, msg: Tracks) -> None:
+        self._keep(msg, self.observed, "observed")
+
+    def _keep(self, msg: Tracks, history: _History, what: str) -> bool:
         p, now = self.params, self.now_ns()
         if p.max_future_s > 0 and now > 0 and msg.stamp_ns - now > p.max_future_s * 1e9:  # now 0: no clock yet
-            self._drop("future_truth")
-            return
+            self._drop(f"future_{what}")
+            return False
         ok = plausible_rows(msg.xy, p.max_abs_xy, msg.vxy, p.max_speed)
         if not ok.all():
-            self._drop("truth_rows", int(len(ok) - ok.sum()))
-        self.frames.append(_Frame(msg, ok))
-        self.stamps.append(msg.stamp_ns)
-        while self.stamps[0] < msg.stamp_ns - self.params.keep_s * 1e9:
-            self.frames.popleft()
-            self.stamps.popleft()
-        self._flush()
+            self._drop(f"{what}_rows", int(len(ok) - ok.sum()))
+        return history.add(msg, ok)
 
     def _flush(self) -> None:
         """Evaluate every pending prediction whose horizon the truth now covers."""
-        latest = self.stamps[-1] if self.stamps else -1
+        latest = self.truth.stamps[-1] if self.truth.stamps else -1
         for queue in self.pending.values():
             while queue and queue[0].t_ns[-1] <= latest:
                 self._evaluate(queue.popleft())
@@ -180,9 +206,10 @@ class Evaluator(Node):
         dt = int(msg.t_ns[1] - msg.t_ns[0])
         t0 = int(msg.t_ns[0]) - dt
         ks = self.ks
-        truth, ok = _truth_at(self.frames, self.stamps, msg.ids, msg.t_ns)
-        past, past_ok = _truth_at(self.frames, self.stamps, msg.ids,
-                                   t0 - dt * np.array([0, *ks], np.int64))
+        truth, ok = self.truth.at(msg.ids, msg.t_ns)
+        # the CV's input: what the predictor saw (the observed tracks, when wired), else the truth
+        past, past_ok = (self.observed if self.observed.stamps else self.truth).at(
+            msg.ids, t0 - dt * np.array([0, *ks], np.int64))
         rows = ok.all(1) & past_ok[:, 0]
         if not rows.any():
             return

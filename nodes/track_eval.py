@@ -1,0 +1,158 @@
+"""Score a tracker against ground truth, and give the truth the tracker's ids.
+
+Inputs: `tracks`, a tracker's confirmed tracks, and `truth`, the true agents (the simulator's tracks,
+or motion capture through `nodes.poses:PosesToTracks`); with `ego` (the sensor carrier's pose) and
+`range_m`, only truth within that range of it is scored (hidden objects still count as misses). Each tracks message is matched with the truth
+at its stamp (interpolated between the two truth messages around it, per id; a truth message stamped
+exactly then is used as is): a track and a truth object match when their centres are within `match_m`,
+by the Hungarian algorithm (scipy's `linear_sum_assignment`), a pair matched before staying matched
+while within `match_m` (the CLEAR-MOT rule).
+
+Two outputs of that matching:
+- `truth`: the matched truth rows, relabelled with their track's id, stamped like the tracks. The
+  `nodes.evaluator:Evaluator` pairs predictions with truth by id, so wired to this output (and to the
+  tracks as `observed`) it scores predictions made from tracked input against the truth, beside
+  constant velocity on the same tracked input.
+- tracking metrics as the `motmetrics` library defines and computes them (CLEAR-MOT: MOTA, MOTP,
+  identity switches; identity: IDF1), fed every matched frame with the centre distances: a summary every
+  `report_s`, a table at shutdown, and with `report_json: PATH` that table as JSON. motmetrics is the
+  optional `[eval]` extra; without it the node still relabels the truth and reports no metrics.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import deque
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+from msgspec import Meta
+from scipy.optimize import linear_sum_assignment
+
+from pipeline.runtime.node import Node, NodeParams
+from pipeline.wire.messages import Odometry, Tracks
+
+__all__ = ["METRICS", "TrackEvaluator", "truth_at"]
+
+METRICS = ["mota", "motp", "idf1", "num_switches", "num_false_positives", "num_misses", "num_objects", "recall",
+           "precision"]
+
+
+def truth_at(before: Tracks, after: Tracks | None, t_ns: int) -> Tracks:
+    """The truth at `t_ns`: `before` if stamped then; else each id in both messages interpolated
+    between them, and without `after`, each row of `before` moved by its velocity."""
+    if before.stamp_ns == t_ns or after is None:
+        dt = (t_ns - before.stamp_ns) / 1e9
+        return Tracks(stamp_ns=t_ns, frame_id=before.frame_id, ids=before.ids, xy=before.xy + dt * before.vxy,
+                      vxy=before.vxy, kind=before.kind)
+    w = (t_ns - before.stamp_ns) / (after.stamp_ns - before.stamp_ns)
+    both, ia, ib = np.intersect1d(before.ids, after.ids, return_indices=True)
+    xy = (1 - w) * before.xy[ia] + w * after.xy[ib]
+    vxy = (1 - w) * before.vxy[ia] + w * after.vxy[ib]
+    return Tracks(stamp_ns=t_ns, frame_id=before.frame_id, ids=both, xy=xy, vxy=vxy, kind=before.kind[ia])
+
+
+class TrackEvaluator(Node):
+    """Tracks and truth in, truth relabelled with track ids out, MOT metrics in the log; see the module."""
+
+    class Params(NodeParams):
+        match_m: Annotated[float, Meta(gt=0)] = 2.0        # farther apart: no match (motmetrics' max distance)
+        max_truth_gap_s: Annotated[float, Meta(gt=0)] = 0.5  # truth this far from a track's stamp: not scored
+        report_s: Annotated[float, Meta(ge=0)] = 10.0      # a summary line this often (0: only at shutdown)
+        report_json: str = ""                              # write the final metrics here
+        range_m: Annotated[float, Meta(ge=0)] = 0.0        # with `ego` wired: score truth this near it only (0: all)
+
+    params: Params
+    inputs = {"tracks": Tracks, "truth": Tracks, "ego": Odometry}
+    outputs = {"truth": Tracks}
+
+    def setup(self) -> None:
+        self.truth: deque[Tracks] = deque(maxlen=64)
+        self.waiting: deque[Tracks] = deque(maxlen=256)  # tracks messages whose truth has not come yet
+        self.pairs: dict[int, int] = {}  # truth id -> track id, matched in the last frame
+        self.frames = 0
+        self.ego_xy: np.ndarray | None = None
+        try:
+            import motmetrics
+        except ImportError:
+            self.log.warning("motmetrics is not installed (the [eval] extra): no tracking metrics")
+            self.acc: Any = None
+        else:
+            self.mm = motmetrics
+            self.acc = motmetrics.MOTAccumulator(auto_id=True)
+        if self.params.report_s > 0:
+            self.every(self.params.report_s, lambda: self.log.info("%s", self.summary()))
+
+    def on_truth(self, msg: Tracks) -> None:
+        if self.truth and msg.stamp_ns <= self.truth[-1].stamp_ns:
+            return  # out of order or repeated: the truth history is ordered by stamp
+        self.truth.append(msg)
+        while self.waiting and self.waiting[0].stamp_ns <= msg.stamp_ns:
+            self._score(self.waiting.popleft())
+
+    def on_ego(self, msg: Odometry) -> None:
+        self.ego_xy = msg.position[:2].copy()
+
+    def on_tracks(self, msg: Tracks) -> None:
+        if self.truth and msg.stamp_ns <= self.truth[-1].stamp_ns:
+            self._score(msg)
+        else:
+            self.waiting.append(msg)
+
+    def _truth_for(self, t_ns: int) -> Tracks | None:
+        gap = self.params.max_truth_gap_s * 1e9
+        stamps = [m.stamp_ns for m in self.truth]
+        i = int(np.searchsorted(stamps, t_ns, side="right")) - 1
+        if i < 0 or t_ns - stamps[i] > gap:
+            return None
+        after = self.truth[i + 1] if i + 1 < len(stamps) and stamps[i + 1] - t_ns <= gap else None
+        return truth_at(self.truth[i], after, t_ns)
+
+    def _score(self, tracks: Tracks) -> None:
+        truth = self._truth_for(tracks.stamp_ns)
+        if truth is None:
+            self.diagnostics["unscored_frames"] = self.diagnostics.get("unscored_frames", 0) + 1
+            return
+        if self.params.range_m and self.ego_xy is not None:  # a sensor's reach: farther truth is not expected
+            near = np.linalg.norm(truth.xy - self.ego_xy, axis=1) <= self.params.range_m
+            truth = Tracks(stamp_ns=truth.stamp_ns, frame_id=truth.frame_id, ids=truth.ids[near], xy=truth.xy[near],
+                           vxy=truth.vxy[near], kind=truth.kind[near])
+        d = np.linalg.norm(truth.xy[:, None, :].astype(np.float64) - tracks.xy[None, :, :], axis=-1)
+        far = ~(d <= self.params.match_m)  # NaN positions never match
+        cost = np.where(far, 1e9, d)
+        # CLEAR-MOT: a pair matched in the previous frame keeps its match while within reach
+        tid = {int(t): j for j, t in enumerate(tracks.ids.tolist())}
+        for i, o in enumerate(truth.ids.tolist()):
+            j = tid.get(self.pairs.get(o, -1))
+            if j is not None and not far[i, j]:
+                cost[i, j] = -1.0
+        rows, cols = linear_sum_assignment(cost)
+        keep = ~far[rows, cols]
+        rows, cols = rows[keep], cols[keep]
+        self.pairs = {int(truth.ids[i]): int(tracks.ids[j]) for i, j in zip(rows, cols, strict=True)}
+        if self.acc is not None:
+            self.acc.update(truth.ids.tolist(), tracks.ids.tolist(), np.where(far, np.nan, d))
+        self.frames += 1
+        self.publish("truth", Tracks(stamp_ns=tracks.stamp_ns, frame_id=truth.frame_id, ids=tracks.ids[cols],
+                                     xy=truth.xy[rows], vxy=truth.vxy[rows], kind=truth.kind[rows]))
+        self.diagnostics["frames"] = float(self.frames)
+
+    def metrics(self) -> dict[str, float]:
+        if self.acc is None or not self.frames:
+            return {}
+        table = self.mm.metrics.create().compute(self.acc, metrics=METRICS, name="all")
+        return {k: float(table[k].iloc[0]) for k in METRICS}
+
+    def summary(self) -> str:
+        m = self.metrics()
+        if not m:
+            return f"tracking: {self.frames} frames scored"
+        return (f"tracking over {self.frames} frames: MOTA {m['mota']:.3f}, IDF1 {m['idf1']:.3f}, "
+                f"MOTP {m['motp']:.3f} m, {m['num_switches']:.0f} switches, {m['num_false_positives']:.0f} false "
+                f"positives, {m['num_misses']:.0f} misses of {m['num_objects']:.0f}")
+
+    def shutdown(self) -> None:
+        self.log.info("%s", self.summary())
+        if self.params.report_json:
+            Path(self.params.report_json).write_text(json.dumps({"frames": self.frames, **self.metrics()}, indent=1))
