@@ -1,0 +1,139 @@
+"""One placed scan in, the objects in it out: segmentation, background removal, boxes.
+
+`ObjectFinder.find` takes a scan's returns and the lidar's pose at each of them (map frame),
+`find_cloud` a 3D cloud and the lidar's pose (ground removed by height, clusters on a bird's-eye
+grid instead of along the beams); both keep the state that spans scans: the online static map (`nodes.static_grid`) and the sizes of
+recently seen objects (`nodes.lidar_boxes.SizeMemory`). The rules, in order: returns within
+`ego_radius` are the carrier's own body; the adaptive breakpoint rule (`nodes.scan_geometry`)
+splits the rest into clusters; a cluster is background when most of its returns lie on static cells,
+when it is larger than `max_extent` (a wall), when its mean range exceeds `max_range` (too few returns
+to fit), or when it has fewer than `min_points` returns. A kept cluster is a vehicle, with a rectangle
+fit and a box, when it spans at least `box_min_extent` or is a flat face at least `face_min` long (a
+dark car seen end on returns part of its width); a smaller one of at least `min_extent` is a point,
+its centroid (kind unknown, nothing observed: a pedestrian at road scale); one smaller still is
+dropped (a pole). The RC-car defaults make every kept cluster a vehicle.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from nodes.lidar_boxes import SizeMemory, boxes
+from nodes.scan_geometry import Rectangles, fit_rectangles, grid_clusters, segments
+from nodes.static_grid import StaticGrid
+from pipeline.wire.messages import AgentKind
+
+__all__ = ["ObjectFinder", "Objects"]
+
+
+class Objects(NamedTuple):
+    """The objects of one scan, as the Detections arrays of the same names."""
+
+    xy: np.ndarray
+    kind: np.ndarray
+    score: np.ndarray
+    length: np.ndarray
+    width: np.ndarray
+    heading: np.ndarray
+    observed: np.ndarray
+    points: np.ndarray   # [N, 2] every return placed in the map (for scan matching)
+
+
+class ObjectFinder:
+    """The detector's per-scan work and the state it keeps between scans; `p` is its Params."""
+
+    def __init__(self, p: Any) -> None:
+        self.p = p
+        self.grid = StaticGrid(p.static_cell, p.grid_size, p.static_after_s, p.static_gap_s)
+        self.sizes = SizeMemory(radius_m=max(p.vehicle_size), keep_s=2.0)
+        self.static_clusters = 0
+
+    def clear(self) -> None:
+        self.grid.clear()
+        self.sizes.clear()
+
+    def find(self, r: np.ndarray, beam: np.ndarray, angle: np.ndarray, increment: float, n_beams: int,
+             sensor: np.ndarray, t_s: float) -> Objects:
+        """Objects among the returns of ranges `r`, beam indices `beam` and angles `angle` (rad, lidar
+        frame) of a scan of `n_beams`, the lidar at `sensor` [N, 3] (x, y, yaw) for each, at `t_s`."""
+        p = self.p
+        body = r <= p.ego_radius
+        r, beam, angle, sensor = r[~body], beam[~body], angle[~body], sensor[~body]
+        heading = angle + sensor[:, 2]
+        xy = np.empty((len(r), 2))
+        xy[:, 0] = sensor[:, 0] + r * np.cos(heading)
+        xy[:, 1] = sensor[:, 1] + r * np.sin(heading)
+        labels = segments(r, beam, increment, n_beams, math.radians(p.breakpoint_deg), p.range_sigma, p.max_skip)
+        return self._objects(xy, r, sensor[:, :2], labels, t_s)
+
+    def find_cloud(self, local: np.ndarray, sensor: np.ndarray, t_s: float) -> Objects:
+        """Objects among the points `local` [N, 3] (x, y, z in the lidar frame) of a 3D cloud, the lidar
+        at `sensor` (x, y, yaw): points between `cloud_min_z` and `cloud_max_z` (the ground and what
+        is overhead left out), clustered on a bird's-eye grid of `cloud_cell`."""
+        p = self.p
+        r = np.hypot(local[:, 0], local[:, 1])
+        keep = (local[:, 2] > p.cloud_min_z) & (local[:, 2] < p.cloud_max_z) & (r > p.ego_radius) & (r <= p.max_range)
+        local, r = local[keep], r[keep]
+        c, s = math.cos(sensor[2]), math.sin(sensor[2])
+        xy = np.empty((len(r), 2))
+        xy[:, 0] = sensor[0] + c * local[:, 0] - s * local[:, 1]
+        xy[:, 1] = sensor[1] + s * local[:, 0] + c * local[:, 1]
+        labels = grid_clusters(local[:, :2], p.cloud_cell)
+        return self._objects(xy, r, np.broadcast_to(sensor[:2], xy.shape), labels, t_s)
+
+    def _objects(self, xy: np.ndarray, r: np.ndarray, origin: np.ndarray, labels: np.ndarray, t_s: float) -> Objects:
+        """The objects among returns `xy` [N, 2] (map frame) at ranges `r`, seen from `origin` [N, 2],
+        grouped by `labels`."""
+        p = self.p
+        if len(xy) == 0:
+            return _nothing(xy)
+        self.grid.follow(origin[0])
+        self.grid.add(xy, t_s)
+        order = labels.argsort(kind="stable")
+        sorted_labels = labels[order]
+        starts = np.flatnonzero(np.concatenate(([True], sorted_labels[1:] != sorted_labels[:-1])))
+        n = np.subtract(np.append(starts[1:], len(order)), starts)
+        # most clusters are a stray return or two: drop them before any geometry
+        big = n >= p.min_points
+        if not big.any():
+            return _nothing(xy)
+        members = order[big.repeat(n)]   # the points of the other clusters, cluster by cluster
+        n = n[big]
+        starts = np.cumsum(n) - n
+        pts, rr = xy[members], r[members]
+        extent = np.hypot(*(np.maximum.reduceat(pts, starts) - np.minimum.reduceat(pts, starts)).T)
+        mean_range = np.add.reduceat(rr, starts) / n
+        sized = (extent <= p.max_extent) & (mean_range <= p.max_range)
+        sel = sized.repeat(n)
+        static = np.zeros(len(pts), bool)
+        static[sel] = self.grid.is_static(pts[sel], t_s)
+        static_share = np.add.reduceat(static, starts) / n
+        background = static_share >= p.static_share
+        self.static_clusters += int((sized & background).sum())
+        keep = np.flatnonzero(sized & ~background)
+        sel = (sized & ~background).repeat(n)
+        rect = fit_rectangles(pts[sel], np.cumsum(n[keep]) - n[keep])
+        spread = rect.hi - rect.lo
+        spread.sort(axis=1)                              # [K, 2]: thin side, long side
+        face = (spread[:, 1] >= p.face_min) & (spread[:, 0] <= p.face_flatness * spread[:, 1])
+        wide = extent[keep]
+        vehicle = face | (wide >= max(p.box_min_extent, p.min_extent))
+        box = keep[vehicle]
+        b = boxes(Rectangles(*(a[vehicle] for a in rect)), origin[members[starts[box]]], p.min_side,
+                  p.vehicle_size, self.sizes, t_s)
+        dot = keep[~vehicle & (wide >= p.min_extent)]
+        centroid = np.add.reduceat(pts, starts)[dot] / n[dot, None]
+        kind = np.repeat(np.array([AgentKind.VEHICLE, AgentKind.UNKNOWN], np.uint8), [len(b.xy), len(centroid)])
+        return Objects(xy=np.concatenate([b.xy, centroid]), kind=kind,
+                       score=np.minimum(np.concatenate([n[box], n[dot]]) / p.full_points, 1.0),
+                       length=np.concatenate([b.length, extent[dot]]), width=np.concatenate([b.width, extent[dot]]),
+                       heading=np.concatenate([b.heading, np.zeros(len(centroid))]),
+                       observed=np.concatenate([b.observed, np.zeros(len(centroid), np.uint8)]), points=xy)
+
+
+def _nothing(points: np.ndarray) -> Objects:
+    z = np.zeros(0)
+    return Objects(np.zeros((0, 2)), np.zeros(0, np.uint8), z, z, z, z, np.zeros(0, np.uint8), points)
