@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "record": ("pipeline.recordings.writer:main", "record topics of a running graph into an MCAP file"),
     "play": ("pipeline.recordings.replay:main", "replay an MCAP or ROS bag recording into a graph"),
     "bag": ("pipeline.cli.bag:main", "inspect, repair and export recordings (info, recover, convert, export)"),
+    "track": ("pipeline.cli.track:main", "run the lidar detector and tracker over a recording; score them"),
     "view": ("pipeline.cli.view:main", "show a running graph or a recording in Foxglove (needs the [bridge] extra)"),
     "import": ("models.drive_import:main", "turn a dataset into a drive recording of Tracks"),
     "train": ("models.train:main", "train a trajectory model (needs the [train] extra)"),
