@@ -1,4 +1,5 @@
-"""A seeded traffic simulator: ground-truth `Tracks` and noisy `Detections` at a fixed rate.
+"""A seeded traffic simulator: ground-truth `Tracks` and noisy `Detections` at a fixed rate, and,
+with `lidar: true`, an ego vehicle's `Odometry` and the `LaserScan` of the 2D lidar it carries.
 
 A straight two-way road (three lanes each way) with two zebra crossings. Vehicles follow the
 Intelligent Driver Model (IDM), change lanes when their lane is slower and the neighbouring lane
@@ -6,33 +7,44 @@ has room, and stop for pedestrians on a crossing. Pedestrians cross at the cross
 the sidewalks. Agents enter at one end and leave at the other, so ids come and go as in a real
 tracker's output. Each tick advances the world by exactly `1 / rate_hz` seconds from a seeded
 generator, so the same seed gives the same traffic, whatever the machine's timing.
+
+The ego (id `EGO_ID`) is one of the world's vehicles: others follow it and it follows them. At the
+road's end it re-enters at the start (one jump in its pose per lap) instead of leaving. It is not in
+`tracks` or `detections`: the lidar cannot see the car that carries it. With the lidar off there is
+no ego and no extra random draw, so a seed gives the same outputs as before the lidar existed.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Annotated
 
 import numpy as np
 from msgspec import Meta
 
+from nodes.sim_lidar import SimLidar, roadside
 from pipeline.runtime.node import Node, NodeParams
-from pipeline.wire.messages import AgentKind, Detections, Tracks
+from pipeline.wire.messages import AgentKind, Detections, LaserScan, Odometry, Tracks
 
-__all__ = ["TrafficSim", "TrafficWorld"]
+__all__ = ["EGO_ID", "TrafficSim", "TrafficWorld"]
 
 LANE_W = 3.5
 LANES_PER_DIR = 3
 SIDEWALK_Y = LANES_PER_DIR * LANE_W + 2.5
 # IDM constants (Treiber et al.): time headway, max acceleration, comfortable braking, jam gap.
 IDM_T, IDM_A, IDM_B, IDM_S0, CAR_LEN = 1.5, 1.2, 2.0, 2.0, 4.5
+CAR_W, PED_R = 1.9, 0.25  # the lidar's footprints: a car's width, a pedestrian's radius
 LANE_CHANGE_S = 3.0
+EGO_ID = 0  # agents' ids start at 1
+MAX_WARMUP_S = 1200.0  # the longest warm-up: a road too short for `agents` never fills
+KERB_Y, WALL_Y = LANES_PER_DIR * LANE_W + 0.8, SIDEWALK_Y + 3.0  # posts; walls and parked boxes inside them
 
 
 class TrafficWorld:
     """The simulation state; `step()` advances it by `dt` seconds. Usable without a graph."""
 
     def __init__(self, agents: int = 32, pedestrian_fraction: float = 0.25, road_length_m: float = 300.0,
-                 dt: float = 0.1, seed: int = 7) -> None:
+                 dt: float = 0.1, seed: int = 7, ego: bool = False) -> None:
         self.rng = np.random.default_rng(seed)
         self.dt = dt
         self.length = road_length_m
@@ -44,7 +56,16 @@ class TrafficWorld:
         self.veh: dict[str, np.ndarray] = {k: np.zeros(0) for k in ("id", "s", "lane", "dir", "v", "v0", "y", "vy", "target")}
         self.ped: dict[str, np.ndarray] = {k: np.zeros(0) for k in ("id", "x", "y", "vx", "vy")}
         self.t = 0.0
-        for _ in range(int(30 / dt)):  # warm up so the first message already shows traffic
+        self.ego = ego
+        if ego:  # middle lane, eastbound, counted among the vehicles
+            for k, v in {"id": EGO_ID, "s": 0.0, "lane": 1.0, "dir": 1.0, "v": 10.0, "v0": 13.0, "y": 1.5 * LANE_W,
+                         "vy": 0.0, "target": 1.0}.items():
+                self.veh[k] = np.append(self.veh[k], v)
+        # Warm up so the first message already shows traffic: 30 s, longer while fewer than 95% of the
+        # agents are in (they enter only at the road's ends: 1,000 agents took 9 simulated minutes).
+        for i in range(int(MAX_WARMUP_S / dt)):
+            if i >= int(30 / dt) and len(self.veh["s"]) + len(self.ped["x"]) >= 0.95 * agents:
+                break
             self.step()
         self.t = 0.0
 
@@ -144,6 +165,8 @@ class TrafficWorld:
             veh["y"] = veh["y"] + veh["vy"] * dt
             arrived = np.abs(y_target - veh["y"]) < 0.05
             veh["lane"] = np.where(arrived, veh["target"], veh["lane"])
+            if self.ego:
+                self._ego_lap()
             keep = veh["s"] <= self.length
             for k in veh:
                 veh[k] = veh[k][keep]
@@ -159,9 +182,46 @@ class TrafficWorld:
                 ped[k] = ped[k][keep]
         self.t += dt
 
+    def _ego_lap(self) -> None:
+        """Past the road's end the ego re-enters at its start, behind whoever is entering its lane."""
+        veh = self.veh
+        i = int(np.flatnonzero(veh["id"] == EGO_ID)[0])
+        if veh["s"][i] <= self.length:
+            return
+        lane = (veh["dir"] == veh["dir"][i]) & (np.abs(veh["target"] - veh["target"][i]) < 0.5) & (veh["id"] != EGO_ID)
+        entering = veh["s"][lane][veh["s"][lane] < 25.0]
+        veh["s"][i] = min(veh["s"][i] - self.length, entering.min() - 25.0 if len(entering) else 0.0)
+
+    def _vehicles(self) -> dict[str, np.ndarray]:
+        """The vehicles other than the ego."""
+        if not self.ego:
+            return self.veh
+        keep = self.veh["id"] != EGO_ID
+        return {k: a[keep] for k, a in self.veh.items()}
+
+    @staticmethod
+    def _pose(veh: dict[str, np.ndarray], length: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """World x, y and heading of vehicles; a stopped car keeps its lane's direction."""
+        x = np.where(veh["dir"] > 0, veh["s"], length - veh["s"])
+        return x, veh["y"], np.arctan2(veh["vy"], veh["dir"] * np.maximum(veh["v"], 0.1))
+
+    def ego_state(self) -> tuple[float, float, float, float, float]:
+        """(x, y, yaw, vx, vy) of the ego in the world."""
+        i = np.flatnonzero(self.veh["id"] == EGO_ID)
+        x, y, yaw = (float(a[i][0]) for a in self._pose(self.veh, self.length))
+        return x, y, yaw, float(self.veh["dir"][i][0] * self.veh["v"][i][0]), float(self.veh["vy"][i][0])
+
+    def shapes(self) -> tuple[np.ndarray, np.ndarray]:
+        """The moving agents as lidar shapes: vehicle boxes float64[V, 5], pedestrian circles float64[P, 3]."""
+        veh = self._vehicles()
+        x, y, yaw = self._pose(veh, self.length)
+        boxes = np.stack([x, y, yaw, np.full(len(x), CAR_LEN / 2), np.full(len(x), CAR_W / 2)], 1)
+        circles = np.stack([self.ped["x"], self.ped["y"], np.full(len(self.ped["x"]), PED_R)], 1)
+        return boxes.reshape(-1, 5), circles.reshape(-1, 3)
+
     def tracks(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """(ids, xy, vxy, kind) of every agent, vehicles in world coordinates (x east)."""
-        veh, ped = self.veh, self.ped
+        """(ids, xy, vxy, kind) of every agent but the ego, vehicles in world coordinates (x east)."""
+        veh, ped = self._vehicles(), self.ped
         vx_world = np.where(veh["dir"] > 0, veh["s"], self.length - veh["s"])
         ids = np.concatenate([veh["id"], ped["id"]]).astype(np.int64)
         xy = np.concatenate([np.stack([vx_world, veh["y"]], 1), np.stack([ped["x"], ped["y"]], 1)]).reshape(-1, 2)
@@ -172,7 +232,8 @@ class TrafficWorld:
 
 
 class TrafficSim(Node):
-    """Publishes the simulated world on `tracks` (truth) and `detections` (noisy, with misses)."""
+    """Publishes the simulated world on `tracks` (truth) and `detections` (noisy, with misses); with
+    `lidar`, also the ego's pose on `ego` and its lidar's scan on `scan`, at the same stamp."""
 
     class Params(NodeParams):
         agents: Annotated[int, Meta(ge=1)] = 32  # 0 would run a graph that scores nothing
@@ -183,15 +244,32 @@ class TrafficSim(Node):
         detection_noise_m: float = 0.3
         miss_rate: float = 0.05
         max_ticks: int = 0  # stop after this many messages (0: run until stopped)
+        lidar: bool = False  # an ego vehicle (one of `agents`) carrying a 2D lidar: `ego` and `scan` outputs
+        lidar_beams: Annotated[int, Meta(ge=4, le=100_000)] = 360  # over a full turn, one scan per tick
+        lidar_range_min_m: Annotated[float, Meta(ge=0)] = 0.1
+        lidar_range_max_m: Annotated[float, Meta(gt=0)] = 60.0
+        lidar_noise_m: Annotated[float, Meta(ge=0)] = 0.02  # standard deviation of the range noise
+        lidar_dropout: Annotated[float, Meta(ge=0, le=1)] = 0.01  # share of hits that return nothing (NaN)
+        lidar_offset: tuple[float, float, float] = (1.0, 0.0, 0.0)  # x, y (m), yaw (rad) of `laser` in `ego`
+
+        def __post_init__(self) -> None:
+            if self.lidar_range_min_m >= self.lidar_range_max_m:
+                raise ValueError(f"lidar_range_min_m: expected < lidar_range_max_m ({self.lidar_range_max_m}), "
+                                 f"got {self.lidar_range_min_m}")
 
     params: Params
 
-    outputs = {"tracks": Tracks, "detections": Detections}
+    outputs = {"tracks": Tracks, "detections": Detections, "ego": Odometry, "scan": LaserScan}
 
     def setup(self) -> None:
         p = self.params
-        self.world = TrafficWorld(p.agents, p.pedestrian_fraction, p.road_length_m, 1.0 / p.rate_hz, p.seed)
+        self.world = TrafficWorld(p.agents, p.pedestrian_fraction, p.road_length_m, 1.0 / p.rate_hz, p.seed, p.lidar)
         self.noise = np.random.default_rng(p.seed + 1)
+        if p.lidar:
+            self.lidar = SimLidar(p.lidar_beams, p.lidar_range_min_m, p.lidar_range_max_m, p.lidar_noise_m,
+                                  p.lidar_dropout, np.random.default_rng(p.seed + 2))
+            self.static = roadside(p.road_length_m, KERB_Y, WALL_Y, self.world.crossings, np.random.default_rng(p.seed + 3))
+            self.last_yaw: float | None = None
         self.ticks = 0
         self.every(1.0 / p.rate_hz, self.tick)
 
@@ -209,7 +287,29 @@ class TrafficSim(Node):
             stamp_ns=stamp, frame_id="map", xy=noisy, kind=k, score=score, ids=np.full(len(k), -1),
             length=np.where(car, 4.5, 0.5), width=np.where(car, 1.9, 0.5), heading=np.arctan2(v[:, 1], v[:, 0]),
             observed=np.where(car, Detections.OBSERVED_LENGTH | Detections.OBSERVED_WIDTH | Detections.OBSERVED_HEADING, 0)))
+        if self.params.lidar:
+            self.sense(stamp)
         self.diagnostics["agents"] = float(len(ids))
         self.ticks += 1
         if self.params.max_ticks and self.ticks >= self.params.max_ticks:
             self.stop("max_ticks reached")
+
+    def sense(self, stamp: int) -> None:
+        """Publish the ego's pose, then the scan its lidar takes from that pose."""
+        x, y, yaw, vx, vy = self.world.ego_state()
+        rate = 0.0 if self.last_yaw is None else math.remainder(yaw - self.last_yaw, math.tau) * self.params.rate_hz
+        self.last_yaw = yaw
+        c, s = math.cos(yaw), math.sin(yaw)
+        self.publish("ego", Odometry(  # twist in the ego's own frame, as in ROS
+            stamp_ns=stamp, frame_id="map", child_frame_id="ego", position=np.array([x, y, 0.0]),
+            orientation=np.array([0.0, 0.0, math.sin(yaw / 2), math.cos(yaw / 2)]),
+            linear=np.array([c * vx + s * vy, c * vy - s * vx, 0.0]), angular=np.array([0.0, 0.0, rate])))
+        ox, oy, oyaw = self.params.lidar_offset
+        boxes, circles = self.world.shapes()
+        ranges = self.lidar.scan((x + c * ox - s * oy, y + s * ox + c * oy, yaw + oyaw),
+                                 np.concatenate([boxes, self.static[0]]), np.concatenate([circles, self.static[1]]))
+        lidar = self.lidar
+        self.publish("scan", LaserScan(
+            stamp_ns=stamp, frame_id="laser", angle_min=lidar.angle_min, angle_increment=lidar.angle_increment,
+            time_increment=0.0, range_min=lidar.range_min, range_max=lidar.range_max, ranges=ranges))
+        self.diagnostics["lidar_returns"] = float(np.count_nonzero(np.isfinite(ranges)))

@@ -85,7 +85,8 @@ def test_an_unknown_param_lists_the_known_ones(tmp_path: Path) -> None:
         load_graph(path)
     assert str(info.value) == (f"{path}: nodes.a.params: unknown key 'speed' (expected one of: agents, "
                                "pedestrian_fraction, rate_hz, seed, road_length_m, detection_noise_m, miss_rate, "
-                               "max_ticks)")
+                               "max_ticks, lidar, lidar_beams, lidar_range_min_m, lidar_range_max_m, lidar_noise_m, "
+                               "lidar_dropout, lidar_offset)")
 
 
 def test_a_bad_value_from_set_names_the_set_not_the_file(tmp_path: Path) -> None:
