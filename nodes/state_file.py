@@ -7,6 +7,7 @@ another model or a smaller table is refused with the reason, and no table is lef
 
 from __future__ import annotations
 
+import os
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -41,7 +42,7 @@ def save(path: Path, grids: Mapping[str, tuple[Grid, str]], saved_ns: int, last_
                                           np.int64)
         arrays[f"{name}.model_hash"] = np.array(model_hash)
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as fh:
+    with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as fh:  # owner-only
         np.savez(fh, **arrays)  # type: ignore[arg-type]  # numpy's stub types the first kwarg as allow_pickle
     tmp.replace(path)
 

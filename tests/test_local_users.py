@@ -138,3 +138,11 @@ def test_machines_on_loopback_need_security_or_insecure(tmp_path: Path) -> None:
         load_graph(path)
     path.write_text("insecure: true\n" + path.read_text())
     assert load_graph(path).machines == {"a": ("127.0.0.1", 7400)}
+
+
+def test_the_predictors_state_file_is_owner_only(tmp_path: Path, umask_022: None) -> None:
+    from nodes import state_file
+
+    path = tmp_path / "state.npz"
+    state_file.save(path, {}, saved_ns=1, last_stamp=None)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
