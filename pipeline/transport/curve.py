@@ -47,13 +47,13 @@ def generate_keys(keys_dir: Path, names: list[str]) -> list[Path]:
 
 
 def _load(path: Path, secret: bool) -> tuple[bytes, bytes | None]:
-    if secret and path.exists() and path.stat().st_mode & 0o077:
-        raise ConfigError(f"{path}: secret key is readable by others (mode {path.stat().st_mode & 0o777:o}); "
-                          "chmod 600 it")
     try:
+        mode = path.stat().st_mode if secret else 0
         public, sec = zmq.auth.load_certificate(path)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError) as exc:  # OSError: also a name longer than the OS allows
         raise ConfigError(f"{path}: cannot load CURVE {'secret ' if secret else ''}key: {exc}") from None
+    if mode & 0o077:
+        raise ConfigError(f"{path}: secret key is readable by others (mode {mode & 0o777:o}); chmod 600 it")
     if secret and not sec:
         raise ConfigError(f"{path}: holds no secret key (expected the NAME.key_secret file)")
     return public, sec
