@@ -141,7 +141,9 @@ def unpack_stored(record: bytes | memoryview, schema: str, where: str = "message
     N*F float32) and that the fields describing `data` say what the header says (an image's size,
     encoding and step; a cloud's point_stride = 4*F and its F fields), so Foxglove shows what replay
     sends."""
-    form = STORED[schema]
+    form = STORED.get(schema)
+    if form is None:  # the channel that says so is file bytes too
+        raise RecordingError(f"{where}: a CDR channel storing {schema[:80]!r}, expected one of {', '.join(STORED)}")
     what = form.spec.schema_name.rsplit("/", 1)[-1]
     r = _CdrReader(record, what, where)
     values = [getattr(r, kind)(name) for name, kind in form.layout]

@@ -1,13 +1,15 @@
 """Read drivecast MCAP files (the layout of `mcap_format`, what `drivecast record` writes).
 
 A file with a summary is read through its index. A file without one (cut by `kill -9`, or still
-being written) is read by a linear scan up to its last complete chunk: `info().truncated` is then
-True and `info().note` says where the scan stopped.
+being written), or whose summary does not match the footer's CRC, is read by a linear scan up to its
+last complete chunk: `info().truncated` is then True and `info().note` says where the scan stopped.
 """
 
 from __future__ import annotations
 
 import io
+import struct
+import zlib
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO
@@ -37,7 +39,7 @@ def to_item(path: Path, ch: Channel, msg: Message) -> Item:
     """The recorded message as an `Item` of drivecast wire frames; RecordingError names a bad one."""
     where = f"{path}: {ch.topic} @ {msg.log_time}"
     frames = unpack_frames(msg.data, where) if ch.message_encoding == MESSAGE_ENCODING else \
-        unpack_stored(msg.data, ch.metadata[DRIVECAST_SCHEMA_KEY], where)
+        unpack_stored(msg.data, ch.metadata.get(DRIVECAST_SCHEMA_KEY, ""), where)
     return Item(ch.topic, msg.log_time, msg.publish_time, frames)
 
 
@@ -52,6 +54,7 @@ class DrivecastMcap(Recording):
             raise RecordingError(f"{path}: cannot open: {exc.strerror or exc}") from None
         self._summary: Summary | None = None
         self._info: RecordingInfo | None = None
+        self._damaged = ""  # why a summary that is there is not used
         try:
             size = self._f.seek(0, io.SEEK_END)
             self._f.seek(0)
@@ -61,6 +64,8 @@ class DrivecastMcap(Recording):
             if self._summary is not None and not self._summary.chunk_indexes and self._summary.statistics \
                     and self._summary.statistics.message_count:
                 self._summary = None
+            if self._summary is not None and not _summary_crc_ok(self._f, size):
+                self._summary, self._damaged = None, "the summary does not match its CRC; "
         except Exception:  # McapError, struct, unicode, overflow, key errors from a damaged summary
             self._summary = None  # no footer / summary: cut file; info() scans
         self._reader = reader if self._summary is not None else None  # a second reader read magic mid-file
@@ -110,7 +115,7 @@ class DrivecastMcap(Recording):
             n += 1
         topics = [TopicInfo(t, types[t], c, True, types[t]) for t, c in counts.items()]
         self._info = RecordingInfo(str(self.path), "drivecast-mcap", start or 0, end or 0, n, topics,
-                                   truncated=True, note=scan.note)
+                                   truncated=True, note=self._damaged + scan.note)
         return self._info
 
     def items(self, topics: Iterable[str] | None = None, start_ns: int | None = None) -> Iterator[Item]:
@@ -140,6 +145,21 @@ class DrivecastMcap(Recording):
             if start_ns is not None and msg.log_time < start_ns:
                 continue
             yield to_item(self.path, ch, msg)
+
+
+_FOOTER = struct.Struct("<B Q Q Q I 8s")  # opcode, length, summary start, summary offset start, summary CRC, magic
+
+
+def _summary_crc_ok(f: IO[bytes], size: int) -> bool:
+    """Whether the summary section is the one the footer's CRC was computed over (a CRC of 0: none was).
+    The summary's channels, counts and chunk indexes have no other check: a damaged one would rename a
+    topic or misplace a chunk."""
+    f.seek(size - _FOOTER.size)
+    _, _, start, _, crc, _ = _FOOTER.unpack(f.read(_FOOTER.size))
+    if crc == 0:
+        return True
+    f.seek(start)
+    return bool(zlib.crc32(f.read(size - 12 - start)) == crc)  # up to the CRC field itself
 
 
 class _Scan:

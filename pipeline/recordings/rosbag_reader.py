@@ -27,6 +27,7 @@ raises `RecordingError` naming the missing types and this option.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -150,23 +151,38 @@ class RosRecording(Recording):
             raise RecordingError(f"{path}: cannot read as a ROS bag: {type(exc).__name__}: {exc}") from None
         if self._extra:
             self._reader.typestore.register(self._extra)
+        try:
+            self._info = self._describe(path)
+        except (TypeError, ValueError, AttributeError, KeyError) as exc:
+            with contextlib.suppress(RecordingError):
+                self.close()
+            raise RecordingError(f"{path}: cannot read as a ROS bag: damaged metadata: {type(exc).__name__}: "
+                                 f"{str(exc)[:200]}") from None
+
+    def _describe(self, path: Path) -> RecordingInfo:
+        """The bag's info, its values checked: a ROS 2 bag's come from metadata.yaml, which rosbags takes as
+        it is (a count that is a string, a topic that is a number)."""
+        from rosbags.interfaces import MessageDefinitionFormat
+
         r = self._reader
         if path.is_dir():
             fmt = "ros2-" + ("mcap" if any(path.glob("*.mcap")) else "sqlite3")
         else:
             fmt = "ros1-bag" if path.suffix == ".bag" else "ros2-mcap"
-        from rosbags.interfaces import MessageDefinitionFormat
-
         self._no_defs = sorted({c.msgtype for c in r.connections
                                 if c.msgdef.format == MessageDefinitionFormat.NONE})
         topics = []
         for name, t in sorted(r.topics.items()):
             typ = t.msgtype or "?"
+            if not isinstance(name, str) or not isinstance(typ, str) or type(t.msgcount) is not int or t.msgcount < 0:
+                raise ValueError(f"topic {name!r} of type {typ!r} with {t.msgcount!r} messages")
             conv = CONVERSIONS.get(typ)
             topics.append(TopicInfo(name, typ, t.msgcount, conv is not None, conv[0] if conv else ""))
-        count = r.message_count
+        count, start, end = r.message_count, r.start_time, r.end_time
+        if any(type(v) is not int for v in (count, start, end)) or count < 0:
+            raise ValueError(f"{count!r} messages from {start!r} to {end!r}")
         # rosbag2 readers report end as "after the last message" (+1 ns); rosbag1 reports the last one
-        end = r.end_time - (1 if r.is2 and count else 0)
+        end -= 1 if r.is2 and count else 0
         note = ""
         if self._no_defs:
             missing = self.missing_types()
@@ -177,8 +193,7 @@ class RosRecording(Recording):
             note += ("; " if note else "") + (
                 f"{', '.join(expanding)}: a TFMessage plays as one Odometry per transform, so play sends "
                 "more messages than counted here (--played counts them)")
-        self._info = RecordingInfo(str(path), fmt, r.start_time if count else 0, end if count else 0,
-                                   count, topics, note=note)
+        return RecordingInfo(str(path), fmt, start if count else 0, end if count else 0, count, topics, note=note)
 
     def missing_types(self, topics: Iterable[str] | None = None) -> list[str]:
         """Types of the bag (of `topics`) that have neither a stored nor a supplied definition."""
@@ -191,8 +206,13 @@ class RosRecording(Recording):
         return self._info
 
     def close(self) -> None:
-        if self._reader.stack is not None:
+        if self._reader.stack is None:
+            return
+        try:
             self._reader.close()
+        except Exception as exc:  # rosbags' close trips over what a damaged metadata.yaml said (its `files`)
+            raise RecordingError(f"{self.path}: cannot close the ROS bag: damaged metadata: {type(exc).__name__}: "
+                                 f"{str(exc)[:200]}") from None
 
     def items(self, topics: Iterable[str] | None = None, start_ns: int | None = None) -> Iterator[Item]:
         wanted = None if topics is None else set(topics)
@@ -216,8 +236,14 @@ class RosRecording(Recording):
             except Exception as exc:
                 raise RecordingError(f"{self.path}: {conn.topic} @ {t_ns}: cannot deserialize "
                                      f"{conn.msgtype}: {exc}") from None
-            for msg in CONVERSIONS[conn.msgtype][1](ros, conn.topic):
-                yield Item(conn.topic, t_ns, t_ns, encode(msg, publish_ns=t_ns))
+            try:
+                frames = [encode(msg, publish_ns=t_ns) for msg in CONVERSIONS[conn.msgtype][1](ros, conn.topic)]
+            except Exception as exc:  # the bag's own definition of the type lacks a field, or types it otherwise
+                raise RecordingError(f"{self.path}: {conn.topic} @ {t_ns}: cannot convert {conn.msgtype}: "
+                                     f"{type(exc).__name__}: {str(exc)[:200]} (is the bag's definition of "
+                                     f"the type the standard one?)") from None
+            for f in frames:
+                yield Item(conn.topic, t_ns, t_ns, f)
 
 
 def _guarded(it: Iterator[Any], path: Path) -> Iterator[Any]:

@@ -24,9 +24,12 @@ from mcap.records import Channel, Chunk, ChunkIndex, Message, MessageIndex
 from mcap.stream_reader import breakup_chunk
 from mcap.summary import Summary
 
+from pipeline.errors import DecodeError
 from pipeline.recordings.base import Item, RecordingError
 from pipeline.recordings.mcap_format import MAGIC
 from pipeline.recordings.mcap_reader import plays_as, to_item
+from pipeline.wire.codec import peek_header
+from pipeline.wire.messages import SCHEMAS
 
 __all__ = ["Dropped", "Salvage"]
 
@@ -76,7 +79,8 @@ class Salvage:
     """Every intact chunk and message of a drivecast MCAP, in file order, skipping damaged ones:
     what `drivecast bag recover` keeps. A record whose CRC, decompression or parse fails is skipped
     by its length when the next record starts where it says, else by scanning for the next chunk
-    record that parses, decompresses and passes its CRC. `dropped` then lists what was left out,
+    record that parses, decompresses and passes its CRC. A message whose frames do not unpack, or whose
+    header the recorder could not store again, is dropped alone. `dropped` then lists what was left out,
     described from the summary's chunk indexes when it is readable, else from the damaged chunk's own
     header and the message indexes written after it."""
 
@@ -162,7 +166,8 @@ class Salvage:
             elif plays_as(ch, None) is not None:
                 try:
                     item = to_item(self.path, ch, m)
-                except RecordingError as exc:
+                    _check_header(item)
+                except (RecordingError, DecodeError) as exc:
                     last = self.dropped[-1] if self.dropped else None
                     d = last if last is not None and last.start == start else \
                         Dropped(start, end, f"a message in the chunk at byte {start} does not unpack: {exc}")
@@ -230,6 +235,14 @@ class Salvage:
             q = mm.find(b"\x06", q + 1)
         self._drop(p, size, reason + "; no intact chunk after it", mm)
         return None
+
+
+def _check_header(item: Item) -> None:
+    """DecodeError unless the recorder can store `item` again: its header decodes and names a known
+    schema (a message of an uncompressed chunk without a CRC can be damaged and still unpack)."""
+    schema = peek_header(item.frames[0]).schema
+    if schema not in SCHEMAS:
+        raise DecodeError("unknown_schema", f"schema {schema[:80]!r} is not known")
 
 
 _OPCODES = frozenset(int(o) for o in Opcode)

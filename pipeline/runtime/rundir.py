@@ -124,10 +124,15 @@ def read_manifest(path: Path) -> Manifest:
         raise ConfigError(f"{path}: cannot read the run manifest: {exc.strerror or exc}") from None
     except msgspec.DecodeError as exc:
         raise ConfigError(f"{path}: not a drivecast run manifest: {exc}") from None
+    except RecursionError:  # what msgspec raises for JSON nested deeper than its stack allows
+        raise ConfigError(f"{path}: not a drivecast run manifest: JSON nested too deeply") from None
 
 
 def pid_alive(pid: int) -> bool:
-    """Whether a process exists (a graph's launcher still runs)."""
+    """Whether a process exists (a graph's launcher still runs). A pid of 0 or below names a process
+    group, not a process, and one beyond pid_t is no process: both are not alive."""
+    if not 0 < pid < 2**31:
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -146,6 +151,8 @@ def live_runs(which: str | None = None) -> list[Manifest]:
         try:
             m = read_manifest(path)
         except ConfigError:
+            if in_dir and path.exists():
+                raise  # the run asked for by its directory has a damaged manifest: say so, not "no graph"
             continue  # a run being set up, or one left by another version
         if pid_alive(m.launcher_pid) and (not which or in_dir or m.name == which):
             live.append(m)
