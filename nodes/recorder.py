@@ -12,8 +12,7 @@ One input per schema (wire the ones you want); `names` gives each input's channe
 `pipeline.recordings.writer`'s (zstd chunks, Foxglove mirror channels unless `foxglove: false`).
 log_time = the node clock when the message arrives. A chunk goes to the disk once its oldest message is
 `max_chunk_age_s` old (default 0.1 s: a crash loses about that much), checked on each message and by a
-timer every half of it, so a pause in the inputs does not keep the last messages in memory. `flush_s`
-is the old name of `max_chunk_age_s`, kept until launch files move.
+timer every half of it, so a pause in the inputs does not keep the last messages in memory.
 
 Difference from `drivecast record`: a node receives decoded messages, not wire frames, so the
 recorder re-encodes them and the header's publish time becomes the receive time (content, stamps
@@ -53,7 +52,6 @@ class Recorder(Node):
         names: dict[str, str] = {}
         foxglove: bool = True
         max_chunk_age_s: Annotated[float, msgspec.Meta(ge=0)] = MAX_CHUNK_AGE_S  # 0: chunks closed by size only
-        flush_s: Annotated[float, msgspec.Meta(ge=0)] | None = None  # the old name of max_chunk_age_s
 
     params: Params
 
@@ -69,7 +67,7 @@ class Recorder(Node):
                 n += 1
             self.log.warning("respawned: keeping %s, recording into %s", path, nxt)
             path = nxt
-        age = p.max_chunk_age_s if p.flush_s is None else p.flush_s
+        age = p.max_chunk_age_s
         self.out = McapRecorder(path, foxglove_mirror=p.foxglove, max_chunk_age_s=age)
         if age > 0:  # not below 10 ms: a tiny age (each message flushed) must not make the timer spin
             self.every(max(age / 2, 0.01), self._flush_if_due)

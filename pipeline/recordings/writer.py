@@ -65,15 +65,11 @@ class Recorder:
     `max_chunk_age_s` old (0: by size only, for offline writers), and handed to the OS; a cut file
     is readable up to its last complete chunk and `drivecast bag recover` rewrites it. The age is
     checked on each write and by `flush_if_due`, which a live recorder calls when no message comes.
-    `flush_s` is the old name of `max_chunk_age_s`, kept until its callers move.
     """
 
     def __init__(self, path: str | Path, *, foxglove_mirror: bool = True, chunk_size: int = 1 << 20,
                  max_chunk_age_s: float = MAX_CHUNK_AGE_S, compression: str = "zstd",
-                 metadata: dict[str, str] | None = None, fox_large_hz: float = 10.0,
-                 flush_s: float | None = None) -> None:
-        if flush_s is not None:
-            max_chunk_age_s = flush_s
+                 metadata: dict[str, str] | None = None, fox_large_hz: float = 10.0) -> None:
         if max_chunk_age_s < 0:
             raise ConfigError(f"max_chunk_age_s: expected a number >= 0, got {max_chunk_age_s}")
         self.path = Path(path)
