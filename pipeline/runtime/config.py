@@ -4,7 +4,7 @@
 with each failure rewritten as one line that names the file (or the `--set` that gave the value),
 the key path, what was expected and the value found, e.g.
 `launch.yaml: nodes.sim.params.rate_hz: expected float > 0.0, got 0`. `check_finite` and
-`larger_than` walk a whole launch file once, before any conversion.
+`larger_than` walk a whole launch file once, before any conversion. `parse_set` reads `--set` values.
 """
 
 from __future__ import annotations
@@ -15,10 +15,11 @@ from typing import Any
 
 import msgspec
 import msgspec.inspect
+import yaml
 
 from pipeline.errors import ConfigError
 
-__all__ = ["check_finite", "convert", "larger_than"]
+__all__ = ["MAX_PARAMS_BYTES", "YAML_VALUE_ERRORS", "check_finite", "convert", "larger_than", "parse_set"]
 
 
 def convert(value: Any, typ: type, where: str, key: str, strict: bool = True,
@@ -110,3 +111,28 @@ def _fields_at(typ: type, path: str) -> list[str]:
         else:
             return []
     return [f.encode_name for f in info.fields] if isinstance(info, msgspec.inspect.StructType) else []
+
+
+MAX_PARAMS_BYTES = 64 << 10  # per node: strings' bytes plus 8 per item (an estimate of its size)
+# What PyYAML's constructors raise, instead of a YAMLError, for an explicit tag with a value it cannot
+# take (`!!int x`, `!!timestamp x`).
+YAML_VALUE_ERRORS = (ValueError, TypeError, KeyError, IndexError, AttributeError)
+
+
+def parse_set(items: list[str]) -> dict[str, dict[str, Any]]:
+    """`--set node.param=value` overrides; the value is parsed as YAML (so `5` is an int)."""
+    out: dict[str, dict[str, Any]] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        node, dot, param = key.partition(".")
+        if not sep or not dot or not node or not param:
+            raise ConfigError(f"--set {item!r}: expected node.param=value")
+        given = f"--set {key}={value[:80]}"  # how value errors name it, as `convert` does
+        try:
+            parsed = yaml.safe_load(value)
+        except (yaml.YAMLError, *YAML_VALUE_ERRORS) as exc:
+            raise ConfigError(f"{given}: value is not valid YAML: {exc}") from None
+        if larger_than(parsed, MAX_PARAMS_BYTES):  # a value that contains itself is infinite
+            raise ConfigError(f"{given}: value larger than the limit of {MAX_PARAMS_BYTES} bytes")
+        out.setdefault(node, {})[param] = parsed
+    return out

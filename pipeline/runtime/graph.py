@@ -31,7 +31,7 @@ import msgspec
 import yaml
 
 from pipeline.errors import ConfigError
-from pipeline.runtime.config import check_finite, convert, larger_than
+from pipeline.runtime.config import MAX_PARAMS_BYTES, YAML_VALUE_ERRORS, check_finite, convert, larger_than, parse_set
 from pipeline.runtime.node import Node, NodeParams
 from pipeline.transport.endpoints import QUEUE_BYTES
 from pipeline.wire.messages import Clock, Message
@@ -43,10 +43,6 @@ EXTERNAL_CLOCK = "clock"  # the clock of a graph with external topics and no `cl
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]*$")
 MAX_FILE_BYTES = 1 << 20  # a launch file of 256 nodes with modest params is well under 100 kB
 MAX_NODES = 256  # one process each
-MAX_PARAMS_BYTES = 64 << 10  # per node: strings' bytes plus 8 per item (an estimate of its size)
-# What PyYAML's constructors raise, instead of a YAMLError, for an explicit tag with a value it cannot
-# take (`!!int x`, `!!timestamp x`).
-_YAML_VALUE_ERRORS = (ValueError, TypeError, KeyError, IndexError, AttributeError)
 MAX_EXPANDED_BYTES = 8 * MAX_FILE_BYTES  # the whole file, estimated as params are, aliases expanded
 
 
@@ -154,25 +150,6 @@ class Graph:
                    if self.nodes[node].inputs[inp].queue == "block")
 
 
-def parse_set(items: list[str]) -> dict[str, dict[str, Any]]:
-    """`--set node.param=value` overrides; the value is parsed as YAML (so `5` is an int)."""
-    out: dict[str, dict[str, Any]] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        node, dot, param = key.partition(".")
-        if not sep or not dot or not node or not param:
-            raise ConfigError(f"--set {item!r}: expected node.param=value")
-        given = f"--set {key}={value[:80]}"  # how value errors name it, as `convert` does
-        try:
-            parsed = yaml.safe_load(value)
-        except (yaml.YAMLError, *_YAML_VALUE_ERRORS) as exc:
-            raise ConfigError(f"{given}: value is not valid YAML: {exc}") from None
-        if larger_than(parsed, MAX_PARAMS_BYTES):  # a value that contains itself is infinite
-            raise ConfigError(f"{given}: value larger than the limit of {MAX_PARAMS_BYTES} bytes")
-        out.setdefault(node, {})[param] = parsed
-    return out
-
-
 def resolve_class(run: str) -> type[Node]:
     module_name, colon, attr = run.partition(":")
     if not colon or not module_name or not attr:
@@ -211,7 +188,7 @@ def load_graph(path: str | Path, overrides: dict[str, dict[str, Any]] | None = N
         pos = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         problem = getattr(exc, "problem", None) or str(exc)
         raise ConfigError(f"{where}: {pos}invalid YAML: {problem}") from None
-    except _YAML_VALUE_ERRORS as exc:
+    except YAML_VALUE_ERRORS as exc:
         raise ConfigError(f"{where}: invalid YAML: a tagged value it cannot take ({exc})") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: expected a mapping with a 'nodes' key, got {type(raw).__name__}")
