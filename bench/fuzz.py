@@ -124,8 +124,11 @@ class Tally:
             with deadline(CASE_DEADLINE_S, what):
                 self.outcomes[case()] += 1
         except Hang as exc:
+            bug = known_bug(exc)
+            if bug is not None:
+                self.known[bug] += 1
             self.hangs += 1
-            self.crash(f"hang: {self.name}", f"{what}: {exc}")
+            self.crash(f"hang: {self.name}" + (f" [known: {bug}]" if bug else ""), f"{what}: {exc}")
         except KnownCrash as exc:
             b = KNOWN_BUGS[exc.bug]
             self.known[exc.bug] += 1

@@ -52,7 +52,7 @@ from pipeline.errors import ConfigError, DecodeError
 from pipeline.runtime.graph import load_graph, parse_set
 from pipeline.wire.codec import decode, encode
 from pipeline.wire.messages import SCHEMAS, Detections, Predictions, Tracks
-from tests.test_node_fuzz import BASE_NS, Harness, StampSource, deadline, hostile_message, known_bug, wire
+from tests.test_node_fuzz import BASE_NS, Harness, StampSource, deadline, hostile_message, known_bug, pending, wire
 
 REPO = Path(__file__).resolve().parents[1]
 RECORDINGS = REPO.parent / "shared" / "recordings"
@@ -1165,9 +1165,11 @@ def test_a_ros2_bag_whose_metadata_lists_no_files_is_a_recording_error_when_clos
         assert list(rec.items()) == []
 
 
-def test_export_leaves_out_a_message_whose_log_time_is_beyond_int64(tmp_path: Path) -> None:
-    """An MCAP log time is u64: in an uncompressed chunk without a CRC a damaged one reached
-    `np.full(n, log_ns, np.int64)` and raised OverflowError (found by the `export` target)."""
+def test_a_message_whose_log_time_is_beyond_int64_is_a_recording_error(tmp_path: Path) -> None:
+    """An MCAP log time is u64: in an uncompressed chunk without a CRC a damaged one reached `bag export`'s
+    `np.full(n, log_ns, np.int64)` and raised OverflowError (found by the `export` target), and made
+    `play --lockstep` run the graph's timers through 400 years (the `lockstep` target's hang)."""
+    from pipeline.recordings.base import RecordingError
     from pipeline.recordings.mcap_format import pack_frames
     from pipeline.recordings.table_export import export_table
     from pipeline.recordings.writer import Recorder
@@ -1182,7 +1184,27 @@ def test_export_leaves_out_a_message_whose_log_time_is_beyond_int64(tmp_path: Pa
     assert struct.unpack_from("<Q", data, at)[0] == 10**9 + 1
     struct.pack_into("<Q", data, at, 2**64 - 1)
     path.write_bytes(data)
-    assert export_table(path, "tracks", tmp_path / "t.csv") == (2, 1)
+    with pytest.raises(RecordingError, match=rf"drive\.mcap: tracks @ {2**64 - 1}: log or publish time .* beyond int64"):
+        export_table(path, "tracks", tmp_path / "t.csv")
+    assert not (tmp_path / "t.csv").exists()
+
+
+@pending("pipeline/runtime/local.py LocalGraph.advance_to fires every periodic timer once per period of a gap "
+         "between recorded messages (pipeline/recordings/lockstep.py advances to each log time)")
+def test_a_lockstep_replay_over_a_gap_of_years_does_not_fire_every_timer_tick(tmp_path: Path) -> None:
+    from pipeline.recordings.lockstep import lockstep
+    from pipeline.recordings.reader import open_recording
+    from pipeline.recordings.schedule import PlayOptions
+    from pipeline.recordings.writer import Recorder
+
+    path = tmp_path / "drive.mcap"
+    with Recorder(path, max_chunk_age_s=0, foxglove_mirror=False) as rec:
+        for i, log_ns in enumerate((10**9, 10**9 + 3 * 10**17)):  # ten years apart
+            rec.write("t/tracks", encode(_moving(BASE_NS + i * 10**8, [1, 2], [1, 1])), log_ns)
+    (tmp_path / "launch.yaml").write_text(Lockstep.LAUNCH)
+    graph = load_graph(tmp_path / "launch.yaml")
+    with open_recording(path) as rec, contextlib.redirect_stdout(io.StringIO()), deadline(5, "lockstep"):
+        assert lockstep(rec, graph, PlayOptions()).injected == 2
 
 
 def test_a_manifest_nested_too_deeply_is_a_config_error_naming_it(tmp_path: Path) -> None:

@@ -38,6 +38,8 @@ def plays_as(ch: Channel, schema: Schema | None) -> str | None:
 def to_item(path: Path, ch: Channel, msg: Message) -> Item:
     """The recorded message as an `Item` of drivecast wire frames; RecordingError names a bad one."""
     where = f"{path}: {ch.topic} @ {msg.log_time}"
+    if max(msg.log_time, msg.publish_time) >= 2**63:  # MCAP times are u64; drivecast's, int64 ns
+        raise RecordingError(f"{where}: log or publish time {max(msg.log_time, msg.publish_time)} beyond int64")
     frames = unpack_frames(msg.data, where) if ch.message_encoding == MESSAGE_ENCODING else \
         unpack_stored(msg.data, ch.metadata.get(DRIVECAST_SCHEMA_KEY, ""), where)
     return Item(ch.topic, msg.log_time, msg.publish_time, frames)

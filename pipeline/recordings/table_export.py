@@ -97,9 +97,6 @@ def _blocks(path: str | Path, topic: str, types_dir: str | Path | None,
             except DecodeError:
                 skipped[0] += 1
                 continue
-            if item.log_ns >= 2**63:  # an MCAP log time is u64; beyond int64 it is damage, and no table time
-                skipped[0] += 1
-                continue
             yield schema, _ROWS[schema](msg, item.log_ns)
 
 
@@ -139,8 +136,7 @@ def export_table(path: str | Path, topic: str, out: str | Path, fmt: str = "csv"
                  types_dir: str | Path | None = None) -> tuple[int, int]:
     """Write `topic` of the recording at `path` as a table to `out` ("-": stdout, CSV only).
 
-    Returns (rows written, messages left out because they do not decode or their log time is beyond
-    int64). Raises ConfigError for
+    Returns (rows written, messages left out because they do not decode). Raises ConfigError for
     an unknown topic, a schema that has no table form or a missing pyarrow, RecordingError for a
     file that cannot be read; the output is then not created (it is written beside and renamed).
     """
