@@ -392,6 +392,9 @@ class Onnx(Target):
     name = "onnx"
 
     def __init__(self, workdir: Path) -> None:
+        import onnxruntime
+
+        onnxruntime.set_default_logger_severity(4)  # its C++ log of every damaged graph that fails to run: fatal only
         self.onnx: Any = None
         with contextlib.suppress(ImportError):  # without it, byte damage only
             import onnx
