@@ -52,7 +52,7 @@ from pipeline.errors import ConfigError, DecodeError
 from pipeline.runtime.graph import load_graph, parse_set
 from pipeline.wire.codec import decode, encode
 from pipeline.wire.messages import SCHEMAS, Detections, Predictions, Tracks
-from tests.test_node_fuzz import BASE_NS, Harness, StampSource, deadline, hostile_message, known_bug, pending, wire
+from tests.test_node_fuzz import BASE_NS, Harness, StampSource, deadline, hostile_message, known_bug, wire
 
 REPO = Path(__file__).resolve().parents[1]
 RECORDINGS = REPO.parent / "shared" / "recordings"
@@ -1189,8 +1189,6 @@ def test_a_message_whose_log_time_is_beyond_int64_is_a_recording_error(tmp_path:
     assert not (tmp_path / "t.csv").exists()
 
 
-@pending("pipeline/runtime/local.py LocalGraph.advance_to fires every periodic timer once per period of a gap "
-         "between recorded messages (pipeline/recordings/lockstep.py advances to each log time)")
 def test_a_lockstep_replay_over_a_gap_of_years_does_not_fire_every_timer_tick(tmp_path: Path) -> None:
     from pipeline.recordings.lockstep import lockstep
     from pipeline.recordings.reader import open_recording

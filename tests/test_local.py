@@ -102,3 +102,25 @@ def test_a_node_with_an_input_it_cannot_receive_is_refused() -> None:
 def test_the_input_name_input_is_reserved_for_on_input() -> None:
     with pytest.raises(TypeError, match=r"Odd: the input name 'input' is reserved"):
         type("Odd", (Node,), {"inputs": {"input": Tracks}, "on_input": lambda self, name, msg: None})
+
+
+def test_a_tick_budget_skips_a_long_gap_like_a_stalled_node_and_counts_it() -> None:
+    """Lockstep's gap bound: without it, a stamp ten years ahead fired a 10 Hz timer 3e9 times."""
+    fired: list[int] = []
+
+    def graph() -> LocalGraph:
+        g = LocalGraph()
+        n = g.add("relay", Relay)
+        g.add_timer(n, 0.1, lambda: fired.append(g.now_ns()))
+        g.start()
+        return g
+
+    g = graph()
+    g.advance_to(50 * 10**8, max_ticks=100)  # 50 ticks: within the budget, every one fires
+    assert fired == [i * 10**8 for i in range(1, 51)]
+    assert "timer.skipped_gaps" not in g.stats["relay"].counts
+    fired.clear()
+    g = graph()
+    g.advance_to(3 * 10**17, max_ticks=100)
+    assert fired[:100] == [i * 10**8 for i in range(1, 101)] and fired[100:] == [3 * 10**17]
+    assert g.stats["relay"].counts["timer.skipped_gaps"] == 1 and g.now_ns() == 3 * 10**17

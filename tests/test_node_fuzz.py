@@ -132,24 +132,13 @@ class KnownBug(NamedTuple):
     inner: str = ""
 
 
-KNOWN_BUGS: dict[str, KnownBug] = {
-    "lockstep_fires_every_tick_of_a_gap": KnownBug(
-        "pipeline/runtime/local.py", "advance_to", Exception,  # a Hang, raised by `deadline` below
-        "tests/test_fuzz.py::test_a_lockstep_replay_over_a_gap_of_years_does_not_fire_every_timer_tick",
-        "tests/test_node_fuzz.py"),
-}
+KNOWN_BUGS: dict[str, KnownBug] = {}
 _READERS = ("pipeline/recordings/reader.py", "pipeline/recordings/mcap_reader.py", "pipeline/recordings/mcap_format.py",
             "pipeline/recordings/rosbag_reader.py")
 
 
 #: Known unbounded growth, pinned by its own test; the generic memory test skips these nodes meanwhile.
 KNOWN_UNBOUNDED: set[str] = set()
-
-
-def pending(reason: str) -> pytest.MarkDecorator:
-    """A test pinning a reported bug whose fix is not in the tree yet: it must fail until the fix lands
-    (strict), then this mark goes, with the bug's KNOWN_BUGS entry."""
-    return pytest.mark.xfail(strict=True, reason=f"reported, fix pending: {reason}")
 
 
 def known_bug(exc: BaseException) -> str | None:

@@ -46,11 +46,6 @@ from tests.conftest import REPO, SHARED, wait_for
 TOPIC = "sim/tracks"
 
 
-def pending(reason: str) -> pytest.MarkDecorator:
-    """A test pinning a reported bug whose fix is not in the tree yet: strict, so it goes when the fix lands."""
-    return pytest.mark.xfail(strict=True, reason=f"reported, fix pending: {reason}")
-
-
 T0 = 1_700_000_000_000_000_000
 
 

@@ -16,6 +16,10 @@ nothing: every node replaced, nothing subscribed to any injected topic, or a sch
 ConfigError names what was replaced and what the graph subscribes to. A replay that still
 delivered nothing is an error too. With `-o out.mcap` the output holds the injected messages and
 everything the graph published, log_time = the replayed clock.
+
+Timers fire at every tick of the replayed clock, except across a gap between two messages long
+enough for `MAX_GAP_TICKS` ticks (a paused drive, a forged stamp years ahead): there each timer
+skips its missed ticks, as a node stalled that long would, and the node counts `timer.skipped_gaps`.
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ from pipeline.wire.messages import (
 __all__ = ["SCHEMA_OUTPUTS", "LockstepPlan", "LockstepStats", "lockstep", "plan", "player_options"]
 
 log = logging.getLogger(__name__)
+MAX_GAP_TICKS = 10_000  # per gap between two recorded messages: 1000 s of a 10 Hz timer
 
 #: The player node's outputs: one per schema (recorded topics map here by schema or `remap`).
 SCHEMA_OUTPUTS: dict[str, tuple[str, type[Message]]] = {
@@ -195,7 +200,7 @@ def lockstep(rec: Recording, graph: Any, opts: PlayOptions,
                 spec = graph.nodes[name]
                 g.add(name, spec.cls, spec.params, {i: s.topic for i, s in spec.inputs.items()})
             g.start()
-        g.advance_to(item.log_ns)
+        g.advance_to(item.log_ns, max_ticks=MAX_GAP_TICKS)
         msg, _ = decode(item.frames)
         if sink is not None:
             sink(item.topic, item.frames, item.log_ns, msg)
