@@ -39,10 +39,10 @@ _Pos = Annotated[float, Meta(gt=0)]
 class TrackerParams(NodeParams):
     """The tracker's params (nodes.tracker:Tracker); defaults for 1:10 RC cars seen by a 2D lidar."""
 
-    accel_sigma: _Pos = 0.7           # white acceleration noise (m/s^2)
+    accel_sigma: _Pos = 1.5           # white acceleration noise (m/s^2)
     gate_chi2: _Pos = 13.8            # squared Mahalanobis gate (chi2, 2 dof, 99.9 %)
     gate_m: _Pos = 0.6                # and never further than this (m)
-    confirm_m: Annotated[int, Meta(ge=1, le=8)] = 3
+    confirm_m: Annotated[int, Meta(ge=1, le=8)] = 4
     confirm_n: Annotated[int, Meta(ge=1, le=8)] = 5
     max_coast_s: _Pos = 0.5           # a confirmed track unseen this long is deleted
     publish_coast_s: Annotated[float, Meta(ge=0)] = 0.1  # and unpublished after this long unseen
@@ -52,6 +52,7 @@ class TrackerParams(NodeParams):
     sigma_point: _Pos = 0.3           # a box with no side seen, a centroid
     init_speed_sigma: _Pos = 2.5      # speed uncertainty of a new track (m/s)
     box_alpha: Annotated[float, Meta(gt=0, le=1)] = 0.2   # smoothing of length, width, heading
+    max_box_turn: Annotated[float, Meta(gt=0, le=1.6)] = 0.5  # a box turned more from its track is a point (rad)
     moving_speed: _Pos = 0.3          # above this speed the heading follows the velocity (m/s)
     capacity: Annotated[int, Meta(ge=1)] = 256           # tracks at most (new ones beyond are dropped)
 
@@ -95,8 +96,10 @@ class TrackSet:
         R = self._noise(obs, det.heading[rows].astype(np.float64))
         ti, di = self._assign(z, R)
         if len(ti):
-            self.x[ti], self.P[ti] = update(self.x[ti], self.P[ti], z[di], R[di])
-            self._boxes(ti, det, rows[di])
+            Rd, turned = R[di], self._turned(ti, det.heading[rows[di]], obs[di])
+            Rd[turned] = np.eye(2) * p.sigma_point ** 2
+            self.x[ti], self.P[ti] = update(self.x[ti], self.P[ti], z[di], Rd)
+            self._boxes(ti[~turned], det, rows[di[~turned]])
             self.last_hit[ti] = stamp_ns
         self._age(stamp_ns, ti)
         free = np.ones(len(z), bool)
@@ -122,6 +125,13 @@ class TrackSet:
         ti, di = linear_sum_assignment(cost)
         good = ok[ti, di]
         return ti[good], di[good]
+
+    def _turned(self, ti: np.ndarray, heading: np.ndarray, obs: np.ndarray) -> np.ndarray:
+        """Which detections' boxes turned more than `max_box_turn` from their tracks' heading: a
+        rectangle fitted the wrong way round (an L seen near its corner), whose centre is then off by
+        half the difference of length and width. Such a box counts as a point and leaves the shape alone."""
+        turn = np.mod(heading - self.heading[ti] + np.pi / 2, np.pi) - np.pi / 2
+        return (obs & _H != 0) & (self.observed[ti] & _H != 0) & (np.abs(turn) > self.p.max_box_turn)
 
     def _boxes(self, ti: np.ndarray, det: Detections, rows: np.ndarray) -> None:
         """Smooth each track's length, width and heading with what its detection observed."""
