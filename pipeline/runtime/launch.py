@@ -12,6 +12,8 @@
   help); a `required` node that exits ends the graph.
 - A graph that ends (duration, required node finished) drains: nodes with lossless (`block`) inputs
   finish their queues and stop on their publishers' end of stream, so nothing is lost at the end.
+- `--lockstep` runs the graph in this process on a simulated clock instead, as fast as it goes and
+  deterministically (`pipeline.runtime.lockstep_launch`).
 - Ctrl-C / SIGTERM / `--duration`: SIGINT to every node, SIGTERM to those left after 2 s, SIGKILL
   after 3.5 s; everything is gone within 5 s. That holds during start-up too: a stop while the file
   loads exits at once (nothing runs yet), one while nodes start ends the start-up before the next node
@@ -309,6 +311,9 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--machine", default=None, help="run only this machine's nodes (see machines: in the file)")
     ap.add_argument("--without", action="append", default=[], metavar="NODE",
                     help="leave this node out; the topics it published are fed by `drivecast play` (repeatable)")
+    ap.add_argument("--lockstep", action="store_true",
+                    help="run every node in this process on a simulated clock, as fast as it goes, deterministically "
+                         "(--duration in simulated seconds)")
     args = ap.parse_args(argv)
     loading = True
 
@@ -323,10 +328,17 @@ def main(argv: list[str]) -> int:
             if args.duration is not None and args.duration <= 0:
                 raise ConfigError(f"--duration: expected a positive number of seconds, got {args.duration:g}")
             graph = load_graph(args.file, parse_set(args.sets), without=args.without)
+            if args.lockstep and args.machine is not None:
+                raise ConfigError("--lockstep runs every node in one process: it takes no --machine")
             if args.machine is not None and args.machine not in graph.machines:
                 raise ConfigError(f"--machine {args.machine!r}: {args.file} has machines "
                                   f"{', '.join(graph.machines) or '(none)'}")
             loading = False  # from here a stop is a flag: Supervisor.run stops before starting any node
+            if args.lockstep:
+                from pipeline.runtime.lockstep_launch import run_lockstep
+
+                rc = run_lockstep(graph, args.duration, signals, sys.stdout)
+                return 128 + signals.signum if signals.signum is not None else rc
             run_dir = make_run_dir(f"{graph.name}.{args.machine}" if args.machine else graph.name)
         except ConfigError as exc:
             print(f"ERROR: {exc}", file=sys.stderr)
