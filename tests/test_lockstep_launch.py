@@ -59,6 +59,7 @@ def test_two_runs_publish_the_same_bytes_at_the_same_simulated_times(tmp_path: P
     assert max(t for _, t, _ in a) == START_NS + 3 * 10**9
     assert a == b
     assert "duration of 3 s reached: 3.0 simulated s" in text and "final accuracy" in text  # shutdown ran
+    assert "\n[evaluator] INFO " in text     # what nodes log, as launch shows it
 
 
 def test_a_node_that_stops_itself_ends_the_run(tmp_path: Path) -> None:

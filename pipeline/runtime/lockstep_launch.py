@@ -16,6 +16,7 @@ recording plays through a graph deterministically with `drivecast play FILE --lo
 from __future__ import annotations
 
 import contextlib
+import logging
 import tempfile
 import time
 import traceback
@@ -44,7 +45,21 @@ def run_lockstep(graph: Graph, duration_s: float | None, stopped: Callable[[], b
         raise ConfigError(f"{graph.path}: --lockstep: {', '.join(sorted(graph.external))} would come from "
                           f"outside the graph; replay a recording deterministically with `drivecast play FILE "
                           f"--lockstep` instead")
-    # what nodes print (the evaluator's tables) goes to `out` too, in order with the launcher's lines
+    # what nodes print and log (the evaluators' tables) goes to `out` too, in order with the launcher's lines
+    log = logging.StreamHandler(out)
+    log.setFormatter(logging.Formatter("[%(name)s] %(levelname)s %(message)s"))
+    root, level = logging.getLogger(), logging.getLogger().level
+    root.addHandler(log)
+    root.setLevel(min(level, logging.INFO) or logging.INFO)
+    try:
+        return _run(graph, duration_s, stopped, out, on_publish)
+    finally:
+        root.removeHandler(log)
+        root.setLevel(level)
+
+
+def _run(graph: Graph, duration_s: float | None, stopped: Callable[[], bool], out: IO[str],
+         on_publish: Callable[[str, list[Any], int, Message], object] | None) -> int:
     with tempfile.TemporaryDirectory(prefix=f"drivecast-{graph.name}-") as state, contextlib.redirect_stdout(out):
         g = LocalGraph(start_ns=START_NS, state_root=Path(state), record=False, on_publish=on_publish)
         for name, spec in graph.nodes.items():
