@@ -2,7 +2,10 @@
 
 Inputs: `tracks`, a tracker's confirmed tracks, and `truth`, the true agents (the simulator's tracks,
 or motion capture through `nodes.poses:PosesToTracks`); with `ego` (the sensor carrier's pose) and
-`range_m`, only truth within that range of it is scored (hidden objects still count as misses). Each tracks message is matched with the truth
+`range_m`, only what lies within that range of it is scored (hidden objects within it still count as misses):
+beyond it is a don't-care region, as MOT16's ignored objects, on both sides. A track there is no false
+positive, nor is one matched to truth there (a car at 30.5 m tracked at 29.8 m): a tracker that sees
+farther than the scored range is not penalised for it. Each tracks message is matched with the truth
 at its stamp (interpolated between the two truth messages around it, per id; a truth message stamped
 exactly then is used as is): a track and a truth object match when their centres are within `match_m`,
 by the Hungarian algorithm (scipy's `linear_sum_assignment`), a pair matched before staying matched
@@ -115,9 +118,7 @@ class TrackEvaluator(Node):
             self.diagnostics["unscored_frames"] = self.diagnostics.get("unscored_frames", 0) + 1
             return
         if self.params.range_m and self.ego_xy is not None:  # a sensor's reach: farther truth is not expected
-            near = np.linalg.norm(truth.xy - self.ego_xy, axis=1) <= self.params.range_m
-            truth = Tracks(stamp_ns=truth.stamp_ns, frame_id=truth.frame_id, ids=truth.ids[near], xy=truth.xy[near],
-                           vxy=truth.vxy[near], kind=truth.kind[near])
+            truth, tracks = self._in_range(truth, tracks, self.ego_xy)
         d = np.linalg.norm(truth.xy[:, None, :].astype(np.float64) - tracks.xy[None, :, :], axis=-1)
         far = ~(d <= self.params.match_m)  # NaN positions never match
         cost = np.where(far, 1e9, d)
@@ -138,6 +139,22 @@ class TrackEvaluator(Node):
                                      xy=truth.xy[rows], vxy=truth.vxy[rows], kind=truth.kind[rows]))
         self.diagnostics["frames"] = float(self.frames)
 
+    def _in_range(self, truth: Tracks, tracks: Tracks, ego: np.ndarray) -> tuple[Tracks, Tracks]:
+        """The truth within `range_m` of `ego`, and the tracks that are not in the don't-care region
+        beyond it: those matched (within `match_m`) to truth within range, and the unmatched within range."""
+        r, m = self.params.range_m, self.params.match_m
+        t_dist = np.linalg.norm(truth.xy - ego, axis=1)
+        near = t_dist <= r
+        keep = np.linalg.norm(tracks.xy - ego, axis=1) <= r
+        pool = np.flatnonzero(t_dist <= r + m)  # farther truth is more than match_m from any kept track
+        if len(pool) and len(tracks.ids):
+            d = np.linalg.norm(truth.xy[pool, None, :].astype(np.float64) - tracks.xy[None, :, :], axis=-1)
+            far = ~(d <= m)
+            rows, cols = linear_sum_assignment(np.where(far, 1e9, d))
+            ok = ~far[rows, cols]
+            keep[cols[ok]] = near[pool[rows[ok]]]
+        return _rows(truth, near), _rows(tracks, keep)
+
     def metrics(self) -> dict[str, float]:
         if self.acc is None or not self.frames:
             return {}
@@ -156,3 +173,8 @@ class TrackEvaluator(Node):
         self.log.info("%s", self.summary())
         if self.params.report_json:
             Path(self.params.report_json).write_text(json.dumps({"frames": self.frames, **self.metrics()}, indent=1))
+
+
+def _rows(t: Tracks, keep: np.ndarray) -> Tracks:
+    return Tracks(stamp_ns=t.stamp_ns, frame_id=t.frame_id, ids=t.ids[keep], xy=t.xy[keep], vxy=t.vxy[keep],
+                  kind=t.kind[keep])

@@ -142,3 +142,26 @@ def test_with_the_ego_wired_only_truth_within_range_is_scored() -> None:
     pytest.importorskip("motmetrics", reason="motmetrics is the optional [eval] extra")
     node = g.nodes["mot"]
     assert isinstance(node, TrackEvaluator) and node.metrics()["num_misses"] == 0  # car 2 is no miss
+
+
+def test_tracks_beyond_range_or_on_truth_beyond_it_are_not_false_positives() -> None:
+    """Beyond `range_m` is a don't-care region: a track of a car farther out, or one just inside the range
+    on a car just outside it, is no false positive; a ghost inside the range still is."""
+    from pipeline.wire.messages import Odometry
+
+    pytest.importorskip("motmetrics", reason="motmetrics is the optional [eval] extra")
+    g = LocalGraph()
+    node = g.add("mot", TrackEvaluator, {"report_s": 0, "range_m": 30.0, "match_m": 2.0},
+                 inputs={"tracks": "trk/tracks", "truth": "sim/tracks", "ego": "sim/ego"})
+    g.start()
+    g.inject("sim/ego", Odometry(stamp_ns=DT, position=np.array([0.0, 0.0, 0.0])))
+    # car 1 in range, car 2 at 45 m, car 3 at 30.5 m; tracks on all three (track 12 at 29.8 m) and a ghost
+    g.inject("sim/tracks", _tracks(DT, [1, 2, 3], [(10.0, 0.0), (45.0, 0.0), (0.0, 30.5)]))
+    g.inject("trk/tracks", _tracks(DT, [10, 11, 12, 13], [(10.1, 0.0), (45.2, 0.0), (0.0, 29.8), (-20.0, 0.0)]))
+    g.spin()
+    assert isinstance(node, TrackEvaluator)
+    m = node.metrics()
+    assert m["num_objects"] == 1 and m["num_misses"] == 0
+    assert m["num_false_positives"] == 1  # the ghost at 20 m only
+    (out,) = g.published["mot/truth"]
+    assert out.ids.tolist() == [10]
