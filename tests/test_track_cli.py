@@ -352,3 +352,41 @@ def test_the_detector_and_tracker_follow_the_red_car_on_a_shared_bag(tmp_path: P
     # tracked within 0.5 m in most of the scans that see it
     m = re.search(r"coverage ([0-9.]+)% \((\d+)/(\d+) scans", text)
     assert m is not None and float(m.group(1)) >= 80 and int(m.group(3)) >= 100, text
+
+
+def _with_tf_static(src: Path, dst: Path, transforms: list[tuple[str, str, float, float, float]]) -> Path:
+    """`src` plus a /tf_static of (parent, child, x, y, yaw) transforms, logged first."""
+    with open_recording(src) as rec, Recorder(dst, max_chunk_age_s=0) as out:
+        for parent, child, x, y, yaw in transforms:
+            out.write("/tf_static", encode(Odometry(stamp_ns=T0, frame_id=parent, child_frame_id=child,
+                                                    position=[x, y, 0.0],
+                                                    orientation=[0, 0, math.sin(yaw / 2), math.cos(yaw / 2)])), T0)
+        for item in rec.items():
+            out.write(item.topic, item.frames, item.log_ns)
+    return dst
+
+
+def test_the_lidar_offset_comes_from_tf_static_through_a_chain_of_frames(drive: Path, tmp_path: Path) -> None:
+    """ego -> mount (0.5 m ahead, turned left) -> /laser (0.2 m to the mount's left, turned back): the
+    laser sits 0.3 m ahead of the car, facing forward; the pose's frame is its topic's name."""
+    from pipeline.cli.track import track
+
+    path = _with_tf_static(drive, tmp_path / "tf.mcap", [("ego", "mount", 0.5, 0.0, math.pi / 2),
+                                                        ("mount", "/laser", 0.0, 0.2, -math.pi / 2)])
+    res = track(path, "scan", "ego", detector=STAND_INS[1], tracker=STAND_INS[3])
+    assert res.offset_from == "/tf_static (ego -> laser)"
+    assert np.allclose(res.lidar_offset, (0.3, 0.0, 0.0), atol=1e-12)
+    given = track(path, "scan", "ego", lidar_offset=(0.1, 0.0, 0.0), detector=STAND_INS[1], tracker=STAND_INS[3])
+    assert given.offset_from == "--lidar-offset" and given.lidar_offset == (0.1, 0.0, 0.0)
+    plain = track(drive, "scan", "ego", detector=STAND_INS[1], tracker=STAND_INS[3])
+    assert plain.offset_from == "the detector's default"
+
+
+def test_a_tf_static_that_does_not_join_the_frames_is_one_error(drive: Path, tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    path = _with_tf_static(drive, tmp_path / "tf.mcap", [("base_link", "imu", 0.1, 0.0, 0.0)])
+    assert main([str(path), "--scan", "scan", "--ego-pose", "ego", *STAND_INS]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"ERROR: {path}: /tf_static joins no chain of transforms from 'ego' (the pose's child frame) to "
+                   "'laser' (the scan's frame); its frames: base_link, imu; give --lidar-offset X,Y,YAW\n")
+    assert main([str(path), "--scan", "scan", "--ego-pose", "ego", "--lidar-offset", "0,0,0", *STAND_INS]) == 0

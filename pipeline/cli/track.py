@@ -9,6 +9,10 @@ measured. `StampOrder` is a `Recording` that holds the scan and pose topics and 
 stamp (log time where a stamp is 0), with log time = stamp, so the replayed clock is measurement time.
 It holds both topics in memory: a 360-beam scan is 1.5 kB, an hour at 13 Hz about 70 MB.
 
+The lidar's mounting offset: `--lidar-offset`, else a `--set detector.lidar_offset`, else the
+recording's `/tf_static` (`pipeline.recordings.static_tf`: from the ego pose's child frame, or its
+topic's name, to the scan's frame), else the detector's default.
+
 Outputs: `-o` an MCAP of the scans, poses, detections, tracks and boxes (log time = stamp), and
 `--csv` one row per confirmed track per scan (`CSV_HEADER`, map frame; tracks give the centre and
 velocity, the tracker's boxes the footprint). `--truth TOPIC` scores the tracks against that pose
@@ -38,6 +42,7 @@ from pipeline.recordings.lockstep import LockstepStats, lockstep
 from pipeline.recordings.reader import open_recording
 from pipeline.recordings.rosbag_reader import EXPANDING
 from pipeline.recordings.schedule import PlayOptions
+from pipeline.recordings.static_tf import TF_STATIC, mounting_offset
 from pipeline.runtime.graph import Graph, load_graph, parse_set
 from pipeline.wire.codec import decode, peek_header
 from pipeline.wire.messages import Detections, LaserScan, Message, Odometry, Tracks
@@ -168,6 +173,7 @@ class TrackResult:
     poses: list[Odometry] = field(default_factory=list)
     tracks: dict[int, Tracks] = field(default_factory=dict)   # scan stamp -> the tracker's Tracks
     lidar_offset: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    offset_from: str = "the detector's default"   # or --lidar-offset, --set, /tf_static (frames)
     csv_rows: int = 0
     score: track_score.Score | None = None
 
@@ -199,6 +205,23 @@ def _truth(rec: Recording, topic: str) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(t, np.int64)[order], np.asarray(xy, np.float64).reshape(-1, 2)[order]
 
 
+def _static_offset(rec: Recording, ordered: StampOrder, scan: str, ego_pose: str
+                   ) -> tuple[tuple[float, float, float], str] | None:
+    """The lidar's offset from the recording's /tf_static, from the ego pose's child frame to the scan's
+    frame (their first messages name them), and where it came from; None without a /tf_static."""
+    first = {}
+    for item in ordered.items([scan, ego_pose]):
+        first.setdefault(item.topic, decode(item.frames)[0])
+        if len(first) == 2:
+            break
+    pose, laser = first.get(ego_pose), first.get(scan)
+    if not isinstance(pose, Odometry) or not isinstance(laser, LaserScan):
+        return None
+    carrier = pose.child_frame_id or ego_pose.strip("/")
+    found = mounting_offset(rec, carrier, laser.frame_id)
+    return None if found is None else (found, f"{TF_STATIC} ({carrier} -> {laser.frame_id})")
+
+
 def score_result(res: TrackResult, truth_t: np.ndarray, truth_xy: np.ndarray) -> track_score.Score:
     """Score `res` against a truth trajectory (stamps, map-frame xy); visibility per `track_score`."""
     stamps = np.array([s.stamp_ns for s in res.scans], np.int64)
@@ -227,12 +250,17 @@ def track(path: str | Path, scan: str, ego_pose: str, *, lidar_offset: Sequence[
         _check_topic(info, "--ego-pose", ego_pose, Odometry.SCHEMA)
         if truth is not None:
             _check_topic(info, "--truth", truth, Odometry.SCHEMA)
-        graph = track_graph(scan, ego_pose, detector, tracker, lidar_offset, overrides)
         ordered = StampOrder(rec, [scan, ego_pose])
+        offset_from = ("--lidar-offset" if lidar_offset is not None
+                       else "--set" if "lidar_offset" in (overrides or {}).get("detector", {}) else None)
+        if offset_from is None and (found := _static_offset(rec, ordered, scan, ego_pose)) is not None:
+            lidar_offset, offset_from = found
+        graph = track_graph(scan, ego_pose, detector, tracker, lidar_offset, overrides)
         truth_t, truth_xy = _truth(rec, truth) if truth is not None else (None, None)
     det_params = graph.nodes["detector"].params
     offset = tuple(float(v) for v in getattr(det_params, "lidar_offset", (0.0, 0.0, 0.0)))
-    res = TrackResult(LockstepStats(), lidar_offset=(offset[0], offset[1], offset[2]))
+    res = TrackResult(LockstepStats(), lidar_offset=(offset[0], offset[1], offset[2]),
+                      offset_from=offset_from or TrackResult.offset_from)
     written = [Path(p) for p in (output, csv_path) if p is not None]
     out = f = None
     try:
@@ -303,7 +331,8 @@ def main(argv: list[str]) -> int:
     n_tracks = sum(len(t.ids) for t in res.tracks.values())
     wrote = ([args.output] if args.output else []) + ([f"{args.csv} ({res.csv_rows} rows)"] if args.csv else [])
     print(f"track: {len(res.scans)} scans, {len(res.poses)} poses, {len(res.tracks)} Tracks messages "
-          f"({n_tracks} confirmed track rows) in {res.stats.wall_s:.2f} s"
+          f"({n_tracks} confirmed track rows) in {res.stats.wall_s:.2f} s; lidar offset "
+          f"{','.join(f'{v:.4g}' for v in res.lidar_offset)} from {res.offset_from}"
           + (f"; wrote {', '.join(wrote)}" if wrote else ""), file=sys.stderr)
     if res.score is not None:
         print(f"{args.file} vs {args.truth}: {res.score.line()}")
