@@ -22,7 +22,7 @@ from typing import Annotated
 import numpy as np
 from msgspec import Meta
 
-from nodes.sim_lidar import SimLidar, roadside
+from nodes.sim_lidar import SimLidar, returns_on, roadside
 from pipeline.runtime.node import Node, NodeParams
 from pipeline.wire.messages import AgentKind, Detections, LaserScan, Odometry, Tracks
 
@@ -233,7 +233,8 @@ class TrafficWorld:
 
 class TrafficSim(Node):
     """Publishes the simulated world on `tracks` (truth) and `detections` (noisy, with misses); with
-    `lidar`, also the ego's pose on `ego` and its lidar's scan on `scan`, at the same stamp."""
+    `lidar`, also the ego's pose on `ego`, its lidar's scan on `scan`, and on `visible` the truth rows
+    the scan put a return on (what a lidar tracker can be expected to see), at the same stamp."""
 
     class Params(NodeParams):
         agents: Annotated[int, Meta(ge=1)] = 32  # 0 would run a graph that scores nothing
@@ -259,7 +260,7 @@ class TrafficSim(Node):
 
     params: Params
 
-    outputs = {"tracks": Tracks, "detections": Detections, "ego": Odometry, "scan": LaserScan}
+    outputs = {"tracks": Tracks, "detections": Detections, "ego": Odometry, "scan": LaserScan, "visible": Tracks}
 
     def setup(self) -> None:
         p = self.params
@@ -288,14 +289,15 @@ class TrafficSim(Node):
             length=np.where(car, 4.5, 0.5), width=np.where(car, 1.9, 0.5), heading=np.arctan2(v[:, 1], v[:, 0]),
             observed=np.where(car, Detections.OBSERVED_LENGTH | Detections.OBSERVED_WIDTH | Detections.OBSERVED_HEADING, 0)))
         if self.params.lidar:
-            self.sense(stamp)
+            self.sense(Tracks(stamp_ns=stamp, frame_id="map", ids=ids, xy=xy, vxy=vxy, kind=kind))
         self.diagnostics["agents"] = float(len(ids))
         self.ticks += 1
         if self.params.max_ticks and self.ticks >= self.params.max_ticks:
             self.stop("max_ticks reached")
 
-    def sense(self, stamp: int) -> None:
-        """Publish the ego's pose, then the scan its lidar takes from that pose."""
+    def sense(self, truth: Tracks) -> None:
+        """Publish the ego's pose, the scan its lidar takes from that pose, and which of `truth` it saw."""
+        stamp = truth.stamp_ns
         x, y, yaw, vx, vy = self.world.ego_state()
         rate = 0.0 if self.last_yaw is None else math.remainder(yaw - self.last_yaw, math.tau) * self.params.rate_hz
         self.last_yaw = yaw
@@ -306,10 +308,14 @@ class TrafficSim(Node):
             linear=np.array([c * vx + s * vy, c * vy - s * vx, 0.0]), angular=np.array([0.0, 0.0, rate])))
         ox, oy, oyaw = self.params.lidar_offset
         boxes, circles = self.world.shapes()
-        ranges = self.lidar.scan((x + c * ox - s * oy, y + s * ox + c * oy, yaw + oyaw),
-                                 np.concatenate([boxes, self.static[0]]), np.concatenate([circles, self.static[1]]))
+        pose = (x + c * ox - s * oy, y + s * ox + c * oy, yaw + oyaw)
+        ranges = self.lidar.scan(pose, np.concatenate([boxes, self.static[0]]), np.concatenate([circles, self.static[1]]))
         lidar = self.lidar
         self.publish("scan", LaserScan(
             stamp_ns=stamp, frame_id="laser", angle_min=lidar.angle_min, angle_increment=lidar.angle_increment,
             time_increment=0.0, range_min=lidar.range_min, range_max=lidar.range_max, ranges=ranges))
         self.diagnostics["lidar_returns"] = float(np.count_nonzero(np.isfinite(ranges)))
+        seen = returns_on(ranges.astype(np.float64), pose, lidar.angle_min, lidar.angle_increment, boxes, circles,
+                          margin=4 * self.params.lidar_noise_m + 0.02) > 0   # shapes in tracks' row order
+        self.publish("visible", Tracks(stamp_ns=stamp, frame_id="map", ids=truth.ids[seen], xy=truth.xy[seen],
+                                       vxy=truth.vxy[seen], kind=truth.kind[seen]))

@@ -20,7 +20,7 @@ import math
 
 import numpy as np
 
-__all__ = ["SimLidar", "cast", "roadside"]
+__all__ = ["SimLidar", "cast", "returns_on", "roadside"]
 
 
 def cast(origin: tuple[float, float], angle_min: float, angle_increment: float, beams: int, boxes: np.ndarray,
@@ -52,6 +52,24 @@ def cast(origin: tuple[float, float], angle_min: float, angle_increment: float, 
         np.minimum.at(best, beam, np.where((t > 0) & (outside > 0), t, np.inf))
     best[best > range_max] = np.inf
     return best
+
+
+def returns_on(ranges: np.ndarray, pose: tuple[float, float, float], angle_min: float, angle_increment: float,
+               boxes: np.ndarray, circles: np.ndarray, margin: float) -> np.ndarray:
+    """How many returns of a scan (`ranges` from `pose`, beams from `angle_min` in the lidar's frame) lie
+    on each shape, boxes then circles, grown by `margin` (the range noise): int64[B + C]. A shape the
+    scan put no return on is one the lidar could not see (hidden, or too thin between two beams)."""
+    x, y, yaw = pose
+    hit = np.flatnonzero(np.isfinite(ranges))
+    a = angle_min + yaw + angle_increment * hit
+    px, py = x + ranges[hit] * np.cos(a), y + ranges[hit] * np.sin(a)
+    dx, dy = px[None, :] - boxes[:, 0:1], py[None, :] - boxes[:, 1:2]       # [B, N]
+    c, s = np.cos(boxes[:, 2:3]), np.sin(boxes[:, 2:3])
+    on_box = ((np.abs(c * dx + s * dy) <= boxes[:, 3:4] + margin)
+              & (np.abs(c * dy - s * dx) <= boxes[:, 4:5] + margin)).sum(axis=1)
+    on_circle = (np.hypot(px[None, :] - circles[:, 0:1], py[None, :] - circles[:, 1:2])
+                 <= circles[:, 2:3] + margin).sum(axis=1)
+    return np.concatenate([on_box, on_circle]).astype(np.int64)
 
 
 def _fan(origin: tuple[float, float], centres: np.ndarray, radius: np.ndarray, angle_min: float,

@@ -2,10 +2,13 @@
 
 Inputs: `tracks`, a tracker's confirmed tracks, and `truth`, the true agents (the simulator's tracks,
 or motion capture through `nodes.poses:PosesToTracks`); with `ego` (the sensor carrier's pose) and
-`range_m`, only what lies within that range of it is scored (hidden objects within it still count as misses):
-beyond it is a don't-care region, as MOT16's ignored objects, on both sides. A track there is no false
-positive, nor is one matched to truth there (a car at 30.5 m tracked at 29.8 m): a tracker that sees
-farther than the scored range is not penalised for it. Each tracks message is matched with the truth
+`range_m`, only what lies within that range of it is scored: beyond it is a don't-care region, as
+MOT16's ignored objects, on both sides. A track there is no false positive, nor is one matched to
+truth there (a car at 30.5 m tracked at 29.8 m): a tracker that sees farther than the scored range is
+not penalised for it. With `visible` (the truth rows the sensor saw, e.g. the simulator's agents its
+lidar put a return on, stamped like the scan), truth not seen at a frame's stamp is don't-care in the
+same way: nuScenes scores no box without a lidar point, and a tracker cannot be faulted for a car
+hidden behind another. Each tracks message is matched with the truth
 at its stamp (interpolated between the two truth messages around it, per id; a truth message stamped
 exactly then is used as is): a track and a truth object match when their centres are within `match_m`,
 by the Hungarian algorithm (scipy's `linear_sum_assignment`), a pair matched before staying matched
@@ -67,7 +70,7 @@ class TrackEvaluator(Node):
         range_m: Annotated[float, Meta(ge=0)] = 0.0        # with `ego` wired: score truth this near it only (0: all)
 
     params: Params
-    inputs = {"tracks": Tracks, "truth": Tracks, "ego": Odometry}
+    inputs = {"tracks": Tracks, "truth": Tracks, "ego": Odometry, "visible": Tracks}
     outputs = {"truth": Tracks}
 
     def setup(self) -> None:
@@ -76,6 +79,8 @@ class TrackEvaluator(Node):
         self.pairs: dict[int, int] = {}  # truth id -> track id, matched in the last frame
         self.frames = 0
         self.ego_xy: np.ndarray | None = None
+        self.visible: deque[Tracks] = deque(maxlen=64)
+        self.visible_wired = False
         try:
             import motmetrics
         except ImportError:
@@ -93,6 +98,10 @@ class TrackEvaluator(Node):
         self.truth.append(msg)
         while self.waiting and self.waiting[0].stamp_ns <= msg.stamp_ns:
             self._score(self.waiting.popleft())
+
+    def on_visible(self, msg: Tracks) -> None:
+        self.visible_wired = True
+        self.visible.append(msg)
 
     def on_ego(self, msg: Odometry) -> None:
         self.ego_xy = msg.position[:2].copy()
@@ -117,8 +126,8 @@ class TrackEvaluator(Node):
         if truth is None:
             self.diagnostics["unscored_frames"] = self.diagnostics.get("unscored_frames", 0) + 1
             return
-        if self.params.range_m and self.ego_xy is not None:  # a sensor's reach: farther truth is not expected
-            truth, tracks = self._in_range(truth, tracks, self.ego_xy)
+        if (self.params.range_m and self.ego_xy is not None) or self.visible_wired:
+            truth, tracks = self._expected(truth, tracks)
         d = np.linalg.norm(truth.xy[:, None, :].astype(np.float64) - tracks.xy[None, :, :], axis=-1)
         far = ~(d <= self.params.match_m)  # NaN positions never match
         cost = np.where(far, 1e9, d)
@@ -139,21 +148,30 @@ class TrackEvaluator(Node):
                                      xy=truth.xy[rows], vxy=truth.vxy[rows], kind=truth.kind[rows]))
         self.diagnostics["frames"] = float(self.frames)
 
-    def _in_range(self, truth: Tracks, tracks: Tracks, ego: np.ndarray) -> tuple[Tracks, Tracks]:
-        """The truth within `range_m` of `ego`, and the tracks that are not in the don't-care region
-        beyond it: those matched (within `match_m`) to truth within range, and the unmatched within range."""
+    def _expected(self, truth: Tracks, tracks: Tracks) -> tuple[Tracks, Tracks]:
+        """The truth expected to be seen (within `range_m` of the ego; with `visible` wired, seen by the
+        sensor at this stamp) and the tracks outside the don't-care region: those matched (within
+        `match_m`) to expected truth, and the unmatched within range."""
         r, m = self.params.range_m, self.params.match_m
-        t_dist = np.linalg.norm(truth.xy - ego, axis=1)
-        near = t_dist <= r
-        keep = np.linalg.norm(tracks.xy - ego, axis=1) <= r
-        pool = np.flatnonzero(t_dist <= r + m)  # farther truth is more than match_m from any kept track
+        expected, reach = np.ones(len(truth.ids), bool), np.ones(len(tracks.ids), bool)
+        pool = np.arange(len(truth.ids))
+        if r and self.ego_xy is not None:  # a sensor's reach: farther truth is not expected
+            t_dist = np.linalg.norm(truth.xy - self.ego_xy, axis=1)
+            expected, reach = t_dist <= r, np.linalg.norm(tracks.xy - self.ego_xy, axis=1) <= r
+            pool = np.flatnonzero(t_dist <= r + m)  # farther truth is more than match_m from any kept track
+        seen = next((v.ids for v in self.visible if v.stamp_ns == tracks.stamp_ns), None)
+        if seen is not None:
+            expected &= np.isin(truth.ids, seen)
+        elif self.visible_wired:
+            self.diagnostics["frames_without_visible"] = self.diagnostics.get("frames_without_visible", 0) + 1
+        keep = reach.copy()
         if len(pool) and len(tracks.ids):
             d = np.linalg.norm(truth.xy[pool, None, :].astype(np.float64) - tracks.xy[None, :, :], axis=-1)
             far = ~(d <= m)
             rows, cols = linear_sum_assignment(np.where(far, 1e9, d))
             ok = ~far[rows, cols]
-            keep[cols[ok]] = near[pool[rows[ok]]]
-        return _rows(truth, near), _rows(tracks, keep)
+            keep[cols[ok]] = expected[pool[rows[ok]]]
+        return _rows(truth, expected), _rows(tracks, keep)
 
     def metrics(self) -> dict[str, float]:
         if self.acc is None or not self.frames:

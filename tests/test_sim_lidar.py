@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 
 from nodes.sim import EGO_ID, WALL_Y, TrafficSim
-from nodes.sim_lidar import SimLidar, cast
+from nodes.sim_lidar import SimLidar, cast, returns_on
 from pipeline.errors import ConfigError
 from pipeline.runtime.graph import load_graph
 from pipeline.runtime.local import LocalGraph
-from pipeline.wire.messages import LaserScan, Message, Odometry
+from pipeline.wire.messages import LaserScan, Message, Odometry, Tracks
 from tests.conftest import REPO
 
 CAR = (2.25, 0.95)  # half length, half width
@@ -86,6 +86,36 @@ def test_a_box_behind_another_gets_no_returns() -> None:
     hidden = scanner.scan((0.0, 0.0, 0.0), np.concatenate([far, [box(10.0, 0.0)]]), np.array([[22.0, 0.0, 0.25]]))
     assert np.isfinite(hidden).sum() > 100
     assert hidden[np.isfinite(hidden)].max() < math.hypot(7.75, 0.95)  # only the near box's face
+
+
+def test_returns_are_counted_on_the_shapes_they_hit_and_none_on_a_hidden_one() -> None:
+    scanner = lidar(beams=3600, noise=0.02, seed=1)
+    boxes = np.array([box(10.0, 0.0), box(20.0, 0.0), box(0.0, 15.0, yaw=math.pi / 2)])  # the second hidden
+    circles = np.array([[-8.0, 0.0, 0.25], [-16.0, 0.0, 0.25]])                         # the second hidden
+    pose = (0.0, 0.0, 0.3)
+    r = scanner.scan(pose, boxes, circles).astype(np.float64)
+    n = returns_on(r, pose, scanner.angle_min, scanner.angle_increment, boxes, circles, margin=0.1)
+    assert n[1] == 0 and n[4] == 0
+    assert n[0] > 50 and n[2] > 20 and n[3] > 2
+    assert n.sum() == np.isfinite(r).sum()   # every return is on exactly one shape
+
+
+def test_the_sim_publishes_as_visible_the_agents_its_scan_hit() -> None:
+    g, node = run_sim(20.0, agents=48, lidar=True, seed=5)
+    truth = {m.stamp_ns: m for m in g.published["sim/tracks"]}
+    scans = {m.stamp_ns: m for m in g.published["sim/scan"]}
+    poses = {m.stamp_ns: m for m in g.published["sim/ego"]}
+    hidden = 0
+    for v in g.published["sim/visible"]:
+        assert isinstance(v, Tracks)
+        t, scan, ego = truth[v.stamp_ns], scans[v.stamp_ns], poses[v.stamp_ns]
+        assert set(v.ids.tolist()) <= set(t.ids.tolist())
+        pts = scan_points(scan, lidar_pose(ego, node.params.lidar_offset))
+        near = np.hypot(*(t.xy - ego.position[:2]).T) < 30
+        hidden += int(near.sum()) - int(np.isin(t.ids[near], v.ids).sum())
+        for xy in v.xy:  # a visible agent has a return within its footprint (car half diagonal 2.5 m)
+            assert np.hypot(*(pts - xy).T).min() < 2.6
+    assert hidden > 20   # over 200 scans, agents within 30 m hide behind others
 
 
 def test_the_lidar_does_not_see_the_shape_it_stands_in() -> None:

@@ -165,3 +165,24 @@ def test_tracks_beyond_range_or_on_truth_beyond_it_are_not_false_positives() -> 
     assert m["num_false_positives"] == 1  # the ghost at 20 m only
     (out,) = g.published["mot/truth"]
     assert out.ids.tolist() == [10]
+
+
+def test_truth_the_sensor_did_not_see_is_dont_care_and_a_frame_without_visibility_is_counted() -> None:
+    pytest.importorskip("motmetrics", reason="motmetrics is the optional [eval] extra")
+    g = LocalGraph()
+    node = g.add("mot", TrackEvaluator, {"report_s": 0, "match_m": 2.0},
+                 inputs={"tracks": "trk/tracks", "truth": "sim/tracks", "visible": "sim/visible"})
+    g.start()
+    # cars 1-3; the lidar saw 1 and 2; tracks on 1 and 3 (a coasting track on the hidden car) and a ghost
+    g.inject("sim/visible", _tracks(DT, [1, 2], [(10.0, 0.0), (20.0, 0.0)]))
+    g.inject("sim/tracks", _tracks(DT, [1, 2, 3], [(10.0, 0.0), (20.0, 0.0), (30.0, 0.0)]))
+    g.inject("trk/tracks", _tracks(DT, [10, 13, 14], [(10.1, 0.0), (30.2, 0.0), (-5.0, 0.0)]))
+    g.spin()
+    assert isinstance(node, TrackEvaluator)
+    m = node.metrics()
+    assert m["num_objects"] == 2 and m["num_misses"] == 1           # car 2 seen and missed; car 3 not expected
+    assert m["num_false_positives"] == 1                             # the ghost, not the track on car 3
+    g.inject("sim/tracks", _tracks(2 * DT, [1], [(10.0, 0.0)]))      # no visible message for this stamp
+    g.inject("trk/tracks", _tracks(2 * DT, [10], [(10.1, 0.0)]))
+    g.spin()
+    assert node.metrics()["num_objects"] == 3 and node.diagnostics["frames_without_visible"] == 1
