@@ -4,7 +4,10 @@ Each Predictions row (agent, future positions at absolute times `t_ns`) waits un
 cover its last time; truth positions at `t_ns` are interpolated between the two truth messages around
 each time (a row whose agent is missing from either is skipped: no made-up truth). ADE is the mean L2
 error over the horizon, FDE the error at its end, in meters, per agent kind and overall (overall
-averages rows of every model, each over its own horizon).
+averages rows of every model, each over its own horizon), and per agent age: the time from the agent's
+first truth message to the prediction's stamp, in buckets 0-5, 5-20, 20-60 and 60+ s (`nodes.eval_table`).
+An agent absent from the truth for longer than `keep_s` is forgotten and starts a new life when it comes
+back; at most 65536 agents are remembered (the most recently seen), so ids cannot grow the memory.
 
 Beside the model, on exactly the same rows: constant velocity (`export.runtime.features.constant_velocity`) from
 the same inputs (positions up to the prediction's sample time t0 = t_ns[0] - dt: the truth's, or with the
@@ -21,8 +24,12 @@ clock (`drops.future_truth`, it would make every later truth look late). One row
 running mean into nan or 1e36 m.
 
 Output: a summary line every `report_s` (accuracy, prediction latency = receive time - Tracks stamp,
-and the predictor's own step latency when its diagnostics are wired in), a table at shutdown, and with
-`plot: FILE.png` a picture of recent predicted, constant-velocity and true paths (needs matplotlib).
+and the predictor's own step latency when its diagnostics are wired in), a table at shutdown per kind and
+age, where "ADE vs CV: 18% better" means the model's ADE is 18% below constant velocity's (CV - model) / CV
+(the one wording of `nodes.eval_table.vs_cv`); with `report_json: FILE.json` the same table as
+`{"rows": [{"kind", "age", "n", "ade", "fde", "cv_ade", "cv_fde", "cv_k"}, ...]}` (rows with n > 0,
+kind and age "all" included, written atomically); with `plot: FILE.png` a picture of recent predicted,
+constant-velocity and true paths (needs matplotlib).
 """
 
 from __future__ import annotations
@@ -37,7 +44,9 @@ import numpy as np
 from msgspec import Meta
 
 from export.runtime.features import constant_velocity
+from nodes.eval_table import CV_K_MEANS, AccuracyTable, FirstSeen, age_bucket, write_report
 from nodes.plausible import Plausible, plausible_rows
+from pipeline.errors import ConfigError
 from pipeline.runtime.node import Node
 from pipeline.wire.messages import AgentKind, Diagnostics, Predictions, StateEvent, Tracks
 
@@ -83,34 +92,6 @@ class _History:
         return _truth_at(self.frames, self.stamps, ids, t_ns)
 
 
-class _Score:
-    """Running sums for one group of rows (a kind, or everything)."""
-
-    def __init__(self, n_k: int) -> None:
-        self.n = 0
-        self.nonfinite = 0                # rows left out: their errors were nan or inf
-        self.model = np.zeros(2)          # sum of ADE, FDE
-        self.cv = np.zeros((n_k, 2))      # per k
-
-    def add(self, model: np.ndarray, cv: np.ndarray) -> None:
-        """model: [R,T] errors; cv: [K,R,T]. Within the node's bounds errors are finite; a row whose are not
-        is left out all the same: one row must not turn the sums into nan for the rest of the run."""
-        finite = np.isfinite(model).all(1) & np.isfinite(cv).all((0, 2))
-        if not finite.all():
-            self.nonfinite += int(len(finite) - finite.sum())
-            model, cv = model[finite], cv[:, finite]
-        self.n += model.shape[0]
-        self.model += (model.mean(1).sum(), model[:, -1].sum())
-        self.cv += np.stack([cv.mean(2).sum(1), cv[:, :, -1].sum(1)], 1)
-
-    def row(self, name: str, ks: list[int]) -> tuple[str, int, float, float, int, float, float]:
-        """(name, rows, ADE, FDE, best k, its CV ADE, its CV FDE)."""
-        m = self.model / max(self.n, 1)
-        cv = self.cv / max(self.n, 1)
-        b = int(np.argmin(cv[:, 0]))
-        return name, self.n, float(m[0]), float(m[1]), ks[b], float(cv[b, 0]), float(cv[b, 1])
-
-
 class Evaluator(Node):
     """Predictions + truth Tracks in; ADE/FDE beside constant velocity out (log lines, final table)."""
 
@@ -121,11 +102,11 @@ class Evaluator(Node):
         keep_s: float = 12.0                # truth history kept (>= longest horizon + k*dt + latency)
         plot: str = ""                      # write a PNG of recent paths here at shutdown
         max_future_s: Annotated[float, Meta(ge=0)] = 5.0  # drop truth this far ahead of the node clock (0: off)
+        report_json: str = ""               # write the final table here at shutdown, as JSON ("": no file)
 
-        def __post_init__(self) -> None:
-            # Run by msgspec.convert: found before the graph starts, not when the plot is lost at its end.
-            if self.plot and not Path(self.plot).resolve().parent.is_dir():
-                raise ValueError(f"plot: no such directory '{Path(self.plot).resolve().parent}' to write {self.plot!r} in")
+        def __post_init__(self) -> None:  # run by msgspec.convert: a bad path fails the launch, not the end
+            _check_output("plot", self.plot)
+            _check_output("report_json", self.report_json)
 
     params: Params
     inputs = {"predictions": Predictions, "truth": Tracks, "observed": Tracks, "events": StateEvent,
@@ -137,17 +118,21 @@ class Evaluator(Node):
         self.observed = _History(self.params.keep_s)  # what the predictor saw, when wired: the CV's input
         # per model, in stamp order; bounded, in case the truth stops coming
         self.pending: dict[str, deque[Predictions]] = defaultdict(lambda: deque(maxlen=1000))
-        self.scores: dict[str, _Score] = defaultdict(lambda: _Score(len(self.ks)))
+        self.accuracy = AccuracyTable(self.ks)
+        self.scores = self.accuracy.by_kind  # kind -> score over every age
+        self.first_seen = FirstSeen(self.params.keep_s)  # forgets agents as the truth history does
         self.latency_ms: deque[float] = deque(maxlen=2048)
         self.dropped: Counter[str] = Counter()
         self.events: list[str] = []
         self.pred_diag: dict[str, float] = {}
         self.paths: deque[tuple[np.ndarray, np.ndarray, np.ndarray]] = deque(maxlen=30)
         if self.params.report_s > 0:
+            self.log.info("accuracy every %g s, in meters; CV k: %s", self.params.report_s, CV_K_MEANS)
             self.every(self.params.report_s, lambda: self.log.info("%s", self.summary()))
 
     def on_truth(self, msg: Tracks) -> None:
         if self._keep(msg, self.truth, "truth"):
+            self.first_seen.see(msg.stamp_ns, self.truth.frames[-1].ids)
             self._flush()
 
     def on_observed(self, msg: Tracks) -> None:
@@ -220,21 +205,14 @@ class Evaluator(Node):
         # each k falls back to the longest window in ks the agent has been seen for (none: it stands still)
         cv = np.stack([constant_velocity(past, k, steps, lags=[0, *ks], known=past_ok) for k in ks])
         cv_err = np.linalg.norm(cv - truth[None], axis=-1)
-        kinds = msg.kind[rows]
-        for code in np.unique(kinds).tolist():
-            sel = kinds == code
-            self.scores[AgentKind.NAMES.get(code, str(code))].add(err[sel], cv_err[:, sel])
-        self.scores["all"].add(err, cv_err)
+        age, known = self.first_seen.age_s(msg.ids[rows], msg.stamp_ns)  # at the prediction's stamp
+        self.accuracy.add(_kind_names(msg.kind[rows]), np.where(known, age_bucket(age), -1), err, cv_err)
         if self.params.plot:
             self.paths.append((pred[0], cv[-1, 0], truth[0]))
 
     # -- reporting -----------------------------------------------------------------------------------
     def summary(self) -> str:
-        parts = []
-        for name in sorted(self.scores, key=lambda n: (n == "all", n)):
-            _, n, ade, fde, k, cade, cfde = self.scores[name].row(name, self.ks)
-            parts.append(f"{name} n={n} ADE/FDE {ade:.2f}/{fde:.2f} m (CV k={k}: {cade:.2f}/{cfde:.2f})")
-        line = " | ".join(parts) or "no predictions matched yet"
+        line = self.accuracy.line() or "no predictions matched yet"
         if self.latency_ms:
             p50, p99 = np.percentile(np.fromiter(self.latency_ms, float), [50, 99])
             line += f" | latency p50 {p50:.1f} ms p99 {p99:.1f} ms"
@@ -246,20 +224,34 @@ class Evaluator(Node):
         return line
 
     def table(self) -> str:
-        head = f"{'kind':<12}{'rows':>8}{'ADE':>8}{'FDE':>8}{'CV k':>6}{'CV ADE':>8}{'CV FDE':>8}{'ADE gain':>10}"
-        lines = ["final accuracy (meters)", head]
-        for name in sorted(self.scores, key=lambda n: (n == "all", n)):
-            name, n, ade, fde, k, cade, cfde = self.scores[name].row(name, self.ks)
-            gain = f"{(1 - ade / cade) * 100:+.0f}%" if cade > 0 else "-"
-            lines.append(f"{name:<12}{n:>8}{ade:>8.3f}{fde:>8.3f}{k:>6}{cade:>8.3f}{cfde:>8.3f}{gain:>10}")
+        lines = [self.accuracy.text()]
         if self.events:
             lines.append("predictor state events: " + "; ".join(self.events))
         return "\n".join(lines)
 
     def shutdown(self) -> None:
         print(self.table(), flush=True)
+        if self.params.report_json:
+            try:
+                write_report(self.params.report_json, self.accuracy.rows())
+            except ConfigError as exc:  # the table is printed all the same; other nodes still shut down
+                self.log.error("%s", exc)
         if self.params.plot and self.paths:
             _plot(self.paths, self.ks[-1], self.params.plot, self.log)
+
+
+def _check_output(key: str, file: str) -> None:
+    """ValueError (a ConfigError naming the node and param, once converted) unless `file` can be written."""
+    if file and not Path(file).resolve().parent.is_dir():
+        raise ValueError(f"{key}: no such directory '{Path(file).resolve().parent}' to write {file!r} in")
+    if file and Path(file).is_dir():
+        raise ValueError(f"{key}: {file!r} is a directory, expected a file to write")
+
+
+def _kind_names(codes: np.ndarray) -> np.ndarray:
+    """AgentKind codes[R] -> names[R] ("vehicle", ...; an unknown code as its number)."""
+    u, at = np.unique(codes, return_inverse=True)
+    return np.array([AgentKind.NAMES.get(c, str(c)) for c in u.tolist()], object)[at.ravel()]
 
 
 def _truth_at(frames: deque[_Frame], stamps: deque[int], ids: np.ndarray, t_ns: np.ndarray

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import logging
 import re
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -31,7 +35,7 @@ def prediction(i: int, ids: list[int], offset: float, speed: float = 2.0) -> Pre
                        kind=np.array([AgentKind.VEHICLE if a % 2 else AgentKind.PEDESTRIAN for a in ids]))
 
 
-def run(steps: int, ids: list[int], offset: float, truth_ids: list[int] | None = None, **params) -> Evaluator:
+def run(steps: int, ids: list[int], offset: float, truth_ids: list[int] | None = None, **params: Any) -> Evaluator:
     g = LocalGraph()
     ev = g.add("eval", Evaluator, {"report_s": 0, **params},
                inputs={"predictions": "p/predictions", "truth": "s/tracks", "events": "p/events"})
@@ -96,3 +100,130 @@ def test_a_png_of_recent_paths_is_written_at_shutdown(tmp_path) -> None:  # type
     ev = run(30, [1, 2], offset=0.5, plot=str(png))
     ev.shutdown()
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# -- accuracy by agent age, and the JSON report ---------------------------------------------------------------
+HALF_S = 500_000_000  # truth every 0.5 s; predictions H steps of 0.5 s ahead
+H = 4
+
+
+def _positions(t_ns: int, gone: tuple[float, float] | None = None) -> dict[int, tuple[int, tuple[float, float]]]:
+    """id -> (kind, xy) at t: vehicle 1 from 0 s at 2 m/s along x; pedestrian 2 from 20 s at 1 m/s along y;
+    vehicle 3 from 0 s at 1 m/s along x, absent over `gone` (seconds)."""
+    t = t_ns / 1e9
+    out = {1: (AgentKind.VEHICLE, (2.0 * t, 0.0))}
+    if t >= 20:
+        out[2] = (AgentKind.PEDESTRIAN, (100.0, t - 20.0))
+    if gone is not None and not gone[0] <= t < gone[1]:
+        out[3] = (AgentKind.VEHICLE, (t, 50.0))
+    return out
+
+
+def _age_truth(t_ns: int, gone: tuple[float, float] | None) -> Tracks:
+    pos = _positions(t_ns, gone)
+    return Tracks(stamp_ns=t_ns, ids=np.array(list(pos)), xy=np.array([p for _, p in pos.values()], np.float32),
+                  vxy=np.zeros((len(pos), 2)), kind=np.array([k for k, _ in pos.values()]))
+
+
+def _age_prediction(stamp_ns: int, offsets: dict[int, float], gone: tuple[float, float] | None) -> Predictions:
+    """The truth, pushed sideways by offset * (j + 1) / H at step j: ADE = offset * (H + 1) / (2 H), FDE = offset."""
+    t = stamp_ns + HALF_S * np.arange(1, H + 1)
+    xy = np.array([[np.add(_positions(int(tt), gone)[a][1], (0.0, off * (j + 1) / H)) for j, tt in enumerate(t)]
+                   for a, off in offsets.items()], np.float32)
+    kind = np.array([_positions(stamp_ns, gone)[a][0] for a in offsets])
+    return Predictions(stamp_ns=stamp_ns, model="m", ids=np.array(list(offsets)), kind=kind, t_ns=t, xy=xy)
+
+
+def _age_run(predictions: dict[float, dict[int, float]], end_s: float, gone: tuple[float, float] | None = None,
+             **params: Any) -> tuple[LocalGraph, Evaluator]:
+    g = LocalGraph()
+    ev = g.add("eval", Evaluator, {"report_s": 0, **params}, inputs={"predictions": "p/predictions", "truth": "s/tracks"})
+    g.start()
+    for i in range(int(end_s * 2) + 1):
+        t = i * HALF_S
+        g.advance_to(t)
+        g.inject("s/tracks", _age_truth(t, gone))
+        if t / 1e9 in predictions:
+            g.inject("p/predictions", _age_prediction(t, predictions[t / 1e9], gone))
+        g.spin()
+    assert isinstance(ev, Evaluator)
+    return g, ev
+
+
+# (kind, age, n, ADE, FDE) for: vehicle 1 at 2 s (age 2: "0-5", offset 1 m), 5 s (age 5.0: "5-20", 2 m),
+# 30 s (age 30: "20-60", 4 m), 61 s (age 61: "60+", 8 m); pedestrian 2 at 30 s (age 10: "5-20", 0.8 m).
+AGE_ROWS = [("pedestrian", "all", 1, 0.5, 0.8), ("pedestrian", "5-20", 1, 0.5, 0.8),
+            ("vehicle", "all", 4, 9.375 / 4, 15 / 4), ("vehicle", "0-5", 1, 0.625, 1.0),
+            ("vehicle", "5-20", 1, 1.25, 2.0), ("vehicle", "20-60", 1, 2.5, 4.0), ("vehicle", "60+", 1, 5.0, 8.0),
+            ("all", "all", 5, 9.875 / 5, 15.8 / 5), ("all", "0-5", 1, 0.625, 1.0), ("all", "5-20", 2, 0.875, 1.4),
+            ("all", "20-60", 1, 2.5, 4.0), ("all", "60+", 1, 5.0, 8.0)]
+AGE_PREDICTIONS = {2.0: {1: 1.0}, 5.0: {1: 2.0}, 30.0: {1: 4.0, 2: 0.8}, 61.0: {1: 8.0}}
+
+
+def test_rows_are_bucketed_by_the_agents_age_at_the_prediction_with_known_errors(tmp_path: Path) -> None:
+    report = tmp_path / "acc.json"
+    g, ev = _age_run(AGE_PREDICTIONS, 64.0, report_json=str(report))
+    g.stop()
+    rows = json.loads(report.read_text())["rows"]
+    assert [(r["kind"], r["age"], r["n"]) for r in rows] == [(k, a, n) for k, a, n, _, _ in AGE_ROWS]
+    for r, (_, _, _, ade, fde) in zip(rows, AGE_ROWS, strict=True):
+        assert (r["ade"], r["fde"]) == pytest.approx((ade, fde), abs=1e-4), r
+        # straight lines at constant speed, truth on the prediction's times: CV is exact, with its shortest window
+        assert (r["cv_ade"], r["cv_fde"], r["cv_k"]) == (0.0, 0.0, 1), r
+        assert set(r) == {"kind", "age", "n", "ade", "fde", "cv_ade", "cv_fde", "cv_k"}
+    assert not list(tmp_path.glob(".*tmp"))  # written through a temporary file, renamed
+
+
+def test_the_final_table_has_a_row_per_kind_and_age_and_explains_cv_k_and_the_comparison(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    g, _ = _age_run(AGE_PREDICTIONS, 64.0)
+    g.stop()
+    out = capsys.readouterr().out
+    vehicle = out[out.index("\nvehicle "):out.index("\nall ")]  # the kind's row, then its ages, indented
+    assert re.search(r"^vehicle +4 +2\.344 +3\.750 +1 +0\.000 +0\.000 +worse +worse$", vehicle, re.M), out
+    assert re.search(r"^  60\+ s +1 +5\.000 +8\.000 +1 +0\.000 +0\.000 +worse +worse$", vehicle, re.M), out
+    assert re.search(r"^  5-20 s +2 +0\.875 +1\.400 ", out[out.index("\nall "):], re.M), out
+    assert "CV k: constant velocity (CV) from the mean velocity over the last k sample periods" in out
+    assert '"18% better" means the model\'s error is 18% below constant velocity\'s' in out
+    assert not re.search(r"[+-]\d+%", out)  # never a bare signed percentage
+
+
+def test_an_agent_unseen_for_longer_than_keep_s_starts_a_new_life() -> None:
+    # vehicle 3 is seen from 0 s, gone from 3 s to 20 s (keep_s 12), back at 20 s: at 22 s it is 2 s old, not 22
+    _, ev = _age_run({22.0: {3: 1.0}}, 25.0, gone=(3.0, 20.0))
+    assert set(ev.accuracy.by_age) == {("vehicle", "0-5"), ("all", "0-5")}
+    assert ev.accuracy.by_age[("vehicle", "0-5")].n == 1
+    # with a longer memory it is the same agent, 22 s old
+    _, ev = _age_run({22.0: {3: 1.0}}, 25.0, gone=(3.0, 20.0), keep_s=30.0)
+    assert set(ev.accuracy.by_age) == {("vehicle", "20-60"), ("all", "20-60")}
+
+
+@pytest.mark.parametrize(("where", "message"), [
+    ("no/acc.json", r"^eval: params: report_json: no such directory '.*/no' to write '.*/no/acc\.json' in$"),
+    (".", r"^eval: params: report_json: '.*' is a directory, expected a file to write$")])
+def test_a_report_json_that_cannot_be_a_file_is_refused_before_the_run(tmp_path: Path, where: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        LocalGraph().add("eval", Evaluator, {"report_json": str(tmp_path / where)})
+
+
+def test_a_report_json_that_cannot_be_written_at_shutdown_is_an_error_naming_param_and_path(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]) -> None:
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    g, _ = _age_run({2.0: {1: 1.0}}, 5.0, report_json=str(out_dir / "acc.json"))
+    out_dir.rmdir()  # gone since the launch
+    with caplog.at_level(logging.ERROR, logger="eval"):
+        g.stop()
+    assert f"report_json: cannot write '{out_dir}/acc.json': No such file or directory" in caplog.text
+    assert "final accuracy" in capsys.readouterr().out  # the table is printed all the same
+
+
+def test_a_report_json_in_a_missing_directory_is_a_launch_file_error_naming_file_and_key(tmp_path: Path) -> None:
+    from pipeline.runtime.graph import load_graph
+
+    launch = tmp_path / "launch.yaml"
+    launch.write_text(f"nodes:\n  eval: {{run: nodes.evaluator:Evaluator, params: {{report_json: {tmp_path}/no/a.json}}}}\n")
+    with pytest.raises(ConfigError, match=rf"^{launch}: nodes\.eval\.params: report_json: no such directory '{tmp_path}/no'"):
+        load_graph(launch)
+    (tmp_path / "no").mkdir()
+    assert load_graph(launch).nodes["eval"].params.report_json == f"{tmp_path}/no/a.json"

@@ -1,0 +1,202 @@
+"""Accuracy tables beside constant velocity, per agent kind and per agent age: the parts that the evaluator
+node and `drivecast eval` (models/evaluate.py) share, so that both bucket ages and word the comparison alike.
+
+- Age: the time since the agent was first seen, at the prediction's time, in the buckets `AGE_BUCKETS`
+  (seconds, lower bound inclusive: an agent 5.0 s old is in "5-20"). A state that drifts over an agent's
+  life shows in the late buckets instead of hiding in the average.
+- One wording for the comparison with constant velocity (CV), everywhere: `vs_cv` writes "18% better"
+  when the model's error is 18% below CV's, (CV - model) / CV, and "7% worse" when it is 7% above. Never a
+  bare signed percentage, whose sign one reader takes for a gain and another for a change of error.
+- `FirstSeen` remembers when each agent was first seen, in bounded memory; `AccuracyTable` keeps running
+  ADE/FDE sums per (kind, age) and writes them as text or as the JSON report (`write_report`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.errors import ConfigError
+
+__all__ = ["AGE_BUCKETS", "CV_K_MEANS", "VS_CV_MEANS", "AccuracyTable", "FirstSeen", "Score", "age_bucket", "vs_cv",
+           "write_report"]
+
+AGE_BUCKETS = ("0-5", "5-20", "20-60", "60+")
+_AGE_EDGES_S = np.array([5.0, 20.0, 60.0])  # the buckets' lower bounds after the first
+
+CV_K_MEANS = ("constant velocity (CV) from the mean velocity over the last k sample periods dt before the "
+              "prediction, (p(t0) - p(t0 - k dt)) / (k dt)")
+VS_CV_MEANS = ('"18% better" means the model\'s error is 18% below constant velocity\'s, (CV - model) / CV, '
+               'and "7% worse" 7% above it')
+
+
+def age_bucket(age_s: np.ndarray) -> np.ndarray:
+    """Index into AGE_BUCKETS of each age in seconds (int[R]); a negative age counts as 0. Ages are taken to
+    the microsecond: 150 samples of 0.4 s are 60 s old, whatever the float product's last bit."""
+    return np.searchsorted(_AGE_EDGES_S, np.round(np.asarray(age_s, np.float64), 6), side="right")
+
+
+def vs_cv(model: float, cv: float) -> str:
+    """The model's error against constant velocity's, in words: "18% better", "7% worse", "same" (under
+    0.5%); against an exact CV (error 0, no percentage of it) "same" or "worse"; "-" for no number."""
+    if not (math.isfinite(cv) and math.isfinite(model)):
+        return "-"
+    if cv <= 0:
+        return "same" if model <= 0 else "worse"
+    pct = round((cv - model) / cv * 100)
+    return "same" if pct == 0 else f"{abs(pct)}% {'better' if pct > 0 else 'worse'}"
+
+
+class Score:
+    """Running sums for one group of rows: the model's ADE and FDE, and CV's for each window k."""
+
+    def __init__(self, n_k: int) -> None:
+        self.n = 0
+        self.nonfinite = 0                # rows left out: their errors were nan or inf
+        self.model = np.zeros(2)          # sum of ADE, FDE
+        self.cv = np.zeros((n_k, 2))      # per k
+
+    def add(self, model: np.ndarray, cv: np.ndarray) -> None:
+        """model: [R,T] errors; cv: [K,R,T]. Within the node's bounds errors are finite; a row whose are not
+        is left out all the same: one row must not turn the sums into nan for the rest of the run."""
+        finite = np.isfinite(model).all(1) & np.isfinite(cv).all((0, 2))
+        if not finite.all():
+            self.nonfinite += int(len(finite) - finite.sum())
+            model, cv = model[finite], cv[:, finite]
+        self.n += model.shape[0]
+        self.model += (model.mean(1).sum(), model[:, -1].sum())
+        self.cv += np.stack([cv.mean(2).sum(1), cv[:, :, -1].sum(1)], 1)
+
+    def row(self, name: str, ks: list[int]) -> tuple[str, int, float, float, int, float, float]:
+        """(name, rows, ADE, FDE, best k, its CV ADE, its CV FDE): the k with the lowest CV ADE in this group."""
+        m = self.model / max(self.n, 1)
+        cv = self.cv / max(self.n, 1)
+        b = int(np.argmin(cv[:, 0]))
+        return name, self.n, float(m[0]), float(m[1]), ks[b], float(cv[b, 0]), float(cv[b, 1])
+
+
+class FirstSeen:
+    """Agent id -> the stamp it was first seen at, for agents seen within the last `forget_s`.
+
+    An agent unseen for longer is forgotten: when it comes back, its age starts again (a predictor has
+    restarted its state long before: its `ttl_s` is shorter). At most `cap` agents are kept, the most
+    recently seen (24 bytes each: 1.5 MiB at the default cap), so a stream of new ids cannot grow it.
+    `see` must be called in stamp order (the evaluator calls it for truth messages its history accepted).
+    """
+
+    def __init__(self, forget_s: float, cap: int = 65536) -> None:
+        self.forget_ns = forget_s * 1e9
+        self.cap = cap
+        self.ids = np.zeros(0, np.int64)      # sorted
+        self.first = np.zeros(0, np.int64)
+        self.last = np.zeros(0, np.int64)
+
+    def see(self, stamp_ns: int, ids: np.ndarray) -> None:
+        ids = np.unique(np.asarray(ids, np.int64))
+        pos = np.searchsorted(self.ids, ids)
+        known = pos < len(self.ids)
+        known[known] = self.ids[pos[known]] == ids[known]
+        self.last[pos[known]] = stamp_ns
+        new = ids[~known]
+        if len(new):
+            stamps = np.full(len(new), stamp_ns, np.int64)
+            ids_all, first, last = (np.concatenate(p) for p in ((self.ids, new), (self.first, stamps),
+                                                                 (self.last, stamps)))
+            order = np.argsort(ids_all, kind="stable")
+            self.ids, self.first, self.last = ids_all[order], first[order], last[order]
+        keep = self.last >= stamp_ns - self.forget_ns
+        if keep.sum() > self.cap:  # keep the most recently seen
+            keep &= self.last >= np.sort(self.last[keep])[-self.cap]
+            keep &= np.cumsum(keep) <= self.cap  # ties at the threshold: the lowest ids
+        if not keep.all():
+            self.ids, self.first, self.last = self.ids[keep], self.first[keep], self.last[keep]
+
+    def age_s(self, ids: np.ndarray, at_ns: int) -> tuple[np.ndarray, np.ndarray]:
+        """(age in seconds at `at_ns`, known) per id; an unknown agent's age is 0 and known False."""
+        ids = np.asarray(ids, np.int64)
+        pos = np.minimum(np.searchsorted(self.ids, ids), max(len(self.ids) - 1, 0))
+        known = self.ids[pos] == ids if len(self.ids) else np.zeros(len(ids), bool)
+        first = self.first[pos] if len(self.ids) else np.zeros(len(ids), np.int64)
+        return np.where(known, (at_ns - first) / 1e9, 0.0), known
+
+
+class AccuracyTable:
+    """Scores per agent kind (`by_kind`, every age) and per (kind, age bucket) (`by_age`); kind "all" holds
+    every kind. Bounded: kinds come from a uint8 code, ages from four buckets."""
+
+    def __init__(self, ks: list[int]) -> None:
+        self.ks = ks
+        self.by_kind: dict[str, Score] = {}
+        self.by_age: dict[tuple[str, str], Score] = {}
+
+    def add(self, kind: np.ndarray, age: np.ndarray, err: np.ndarray, cv_err: np.ndarray) -> None:
+        """kind[R]: names; age[R]: index into AGE_BUCKETS, -1 for an unknown age (counted in the kind's
+        rows, in no age's); err[R,T] the model's errors, cv_err[K,R,T] CV's for each k."""
+        for name in ["all", *np.unique(kind).tolist()]:
+            sel = np.ones(len(kind), bool) if name == "all" else kind == name
+            self._score(self.by_kind, name).add(err[sel], cv_err[:, sel])
+            for a in np.unique(age[sel & (age >= 0)]).tolist():
+                s = sel & (age == a)
+                self._score(self.by_age, (name, AGE_BUCKETS[a])).add(err[s], cv_err[:, s])
+
+    def _score(self, table: dict[Any, Score], key: Any) -> Score:
+        if key not in table:
+            table[key] = Score(len(self.ks))
+        return table[key]
+
+    def rows(self) -> list[dict[str, Any]]:
+        """Every (kind, age) with rows: kinds by name, "all" last; per kind age "all", then each bucket."""
+        out = []
+        for kind in sorted(self.by_kind, key=lambda n: (n == "all", n)):
+            groups = [("all", self.by_kind[kind])]
+            groups += [(a, self.by_age[(kind, a)]) for a in AGE_BUCKETS if (kind, a) in self.by_age]
+            for age, score in groups:
+                _, n, ade, fde, k, cade, cfde = score.row(kind, self.ks)
+                if n > 0 and all(math.isfinite(v) for v in (ade, fde, cade, cfde)):
+                    out.append({"kind": kind, "age": age, "n": n, "ade": round(ade, 4), "fde": round(fde, 4),
+                                "cv_ade": round(cade, 4), "cv_fde": round(cfde, 4), "cv_k": k})
+        return out
+
+    def line(self) -> str:
+        """One line per kind over every age: "vehicle n=12 ADE/FDE 1.19/2.88 m (CV k=1: 1.12/2.93) | ..."."""
+        parts = []
+        for name in sorted(self.by_kind, key=lambda n: (n == "all", n)):
+            _, n, ade, fde, k, cade, cfde = self.by_kind[name].row(name, self.ks)
+            parts.append(f"{name} n={n} ADE/FDE {ade:.2f}/{fde:.2f} m (CV k={k}: {cade:.2f}/{cfde:.2f})")
+        return " | ".join(parts)
+
+    def text(self) -> str:
+        """A row per kind over every age, each followed by its age buckets, indented; then the legend."""
+        head = (f"{'kind / age':<12}{'rows':>8}{'ADE':>8}{'FDE':>8}{'CV k':>6}{'CV ADE':>8}{'CV FDE':>8}"
+                f"{'ADE vs CV':>12}{'FDE vs CV':>12}")
+        lines = ["final accuracy (meters)", head]
+        for r in self.rows():
+            label = r["kind"] if r["age"] == "all" else f"  {r['age']} s"
+            lines.append(f"{label:<12}{r['n']:>8}{r['ade']:>8.3f}{r['fde']:>8.3f}{r['cv_k']:>6}"
+                         f"{r['cv_ade']:>8.3f}{r['cv_fde']:>8.3f}{vs_cv(r['ade'], r['cv_ade']):>12}"
+                         f"{vs_cv(r['fde'], r['cv_fde']):>12}")
+        lines += ["age: time since the agent was first seen in the truth, at the prediction's stamp",
+                  f"CV k: {CV_K_MEANS}; the best of cv_ks {self.ks} for each row (which flatters CV)",
+                  f"ADE/FDE vs CV: {VS_CV_MEANS}"]
+        return "\n".join(lines)
+
+
+def write_report(path: str | Path, rows: list[dict[str, Any]], param: str = "report_json") -> None:
+    """Write `{"rows": rows}` to `path` atomically (a temporary file beside it, then a rename): a reader
+    never sees half a report. ConfigError naming the param and path when it cannot be written."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        text = json.dumps({"rows": rows}, indent=1, allow_nan=False)  # rows hold no NaN: `AccuracyTable.rows`
+        tmp.write_text(text + "\n")
+        os.replace(tmp, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise ConfigError(f"{param}: cannot write '{path}': {exc.strerror or exc}") from None
