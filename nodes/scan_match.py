@@ -27,17 +27,17 @@ def line_normals(points: np.ndarray, max_gap: float = 0.2) -> tuple[np.ndarray, 
     within `max_gap`, and those returns' indices [M]."""
     if len(points) < 3:
         return np.zeros((0, 2)), np.zeros(0, np.int64)
-    d = points[2:] - points[:-2]
-    near = (np.hypot(*(points[1:-1] - points[:-2]).T) <= max_gap) & (np.hypot(*(points[2:] - points[1:-1]).T) <= max_gap)
-    idx = np.flatnonzero(near) + 1
-    n = np.stack([-d[near, 1], d[near, 0]], axis=1)
-    norm = np.hypot(n[:, 0], n[:, 1])
+    step = np.diff(points, axis=0)
+    short = np.einsum("ij,ij->i", step, step) <= max_gap * max_gap
+    idx = np.flatnonzero(short[:-1] & short[1:]) + 1
+    d = points[idx + 1] - points[idx - 1]
+    norm = np.hypot(d[:, 0], d[:, 1])
     ok = norm > 0
-    return n[ok] / norm[ok, None], idx[ok]
+    return np.stack([-d[ok, 1], d[ok, 0]], axis=1) / norm[ok, None], idx[ok]
 
 
 def match_scan(points: np.ndarray, reference: np.ndarray, guess: tuple[float, float, float],
-               max_dist: float = 0.3, iterations: int = 8, min_pairs: int = 20,
+               max_dist: float = 0.3, iterations: int = 5, min_pairs: int = 20,
                max_points: int = 60) -> tuple[float, float, float] | None:
     """The pose (x, y, yaw) that places `points` [N, 2] (sensor frame) onto `reference` [M, 2] (map
     frame, in beam order), starting from `guess`; None when too few points pair up, or the answer lies
@@ -50,27 +50,31 @@ def match_scan(points: np.ndarray, reference: np.ndarray, guess: tuple[float, fl
     tree = cKDTree(ref)
     x, y, yaw = guess
     dist = max_dist
-    placed = np.empty_like(points)
     for _ in range(iterations):
-        c, s = np.cos(yaw), np.sin(yaw)
-        placed[:, 0] = c * points[:, 0] - s * points[:, 1] + x
-        placed[:, 1] = s * points[:, 0] + c * points[:, 1] + y
+        c, s = math.cos(yaw), math.sin(yaw)
+        placed = points @ np.array([[c, s], [-s, c]]) + (x, y)
         d, j = tree.query(placed, distance_upper_bound=dist)
         ok = d <= dist * 0.999   # misses come back as inf
-        if ok.sum() < min_pairs:
+        j = j[ok]
+        if len(j) < min_pairs:
             return None
-        p, q, n = placed[ok], ref[j[ok]], normals[j[ok]]
-        centre = p.mean(axis=0)
-        # rows: d(residual)/d(tx), d/d(ty), d/d(yaw about the centre); residual = n . (p - q)
-        rows = np.vstack([n.T, n[:, 1] * (p[:, 0] - centre[0]) - n[:, 0] * (p[:, 1] - centre[1])])
-        b = -(n[:, 0] * (p[:, 0] - q[:, 0]) + n[:, 1] * (p[:, 1] - q[:, 1]))
-        try:
-            dx, dy, dyaw = np.linalg.solve(rows @ rows.T, rows @ b)
-        except np.linalg.LinAlgError:   # all pairs on one line: the pose along it is unknown
+        p, n = placed[ok], normals[j]
+        # rows: d(residual)/d(tx), d/d(ty), d/d(yaw about the origin); residual = n . (p - q)
+        jac = np.empty((len(j), 3))
+        jac[:, :2] = n
+        jac[:, 2] = n[:, 1] * p[:, 0] - n[:, 0] * p[:, 1]
+        (a00, a01, a02), (_, a11, a12), (_, _, a22) = (jac.T @ jac).tolist()
+        b0, b1, b2 = (jac.T @ np.einsum("ij,ij->i", n, ref[j] - p)).tolist()
+        # the 3x3 normal equations by Cramer's rule: numpy's solve costs more than the whole rest
+        c00, c01, c02 = a11 * a22 - a12 * a12, a02 * a12 - a01 * a22, a01 * a12 - a02 * a11
+        det = a00 * c00 + a01 * c01 + a02 * c02
+        if not abs(det) > 1e-12 * (a00 * a11 * a22):   # all pairs on one line: the pose along it is unknown
             return None
-        cd, sd = np.cos(dyaw), np.sin(dyaw)
-        ox, oy = x - centre[0], y - centre[1]
-        x, y = centre[0] + cd * ox - sd * oy + dx, centre[1] + sd * ox + cd * oy + dy
+        dx = (b0 * c00 + b1 * c01 + b2 * c02) / det
+        dy = (b0 * c01 + b1 * (a00 * a22 - a02 * a02) + b2 * (a01 * a02 - a00 * a12)) / det
+        dyaw = (b0 * c02 + b1 * (a01 * a02 - a00 * a12) + b2 * (a00 * a11 - a01 * a01)) / det
+        cd, sd = math.cos(dyaw), math.sin(dyaw)
+        x, y = cd * x - sd * y + dx, sd * x + cd * y + dy
         yaw += dyaw
         dist = max(0.05, dist * 0.7)
         if abs(dx) < 5e-4 and abs(dy) < 5e-4 and abs(dyaw) < 5e-4:
