@@ -10,6 +10,10 @@ at its ends) and kinds. Scenes follow each other in one drive, separated by `--g
 ids are `scene_index * 1_000_000 + n`, n numbering the scene's agents in order of appearance (ETH/UCY
 and ApolloScape numeric ids are kept as n when they are below 1_000_000), so ids never collide.
 
+`--per-scene -o DIR` writes each scene as a drive of its own, `DIR/<scene file stem>.mcap` (a fleet
+to evaluate with `drivecast fleet eval`): each file is written under a temporary name and renamed
+when complete, so a scene whose file exists is skipped, and an interrupted import resumes.
+
 Times: stamp = log time = publish time = `--start` (default 2020-01-01T00:00:00Z) + the scene's own
 time; the same input always gives a byte-identical file. The topic is `<dataset>/tracks`
 (`--topic` to change it); the player node maps it to `player/tracks` by schema.
@@ -92,12 +96,42 @@ def write_drive(dataset: str, files: list[Path], out: Path, topic: str = "", sta
     return n, (t_ns - start_ns) / 1e9
 
 
+def write_scenes(dataset: str, files: list[Path], out_dir: Path, topic: str = "", start_ns: int = START_NS,
+                 foxglove_mirror: bool = True) -> tuple[int, int]:
+    """Write each scene of `files` as its own drive in `out_dir`; returns (drives written, kept)."""
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DatasetError(f"-o {out_dir}: cannot create the directory: {exc.strerror or exc}") from None
+    names = [p.stem for p in files]
+    if len(set(names)) != len(names):
+        twice = sorted({n for n in names if names.count(n) > 1})
+        raise DatasetError(f"--per-scene: scene files share the names {', '.join(twice[:5])}: import each folder "
+                           f"into a directory of its own")
+    written = kept = 0
+    for path in files:
+        dst = out_dir / f"{path.stem}.mcap"
+        if dst.exists():
+            kept += 1
+            continue
+        part = dst.with_name(f".{dst.name}.part")
+        try:
+            write_drive(dataset, [path], part, topic, start_ns, foxglove_mirror=foxglove_mirror)
+            part.replace(dst)
+        finally:
+            part.unlink(missing_ok=True)
+        written += 1
+    return written, kept
+
+
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="drivecast import", description="Turn a dataset into a drive recording of Tracks.")
     ap.add_argument("dataset", type=dataset_name, choices=sorted(DATASETS),
                     help="dataset (eth-ucy is accepted for eth_ucy)")
     ap.add_argument("path", help="a scene file, or a directory of them")
-    ap.add_argument("-o", "--output", required=True, help="output .mcap")
+    ap.add_argument("-o", "--output", required=True, help="output .mcap (with --per-scene: a directory)")
+    ap.add_argument("--per-scene", action="store_true",
+                    help="one drive per scene file, OUTPUT/<scene>.mcap; existing ones are kept (resumes)")
     ap.add_argument("--topic", default="", help="topic name (default <dataset>/tracks)")
     ap.add_argument("--start", type=float, default=START_NS / 1e9, help="start time, unix seconds")
     ap.add_argument("--gap", type=float, default=1.0, help="seconds between scenes")
@@ -112,6 +146,11 @@ def main(argv: list[str]) -> int:
             files = scene_files(dataset, p, "all")
         else:
             raise DatasetError(f"{p}: no such file or directory")
+        if args.per_scene:
+            written, kept = write_scenes(dataset, files, Path(args.output), args.topic, int(args.start * 1e9),
+                                         not args.no_foxglove)
+            print(f"wrote {written} drive(s) to {args.output}" + (f", kept {kept} already there" if kept else ""))
+            return 0
         n, dur = write_drive(dataset, files, Path(args.output), args.topic, int(args.start * 1e9), args.gap,
                              not args.no_foxglove)
     except (DatasetError, DrivecastError) as exc:

@@ -134,3 +134,20 @@ def test_an_imported_scene_remapped_onto_the_default_graph_is_scored_and_a_missp
     out, err = capsys.readouterr()
     # the README's figures for this scene (the sim is replaced; the predictor and evaluator run)
     assert "pedestrian      6792   0.457   1.000" in out and "lockstep: 1117 messages in, 3335 deliveries" in err
+
+
+def test_per_scene_import_writes_one_drive_per_scene_and_resumes(tmp_path: Path, capsys) -> None:
+    src = tmp_path / "scenes"
+    src.mkdir()
+    for name in ("1000.csv", "1001.csv", "1002.csv"):
+        (src / name).write_bytes(need(f"argoverse1_forecasting/data/{name}").read_bytes())
+    out = tmp_path / "fleet"
+    assert import_main(["argoverse", str(src), "-o", str(out), "--per-scene"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["1000.mcap", "1001.mcap", "1002.mcap"]
+    assert import_main(["argoverse", str(src / "1001.csv"), "-o", str(tmp_path / "one.mcap")]) == 0
+    assert (out / "1001.mcap").read_bytes() == (tmp_path / "one.mcap").read_bytes()   # as a one-scene import
+    (out / "1002.mcap").unlink()
+    capsys.readouterr()
+    assert import_main(["argoverse", str(src), "-o", str(out), "--per-scene"]) == 0
+    assert "wrote 1 drive(s)" in capsys.readouterr().out and (out / "1002.mcap").exists()
+    assert not list(out.glob(".*.part"))
