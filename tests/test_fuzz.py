@@ -839,8 +839,9 @@ class StateFiles(Target):
             elif op == "extra":
                 arrays[rnd.choice(("x", "vehicle.x", "cyclist.grid", "cyclist.model_hash"))] = a
             elif op == "dtype":
+                # strings (one mutation may have made bytes of them already) only become other strings
                 arrays[key] = a.astype(rnd.choice((np.float32, np.float64, np.int32, np.int64, np.uint8, bool, "U4"))
-                                       if a.dtype.kind != "U" else rnd.choice(("S", "U4")))
+                                       if a.dtype.kind not in "US" else rnd.choice(("S", "U4")))
             elif op == "shape":
                 flat = a.reshape(-1)
                 arrays[key] = rnd.choice((flat, a[None], flat[:0], a[..., :1] if a.ndim else a, np.concatenate([flat] * 2)))
