@@ -1,4 +1,4 @@
-"""Dataset loaders: ETH/UCY, Argoverse 1 and ApolloScape files -> one representation of tracks.
+"""Dataset loaders: ETH/UCY, Argoverse 1, ApolloScape and drivecast drives -> one representation of tracks.
 
 A file is one `Scene`: a list of `Track`s (agent id, kind, timestamps in seconds, xy in meters). For the
 model a scene is resampled onto one time grid of period dt_s (`to_grid`): `Grid.xy[A,S,2]` with
@@ -16,6 +16,13 @@ Splits (the `split` argument of `scene_files`):
   number in result_<recording>_<segment>_frame.txt) so that consecutive segments of one drive never land
   on both sides: recordings shuffled with seed 20261125, 3 for val, 3 for test, the rest train. Protocol:
   6 observed -> 6 predicted at 2 Hz, every agent present in 12 consecutive frames, per class.
+- drives: every recording file (*.mcap, *.bag, at any depth) under DIR holding a Tracks topic, split by
+  file like argoverse (at least 3 files: a split by time inside one drive would put the same agents
+  on both sides), folds "I/K" too. Its vehicles, every one evaluated, 20 observed -> 30 predicted at
+  10 Hz (argoverse's protocol); drives_pedestrian: its pedestrians, 8 -> 12 at 0.4 s (ETH/UCY's).
+  Reading is `models.drive_tracks`. `load_scene` gives a whole file; `load_scenes` gives each file in
+  scenes of DRIVE_PIECE_S seconds (named <stem>_<start>s, grouped by file), since the grid is dense
+  in agents x samples: a scene's tracks are cut at its borders, which loses the windows across them.
 """
 
 from __future__ import annotations
@@ -29,8 +36,12 @@ from pathlib import Path
 
 import numpy as np
 
+from models.drive_tracks import DriveError, cut, read_tracks, recording_files
+
 __all__ = [
     "DATASETS",
+    "DRIVE_DATASETS",
+    "DRIVE_PIECE_S",
     "DatasetError",
     "Grid",
     "Protocol",
@@ -66,7 +77,12 @@ DATASETS: dict[str, Protocol] = {
     "eth_ucy": Protocol(obs_len=8, horizon=12, dt_s=0.4, focal_only=False, agent_kind="pedestrian"),
     "argoverse": Protocol(obs_len=20, horizon=30, dt_s=0.1, focal_only=True, agent_kind="vehicle"),
     "apolloscape": Protocol(obs_len=6, horizon=6, dt_s=0.5, focal_only=False, agent_kind="mixed"),
+    "drives": Protocol(obs_len=20, horizon=30, dt_s=0.1, focal_only=False, agent_kind="vehicle"),
+    "drives_pedestrian": Protocol(obs_len=8, horizon=12, dt_s=0.4, focal_only=False, agent_kind="pedestrian"),
 }
+DRIVE_DATASETS = ("drives", "drives_pedestrian")   # read from recordings of Tracks, not from dataset files
+#: scene length a drive is cut into by load_scenes: 3% of the 5 s windows lost at the cuts (simulated drives)
+DRIVE_PIECE_S = 120.0
 
 
 def dataset_name(text: str) -> str:
@@ -125,6 +141,15 @@ def scene_files(dataset: str, root: str | Path, split: str, fold: str | None = N
         raise DatasetError(f"unknown split {split!r}: expected train, val, test or all")
     if dataset == "eth_ucy":
         files = _eth_ucy_files(root, split, fold)
+    elif dataset in DRIVE_DATASETS:
+        files = recording_files(root)
+        if not files:
+            raise DatasetError(f"no recording files (*.mcap, *.bag) under {str(root)!r} (expected drives of Tracks)")
+        if split != "all" and len(files) < 3:
+            raise DatasetError(f"{len(files)} recording file(s) under {str(root)!r}: {dataset} splits by file "
+                               f"and needs at least 3 (train, val, test); record more or shorter drives")
+        if split != "all":
+            files = _seeded_split(dataset, files, split, fold)
     else:
         ext = "*.csv" if dataset == "argoverse" else "*.txt"
         sub = root / ("data" if dataset == "argoverse" else "prediction_train")
@@ -164,13 +189,14 @@ def _recording(path: Path) -> str:
 
 
 def _seeded_split(dataset: str, files: list[Path], split: str, fold: str | None) -> list[Path]:
-    """Argoverse splits by file, ApolloScape by recording. With fold "I/K" the test part stays as it is
+    """Argoverse and drives split by file, ApolloScape by recording. With fold "I/K" the test part stays as it is
     and the other units (train + val) are cut into K parts, part I (1-based) for validation: K-fold
     cross-validation for choosing a recipe on K times more held-out agents than one val split has."""
-    unit = (lambda p: p.name) if dataset == "argoverse" else _recording
+    by_file = dataset != "apolloscape"
+    unit = (lambda p: p.name) if by_file else _recording
     units = sorted({unit(p) for p in files})
     random.Random(SPLIT_SEED).shuffle(units)
-    n_hold = max(1, len(units) // 10) if dataset == "argoverse" else (3 if len(units) >= 9 else 1)
+    n_hold = max(1, len(units) // 10) if by_file else (3 if len(units) >= 9 else 1)
     parts = {"val": units[:n_hold], "test": units[n_hold: 2 * n_hold], "train": units[2 * n_hold:]}
     if fold not in (None, ""):
         i, k = _cv_fold(dataset, fold)
@@ -192,8 +218,11 @@ def _cv_fold(dataset: str, fold: str) -> tuple[int, int]:
 # ---------------------------------------------------------------- parsers
 
 
-def load_scene(dataset: str, path: str | Path) -> Scene:
+def load_scene(dataset: str, path: str | Path, topic: str | None = None) -> Scene:
+    """One file as one scene; `topic`: the Tracks topic of a drive (None: its only one)."""
     path = Path(path)
+    if dataset in DRIVE_DATASETS:
+        return _drive_scenes(dataset, path, topic, None)[0]
     try:
         text = path.read_text()
     except OSError as exc:
@@ -207,8 +236,25 @@ def load_scene(dataset: str, path: str | Path) -> Scene:
     raise DatasetError(f"unknown dataset {dataset!r}: expected one of {sorted(DATASETS)}")
 
 
-def load_scenes(dataset: str, root: str | Path, split: str, fold: str | None = None) -> list[Scene]:
-    return [load_scene(dataset, p) for p in scene_files(dataset, root, split, fold)]
+def load_scenes(dataset: str, root: str | Path, split: str, fold: str | None = None,
+                topic: str | None = None) -> list[Scene]:
+    """The scenes of one split: a scene per file, a drive in scenes of DRIVE_PIECE_S seconds."""
+    files = scene_files(dataset, root, split, fold)
+    if dataset in DRIVE_DATASETS:
+        return [s for p in files for s in _drive_scenes(dataset, p, topic, DRIVE_PIECE_S)]
+    return [load_scene(dataset, p) for p in files]
+
+
+def _drive_scenes(dataset: str, path: Path, topic: str | None, piece_s: float | None) -> list[Scene]:
+    """A recording's agents of the dataset's kind as one scene (piece_s None) or scenes of piece_s seconds."""
+    kind = DATASETS[dataset].agent_kind
+    try:
+        tracks = read_tracks(path, kind, topic)
+    except DriveError as exc:
+        raise DatasetError(str(exc)) from None
+    pieces = [(0.0, tracks)] if piece_s is None else cut(tracks, piece_s)
+    return [Scene(path.stem if piece_s is None else f"{path.stem}_{start:.0f}s", path.stem, str(path),
+                  [Track(str(aid), kind, t, xy) for aid, t, xy in piece]) for start, piece in pieces]
 
 
 def _floats(path: Path, lineno: int, parts: list[str], what: str) -> list[float]:

@@ -1,4 +1,4 @@
-"""`drivecast train --dataset {eth_ucy,argoverse,apolloscape} --data DIR [--fold F] [--cell lstm|gru] ...`
+"""`drivecast train --dataset {eth_ucy,argoverse,apolloscape,drives,...} --data DIR [--fold F] [--cell lstm|gru] ...`
 
 Reads top to bottom like nanoGPT's train.py: `main` is the whole run (the config from
 models/train_config.py, the data from models/train_data.py, the model, one loop, the checkpoint), and
@@ -272,8 +272,13 @@ def _metrics(cfg: TrainConfig, argv: list[str], res: dict[str, Any], cv_k: int,
 
 def _data_info(cfg: TrainConfig, data: TrainData) -> dict[str, Any]:
     """Which files the model was trained and validated on, and the seed."""
-    return {"dataset": cfg.dataset, "fold": cfg.fold, "train_files": [Path(s.path).name for s in data.train_scenes],
-            "val_files": [Path(s.path).name for s in data.val_scenes], "seed": cfg.seed}
+    return {"dataset": cfg.dataset, "fold": cfg.fold, "train_files": _file_names(data.train_scenes),
+            "val_files": _file_names(data.val_scenes), "seed": cfg.seed}
+
+
+def _file_names(scenes: list[Any]) -> list[str]:
+    """Each file once, in order: a drive is read as several scenes."""
+    return list(dict.fromkeys(Path(s.path).name for s in scenes))
 
 
 def _write_metrics(cfg: TrainConfig, metrics: dict[str, Any]) -> Path:
@@ -312,7 +317,7 @@ def _train_average(cfg: TrainConfig, argv: list[str]) -> int:
     models, blobs = [m for m, _, _ in loaded], [b for _, _, b in loaded]
     sign = torch.from_numpy(mirror_sign(models[0].cfg.features)) if cfg.mirror_average else None
     model = average_models(models, sign)
-    val = val_set(cfg.dataset, model.cfg.features, load_scenes(cfg.dataset, cfg.data, "val", cfg.fold))
+    val = val_set(cfg.dataset, model.cfg.features, load_scenes(cfg.dataset, cfg.data, "val", cfg.fold, cfg.topic))
     first = blobs[0]["metrics"]
     res = evaluate(TorchStepper(model, model.cfg), val, first["cv_k"])
     res.pop("_preds")

@@ -7,6 +7,7 @@ speed (`pad_batch`), and with --window-weight a batch of window-protocol samples
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from dataclasses import dataclass
 from typing import Any
@@ -48,9 +49,13 @@ class TrainData:
 
     def summary(self, load_s: float) -> str:
         """The line printed once the data is ready."""
-        return (f"train: {len(self.train_scenes)} files, {len(self.seqs)} tracks, "
-                f"{sum(len(q.x) for q in self.seqs)} samples; val: {len(self.val_scenes)} files, "
+        return (f"train: {_n_files(self.train_scenes)} files, {len(self.seqs)} tracks, "
+                f"{sum(len(q.x) for q in self.seqs)} samples; val: {_n_files(self.val_scenes)} files, "
                 f"{len(self.val.truth)} windows; CV k={self.cv_k} (chosen on val); {load_s:.1f}s to load")
+
+
+def _n_files(scenes: list[Any]) -> int:
+    return len({s.path for s in scenes})   # a drive is several scenes of one file
 
 
 def feature_spec(agent_kind: str, overrides: list[str]) -> dict[str, Any]:
@@ -78,15 +83,16 @@ def load_data(cfg: TrainConfig) -> TrainData:
     min_len = filled(cfg.min_len)
     spec = feature_spec(proto.agent_kind, cfg.feature)
     try:
-        train_scenes = load_scenes(cfg.dataset, cfg.data, "train", cfg.fold)
-        val_scenes = load_scenes(cfg.dataset, cfg.data, "val", cfg.fold)
+        train_scenes = load_scenes(cfg.dataset, cfg.data, "train", cfg.fold, cfg.topic)
+        val_scenes = load_scenes(cfg.dataset, cfg.data, "val", cfg.fold, cfg.topic)
     except DatasetError as exc:
         raise TrainError(str(exc), 1) from None
     train_grids = [to_grid(s, proto.dt_s) for s in train_scenes]
     if cfg.reverse:
         train_grids += [reversed_grid(g) for g in train_grids]
-    seqs = [q for g in train_grids for q in track_sequences(spec, g, proto.horizon, min_len)]
-    seqs = [q for q in seqs if q.mask.any()]
+    # copies: a track's arrays are views of its grid's agents x samples arrays, mostly empty in a long drive
+    seqs = [_compact(q) for g in train_grids for q in track_sequences(spec, g, proto.horizon, min_len)
+            if q.mask.any()]
     if not seqs:
         raise TrainError(f"no training track of at least {min_len} samples in {cfg.data} (dataset={cfg.dataset}, "
                          f"fold={cfg.fold})", 1)
@@ -102,6 +108,10 @@ def load_data(cfg: TrainConfig) -> TrainData:
         raise TrainError(f"validation split: {exc}", 1) from None
     cv_k, cv_scores = choose_k(val.obs, val.truth)
     return TrainData(spec, train_scenes, val_scenes, seqs, windows, val, cv_k, cv_scores)
+
+
+def _compact(q: TrackSeq) -> TrackSeq:
+    return dataclasses.replace(q, x=q.x.copy(), y=q.y.copy(), mask=q.mask.copy())
 
 
 def val_set(dataset: str, spec: dict[str, Any], scenes: list[Any]) -> EvalSet:

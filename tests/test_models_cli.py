@@ -182,7 +182,7 @@ def test_dataset_help_names_one_canonical_spelling() -> None:
     from models import drive_import, train_config
 
     for p in (train_config.parser(), evaluate._parser()):
-        assert "{apolloscape,argoverse,eth_ucy}" in p.format_help()
+        assert "{apolloscape,argoverse,drives,drives_pedestrian,eth_ucy}" in p.format_help()
     with pytest.raises(SystemExit):
         drive_import.main(["nope", "x", "-o", "y"])
 
