@@ -209,7 +209,7 @@ def _static_offset(rec: Recording, ordered: StampOrder, scan: str, ego_pose: str
                    ) -> tuple[tuple[float, float, float], str] | None:
     """The lidar's offset from the recording's /tf_static, from the ego pose's child frame to the scan's
     frame (their first messages name them), and where it came from; None without a /tf_static."""
-    first = {}
+    first: dict[str, Message] = {}
     for item in ordered.items([scan, ego_pose]):
         first.setdefault(item.topic, decode(item.frames)[0])
         if len(first) == 2:
