@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.cv_compare import VS_CV_MEANS, vs_cv
 from pipeline.errors import ConfigError
 
 __all__ = ["AGE_BUCKETS", "CV_K_MEANS", "VS_CV_MEANS", "AccuracyTable", "FirstSeen", "Score", "age_bucket", "vs_cv",
@@ -32,25 +33,12 @@ _AGE_EDGES_S = np.array([5.0, 20.0, 60.0])  # the buckets' lower bounds after th
 
 CV_K_MEANS = ("constant velocity (CV) from the mean velocity over the last k sample periods dt before the "
               "prediction, (p(t0) - p(t0 - k dt)) / (k dt)")
-VS_CV_MEANS = ('"18% better" means the model\'s error is 18% below constant velocity\'s, (CV - model) / CV, '
-               'and "7% worse" 7% above it')
 
 
 def age_bucket(age_s: np.ndarray) -> np.ndarray:
     """Index into AGE_BUCKETS of each age in seconds (int[R]); a negative age counts as 0. Ages are taken to
     the microsecond: 150 samples of 0.4 s are 60 s old, whatever the float product's last bit."""
     return np.searchsorted(_AGE_EDGES_S, np.round(np.asarray(age_s, np.float64), 6), side="right")
-
-
-def vs_cv(model: float, cv: float) -> str:
-    """The model's error against constant velocity's, in words: "18% better", "7% worse", "same" (under
-    0.5%); against an exact CV (error 0, no percentage of it) "same" or "worse"; "-" for no number."""
-    if not (math.isfinite(cv) and math.isfinite(model)):
-        return "-"
-    if cv <= 0:
-        return "same" if model <= 0 else "worse"
-    pct = round((cv - model) / cv * 100)
-    return "same" if pct == 0 else f"{abs(pct)}% {'better' if pct > 0 else 'worse'}"
 
 
 class Score:
