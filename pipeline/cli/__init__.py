@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bag": ("pipeline.cli.bag:main", "inspect, repair and export recordings (info, recover, convert, export)"),
     "track": ("pipeline.cli.track:main", "run the lidar detector and tracker over a recording; score them"),
     "view": ("pipeline.cli.view:main", "show a running graph or a recording in Foxglove (needs the [bridge] extra)"),
+    "fleet": ("pipeline.cli.fleet:main", "evaluate a graph over many drives: local process pool or Ray (fleet eval)"),
     "sim": ("nodes.sim_record:main", "write simulated drives headless, faster than real time (sim record)"),
     "import": ("models.drive_import:main", "turn a dataset into a drive recording of Tracks"),
     "train": ("models.train:main", "train a trajectory model (needs the [train] extra)"),
