@@ -242,3 +242,21 @@ def test_play_cli_exits_non_zero_for_a_ros_bag_the_default_graph_cannot_read(cap
     assert "ERROR: " in err and "nothing in the graph subscribes to the replayed topics /ego_pose, /imu/data" in err
     assert "replaced: sim" not in err and "predictor.tracks <- sim/tracks" in err
     assert "final accuracy" not in out + err
+
+
+def test_a_node_that_raises_during_a_replay_does_not_keep_the_others_from_shutting_down(tmp_path: Path) -> None:
+    """fleet eval replays thousands of drives in one worker: a node's error must not leave the other nodes'
+    files open or their final tables unwritten (before, lockstep called no shutdown after an exception)."""
+    path = tmp_path / "drive.mcap"
+    write_robots(path)
+    (tmp_path / "g.yaml").write_text(f"""
+name: g
+topics: {{sim/tracks: {{external: true}}}}
+nodes:
+  boom: {{run: tests.test_lockstep_launch:Boom, params: {{out: {tmp_path}/a}}, inputs: {{tracks: sim/tracks}}}}
+  late: {{run: tests.test_lockstep_launch:Boom, params: {{out: {tmp_path}/b}}, inputs: {{tracks: sim/tracks}}}}
+""")
+    with open_recording(path) as rec, pytest.raises(RuntimeError, match="boom"):
+        lockstep(rec, load_graph(tmp_path / "g.yaml"), PlayOptions(topics=["sim/tracks"]))
+    assert (tmp_path / "a").read_text() == "shut down after 3"
+    assert (tmp_path / "b").read_text() == "shut down after 2"   # it never saw the third message

@@ -189,27 +189,29 @@ def lockstep(rec: Recording, graph: Any, opts: PlayOptions,
     first = None
     g = None
     t_start = time.perf_counter()
-    for item in schedule(rec, p.opts):
-        if stop():
-            break
-        if g is None:
-            first = item.log_ns
-            # on_publish hands the sink the same frames the subscribers decoded: same bytes, same clock
-            g = LocalGraph(start_ns=item.log_ns, record=False, on_publish=sink)
-            for name in p.run:
-                spec = graph.nodes[name]
-                g.add(name, spec.cls, spec.params, {i: s.topic for i, s in spec.inputs.items()})
-            g.start()
-        g.advance_to(item.log_ns, max_ticks=MAX_GAP_TICKS)
-        msg, _ = decode(item.frames)
-        if sink is not None:
-            sink(item.topic, item.frames, item.log_ns, msg)
-        g.inject(item.topic, msg)
-        stats.published += g.spin()
-        stats.injected += 1
-        stats.replayed_ns = item.log_ns - (first or 0)
-    if g is not None:
-        g.stop()
+    try:
+        for item in schedule(rec, p.opts):
+            if stop():
+                break
+            if g is None:
+                first = item.log_ns
+                # on_publish hands the sink the same frames the subscribers decoded: same bytes, same clock
+                g = LocalGraph(start_ns=item.log_ns, record=False, on_publish=sink)
+                for name in p.run:
+                    spec = graph.nodes[name]
+                    g.add(name, spec.cls, spec.params, {i: s.topic for i, s in spec.inputs.items()})
+                g.start()
+            g.advance_to(item.log_ns, max_ticks=MAX_GAP_TICKS)
+            msg, _ = decode(item.frames)
+            if sink is not None:
+                sink(item.topic, item.frames, item.log_ns, msg)
+            g.inject(item.topic, msg)
+            stats.published += g.spin()
+            stats.injected += 1
+            stats.replayed_ns = item.log_ns - (first or 0)
+    finally:  # every node shuts down, also when one of them raised
+        if g is not None:
+            g.stop()
     stats.wall_s = time.perf_counter() - t_start
     if not stop() and (stats.injected == 0 or stats.published == 0):
         raise ConfigError(f"lockstep: {stats.injected} messages injected, 0 deliveries: nothing in {graph.path} "

@@ -93,8 +93,15 @@ class LocalGraph:
         self._started = True
 
     def stop(self) -> None:
+        """Shut every node down, whatever another's shutdown raises; the first error is raised after."""
+        error: Exception | None = None
         for node in self.nodes.values():
-            node.shutdown()
+            try:
+                node.shutdown()
+            except Exception as exc:
+                error = error or exc
+        if error is not None:
+            raise error
 
     # -- Runtime protocol ------------------------------------------------------------------------
     def now_ns(self) -> int:
