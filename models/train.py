@@ -16,11 +16,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import multiprocessing
 import random
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -33,18 +31,25 @@ from models.datasets import DATASETS, load_scenes
 from models.evaluate import TorchStepper, evaluate
 from models.train_config import TrainConfig, TrainError, filled, parse_config, with_dataset_defaults
 from models.train_data import TrainData, load_data, pad_batch, train_batches, val_set, window_batch
+from models.train_sweep import Run, config_argv, fold_plan, run_and_collect, sweep, write_table
 from models.trajectory import ModelConfig, TrajectoryModel, average_models, load_checkpoint, save_checkpoint
 
 __all__ = ["init_head_cv", "main", "masked_ade_loss"]
 
 
 def main(argv: list[str]) -> int:
-    """`drivecast train`: one run, or with --seeds / --mirror-average their merged average; the exit code."""
+    """`drivecast train`: one run, with --seeds / --mirror-average their merged average, with --fold all or
+    --grid a sweep of runs and their table (models/train_sweep.py); the exit code."""
     # -- config (models/train_config.py), then the data (models/train_data.py)
     try:
         cfg = parse_config(argv)
+        if fold_plan(cfg) is not None or cfg.grid:
+            return sweep(main, cfg, _out_dir(cfg))
         if cfg.seeds > 1 or cfg.mirror_average:
             return _train_average(cfg, argv)
+        if cfg.ray is not None:
+            raise TrainError(f"--ray {cfg.ray}: one run has nothing to spread over Ray: with --seeds N, --fold all "
+                             "or --grid each run is a Ray task", 2)
         cfg = with_dataset_defaults(cfg)
         _seed_everything(cfg)
         rng = random.Random(cfg.seed)
@@ -297,22 +302,26 @@ def _train_average(cfg: TrainConfig, argv: list[str]) -> int:
     image across the heading axis (2N members), validated like any other model.
     """
     t_start = time.time()
-    out = _out_dir(cfg)
-    # the last occurrence of an option wins in argparse, so a member's settings are appended
-    member_argv = [a for a in argv if a != "--mirror-average"]
+    out = _out_dir(cfg).absolute()   # absolute paths: a Ray worker's working directory is not ours
     seeds = range(cfg.seed, cfg.seed + cfg.seeds)
     paths = [out / f"seed{seed}" / "best.pt" for seed in seeds]
-    runs = [member_argv + ["--seeds", "1", "--seed", str(seed), "--out", str(path.parent), "--name", path.name]
+    runs = [Run(f"seed{seed}", tuple(config_argv(dataclasses.replace(
+                cfg, data=str(Path(cfg.data).absolute()), seeds=1, seed=seed, mirror_average=False, jobs=None,
+                ray=None, out=str(path.parent),
+                name=path.name, no_progress=cfg.no_progress or (cfg.jobs or 1) > 1 or cfg.ray is not None))),
+                str(path.parent), str(path.with_suffix(".metrics.json")), (("seed", str(seed)),))
             for seed, path in zip(seeds, paths, strict=True)]
-    if cfg.jobs > 1:
-        # one torch thread per member (the default): on N cores N members train in the time of one,
-        # and give the same weights as one after another
-        with ProcessPoolExecutor(cfg.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-            codes = list(pool.map(main, [r + ["--no-progress"] for r in runs]))
-    else:
-        codes = [main(r) for r in runs]
-    if any(codes):
-        return max(codes)
+    # one torch thread per member (the default): on N cores N members train in the time of one, and give the
+    # same weights as one after another, in processes or as Ray tasks
+    rows = run_and_collect(main, runs, cfg.jobs, cfg.ray)
+    if rows is None:
+        return 130
+    write_table(out, "seeds", rows)
+    if any(r["status"] != "ok" for r in rows):
+        for r in rows:
+            if r["error"]:
+                print(f"ERROR: {r['run']}: {r['error']}", file=sys.stderr)
+        return 1
     loaded = [load_checkpoint(p) for p in paths]
     models, blobs = [m for m, _, _ in loaded], [b for _, _, b in loaded]
     sign = torch.from_numpy(mirror_sign(models[0].cfg.features)) if cfg.mirror_average else None

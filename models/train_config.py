@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,6 +47,8 @@ DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
     "drives_pedestrian": {"bptt": 16, "min_len": 3, "epochs": 60, "batch": 32, "patience": 15, "focal_repeat": 1,
                           "cv_init": True},
 }
+
+_RAY_ADDRESS = re.compile(r"^(auto|local|ray://\S+|[\w.\-\[\]:]+:\d+)$")   # as `drivecast fleet eval --ray`
 
 
 class TrainError(ValueError):
@@ -89,7 +92,9 @@ class TrainConfig:
     window_stride: int
     seed: int
     seeds: int
-    jobs: int
+    jobs: int | None        # None: 1 in this process; with --ray one per CPU (local) or the cluster's CPUs
+    ray: str | None         # None: no Ray; "local": a Ray instance of this run's own; else the cluster's address
+    grid: list[str]
     mirror_average: bool
     threads: int
     out: str | None
@@ -105,8 +110,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True,
                    help="dataset directory (e.g. ../shared/data/eth_ucy); drives: a directory of recordings")
     p.add_argument("--fold", default=None,
-                   help="eth_ucy fold (eth, hotel, univ, zara1, zara2) or 'all'; argoverse/apolloscape/drives: "
-                        "I/K, cross-validation part I of K over train+val (test untouched)")
+                   help="eth_ucy fold (eth, hotel, univ, zara1, zara2), 'all' (one run on every scene's training "
+                        "files) or 'each' (every fold, one run each, and one table); argoverse/apolloscape/drives: "
+                        "I/K, cross-validation part I of K over train+val (test untouched), or 'all' / 'all/K' "
+                        "(every part of 5 / of K, one run each, and one table with the pooled figures)")
     p.add_argument("--topic", default=None,
                    help="drives: the Tracks topic to train on (default: each recording's only Tracks topic)")
     p.add_argument("--cell", default="lstm", choices=["lstm", "gru"])
@@ -148,7 +155,16 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--seeds", type=int, default=1,
                    help="train this many seeds from --seed and ship their average, merged into one model")
-    p.add_argument("--jobs", type=int, default=1, help="with --seeds: train this many seeds at once (processes)")
+    p.add_argument("--jobs", type=int, default=None,
+                   help="with --seeds, --fold all or --grid: this many runs at once (local processes; default 1), or "
+                        "Ray tasks in flight with --ray (default: one per CPU, a cluster's CPUs with an ADDRESS)")
+    p.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
+                   help="run the runs of --seeds, --fold all or --grid as Ray tasks (one CPU each): on a local Ray "
+                        "of this command's own, or with auto / HOST:PORT / ray://HOST:PORT on that cluster (data "
+                        "and --out at the same paths on every node); needs the ray package")
+    p.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
+                   help="train every combination of these values (repeatable), e.g. --grid hidden=64,128 "
+                        "--grid lr=1e-3,3e-3, each under OUT/<key><value>.../, into one table (OUT/grid.csv)")
     p.add_argument("--mirror-average", action="store_true",
                    help="average each model with its mirror image across the heading axis (pedestrians: "
                         "left and right are alike; vehicles drive on one side, so not for them)")
@@ -162,8 +178,10 @@ def parser() -> argparse.ArgumentParser:
 def parse_config(argv: list[str]) -> TrainConfig:
     """The flags in `argv` as a TrainConfig; argparse itself exits with code 2 on a malformed flag."""
     cfg = TrainConfig(**vars(parser().parse_args(argv)))
-    if cfg.seeds < 1 or cfg.jobs < 1:
+    if cfg.seeds < 1 or (cfg.jobs is not None and cfg.jobs < 1):
         raise TrainError(f"--seeds {cfg.seeds} --jobs {cfg.jobs}: expected at least 1 each", 2)
+    if cfg.ray is not None and not _RAY_ADDRESS.match(cfg.ray):
+        raise TrainError(f"--ray {cfg.ray}: expected auto, local, HOST:PORT or ray://HOST:PORT", 2)
     if cfg.topic is not None and cfg.dataset not in DRIVE_DATASETS:
         raise TrainError(f"--topic {cfg.topic!r} with --dataset {cfg.dataset}: --topic is for {DRIVE_DATASETS}", 2)
     return cfg
