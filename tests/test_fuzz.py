@@ -1348,3 +1348,20 @@ def test_an_intact_state_file_is_restored(tmp_path: Path) -> None:
     g = grids()
     assert state_file.restore(path, g, 10**18, 5.0) == (BASE_NS + 4 * 100_000_000, 0.0)
     assert len(g["m"][0].table) == 2
+
+
+def test_an_mcap_whose_first_record_is_a_corrupt_chunk_is_a_corrupt_recording(tmp_path: Path) -> None:
+    """The fuzzer's lockstep target, case 45,499 of 100,000: bit flips made the record after the magic
+    read as a zstd chunk, and reading the header profile decompressed it (ZstdError out of open)."""
+    from pipeline.recordings.base import RecordingError
+    from pipeline.recordings.reader import open_recording
+
+    data = bytearray(drive_mcap("zstd"))
+    p = 8
+    while data[p] != _CHUNK:   # the first chunk, which follows the header
+        p += 9 + struct.unpack_from("<Q", data, p + 1)[0]
+    chunk = bytearray(data[p: p + 9 + struct.unpack_from("<Q", data, p + 1)[0]])
+    chunk[-20] ^= 0xFF                                   # inside its compressed data
+    (tmp_path / "d.mcap").write_bytes(bytes(data[:8] + chunk + data[p:]))
+    with pytest.raises(RecordingError, match=r"d\.mcap: MCAP magic, but the MCAP header record cannot be read"):
+        open_recording(tmp_path / "d.mcap")

@@ -32,13 +32,14 @@ _ROS1_MAGIC = b"#ROSBAG V2.0\n"
 
 
 def _mcap_profile(path: Path) -> str | None:
-    """The MCAP header profile, or None if `path` is not an MCAP file."""
+    """The MCAP header profile, or None if `path` is not an MCAP file or its first record is no header.
+    Chunks are not opened: a damaged first record may read as one, and only the header is wanted."""
     try:
         with open(path, "rb") as f:
             if f.read(8) != MAGIC:
                 return None
             f.seek(0)
-            rec = next(iter(StreamReader(f, record_size_limit=1 << 20).records))
+            rec = next(iter(StreamReader(f, record_size_limit=1 << 20, emit_chunks=True).records))
     except (OSError, McapError, StopIteration, struct.error, ValueError, EOFError):
         return None
     return rec.profile if isinstance(rec, Header) else None
