@@ -91,6 +91,28 @@ def test_set_overrides_params_and_is_validated(tmp_path: Path) -> None:
         parse_set(["agents=3"])
 
 
+def test_a_longer_set_path_sets_one_entry_of_a_mapping_param(tmp_path: Path) -> None:
+    """As ROS 2 nested parameter names: `predictor.models.vehicle=...` swaps one model, keeps the other
+    (before, every key with a dot was an unknown param)."""
+    models = REPO / "models" / "pretrained"
+    path = tmp_path / "g.yaml"
+    path.write_text(f"""
+nodes:
+  sim: {{run: nodes.sim:TrafficSim}}
+  predictor:
+    run: nodes.predictor:Predictor
+    params: {{models: {{vehicle: {models}/vehicle_lstm.onnx, pedestrian: {models}/pedestrian_lstm.onnx}}}}
+    inputs: {{tracks: sim/tracks}}
+""")
+    g = load_graph(path, parse_set([f"predictor.models.vehicle={models}/vehicle_lstm.int8.onnx"]))
+    assert g.nodes["predictor"].params.models == {"vehicle": f"{models}/vehicle_lstm.int8.onnx",
+                                                   "pedestrian": f"{models}/pedestrian_lstm.onnx"}
+    with pytest.raises(ConfigError, match=r"^--set predictor.ttl_s.x: predictor.ttl_s is a float, not a mapping$"):
+        load_graph(path, parse_set(["predictor.ttl_s=2.0", "predictor.ttl_s.x=1"]))
+    with pytest.raises(ConfigError, match=r"nodes.predictor.params: models.vehicle: no such model file '/nope.onnx'"):
+        load_graph(path, parse_set(["predictor.models.vehicle=/nope.onnx"]))
+
+
 def test_cli_reports_config_errors_with_exit_code_2_and_no_traceback(tmp_path: Path) -> None:
     path = write(tmp_path, "nodes:\n  a: {run: nodes.sim:TrafficSim, params: {rate_hz: fast}}\n")
     r = subprocess.run([sys.executable, "-m", "pipeline.cli", "launch", str(path)], cwd=REPO,

@@ -120,7 +120,8 @@ YAML_VALUE_ERRORS = (ValueError, TypeError, KeyError, IndexError, AttributeError
 
 
 def parse_set(items: list[str]) -> dict[str, dict[str, Any]]:
-    """`--set node.param=value` overrides; the value is parsed as YAML (so `5` is an int)."""
+    """`--set node.param=value` overrides; the value is parsed as YAML (so `5` is an int). A longer
+    path sets one key of a mapping param (`predictor.models.vehicle=v.onnx`, see `with_overrides`)."""
     out: dict[str, dict[str, Any]] = {}
     for item in items:
         key, sep, value = item.partition("=")
@@ -135,4 +136,21 @@ def parse_set(items: list[str]) -> dict[str, dict[str, Any]]:
         if larger_than(parsed, MAX_PARAMS_BYTES):  # a value that contains itself is infinite
             raise ConfigError(f"{given}: value larger than the limit of {MAX_PARAMS_BYTES} bytes")
         out.setdefault(node, {})[param] = parsed
+    return out
+
+
+def with_overrides(params: dict[str, Any], sets: dict[str, Any], node: str) -> dict[str, Any]:
+    """`params` with the `--set` values of `node` applied: `key` replaces a param, `key.sub` one entry of a
+    mapping param (as ROS 2 nested parameter names do), the rest of the mapping kept."""
+    out = dict(params)
+    for key, value in sets.items():
+        *path, last = key.split(".")
+        at = out
+        for i, part in enumerate(path):
+            sub = at.get(part, {})
+            if not isinstance(sub, dict):
+                raise ConfigError(f"--set {node}.{key}: {node}.{'.'.join(path[:i + 1])} is a "
+                                  f"{type(sub).__name__}, not a mapping")
+            at[part] = at = dict(sub)
+        at[last] = value
     return out

@@ -31,7 +31,15 @@ import msgspec
 import yaml
 
 from pipeline.errors import ConfigError
-from pipeline.runtime.config import MAX_PARAMS_BYTES, YAML_VALUE_ERRORS, check_finite, convert, larger_than, parse_set
+from pipeline.runtime.config import (
+    MAX_PARAMS_BYTES,
+    YAML_VALUE_ERRORS,
+    check_finite,
+    convert,
+    larger_than,
+    parse_set,
+    with_overrides,
+)
 from pipeline.runtime.node import Node, NodeParams
 from pipeline.transport.endpoints import QUEUE_BYTES
 from pipeline.wire.messages import Clock, Message
@@ -236,10 +244,11 @@ def load_graph(path: str | Path, overrides: dict[str, dict[str, Any]] | None = N
             cls = resolve_class(entry.run)
         except ValueError as exc:
             raise ConfigError(f"{where}: {key}.run: {exc}") from None
-        raw_params = {**entry.params, **overrides.get(name, {})}
-        given = {k: f"--set {name}.{k}={v}" for k, v in overrides.get(name, {}).items()}  # errors name them
+        raw_params = with_overrides(entry.params, overrides.get(name, {}), name)
+        # errors about a param name the --set that gave it
+        given = {k.split(".")[0]: f"--set {name}.{k}={v}" for k, v in overrides.get(name, {}).items()}
         for k, v in overrides.get(name, {}).items():
-            check_finite(v, given[k], f"{key}.params.{k}")
+            check_finite(v, f"--set {name}.{k}={v}", f"{key}.params.{k}")
         params = convert(raw_params, cls.Params, where, f"{key}.params", strict=False, origin=given)
         inputs: dict[str, InputSpec] = {}
         for inp, value in entry.inputs.items():
