@@ -48,7 +48,7 @@ from pipeline.runtime.node import Node, NodeParams  # noqa: E402
 from pipeline.wire.messages import Diagnostics, Predictions, Tracks  # noqa: E402
 
 WARMUP_S = 3.0
-SHIPPED = {"vehicle": REPO / "models/pretrained/vehicle_lstm.onnx",
+SHIPPED = {"vehicle": REPO / "models/pretrained/sim_vehicle_lstm.onnx",
            "pedestrian": REPO / "models/pretrained/pedestrian_lstm.onnx"}
 
 
