@@ -68,6 +68,7 @@ class TrackEvaluator(Node):
         report_s: Annotated[float, Meta(ge=0)] = 10.0      # a summary line this often (0: only at shutdown)
         report_json: str = ""                              # write the final metrics here
         range_m: Annotated[float, Meta(ge=0)] = 0.0        # with `ego` wired: score truth this near it only (0: all)
+        max_rows: Annotated[int, Meta(ge=1)] = 1024        # rows kept per truth or tracks message (matching is rows^2)
 
     params: Params
     inputs = {"tracks": Tracks, "truth": Tracks, "ego": Odometry, "visible": Tracks}
@@ -92,10 +93,19 @@ class TrackEvaluator(Node):
         if self.params.report_s > 0:
             self.every(self.params.report_s, lambda: self.log.info("%s", self.summary()))
 
+    def _capped(self, msg: Tracks) -> Tracks:
+        """`msg` with at most `max_rows` rows: matching costs truth rows x track rows, and one message of
+        10,000 of each took seconds per frame (`drops.too_many_rows` counts what is left out)."""
+        n = self.params.max_rows
+        if len(msg.ids) <= n:
+            return msg
+        self.diagnostics["drops.too_many_rows"] = self.diagnostics.get("drops.too_many_rows", 0) + len(msg.ids) - n
+        return _rows(msg, np.arange(n))
+
     def on_truth(self, msg: Tracks) -> None:
         if self.truth and msg.stamp_ns <= self.truth[-1].stamp_ns:
             return  # out of order or repeated: the truth history is ordered by stamp
-        self.truth.append(msg)
+        self.truth.append(self._capped(msg))
         while self.waiting and self.waiting[0].stamp_ns <= msg.stamp_ns:
             self._score(self.waiting.popleft())
 
@@ -107,6 +117,7 @@ class TrackEvaluator(Node):
         self.ego_xy = msg.position[:2].copy()
 
     def on_tracks(self, msg: Tracks) -> None:
+        msg = self._capped(msg)
         if self.truth and msg.stamp_ns <= self.truth[-1].stamp_ns:
             self._score(msg)
         else:

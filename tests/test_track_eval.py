@@ -186,3 +186,15 @@ def test_truth_the_sensor_did_not_see_is_dont_care_and_a_frame_without_visibilit
     g.inject("trk/tracks", _tracks(2 * DT, [10], [(10.1, 0.0)]))
     g.spin()
     assert node.metrics()["num_objects"] == 3 and node.diagnostics["frames_without_visible"] == 1
+
+
+def test_rows_beyond_max_rows_are_dropped_and_counted() -> None:
+    """Matching costs truth rows x track rows: 10,000 of each took tens of seconds for one frame."""
+    g = LocalGraph()
+    node = g.add("mot", TrackEvaluator, {"report_s": 0, "max_rows": 3}, inputs={"tracks": "trk/tracks", "truth": "sim/tracks"})
+    g.start()
+    g.inject("sim/tracks", _tracks(DT, [1, 2, 3, 4, 5], [(float(i), 0.0) for i in range(5)]))
+    g.inject("trk/tracks", _tracks(DT, [10, 11, 12, 13], [(float(i), 0.1) for i in range(4)]))
+    g.spin()
+    (out,) = g.published["mot/truth"]
+    assert out.ids.tolist() == [10, 11, 12] and node.diagnostics["drops.too_many_rows"] == 3
