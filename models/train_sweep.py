@@ -48,6 +48,7 @@ from types import FrameType
 from typing import Any
 
 from models.train_config import TrainConfig, TrainError, parser
+from pipeline.fleet.backends import close_pool
 
 __all__ = ["Run", "collect", "config_argv", "fold_plan", "grid_points", "pooled", "run_all", "run_and_collect", "run_one",
            "sweep", "sweep_runs", "write_table"]
@@ -56,7 +57,6 @@ Main = Callable[[list[str]], int]
 Rows = Generator[dict[str, Any], None, None]   # closing it ends the workers
 
 _POLL_S = 0.2       # how often a waiting runner wakes up (a Ctrl-C is seen at once regardless)
-_TERM_S = 3.0       # after SIGTERM, pool workers get this long to exit before SIGKILL
 # flags a grid may not vary: they say where and how the sweep runs, not what a run trains
 _NOT_GRID = {"dataset", "data", "fold", "out", "name", "seeds", "jobs", "ray", "grid", "no_progress", "help"}
 _SCORES = ("window_ade", "window_fde", "stream_ade", "stream_fde", "cv_ade", "cv_fde")
@@ -274,13 +274,11 @@ def _sigterm_interrupts() -> Generator[None, None, None]:
 def _run_pool(main: Main, runs: list[Run], jobs: int) -> Rows:
     # spawn: no inherited threads; one torch thread per run, so J runs on J cores give the weights of J in a row
     ex = ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_ignore_sigint)
-    procs: list[Any] = []
     inflight: dict[Future[dict[str, Any]], Run] = {}
     try:
         with _sigterm_interrupts():
             for r in runs:
                 inflight[ex.submit(run_one, main, r, True)] = r
-            procs = list((getattr(ex, "_processes", None) or {}).values())  # no public handle before 3.14
             while inflight:
                 done, _ = wait(inflight, timeout=_POLL_S, return_when=FIRST_COMPLETED)
                 for f in done:
@@ -292,20 +290,7 @@ def _run_pool(main: Main, runs: list[Run], jobs: int) -> Rows:
                     except Exception as exc:
                         yield _failed(run, f"{type(exc).__name__}: {exc}")
     finally:
-        if inflight:
-            procs = procs or list((getattr(ex, "_processes", None) or {}).values())
-            ex.shutdown(wait=False, cancel_futures=True)
-            for p in procs:
-                if p.is_alive():
-                    p.terminate()
-            deadline = time.monotonic() + _TERM_S
-            for p in procs:
-                p.join(max(0.0, deadline - time.monotonic()))
-                if p.is_alive():
-                    p.kill()
-                    p.join(1.0)
-        else:
-            ex.shutdown(wait=True)
+        close_pool(ex, kill=bool(inflight))   # runs left: end their workers (SIGTERM, then SIGKILL)
 
 
 def _run_ray(main: Main, runs: list[Run], jobs: int | None, address: str | None) -> Rows:

@@ -187,3 +187,12 @@ def procs() -> Iterator[list[subprocess.Popen[bytes]]]:
         for f in (p.stdout, p.stderr):
             if f is not None:
                 f.close()
+
+
+def group_alive(pgid: int) -> bool:
+    """Whether any process of process group `pgid` is left (tests that start process groups check this)."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True

@@ -29,7 +29,7 @@ from pipeline.recordings.mcap_format import MAGIC
 from pipeline.runtime.lockstep_launch import START_NS
 from pipeline.runtime.node import Node, NodeParams
 from pipeline.wire.messages import Tracks
-from tests.conftest import REPO, wait_for
+from tests.conftest import REPO, group_alive, wait_for
 
 GRAPH = REPO / "launch.yaml"
 
@@ -244,14 +244,6 @@ def test_ray_gives_the_same_digests_as_the_local_pool(drives: Path, tmp_path: Pa
 
 # -- Ctrl-C --------------------------------------------------------------------------------------------------------
 
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
 @pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_a_stop_ends_every_worker_within_5_s_and_reports_what_finished(tmp_path: Path, sig: int, code: int) -> None:
     one = _record(tmp_path / "src", 300, 1, minutes=0.5)[0]  # ~1.5 s of replay each: a stop lands mid-run
@@ -282,8 +274,8 @@ def test_a_stop_ends_every_worker_within_5_s_and_reports_what_finished(tmp_path:
         assert {r["status"] for r in rows} == {"ok"}
         assert len((report / "drives.jsonl").read_text().splitlines()) == len(rows)
         # the workers are gone with it (the group also held multiprocessing's resource tracker: it exits on EOF)
-        wait_for(lambda: not _group_alive(proc.pid), 5, "every process of the run to exit")
+        wait_for(lambda: not group_alive(proc.pid), 5, "every process of the run to exit")
     finally:
-        if _group_alive(proc.pid):
+        if group_alive(proc.pid):
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=10)

@@ -18,6 +18,7 @@ import pytest
 
 from models import train, train_sweep
 from models.train_config import parse_config
+from tests.conftest import group_alive
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--epochs", "1", "--hidden", "8", "--batch", "4", "--no-progress"]
@@ -227,14 +228,6 @@ def test_seeds_on_ray_merge_into_the_weights_of_seeds_in_a_row(eth: Path, tmp_pa
 
 # -- Ctrl-C ------------------------------------------------------------------------------------------------------------
 
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
 def test_ctrl_c_ends_every_pool_worker(argo: Path, tmp_path: Path) -> None:
     out = tmp_path / "cv"
     cmd = [sys.executable, "-m", "pipeline.cli", "train", "--dataset", "argoverse", "--data", str(argo),
@@ -251,12 +244,12 @@ def test_ctrl_c_ends_every_pool_worker(argo: Path, tmp_path: Path) -> None:
         t0 = time.monotonic()
         os.killpg(proc.pid, signal.SIGINT)   # what a terminal's Ctrl-C does: the whole group
         text = proc.communicate(timeout=30)[0]
-        while _group_alive(proc.pid) and time.monotonic() - t0 < 10:
+        while group_alive(proc.pid) and time.monotonic() - t0 < 10:
             time.sleep(0.1)
-        assert not _group_alive(proc.pid), "a worker outlived the sweep"
+        assert not group_alive(proc.pid), "a worker outlived the sweep"
         assert proc.returncode == 130 and "interrupted: every run stopped" in text
         print(f"Ctrl-C to every worker gone: {time.monotonic() - t0:.1f} s", file=sys.stderr)
     finally:
-        if _group_alive(proc.pid):
+        if group_alive(proc.pid):
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=10)

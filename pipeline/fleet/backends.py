@@ -41,7 +41,7 @@ from pipeline.errors import ConfigError
 from pipeline.fleet.drive import DriveResult, DriveTask, eval_drive
 from pipeline.runtime.signals import STOP_SIGNALS
 
-__all__ = ["run_pool", "run_ray", "run_sequential"]
+__all__ = ["close_pool", "run_pool", "run_ray", "run_sequential"]
 
 _POLL_S = 0.1       # how often a waiting back-end looks at stop(): a stop is seen within this
 _TERM_S = 3.0       # after SIGTERM, workers get this long to exit before SIGKILL (5 s budget in all)
@@ -69,7 +69,7 @@ def _ignore_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def _close(ex: ProcessPoolExecutor, kill: bool) -> None:
+def close_pool(ex: ProcessPoolExecutor, kill: bool) -> None:
     """Shut the pool down; with `kill`, end its workers now (SIGTERM, SIGKILL after `_TERM_S`)."""
     if not kill:
         ex.shutdown(wait=True)
@@ -112,7 +112,7 @@ def _round(queue: deque[DriveTask], workers: int, stop: Stop,
                     result = _failed(task, f"{type(exc).__name__}: {exc}")
                 yield result
     finally:
-        _close(ex, kill=bool(inflight) or stop())
+        close_pool(ex, kill=bool(inflight) or stop())
 
 
 def run_pool(tasks: Iterable[DriveTask], workers: int, stop: Stop = lambda: False) -> Results:
