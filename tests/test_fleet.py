@@ -186,14 +186,17 @@ def test_resume_skips_the_drives_the_report_has(drives: Path, tmp_path: Path,
     (["--graph", str(GRAPH), "--ray", "{drives}/sim-seed100.mcap", "{drives}/sim-seed101.mcap"],
      "DRIVES go before --ray, or write --ray local"),
     (["--graph", str(GRAPH), "{drives}", "--remap", "sim/tracks"], "expected FROM:=TO"),
+    # a graph that nothing of the fleet feeds: one error before any worker, not a failed row per drive
+    (["--graph", str(GRAPH), "{drives}", "--remap", "sim/tracks:=elsewhere/tracks"],
+     "checked on the first drive, {drives}/sim-seed100.mcap: "),
 ])
 def test_bad_arguments_exit_2_with_the_reason(drives: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                               args: list[str], message: str) -> None:
     (tmp_path / "empty").mkdir()
     argv = [a.format(drives=drives, empty=tmp_path / "empty") for a in args]
     assert fleet(["eval", *argv, "-o", str(tmp_path / "r")]) == 2
-    assert message in capsys.readouterr().err
-    assert not (tmp_path / "r" / "drives.jsonl").exists()
+    assert message.format(drives=drives) in capsys.readouterr().err
+    assert not (tmp_path / "r" / "drives.jsonl").exists() and not (tmp_path / "r" / "run.json").exists()
 
 
 def test_ray_without_the_package_is_a_bad_argument(drives: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,

@@ -31,8 +31,10 @@ from pipeline.cv_compare import VS_CV_MEANS, vs_cv
 from pipeline.errors import ConfigError, DrivecastError
 from pipeline.fleet.drive import DriveTask, evaluators
 from pipeline.fleet.report import JOURNAL, Journal, check_run, graph_digest, summary, write_tables
-from pipeline.recordings.schedule import parse_remap
-from pipeline.runtime.graph import load_graph
+from pipeline.recordings.lockstep import plan
+from pipeline.recordings.reader import open_recording
+from pipeline.recordings.schedule import PlayOptions, parse_remap
+from pipeline.runtime.graph import Graph, load_graph
 from pipeline.runtime.signals import StopSignals
 
 __all__ = ["find_drives", "main"]
@@ -101,6 +103,21 @@ def _backend(args: argparse.Namespace, tasks: list[DriveTask], workers: int,
     return backends.run_pool(tasks, workers, stop), f"on a local pool of {workers} processes"
 
 
+def _preflight(drive: Path, graph: Graph, opts: PlayOptions) -> None:
+    """The graph against the first drive's topics, before any worker starts: a graph that nothing of the
+    fleet feeds (the wrong launch file, a missing --remap) is one error, not a failed row per drive. A
+    first drive that cannot be read is left to its own row."""
+    try:
+        with open_recording(drive) as rec:
+            info = rec.info()
+    except DrivecastError:
+        return
+    try:
+        plan(info, graph, opts)
+    except ConfigError as exc:
+        raise ConfigError(f"checked on the first drive, {drive}: {exc}; nothing was run") from None
+
+
 def _eval(args: argparse.Namespace) -> int:
     try:
         if args.workers is not None and args.workers < 1:
@@ -117,6 +134,7 @@ def _eval(args: argparse.Namespace) -> int:
         out = Path(args.output)
         run = {"graph": str(graph_path), "graph_sha256": graph_digest(graph_path), "evaluators": list(names),
                "topics": topics, "remap": remap}
+        _preflight(drives[0], graph, PlayOptions(topics=topics, remap=remap))  # before the report is begun
         before = check_run(out, run, args.resume)
     except DrivecastError as exc:
         print(f"ERROR: {exc}", file=sys.stderr)
