@@ -1029,18 +1029,25 @@ def test_the_fuzz_bench_runs_n_cases_per_target_and_records_each_target(tmp_path
 
 # -- crashes and hangs found by the targets above, pinned one by one -----------------------------------------
 
+def _plain_drive(path: Path, n: int) -> tuple[list[Any], bytearray]:
+    """`n` Tracks messages on `tracks` (log times 1e9 + i) in an uncompressed drive without CRCs, so that a
+    test can damage one record in place: (the messages' frames, the file's bytes)."""
+    from pipeline.recordings.writer import Recorder
+
+    frames = [encode(_moving(BASE_NS + i * 10**8, [1, 2], [1, 1])) for i in range(n)]
+    with Recorder(path, compression="none", max_chunk_age_s=0, foxglove_mirror=False) as rec:
+        for i, f in enumerate(frames):
+            rec.write("tracks", f, 10**9 + i)
+    return frames, bytearray(_without_crcs(path.read_bytes()))
+
+
 def test_recover_drops_a_message_whose_header_does_not_decode_and_keeps_the_rest(tmp_path: Path) -> None:
     """In an uncompressed chunk without a CRC, a damaged header still unpacks as frames: `bag recover`
     handed it to the recorder, whose DecodeError ended the recovery there."""
     from pipeline.cli.bag import recover
-    from pipeline.recordings.writer import Recorder
 
     src = tmp_path / "drive.mcap"
-    frames = [encode(_moving(BASE_NS + i * 10**8, [1, 2], [1, 1])) for i in range(3)]
-    with Recorder(src, compression="none", max_chunk_age_s=0, foxglove_mirror=False) as rec:
-        for i, f in enumerate(frames):
-            rec.write("tracks", f, 10**9 + i)
-    data = bytearray(_without_crcs(src.read_bytes()))
+    frames, data = _plain_drive(src, 3)
     data[data.index(bytes(frames[1][0]))] = 0xC1  # the second header's first byte: one msgpack never uses
     src.write_bytes(data)
     n, dropped = recover(src, tmp_path / "out.mcap")
@@ -1173,14 +1180,9 @@ def test_a_message_whose_log_time_is_beyond_int64_is_a_recording_error(tmp_path:
     from pipeline.recordings.base import RecordingError
     from pipeline.recordings.mcap_format import pack_frames
     from pipeline.recordings.table_export import export_table
-    from pipeline.recordings.writer import Recorder
 
     path = tmp_path / "drive.mcap"
-    frames = [encode(_moving(BASE_NS + i * 10**8, [1, 2], [1, 1])) for i in range(2)]
-    with Recorder(path, compression="none", max_chunk_age_s=0, foxglove_mirror=False) as rec:
-        for i, f in enumerate(frames):
-            rec.write("tracks", f, 10**9 + i)
-    data = bytearray(_without_crcs(path.read_bytes()))
+    frames, data = _plain_drive(path, 2)
     at = data.index(pack_frames(frames[1])) - 16  # the message record's log time, before its publish time
     assert struct.unpack_from("<Q", data, at)[0] == 10**9 + 1
     struct.pack_into("<Q", data, at, 2**64 - 1)

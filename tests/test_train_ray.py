@@ -18,7 +18,7 @@ import pytest
 
 from models import train, train_sweep
 from models.train_config import parse_config
-from tests.conftest import group_alive
+from tests.conftest import group_alive, wait_for
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--epochs", "1", "--hidden", "8", "--batch", "4", "--no-progress"]
@@ -236,17 +236,17 @@ def test_ctrl_c_ends_every_pool_worker(argo: Path, tmp_path: Path) -> None:
     proc = subprocess.Popen(cmd, cwd=REPO, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True)
     try:
-        deadline = time.monotonic() + 60
         logs = [out / "fold_1of2" / "train.log", out / "fold_2of2" / "train.log"]
-        while not all(p.exists() and "epoch 1:" in p.read_text() for p in logs):   # both workers training
-            assert time.monotonic() < deadline and proc.poll() is None, proc.communicate(timeout=5)[0]
-            time.sleep(0.2)
+
+        def training() -> bool:   # both workers past their first epoch (or the sweep died: say why)
+            assert proc.poll() is None, proc.communicate(timeout=5)[0]
+            return all(p.exists() and "epoch 1:" in p.read_text() for p in logs)
+
+        wait_for(training, 60, "both fold workers to train", interval=0.2)
         t0 = time.monotonic()
         os.killpg(proc.pid, signal.SIGINT)   # what a terminal's Ctrl-C does: the whole group
         text = proc.communicate(timeout=30)[0]
-        while group_alive(proc.pid) and time.monotonic() - t0 < 10:
-            time.sleep(0.1)
-        assert not group_alive(proc.pid), "a worker outlived the sweep"
+        wait_for(lambda: not group_alive(proc.pid), 10, "every worker of the sweep to exit", interval=0.1)
         assert proc.returncode == 130 and "interrupted: every run stopped" in text
         print(f"Ctrl-C to every worker gone: {time.monotonic() - t0:.1f} s", file=sys.stderr)
     finally:
