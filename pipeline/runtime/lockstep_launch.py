@@ -83,12 +83,11 @@ def _run(graph: Graph, duration_s: float | None, stopped: Callable[[], bool], ou
         except Exception:  # a node's bug: report it, still shut the others down
             out.write(f"[launch] a node raised at {(g.now_ns() - START_NS) / 1e9:.3f} s:\n{traceback.format_exc()}")
             rc, why = 1, "a node failed"
-        for name, node in g.nodes.items():   # each one, whatever the others do (the evaluator's final table)
-            try:
-                node.shutdown()
-            except Exception:
-                out.write(f"[launch] {name}: shutdown raised:\n{traceback.format_exc()}")
-                rc = 1
+        try:
+            g.stop()   # every node, whatever another raises (the evaluator's final table)
+        except Exception:
+            out.write(f"[launch] a node's shutdown raised:\n{traceback.format_exc()}")
+            rc = 1
         sim_s, wall_s = (g.now_ns() - START_NS) / 1e9, time.perf_counter() - t0
         out.write(f"[launch] {why}: {sim_s:.1f} simulated s in {wall_s:.1f} s "
                   f"({sim_s / max(wall_s, 1e-9):.1f}x real time)\n")
