@@ -320,6 +320,8 @@ def _run_alone(rec: Recording, args: argparse.Namespace, opts: PlayOptions, info
 
     try:
         stats = _paced(rec, args, opts, info, send, stopped)
+        for p in pubs.values():  # a recorder with --lossless takes everything, as from a launched graph
+            p.end_of_stream(stopped)
     finally:
         for p in pubs.values():
             p.close()

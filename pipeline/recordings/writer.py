@@ -295,6 +295,7 @@ def main(argv: list[str]) -> int:
     last_seq: dict[str, int] = {}
     gaps = 0
     next_check = time.monotonic() + 1.0
+    ended = False  # the graph has ended: what is queued here already is still written
     if not args.quiet:
         print(f"recording {len(topics)} topics of graph {manifest.name!r} into {args.output}", file=sys.stderr)
     try:
@@ -305,7 +306,10 @@ def main(argv: list[str]) -> int:
                 failed = str(exc)
                 break
             # wake up when the open chunk is due (ceil: a poll(0) loop in its last millisecond is a busy wait)
-            for topic, frames in tap.poll(100 if due is None else min(100, math.ceil(due * 1000))):
+            taken = 0
+            # (after the end: what ZeroMQ's I/O thread still moves in from the kernel arrives within 50 ms)
+            for topic, frames in tap.poll(50 if ended else 100 if due is None else min(100, math.ceil(due * 1000))):
+                taken += 1
                 now = time.time_ns()
                 if len(frames) == 2 and frames[1].bytes == END_OF_STREAM:
                     tap.unsubscribe(topic)
@@ -324,12 +328,14 @@ def main(argv: list[str]) -> int:
             now_m = time.monotonic()
             if (end is not None and now_m >= end) or (args.max_messages and rec.count >= args.max_messages):
                 break
-            if now_m >= next_check:
+            if ended and not taken:
+                break
+            if now_m >= next_check and not ended:
                 next_check = now_m + 1.0
                 if not pid_alive(launcher):
                     if not args.quiet:
                         print("the graph has ended", file=sys.stderr)
-                    break
+                    ended = True
     finally:
         try:
             rec.close()
