@@ -30,7 +30,7 @@ import zmq
 
 from pipeline.runtime.rundir import Manifest
 from pipeline.runtime.runner import ProcessRuntime
-from pipeline.transport.endpoints import free_tcp_port
+from pipeline.transport.endpoints import BULK_HWM, free_tcp_port
 from pipeline.transport.publisher import Publisher
 from pipeline.transport.shm import DESCRIPTOR_MAGIC, ShmReader, bell_path, remove_segments, run_prefix, segment_dir
 from pipeline.transport.subscriber import Subscriber
@@ -80,7 +80,7 @@ def _pair(ctx: zmq.Context, closing: list[Any], tmp_path: Path, policy: str = "d
     test); with `bell`, once the publisher has taken the subscriber's bell."""
     endpoint = f"ipc://{tmp_path}/cam.sock"
     pub = Publisher(ctx, TOPIC, endpoint, shm=publisher_shm, shm_slots=slots)
-    sub = Subscriber(ctx, TOPIC, endpoint, policy, shm="on", bell=bell)
+    sub = _subscriber(ctx, TOPIC, endpoint, policy, shm="on", bell=bell)
     closing += [pub, sub]
     connected(pub, sub)
     if bell:
@@ -111,8 +111,8 @@ def test_small_messages_go_inline_and_tcp_subscribers_get_plain_frames_in_a_mixe
         ctx: zmq.Context, closing: list[Any], tmp_path: Path) -> None:
     endpoint = f"tcp://127.0.0.1:{free_tcp_port()}"
     pub = Publisher(ctx, TOPIC, endpoint, run_dir=tmp_path, shm="on")
-    local = Subscriber(ctx, TOPIC, endpoint, "drop_oldest", shm="on", run_dir=tmp_path)
-    remote = Subscriber(ctx, TOPIC, endpoint, "drop_oldest")  # tcp: plain unless forced
+    local = _subscriber(ctx, TOPIC, endpoint, "drop_oldest", shm="on", run_dir=tmp_path)
+    remote = _subscriber(ctx, TOPIC, endpoint, "drop_oldest")  # tcp: plain unless forced
     closing += [pub, local, remote]
     assert local.reader is not None and remote.reader is None
     connected(pub, local)
@@ -180,6 +180,11 @@ _FULL_SPEED_PUBLISHER = textwrap.dedent("""
 """)
 
 
+def _subscriber(*args: Any, **kwargs: Any) -> Subscriber:
+    """A Subscriber of camera frames, with the runner's mark for them (`endpoints.BULK_HWM`)."""
+    return Subscriber(*args, rcvhwm=BULK_HWM, **kwargs)
+
+
 def _child(code: str, *args: str) -> subprocess.Popen[str]:
     return subprocess.Popen([sys.executable, "-c", code, *args], cwd=REPO, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
@@ -195,7 +200,7 @@ def _kill(proc: subprocess.Popen[str]) -> None:
 def test_a_slow_subscriber_of_a_full_speed_publisher_never_gets_a_torn_frame(
         ctx: zmq.Context, closing: list[Any], tmp_path: Path, bell: bool) -> None:
     endpoint = f"ipc://{tmp_path}/cam.sock"
-    sub = Subscriber(ctx, TOPIC, endpoint, "drop_oldest", depth=4, shm="on", bell=bell)
+    sub = _subscriber(ctx, TOPIC, endpoint, "drop_oldest", depth=4, shm="on", bell=bell)
     closing.append(sub)
     poller = zmq.Poller()
     poller.register(sub.sock, zmq.POLLIN)
@@ -327,7 +332,7 @@ def test_a_descriptor_outside_the_slot_or_of_a_rewritten_slot_is_not_delivered(
 def test_segments_are_owner_only_in_the_run_namespace_and_leave_with_the_publisher(
         ctx: zmq.Context, closing: list[Any], tmp_path: Path) -> None:
     pub = Publisher(ctx, TOPIC, f"ipc://{tmp_path}/cam.sock", shm="on")
-    sub = Subscriber(ctx, TOPIC, f"ipc://{tmp_path}/cam.sock", "latest", shm="on")
+    sub = _subscriber(ctx, TOPIC, f"ipc://{tmp_path}/cam.sock", "latest", shm="on")
     closing.append(sub)
     connected(pub, sub)
     pub.send(encode(_image(1)), lambda: False)
@@ -363,7 +368,7 @@ def test_kill_9_of_a_publisher_leaves_a_segment_that_its_restart_and_the_launche
         tmp_path: Path) -> None:
     endpoint = f"ipc://{tmp_path}/cam.sock"
     ctx = zmq.Context()
-    sub = Subscriber(ctx, TOPIC, endpoint, "latest", shm="on")
+    sub = _subscriber(ctx, TOPIC, endpoint, "latest", shm="on")
     try:
         for _ in range(2):
             proc = _child(_FULL_SPEED_PUBLISHER, endpoint, "30")
@@ -447,8 +452,8 @@ def test_a_loaned_frame_is_published_from_its_slot_without_a_copy(
 def test_a_dropped_loan_frees_its_slot_and_plain_subscribers_get_a_copy_of_a_loaned_frame(
         ctx: zmq.Context, closing: list[Any], tmp_path: Path) -> None:
     pub = Publisher(ctx, TOPIC, f"ipc://{tmp_path}/cam.sock", shm="on", shm_slots=2)
-    local = Subscriber(ctx, TOPIC, f"ipc://{tmp_path}/cam.sock", "drop_oldest", shm="on")
-    plain = Subscriber(ctx, TOPIC, f"ipc://{tmp_path}/cam.sock", "drop_oldest", shm="off")
+    local = _subscriber(ctx, TOPIC, f"ipc://{tmp_path}/cam.sock", "drop_oldest", shm="on")
+    plain = _subscriber(ctx, TOPIC, f"ipc://{tmp_path}/cam.sock", "drop_oldest", shm="off")
     closing += [pub, local, plain]
     connected(pub, local)
     connected(pub, plain)
@@ -565,7 +570,7 @@ def test_a_belled_subscriber_takes_each_frame_from_its_bell_and_skips_the_copy_z
 
     # The queue policy applies to what the bell finds as it does to what ZeroMQ brings, and the
     # copies that arrive later neither come through nor count as drops a second time.
-    latest = Subscriber(ctx, TOPIC, f"ipc://{tmp_path}/cam.sock", "latest", shm="on", bell=True)
+    latest = _subscriber(ctx, TOPIC, f"ipc://{tmp_path}/cam.sock", "latest", shm="on", bell=True)
     closing.append(latest)
     connected(pub, latest)
     _belled(pub, latest)
@@ -584,7 +589,7 @@ def test_a_restarted_publisher_gets_the_bell_again_and_its_frames_are_not_taken_
     """A new incarnation numbers its messages above its predecessor's (CLOCK_MONOTONIC), so the
     subscriber's "seen up to" does not swallow them, and the subscriber hands its bell to it."""
     endpoint = f"ipc://{tmp_path}/cam.sock"
-    sub = Subscriber(ctx, TOPIC, endpoint, "drop_oldest", shm="on", bell=True)
+    sub = _subscriber(ctx, TOPIC, endpoint, "drop_oldest", shm="on", bell=True)
     closing.append(sub)
     for life in range(2):
         pub = Publisher(ctx, TOPIC, endpoint, shm="on")
@@ -620,7 +625,7 @@ def test_the_publisher_forgets_the_bells_of_subscribers_that_left_and_refuses_ba
         return not writer.bells.fds
     counts = []
     for _ in range(3):
-        sub = Subscriber(ctx, TOPIC, f"ipc://{tmp_path}/cam.sock", "latest", shm="on", bell=True)
+        sub = _subscriber(ctx, TOPIC, f"ipc://{tmp_path}/cam.sock", "latest", shm="on", bell=True)
         try:
             connected(pub, sub)
             _belled(pub, sub)
@@ -667,7 +672,7 @@ def test_the_publisher_forgets_the_bells_of_subscribers_that_left_and_refuses_ba
             silent.close()
 
         # A good one is taken and rung (once a shared-memory subscriber makes the publisher use the slots).
-        sub = Subscriber(ctx, TOPIC, f"ipc://{tmp_path}/cam.sock", "latest", shm="on")
+        sub = _subscriber(ctx, TOPIC, f"ipc://{tmp_path}/cam.sock", "latest", shm="on")
         closing.append(sub)
         connected(pub, sub)
         conn = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)

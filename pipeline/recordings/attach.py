@@ -29,7 +29,9 @@ from pipeline.recordings.base import RecordingInfo
 from pipeline.recordings.schedule import PlayOptions
 from pipeline.runtime.rundir import Manifest, find_run, live_runs, pid_alive
 from pipeline.transport.curve import Curve
+from pipeline.transport.endpoints import default_hwm
 from pipeline.transport.publisher import DRAIN_S, JOIN_S, Publisher
+from pipeline.wire.messages import SCHEMAS
 
 __all__ = ["Feed", "FeedPlan", "plan_feed", "target_graph"]
 
@@ -147,7 +149,8 @@ class Feed:
                 self._monitors[topic] = (sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED), lossy)
 
         lossless = (wait_for or e.lossless_subscribers) if e.lossless_endpoint else 0
-        self.pubs[topic] = Publisher(self.ctx, topic, e.endpoint, e.lossless_endpoint, lossless, sndhwm=1000,
+        self.pubs[topic] = Publisher(self.ctx, topic, e.endpoint, e.lossless_endpoint, lossless,
+                                     sndhwm=default_hwm(SCHEMAS.get(e.schema), 1000),
                                      configure=configure, run_dir=run_dir, shm=e.shm.shm,
                                      shm_threshold=e.shm.shm_threshold, shm_slots=e.shm.shm_slots)
 

@@ -37,7 +37,7 @@ from pipeline.recordings.reader import open_recording, prefetch
 from pipeline.recordings.schedule import PlayOptions, parse_remap, schedule
 from pipeline.runtime.signals import StopSignals
 from pipeline.wire.codec import encode
-from pipeline.wire.messages import Clock
+from pipeline.wire.messages import SCHEMAS, Clock
 
 __all__ = ["PlayStats", "main", "play"]
 
@@ -140,7 +140,7 @@ def _publishers(topics: dict[str, str], wait_for: int) -> tuple[Any, dict[str, A
     import zmq
 
     from pipeline.runtime.rundir import Manifest, TopicEntry, make_run_dir, write_manifest
-    from pipeline.transport.endpoints import ipc_endpoint
+    from pipeline.transport.endpoints import default_hwm, ipc_endpoint
     from pipeline.transport.publisher import Publisher
 
     run_dir = make_run_dir("play")
@@ -149,7 +149,7 @@ def _publishers(topics: dict[str, str], wait_for: int) -> tuple[Any, dict[str, A
     manifest = Manifest(name="play", run_dir=str(run_dir), launcher_pid=os.getpid(), started_ns=time.time_ns())
     for topic, schema in topics.items():
         ep, lep = ipc_endpoint(run_dir, topic), ipc_endpoint(run_dir, topic, lossless=True)
-        pubs[topic] = Publisher(ctx, topic, ep, lep, wait_for, sndhwm=1000)
+        pubs[topic] = Publisher(ctx, topic, ep, lep, wait_for, sndhwm=default_hwm(SCHEMAS.get(schema), 1000))
         manifest.topics[topic] = TopicEntry(schema=schema, publisher="play", endpoint=ep, lossless_endpoint=lep,
                                             lossless_subscribers=wait_for)
     write_manifest(run_dir, manifest)

@@ -286,8 +286,9 @@ def main(argv: list[str]) -> int:
     stopped = StopSignals()
     # the plain variant of each topic (not shared memory), its lossless endpoint with --lossless
     # a deep queue (the writer compresses while messages arrive), at most 256 MiB of large frames
-    tap = Tap({t: (known[t].lossless_endpoint if args.lossless else None) or known[t].endpoint for t in topics},
-              rcvhwm=10000, configure=tool_client(manifest), max_bytes=256 << 20)
+    lossless = {t: e for t in topics if args.lossless and (e := known[t].lossless_endpoint)}
+    tap = Tap({t: lossless.get(t) or known[t].endpoint for t in topics},
+              rcvhwm=10000, configure=tool_client(manifest), max_bytes=256 << 20, lossless=lossless)
     launcher = manifest.launcher_pid
     end = None if args.duration is None else time.monotonic() + args.duration
     bad = 0

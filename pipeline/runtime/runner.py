@@ -34,6 +34,7 @@ from pipeline.runtime.signals import StopSignals
 from pipeline.runtime.stats import NodeStats
 from pipeline.runtime.timers import Timers
 from pipeline.transport.curve import Curve
+from pipeline.transport.endpoints import default_hwm
 from pipeline.transport.publisher import END_OF_STREAM, JOIN_S, Publisher
 from pipeline.transport.subscriber import Source, Subscriber
 from pipeline.wire.codec import decode, encode
@@ -78,10 +79,11 @@ class ProcessRuntime:
         state_dir = run_dir / "state" / node_name
         state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.publishers: dict[str, Publisher] = {}
-        for out in cls.all_outputs():
+        for out, out_cls in cls.all_outputs().items():
             t = manifest.topics[f"{node_name}/{out}"]
             self.publishers[out] = Publisher(self.ctx, f"{node_name}/{out}", t.endpoint, t.lossless_endpoint,
-                                             t.lossless_subscribers, configure=serve, run_dir=run_dir,
+                                             t.lossless_subscribers, sndhwm=default_hwm(out_cls, 100),
+                                             configure=serve, run_dir=run_dir,
                                              shm=t.shm.shm, shm_threshold=t.shm.shm_threshold,
                                              shm_slots=t.shm.shm_slots)
         # What to poll, each subscriber's sources (its socket, maybe a bell's pipe) to its input.
@@ -93,7 +95,8 @@ class ProcessRuntime:
                 raise ConfigError(f"{run_dir / 'manifest.json'}: topics.{spec.topic}: no lossless_endpoint for "
                                   f"the block input {node_name}.{inp}")
             sub = Subscriber(self.ctx, spec.topic, endpoint, spec.queue, spec.depth, configure=self._client(t),
-                             shm=t.shm.shm, run_dir=run_dir, bell=True, max_bytes=int(spec.max_mb * 2**20))
+                             shm=t.shm.shm, run_dir=run_dir, bell=True, max_bytes=int(spec.max_mb * 2**20),
+                             rcvhwm=default_hwm(cls.inputs[inp], 1000))
             for source in sub.sources:
                 self.inputs[source] = (inp, cls.inputs[inp], sub)
         self.clock_sub: Subscriber | None = None

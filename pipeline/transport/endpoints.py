@@ -16,15 +16,21 @@ from typing import Any
 import zmq
 
 from pipeline.errors import ConfigError
+from pipeline.wire.messages import Message
 
-__all__ = ["QUEUE_BYTES", "SHM_MODES", "bind", "bounded_hwm", "free_tcp_port", "ipc_endpoint", "shm_namespace",
-           "shm_wanted"]
+__all__ = ["BULK_HWM", "LOSSLESS_HWM", "QUEUE_BYTES", "SHM_MODES", "bind", "byte_hwm", "default_hwm", "free_tcp_port",
+           "ipc_endpoint", "lower_hwm", "shm_namespace", "shm_wanted"]
 
 SHM_MODES = ("auto", "on", "off")
-# What ZeroMQ may hold for one subscriber, at each end: high-water marks count messages, so once
-# messages are this large the HWM is lowered to fit (`bounded_hwm`); a stalled consumer of 2.7 MB
-# camera frames over tcp otherwise held 1,000 of them (2.7 GB) in its queue.
+# What ZeroMQ may hold for one subscriber of a lossy topic, at each end: high-water marks count
+# messages, so large messages get a lower mark (`byte_hwm`); a stalled consumer of 2.7 MB camera
+# frames over tcp otherwise held 1,000 of them (2.7 GB) in its queue.
 QUEUE_BYTES = 64 << 20
+# A lossless queue's mark at each end, fixed: its publisher waits beyond it.
+LOSSLESS_HWM = 16
+# The mark of a topic of bulk sensor data (`Message.BULK`) at each end until its first message
+# says how large they are (ROS 2's sensor-data profile keeps 5).
+BULK_HWM = 8
 _IPC_PATH_MAX = 100  # sun_path is 108 bytes on Linux
 
 
@@ -43,15 +49,28 @@ def free_tcp_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
-def bounded_hwm(sock: zmq.Socket[Any], option: int, current: int, nbytes: int, max_bytes: int) -> int:
-    """Lower `sock`'s high-water mark `option` (RCVHWM or SNDHWM) so that messages of `nbytes`
-    fill at most `max_bytes` (never below 2), and return it. libzmq (>= 4.2) applies the new mark
-    to pipes that exist already, so a connected socket need not be made again."""
-    hwm = max(2, max_bytes // max(1, nbytes))
-    if hwm >= current:
-        return current
-    sock.setsockopt(option, hwm)
-    return hwm
+def default_hwm(cls: type[Message] | None, default: int) -> int:
+    """A topic's mark before its first message: `BULK_HWM` for bulk sensor data, else `default`."""
+    return BULK_HWM if cls is not None and cls.BULK else default
+
+
+def byte_hwm(nbytes: int, max_bytes: int, current: int) -> int:
+    """The high-water mark at which messages of `nbytes` fill at most `max_bytes`: at most
+    `current`, at least 2.
+
+    libzmq applies a new mark to the pipes that exist, but lowering it on a pipe that has carried
+    messages can stop that pipe for good: its writer counts what the reader acknowledged, which the
+    reader does every half of the *old* mark, so the writer can stay "full" under the new one while
+    the reader has taken everything (libzmq issue 2509; tests/test_queue_bytes.py reaches it every
+    time). Before the first message of a pipe (a publisher) or right after it (a subscriber: one
+    read, nothing acknowledged yet) it cannot: that is when a socket lowers it (`lower_hwm` later)."""
+    return max(2, min(current, max_bytes // max(1, nbytes)))
+
+
+def lower_hwm(current: int, nbytes: int, max_bytes: int) -> int:
+    """`byte_hwm`, for a socket that then connects again to apply it (a lossy subscriber that meets
+    larger messages later): at most half of `current`, so that happens a few times at most."""
+    return byte_hwm(nbytes, max_bytes, current // 2)
 
 
 def shm_wanted(mode: str, endpoint: str) -> bool:

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import zmq
 
-from pipeline.transport.endpoints import QUEUE_BYTES, bind, bounded_hwm, shm_namespace, shm_wanted
+from pipeline.transport.endpoints import LOSSLESS_HWM, QUEUE_BYTES, bind, byte_hwm, shm_namespace, shm_wanted
 from pipeline.transport.shm import BODY, ShmWriter
 
 __all__ = ["DRAIN_S", "END_OF_STREAM", "JOIN_S", "SHM_THRESHOLD", "Publisher", "send_message"]
@@ -40,7 +40,6 @@ DRAIN_S = 60.0  # longest a finished publisher waits for its lossless subscriber
 # Longest a lossless publisher waits for its expected subscribers before its first message (what it
 # sends earlier is lost to them): a node's start can take many seconds on a loaded machine.
 JOIN_S = 60.0
-_ZMQ_HWM = 1000  # ZeroMQ's default high-water mark (the lossless socket's)
 _COPY_BELOW = zmq.COPY_THRESHOLD  # pyzmq copies smaller frames anyway (default 65536)
 # pyzmq's constants are enum.IntFlag members, whose `|` and `&` run in Python: the per-message
 # paths use plain ints.
@@ -59,7 +58,8 @@ class Publisher:
         `shm_threshold`, `shm_slots`: the shared-memory path (see the module and
         `pipeline.transport.endpoints`); `run_dir` names the segments' namespace when the
         endpoint is not an ipc socket in the run directory. `max_bytes`: what may wait for one
-        subscriber, `sndhwm` messages at most (`endpoints.bounded_hwm`)."""
+        subscriber, `sndhwm` messages at most (fewer if the first message is large:
+        `endpoints.byte_hwm`); for a lossless one `endpoints.LOSSLESS_HWM` messages."""
         self.topic = topic
         self._topic = topic.encode()
         self._shm_topic = b"\0" + self._topic
@@ -67,9 +67,8 @@ class Publisher:
         self.sock = ctx.socket(zmq.XPUB)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.setsockopt(zmq.SNDHWM, sndhwm)
-        self._hwm, self._sndhwm, self._max_bytes = sndhwm, sndhwm, max_bytes
-        self._lossless_hwm = _ZMQ_HWM
-        self._big = max_bytes // sndhwm  # from this message size on, the HWM comes down
+        self._hwm, self._max_bytes = sndhwm, max_bytes
+        self._sized = False  # whether the first message has set the mark
         if configure:
             configure(self.sock)
         bind(self.sock, endpoint)
@@ -87,6 +86,7 @@ class Publisher:
         if lossless_endpoint:
             self.lossless = ctx.socket(zmq.XPUB)
             self.lossless.setsockopt(zmq.LINGER, 0)
+            self.lossless.setsockopt(zmq.SNDHWM, LOSSLESS_HWM)
             self.lossless.setsockopt(zmq.XPUB_NODROP, 1)
             self.lossless.setsockopt(zmq.XPUB_VERBOSER, 1)  # every (un)subscribe is reported
             if configure:
@@ -99,8 +99,6 @@ class Publisher:
             event = self.lossless.recv()
             if event[:1] == b"\x01":
                 self._subscribed += 1
-                if self._lossless_hwm != _ZMQ_HWM:  # a new connection: see `_poll_prefixes`
-                    self.lossless.setsockopt(zmq.SNDHWM, self._lossless_hwm)
             elif event[:1] == b"\x00":
                 self._subscribed = max(0, self._subscribed - 1)
 
@@ -136,10 +134,6 @@ class Publisher:
                 self._prefixes.discard(event[1:])
             changed = True
         if changed:
-            if self._hwm != self._sndhwm:
-                # libzmq gives a connection made after the HWM came down the mark of bind time:
-                # set it again now that the connection's pipe exists (`endpoints.bounded_hwm`).
-                sock.setsockopt(zmq.SNDHWM, self._hwm)
             # b"" (a generic tool's subscription) matches every frame: it counts as plain.
             self._plain = any(self._topic.startswith(p) for p in self._prefixes)
             self._shm = self._shm_topic in self._prefixes
@@ -168,8 +162,8 @@ class Publisher:
             self._next_check = now + _PREFIX_CHECK_S
             self._poll_prefixes()
         parts = [self._topic, *frames]
-        if len(frames) > 1 and sum(map(len, frames)) > self._big:
-            self._bound(sum(map(len, frames)))
+        if not self._sized:
+            self._size_queues(sum(map(len, frames)))
         writer = self._writer
         # A loaned slot is rewritten later: whoever gets ZeroMQ frames of it gets a copy.
         loan = writer.loaned(frames[1:]) if writer is not None and writer.loans else -1
@@ -195,13 +189,16 @@ class Publisher:
                 self.lossless.poll(100, zmq.POLLOUT)
                 self._count_subscriptions()
 
-    def _bound(self, nbytes: int) -> None:
-        """Messages this large: lower the sockets' HWM so that one subscriber's queue holds at most
-        `max_bytes` (shared memory needs no such bound: its ring has a fixed number of slots)."""
-        hwm = bounded_hwm(self.sock, zmq.SNDHWM, self._hwm, nbytes, self._max_bytes)
-        if self.lossless is not None:
-            self._lossless_hwm = bounded_hwm(self.lossless, zmq.SNDHWM, self._lossless_hwm, nbytes, self._max_bytes)
-        self._hwm, self._big = hwm, self._max_bytes // hwm if hwm > 2 else 1 << 62
+    def _size_queues(self, nbytes: int) -> None:
+        """Before the first message: lower the mark if messages this large would fill more than
+        `max_bytes` per subscriber, while no pipe has carried anything (`endpoints.byte_hwm`).
+        Pipes made later (subscribers that join later) get the mark this socket was bound with.
+        Shared memory needs no such bound: its ring has a fixed number of slots."""
+        self._sized = True
+        hwm = byte_hwm(nbytes, self._max_bytes, self._hwm)
+        if hwm < self._hwm:
+            self._hwm = hwm
+            self.sock.setsockopt(zmq.SNDHWM, hwm)
 
     def _send_shm(self, frames: list[Any], loan: int) -> None:
         writer = self._writer

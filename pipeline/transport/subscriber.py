@@ -15,7 +15,7 @@ from typing import Any, TypeAlias, TypeVar
 
 import zmq
 
-from pipeline.transport.endpoints import QUEUE_BYTES, bounded_hwm, shm_namespace, shm_wanted
+from pipeline.transport.endpoints import LOSSLESS_HWM, QUEUE_BYTES, byte_hwm, lower_hwm, shm_namespace, shm_wanted
 from pipeline.transport.shm import BODY, Bell, ShmReader
 
 __all__ = ["Source", "Subscriber", "recv_message"]
@@ -24,6 +24,7 @@ T = TypeVar("T")
 Source: TypeAlias = "zmq.Socket[Any] | int"  # what a Subscriber asks to be polled: its socket, its bell's pipe
 # pyzmq's constants are enum.IntFlag members, whose `&` runs in Python: the per-message path uses plain ints.
 _NOBLOCK, _POLLIN, _EVENTS = int(zmq.NOBLOCK), int(zmq.POLLIN), int(zmq.EVENTS)
+_SHM_HWM = 1000
 
 
 class Subscriber:
@@ -41,24 +42,20 @@ class Subscriber:
 
     def __init__(self, ctx: zmq.Context[Any], topic: str, endpoint: str, policy: str = "block", depth: int = 10,
                  configure: Callable[[zmq.Socket[Any]], None] | None = None, *, shm: str = "auto",
-                 run_dir: Path | str | None = None, bell: bool = False, max_bytes: int = QUEUE_BYTES) -> None:
+                 run_dir: Path | str | None = None, bell: bool = False, max_bytes: int = QUEUE_BYTES,
+                 rcvhwm: int = 1000) -> None:
         """`configure` is applied to the socket before it connects (CURVE client keys). `bell`:
         over shared memory, also take messages as soon as the publisher stored them, through a
         pipe that `sources` adds to what the caller polls. `max_bytes`: what ZeroMQ may queue
-        here while the node is busy (`endpoints.bounded_hwm`; over shared memory, descriptors)."""
+        here while the node is busy, `rcvhwm` messages at most (`_size_queue`); over shared
+        memory the queue holds descriptors, 1,000 of them; a lossless queue holds
+        `endpoints.LOSSLESS_HWM` messages, its publisher waiting beyond."""
         self.topic = topic
         self.policy = policy
         self.depth = depth
         self.sock: zmq.Socket[Any] = ctx.socket(zmq.SUB)
         self.sock.setsockopt(zmq.LINGER, 0)
-        # A large receive HWM for every policy: ZeroMQ's I/O thread then moves whatever arrives
-        # into this process at once, and `drain` applies the policy to all of it (with a small
-        # HWM the backlog waited upstream, and a `latest` consumer got stale messages). Large
-        # messages lower it to `max_bytes` worth (`_bound`).
-        self.sock.setsockopt(zmq.RCVHWM, 1000)
-        self._hwm, self._max_bytes = 1000, max_bytes
-        self._big = max_bytes // 1000  # from this message size on, the HWM comes down
-        self._reapply = 0
+        self.endpoint, self._max_bytes = endpoint, max_bytes
         self.reader: ShmReader | None = None
         namespace = shm_namespace(endpoint, run_dir)
         if policy != "block" and namespace is not None and shm_wanted(shm, endpoint):
@@ -68,6 +65,16 @@ class Subscriber:
                 self.reader.enable_bell()
         else:
             self._prefix = topic.encode()
+        # A large receive HWM for a lossy policy: ZeroMQ's I/O thread then moves whatever arrives
+        # into this process at once, and `drain` applies the policy to all of it (with a small
+        # HWM the backlog waited upstream, and a `latest` consumer got stale messages, or over
+        # shared memory descriptors of slots rewritten since). Large messages lower it to
+        # `max_bytes` worth.
+        self._hwm = LOSSLESS_HWM if policy == "block" else _SHM_HWM if self.reader is not None else rcvhwm
+        self.sock.setsockopt(zmq.RCVHWM, self._hwm)
+        # From this message size on, `_size_queue` looks: at the first message, any size. Over shared
+        # memory never: large messages come inline only while every slot is held, rarely.
+        self._big = 0 if self.reader is None else 1 << 62
         self.sock.setsockopt(zmq.SUBSCRIBE, self._prefix)
         if configure:
             configure(self.sock)
@@ -165,8 +172,8 @@ class Subscriber:
                 frames: Any = recv_message(sock, _NOBLOCK)
             except zmq.Again:
                 break
-            if len(frames) > 2 and sum(map(len, frames)) > self._big:
-                self._bound(sum(map(len, frames)))
+            if not self._big or len(frames) > 2 and sum(map(len, frames)) > self._big:
+                self._size_queue(sum(map(len, frames)))
             if reader is not None and len(frames) == 1:
                 frames = frames[0].bytes[skip:]  # the body, resolved by `_resolve`
                 if belled and len(frames) >= BODY.size and BODY.unpack_from(frames)[0] <= reader.last_seq:
@@ -178,17 +185,27 @@ class Subscriber:
                 self.dropped += 1
         if reader is not None and received:
             self._resolve(q, min(received, len(q)), settle)
-        if self._hwm < 1000 and received:
-            self._reapply -= received
-            if self._reapply <= 0:
-                # libzmq gives a new connection (a respawned publisher) the mark of connect time: set it again
-                self._reapply = 1000
-                sock.setsockopt(zmq.RCVHWM, self._hwm)
         return q
 
-    def _bound(self, nbytes: int) -> None:
-        hwm = bounded_hwm(self.sock, zmq.RCVHWM, self._hwm, nbytes, self._max_bytes)
-        self._hwm, self._big = hwm, self._max_bytes // hwm if hwm > 2 else 1 << 62
+    def _size_queue(self, nbytes: int) -> None:
+        """Lower the mark so that messages this large fill at most `max_bytes`: right after the
+        first message, in place (`endpoints.byte_hwm` says why only then); later, for a lossy
+        queue, by connecting again, which loses what was on the way, as a lossy queue may (the
+        runner counts the gap in `seq`). A lossless queue keeps its mark later."""
+        first = not self._big
+        if first:
+            hwm = byte_hwm(nbytes, self._max_bytes, self._hwm)
+            if hwm < self._hwm:
+                self.sock.setsockopt(zmq.RCVHWM, hwm)
+        elif self.policy == "block":
+            hwm = self._hwm
+        else:
+            hwm = lower_hwm(self._hwm, nbytes, self._max_bytes)
+            self.sock.disconnect(self.endpoint)
+            self.sock.setsockopt(zmq.RCVHWM, hwm)
+            self.sock.connect(self.endpoint)
+        self._hwm = hwm
+        self._big = self._max_bytes // hwm if hwm > 2 and self.policy != "block" else 1 << 62
 
     def _ring(self, settle: bool) -> deque[Any]:
         """The bell rang: queue the messages stored since the last one taken, from shared memory."""
@@ -230,6 +247,7 @@ class Subscriber:
         self.sock.setsockopt(zmq.UNSUBSCRIBE, self._prefix)
         self._prefix = self.topic.encode()
         self.sock.setsockopt(zmq.SUBSCRIBE, self._prefix)
+        self._big = self._max_bytes // self._hwm  # large messages come inline now: `_size_queue`
         assert self.reader is not None
         # The bell stays open (unrung: no publisher got it) while the caller may still poll it.
         self._idle_bell, self.reader.bell = self.reader.bell, None

@@ -6,12 +6,12 @@ endpoint unless told otherwise, so watching never slows the graph down.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from typing import Any
 
 import zmq
 
-from pipeline.transport.endpoints import QUEUE_BYTES, bounded_hwm
+from pipeline.transport.endpoints import LOSSLESS_HWM, QUEUE_BYTES, byte_hwm, lower_hwm
 
 __all__ = ["Tap"]
 
@@ -22,24 +22,31 @@ class Tap:
     """SUB sockets on `endpoints` (topic -> endpoint)."""
 
     def __init__(self, endpoints: dict[str, str], rcvhwm: int = 1000,
-                 configure: Callable[[zmq.Socket[Any], str], None] | None = None, max_bytes: int = QUEUE_BYTES) -> None:
+                 configure: Callable[[zmq.Socket[Any], str], None] | None = None, max_bytes: int = QUEUE_BYTES,
+                 lossless: Collection[str] = ()) -> None:
         """`configure(sock, topic)` runs before a socket connects (CURVE client keys); each socket
-        queues `rcvhwm` messages, at most `max_bytes` worth (`endpoints.bounded_hwm`)."""
+        queues `rcvhwm` messages, at most `max_bytes` worth, or for the `lossless` topics (their
+        lossless endpoints) `endpoints.LOSSLESS_HWM` messages (as `Subscriber._size_queue`)."""
         self.ctx = zmq.Context()
         self.max_bytes = max_bytes
+        self.lossless = frozenset(lossless)
         self._hwm: dict[Any, int] = {}
+        self._big: dict[Any, int] = {}  # from this message size on, `_size_queue` looks (0: the first message)
+        self._endpoint: dict[Any, str] = {}
         self.poller = zmq.Poller()
         self.topics: dict[Any, str] = {}
         for topic, endpoint in endpoints.items():
             s = self.ctx.socket(zmq.SUB)
             s.setsockopt(zmq.LINGER, 0)
-            s.setsockopt(zmq.RCVHWM, rcvhwm)
+            self._hwm[s] = LOSSLESS_HWM if topic in self.lossless else rcvhwm
+            self._big[s] = 0
+            s.setsockopt(zmq.RCVHWM, self._hwm[s])
             s.setsockopt(zmq.SUBSCRIBE, topic.encode())
             if configure is not None:
                 configure(s, topic)
             s.connect(endpoint)
             self.topics[s] = topic
-            self._hwm[s] = rcvhwm
+            self._endpoint[s] = endpoint
             self.poller.register(s, zmq.POLLIN)
 
     def poll(self, timeout_ms: int) -> Iterator[tuple[str, list[zmq.Frame]]]:
@@ -51,9 +58,26 @@ class Tap:
                     frames = s.recv_multipart(zmq.NOBLOCK, copy=False)
                 except zmq.Again:
                     break
-                if len(frames) > 2 and (n := sum(map(len, frames))) * self._hwm[s] > self.max_bytes:
-                    self._hwm[s] = bounded_hwm(s, zmq.RCVHWM, self._hwm[s], n, self.max_bytes)
+                if not self._big[s] or len(frames) > 2 and sum(map(len, frames)) > self._big[s]:
+                    self._size_queue(s, sum(map(len, frames)))
                 yield topic, frames
+
+    def _size_queue(self, s: zmq.Socket[Any], nbytes: int) -> None:
+        """As `Subscriber._size_queue`: in place after the first message, later by connecting again."""
+        lossless = self.topics[s] in self.lossless
+        if not self._big[s]:
+            hwm = byte_hwm(nbytes, self.max_bytes, self._hwm[s])
+            if hwm < self._hwm[s]:
+                s.setsockopt(zmq.RCVHWM, hwm)
+        elif lossless:
+            hwm = self._hwm[s]
+        else:
+            hwm = lower_hwm(self._hwm[s], nbytes, self.max_bytes)
+            s.disconnect(self._endpoint[s])
+            s.setsockopt(zmq.RCVHWM, hwm)
+            s.connect(self._endpoint[s])
+        self._hwm[s] = hwm
+        self._big[s] = self.max_bytes // hwm if hwm > 2 and not lossless else 1 << 62
 
     def unsubscribe(self, topic: str) -> None:
         """Stop taking `topic` (on a lossless endpoint this tells its publisher we have it all)."""

@@ -78,6 +78,8 @@ class Message:
 
     SCHEMA: ClassVar[str] = ""
     VERSION: ClassVar[int] = 1
+    # Sensor data of any size (camera frames, 3D clouds): queues hold fewer of them (`endpoints.BULK_HWM`).
+    BULK: ClassVar[bool] = False
     ARRAYS: ClassVar[dict[str, ArraySpec]]
     SCALARS: ClassVar[dict[str, type]]
 
@@ -236,6 +238,7 @@ class Image(Message):
     """A camera image, `data` is uint8[height, width, channels]."""
 
     SCHEMA = "drivecast/Image"
+    BULK = True
     encoding: str = "rgb8"
     data: np.ndarray = array("uint8", "H", "W", "C")
 
@@ -246,6 +249,7 @@ class PointCloud(Message):
     """Points as float32[N, len(fields)]; `fields` names the columns ("x,y,z,intensity")."""
 
     SCHEMA = "drivecast/PointCloud"
+    BULK = True
     fields: str = "x,y,z"
     points: np.ndarray = array("float32", "N", "F")
 
