@@ -161,15 +161,17 @@ def test_every_slot_held_by_the_node_makes_the_publisher_send_inline_not_wait(
 
 
 _FULL_SPEED_PUBLISHER = textwrap.dedent("""
-    import sys, time, zmq, numpy as np
+    import sys, threading, time, zmq, numpy as np
     from pipeline.wire.codec import encode
     from pipeline.wire.messages import Image
     from pipeline.transport.publisher import Publisher
     ctx = zmq.Context()
     pub = Publisher(ctx, "cam/image", sys.argv[1], shm="on", shm_slots=4)
+    stop = threading.Event()  # set when the test closes our stdin, or after the hard limit
+    threading.Thread(target=lambda: (sys.stdin.read(), stop.set()), daemon=True).start()
     print("ready", flush=True)
     end, seq, longest = time.monotonic() + float(sys.argv[2]), 0, 0.0
-    while time.monotonic() < end:
+    while not stop.is_set() and time.monotonic() < end:
         seq += 1
         msg = Image(data=np.full((256, 1024, 1), seq & 0xFF, dtype=np.uint8), seq=seq)
         t0 = time.monotonic()
@@ -187,7 +189,8 @@ def _subscriber(*args: Any, **kwargs: Any) -> Subscriber:
 
 def _child(code: str, *args: str) -> subprocess.Popen[str]:
     return subprocess.Popen([sys.executable, "-c", code, *args], cwd=REPO, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            start_new_session=True)
 
 
 def _kill(proc: subprocess.Popen[str]) -> None:
@@ -206,11 +209,12 @@ def test_a_slow_subscriber_of_a_full_speed_publisher_never_gets_a_torn_frame(
     poller.register(sub.sock, zmq.POLLIN)
     if bell:
         poller.register(sub.bell_fd, zmq.POLLIN)
-    proc = _child(_FULL_SPEED_PUBLISHER, endpoint, "2.0")
+    proc = _child(_FULL_SPEED_PUBLISHER, endpoint, "30")
     try:
         delivered, torn, out_of_order, last = 0, 0, 0, 0
         end = time.monotonic() + 20
-        while proc.poll() is None and time.monotonic() < end:
+        # Run until enough frames came through, not for a fixed time: a loaded CI machine is slow.
+        while delivered < 60 and proc.poll() is None and time.monotonic() < end:
             ready = dict(poller.poll(100))
             if not ready:
                 continue
@@ -226,7 +230,7 @@ def test_a_slow_subscriber_of_a_full_speed_publisher_never_gets_a_torn_frame(
                 last = msg.seq
                 delivered += 1
                 del msg
-        out = proc.communicate(timeout=10)[0]
+        out = proc.communicate(input="", timeout=10)[0]
     finally:
         _kill(proc)
     assert "sent" in out, out
