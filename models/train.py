@@ -31,37 +31,53 @@ from models.datasets import DATASETS, load_scenes
 from models.evaluate import TorchStepper, evaluate
 from models.train_config import TrainConfig, TrainError, filled, parse_config, with_dataset_defaults
 from models.train_data import TrainData, load_data, pad_batch, train_batches, val_set, window_batch
+from models.train_ddp import Shard, train_data_parallel
 from models.train_sweep import Run, config_argv, fold_plan, run_and_collect, sweep, write_table
 from models.trajectory import ModelConfig, TrajectoryModel, average_models, load_checkpoint, save_checkpoint
 
-__all__ = ["init_head_cv", "main", "masked_ade_loss"]
+__all__ = ["fit", "init_head_cv", "main", "masked_ade_loss"]
 
 
 def main(argv: list[str]) -> int:
     """`drivecast train`: one run, with --seeds / --mirror-average their merged average, with --fold all or
-    --grid a sweep of runs and their table (models/train_sweep.py); the exit code."""
-    # -- config (models/train_config.py), then the data (models/train_data.py)
+    --grid a sweep of runs and their table (models/train_sweep.py), with --workers one run data-parallel
+    on Ray Train (models/train_ddp.py); the exit code."""
     try:
         cfg = parse_config(argv)
         if fold_plan(cfg) is not None or cfg.grid:
             return sweep(main, cfg, _out_dir(cfg))
         if cfg.seeds > 1 or cfg.mirror_average:
             return _train_average(cfg, argv)
+        if cfg.workers > 1:
+            return train_data_parallel(cfg, argv, _out_dir(cfg), fit)
         if cfg.ray is not None:
             raise TrainError(f"--ray {cfg.ray}: one run has nothing to spread over Ray: with --seeds N, --fold all "
-                             "or --grid each run is a Ray task", 2)
+                             "or --grid each run is a Ray task, with --workers N a Ray Train worker", 2)
+    except TrainError as exc:
+        print(f"ERROR: {exc}", file=sys.stderr)
+        return exc.exit_code
+    return fit(cfg, argv)
+
+
+def fit(cfg: TrainConfig, argv: list[str], shard: Shard | None = None) -> int:
+    """One run, or with `shard` this worker's part of a data-parallel one; the exit code."""
+    lead = shard is None or shard.lead   # the worker that validates, saves and prints
+    # -- config (models/train_config.py), then the data (models/train_data.py)
+    try:
         cfg = with_dataset_defaults(cfg)
         _seed_everything(cfg)
-        rng = random.Random(cfg.seed)
+        rng = random.Random(cfg.seed)   # the same batches on every worker of a data-parallel run
         t_start = time.time()
         data = load_data(cfg)
     except TrainError as exc:
         print(f"ERROR: {exc}", file=sys.stderr)
         return exc.exit_code
-    print(data.summary(time.time() - t_start))
+    if lead:
+        print(data.summary(time.time() - t_start))
 
     # -- model: the optimiser trains the raw weights; their moving average (EMA) is validated and saved
     model = _new_model(cfg, data)
+    net = model if shard is None else shard.wrap(model)   # what the batches go through
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     # averaged weights: SGD noise on small data moves validation ADE by several percent epoch to epoch
     ema = [p.detach().clone() for p in model.parameters()] if cfg.ema > 0 else None
@@ -69,22 +85,32 @@ def main(argv: list[str]) -> int:
     # -- the loop: an epoch of training, then validation; each new best writes the checkpoint
     best, best_epoch, best_res, history = math.inf, -1, {}, []
     for epoch in range(filled(cfg.epochs)):
-        train_loss = _train_epoch(model, opt, ema, data, cfg, rng, epoch)
-        _swap_ema(model, ema)   # validate and save the averaged weights; train on with the raw ones
-        res = _validate(model, data)
-        history.append(_epoch_entry(epoch, train_loss, res, t_start))
-        score = 0.5 * (res["model"]["ade"] + res["stream"]["ade"])
-        print(_epoch_line(epoch, train_loss, res, data.cv_k, improved=score < best), flush=True)
-        if score < best:
-            best, best_epoch, best_res = score, epoch + 1, res
-            metrics = _metrics(cfg, argv, res, data.cv_k, data.cv_scores, history, best_epoch, t_start)
-            _save(cfg, model, metrics, data, epoch)
-        _swap_ema(model, ema)
-        if _should_stop(cfg, epoch, best_epoch, t_start):
+        train_loss = _train_epoch(net, opt, ema, data, cfg, rng, epoch, shard)
+        stop = False
+        if lead:
+            _swap_ema(model, ema)   # validate and save the averaged weights; train on with the raw ones
+            res = _validate(model, data)
+            history.append(_epoch_entry(epoch, train_loss, res, t_start))
+            score = 0.5 * (res["model"]["ade"] + res["stream"]["ade"])
+            print(_epoch_line(epoch, train_loss, res, data.cv_k, improved=score < best), flush=True)
+            if score < best:
+                best, best_epoch, best_res = score, epoch + 1, res
+                metrics = _metrics(cfg, argv, res, data.cv_k, data.cv_scores, history, best_epoch, t_start)
+                _save(cfg, model, metrics, data, epoch)
+            _swap_ema(model, ema)
+            stop = _should_stop(cfg, epoch, best_epoch, t_start)
+        if shard is not None:
+            stop = shard.agree(stop)
+        if stop:
             break
+    steps = None if shard is None else shard.gather(shard.steps)
+    if not lead:
+        return 0
 
     # -- the best epoch's metrics, next to its checkpoint
     metrics = _metrics(cfg, argv, best_res, data.cv_k, data.cv_scores, history, best_epoch, t_start)
+    if steps is not None:
+        metrics["data_parallel"] = {"workers": len(steps), "optimizer_steps": steps}
     metrics_path = _write_metrics(cfg, metrics)
     print(f"best epoch {best_epoch}: val window {best_res['model']['ade']:.3f}/{best_res['model']['fde']:.3f}, "
           f"stream {best_res['stream']['ade']:.3f}/{best_res['stream']['fde']:.3f}, CV {best_res['cv']['ade']:.3f}/"
@@ -163,7 +189,7 @@ def _lr_at(it: int, total: int, lr: float) -> float:
     return lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, (it - warm) / max(1, total - warm)))))
 
 
-def _update(model: TrajectoryModel, opt: torch.optim.Optimizer, ema: list[torch.Tensor] | None,
+def _update(model: torch.nn.Module, opt: torch.optim.Optimizer, ema: list[torch.Tensor] | None,
             loss: torch.Tensor, cfg: TrainConfig) -> None:
     """One optimiser step, the gradient norm clipped against exploding gradients through time; the EMA follows."""
     opt.zero_grad(set_to_none=True)
@@ -186,26 +212,34 @@ def _swap_ema(model: TrajectoryModel, ema: list[torch.Tensor] | None) -> None:
                 e.copy_(tmp)
 
 
-def _train_epoch(model: TrajectoryModel, opt: torch.optim.Optimizer, ema: list[torch.Tensor] | None,
-                 data: TrainData, cfg: TrainConfig, rng: random.Random, epoch: int) -> float:
-    """One pass over the training tracks (and a window batch per track batch); the mean track loss."""
+def _train_epoch(model: torch.nn.Module, opt: torch.optim.Optimizer, ema: list[torch.Tensor] | None,
+                 data: TrainData, cfg: TrainConfig, rng: random.Random, epoch: int, shard: Shard | None) -> float:
+    """One pass over the training tracks (and a window batch per track batch); the mean track loss (of
+    this worker's rows, with a `shard`)."""
     epochs, bptt = filled(cfg.epochs), filled(cfg.bptt)
     sign = None if cfg.no_mirror else mirror_sign(data.spec)
     lengths = ~flag_mask(data.spec)
     model.train()
     batches = train_batches(data.seqs, filled(cfg.batch), rng)
     total = epochs * len(batches)   # every epoch has the same number of batches
-    bar = tqdm(batches, desc=f"epoch {epoch + 1}/{epochs}", disable=cfg.no_progress, leave=False)
+    bar = tqdm(batches, desc=f"epoch {epoch + 1}/{epochs}", disable=cfg.no_progress or not (shard is None or shard.lead),
+               leave=False)
     run_loss, run_n = 0.0, 0
     for i, group in enumerate(bar):
         for g in opt.param_groups:
             g["lr"] = _lr_at(epoch * len(batches) + i, total, cfg.lr)
         x, y, m = pad_batch(group, sign, lengths, cfg.speed_aug, rng)
+        if shard is not None:
+            if len(group) < shard.world:
+                continue   # a worker would get no row: every worker skips it alike
+            x, y, m = shard.rows(x, y, m)
         h = c = None
         for t0 in range(0, x.shape[1], bptt):
             pred, h, c = model(x[:, t0: t0 + bptt], h, c)
             loss = masked_ade_loss(pred, y[:, t0: t0 + bptt], m[:, t0: t0 + bptt])
             _update(model, opt, ema, loss, cfg)
+            if shard is not None:
+                shard.steps += 1
             # truncated BPTT: keep the state, cut the graph
             h = h.detach()
             c = c.detach() if c is not None else None
@@ -213,9 +247,13 @@ def _train_epoch(model: TrajectoryModel, opt: torch.optim.Optimizer, ema: list[t
             run_n += len(group)
         if data.windows is not None:
             wx, wy = window_batch(data.windows, cfg.window_batch, sign, lengths, cfg.speed_aug, rng)
+            if shard is not None:
+                wx, wy = shard.rows(wx, wy)
             pred, _, _ = model(wx)
             loss = cfg.window_weight * masked_ade_loss(pred[:, -1], wy, torch.ones(wy.shape[:2]))
             _update(model, opt, ema, loss, cfg)
+            if shard is not None:
+                shard.steps += 1
         bar.set_postfix(loss=f"{run_loss / max(run_n, 1):.4f}")
     return run_loss / max(run_n, 1)
 

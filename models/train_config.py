@@ -94,6 +94,7 @@ class TrainConfig:
     seeds: int
     jobs: int | None        # None: 1 in this process; with --ray one per CPU (local) or the cluster's CPUs
     ray: str | None         # None: no Ray; "local": a Ray instance of this run's own; else the cluster's address
+    workers: int            # > 1: one run, data-parallel over this many Ray Train workers (models/train_ddp.py)
     grid: list[str]
     mirror_average: bool
     threads: int
@@ -162,6 +163,10 @@ def parser() -> argparse.ArgumentParser:
                    help="run the runs of --seeds, --fold all or --grid as Ray tasks (one CPU each): on a local Ray "
                         "of this command's own, or with auto / HOST:PORT / ray://HOST:PORT on that cluster (data "
                         "and --out at the same paths on every node); needs the ray package")
+    p.add_argument("--workers", type=int, default=1,
+                   help="train one model data-parallel on this many Ray Train workers (each takes 1/N of every "
+                        "batch, gradients averaged with gloo on CPU), on a local Ray or the --ray cluster; "
+                        "needs the ray package")
     p.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
                    help="train every combination of these values (repeatable), e.g. --grid hidden=64,128 "
                         "--grid lr=1e-3,3e-3, each under OUT/<key><value>.../, into one table (OUT/grid.csv)")
@@ -178,8 +183,12 @@ def parser() -> argparse.ArgumentParser:
 def parse_config(argv: list[str]) -> TrainConfig:
     """The flags in `argv` as a TrainConfig; argparse itself exits with code 2 on a malformed flag."""
     cfg = TrainConfig(**vars(parser().parse_args(argv)))
-    if cfg.seeds < 1 or (cfg.jobs is not None and cfg.jobs < 1):
-        raise TrainError(f"--seeds {cfg.seeds} --jobs {cfg.jobs}: expected at least 1 each", 2)
+    if cfg.seeds < 1 or cfg.workers < 1 or (cfg.jobs is not None and cfg.jobs < 1):
+        raise TrainError(f"--seeds {cfg.seeds} --jobs {cfg.jobs} --workers {cfg.workers}: expected at least 1 each", 2)
+    if cfg.workers > 1 and (cfg.seeds > 1 or cfg.mirror_average or cfg.grid or cfg.fold in ("all", "each")
+                            or (cfg.fold or "").startswith("all/")):
+        raise TrainError(f"--workers {cfg.workers}: data-parallel training is for one run, not with --seeds, "
+                         "--mirror-average, --grid or --fold all/each", 2)
     if cfg.ray is not None and not _RAY_ADDRESS.match(cfg.ray):
         raise TrainError(f"--ray {cfg.ray}: expected auto, local, HOST:PORT or ray://HOST:PORT", 2)
     if cfg.topic is not None and cfg.dataset not in DRIVE_DATASETS:

@@ -51,7 +51,7 @@ from models.train_config import TrainConfig, TrainError, parser
 from pipeline.fleet.backends import close_pool
 
 __all__ = ["Run", "collect", "config_argv", "fold_plan", "grid_points", "pooled", "run_all", "run_and_collect", "run_one",
-           "sweep", "sweep_runs", "write_table"]
+           "start_ray", "sweep", "sweep_runs", "write_table"]
 
 Main = Callable[[list[str]], int]
 Rows = Generator[dict[str, Any], None, None]   # closing it ends the workers
@@ -294,25 +294,31 @@ def _run_pool(main: Main, runs: list[Run], jobs: int) -> Rows:
 
 
 def _run_ray(main: Main, runs: list[Run], jobs: int | None, address: str | None) -> Rows:
+    ray, started = start_ray(address, jobs or min(os.cpu_count() or 1, len(runs)), log_to_driver=False)
+    return _ray_rows(ray, main, runs, jobs, started)
+
+
+def start_ray(address: str | None, cpus: int, log_to_driver: bool) -> tuple[Any, bool]:
+    """The ray module, joined to `address` (None: a local Ray of `cpus` CPUs started here), and
+    whether this call started it (the caller then shuts it down)."""
     import logging
 
     try:
         import ray  # only here: `drivecast train` without --ray never loads Ray
     except ModuleNotFoundError:
-        raise TrainError("--ray needs the ray package: pip install 'drivecast[fleet]'", 2) from None
-    started = not ray.is_initialized()
-    if started:
-        cpus = jobs or min(os.cpu_count() or 1, len(runs))
-        handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-        try:
-            ray.init(address=address, num_cpus=cpus if address is None else None, include_dashboard=False,
-                     log_to_driver=False, logging_level=logging.WARNING)
-        except (ConnectionError, RuntimeError, ValueError) as exc:
-            raise TrainError(f"--ray {address or 'local'}: cannot start or join Ray: {exc}", 2) from None
-        for s, h in handlers.items():   # Ray installs its own SIGTERM handler: ours decides how to stop
-            if h is not None:
-                signal.signal(s, h)
-    return _ray_rows(ray, main, runs, jobs, started)
+        raise TrainError("--ray and --workers need the ray package: pip install 'drivecast[fleet]'", 2) from None
+    if ray.is_initialized():
+        return ray, False
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        ray.init(address=address, num_cpus=cpus if address is None else None, include_dashboard=False,
+                 log_to_driver=log_to_driver, logging_level=logging.WARNING)
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        raise TrainError(f"--ray {address or 'local'}: cannot start or join Ray: {exc}", 2) from None
+    for s, h in handlers.items():   # Ray installs its own SIGTERM handler: ours decides how to stop
+        if h is not None:
+            signal.signal(s, h)
+    return ray, True
 
 
 def _ray_rows(ray: Any, main: Main, runs: list[Run], jobs: int | None, started: bool) -> Rows:

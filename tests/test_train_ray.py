@@ -161,6 +161,8 @@ def test_eth_ucy_fold_each_runs_every_named_fold_and_a_failing_one_is_a_row(eth:
     (["--dataset", "argoverse", "--grid", "reverse=on,maybe"], "--reverse takes on or off, got 'maybe'"),
     (["--dataset", "argoverse", "--ray"], "one run has nothing to spread over Ray"),
     (["--dataset", "argoverse", "--seeds", "2", "--ray", "no address"], "expected auto, local, HOST:PORT"),
+    (["--dataset", "argoverse", "--seeds", "2", "--workers", "2"], "data-parallel training is for one run"),
+    (["--dataset", "argoverse", "--workers", "0"], "--workers 0: expected at least 1 each"),
 ])
 def test_a_bad_sweep_flag_exits_2_with_what_was_expected(args: list[str], expected: str, tmp_path: Path,
                                                          capsys: pytest.CaptureFixture[str]) -> None:
@@ -224,6 +226,40 @@ def test_seeds_on_ray_merge_into_the_weights_of_seeds_in_a_row(eth: Path, tmp_pa
     b = load_checkpoint(tmp_path / "ray" / "best.pt")[0].state_dict()
     assert all(torch.equal(v, b[k]) for k, v in a.items())
     assert [r["run"] for r in _table(tmp_path / "ray" / "seeds.csv")] == ["seed0", "seed1"]
+
+
+@pytest.mark.timeout(240)   # a worker with one chunk fewer than the other leaves DDP waiting for ever
+def test_workers_train_one_model_data_parallel_on_ray_train(eth: Path, tmp_path: Path, local_ray: Any,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """Tracks of 22 to 30 samples: each batch is split across the two workers after it is padded whole,
+    so both take the same optimiser steps; the checkpoint is an ordinary one that exports and runs."""
+    from export.runtime.step_model import StepModel
+    from export.torch_export.onnx_export import export_onnx
+    from models.trajectory import load_checkpoint
+
+    out = tmp_path / "ddp"
+    t0 = time.monotonic()
+    assert train.main(["--dataset", "eth_ucy", "--data", str(eth), "--fold", "aa", "--epochs", "2", "--hidden", "8",
+                       "--batch", "4", "--no-progress", "--workers", "2", "--out", str(out)]) == 0
+    print(f"--workers 2: {time.monotonic() - t0:.1f} s", file=sys.stderr)
+    shown = capsys.readouterr().out   # worker 0's lines, once each, as a one-process run prints them
+    assert shown.count("epoch 1: loss") == 1 and "best epoch" in shown and shown == (out / "train.log").read_text()
+    metrics = json.loads((out / "best.metrics.json").read_text())
+    steps = metrics["data_parallel"]["optimizer_steps"]
+    assert metrics["data_parallel"]["workers"] == 2 and steps[0] == steps[1] > 0, metrics["data_parallel"]
+    assert "--workers 2" in metrics["command"] and len(metrics["history"]) == 2
+    model = load_checkpoint(out / "best.pt")[0]
+    onnx = export_onnx(out / "best.pt", tmp_path / "ddp.onnx")[0]
+    assert StepModel(onnx).meta.hidden == model.cfg.hidden == 8
+    assert local_ray.is_initialized()   # a Ray this process started is left to its owner
+
+
+def test_a_failing_data_parallel_run_exits_1_with_the_workers_reason(tmp_path: Path, local_ray: Any,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    assert train.main(["--dataset", "eth_ucy", "--data", str(tmp_path / "nope"), "--fold", "aa", *TINY,
+                       "--workers", "2", "--out", str(tmp_path / "out")]) == 1
+    assert capsys.readouterr().err.strip().endswith(f"data directory '{tmp_path / 'nope'}' does not exist or is not "
+                                                    "a directory")
 
 
 # -- Ctrl-C ------------------------------------------------------------------------------------------------------------
