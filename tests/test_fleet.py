@@ -56,6 +56,28 @@ class Crash(Node):
             os._exit(3)
 
 
+class Hang(Node):
+    """Never returns from a Tracks message stamped after `after_s` (an endless loop in a node)."""
+
+    class Params(NodeParams):
+        after_s: float = 8.0
+
+    inputs = {"tracks": Tracks}
+
+    def on_tracks(self, msg: Tracks) -> None:
+        while msg.stamp_ns > START_NS + self.params.after_s * 1e9:
+            time.sleep(0.05)  # the node's endless loop, not a wait in the test
+
+
+class Slow(Node):
+    """Takes 50 ms per Tracks message: a 6 s drive replays in 3 s."""
+
+    inputs = {"tracks": Tracks}
+
+    def on_tracks(self, msg: Tracks) -> None:
+        time.sleep(0.05)  # the node's work, not a wait in the test
+
+
 def _graph(tmp: Path, run: str) -> Path:
     path = tmp / "graph.yaml"
     path.write_text(f"nodes:\n  n: {{run: '{run}', inputs: {{tracks: sim/tracks}}}}\n"
@@ -154,6 +176,38 @@ def test_a_drive_that_kills_its_worker_is_blamed_alone(drives: Path, tmp_path: P
     rows = {Path(r["drive"]).name: r for r in _table(tmp_path / "r" / "drives.csv")}
     assert len(rows) == 5 and rows["sim-seed200.mcap"]["error"].startswith("its worker process died")
     assert [n for n, r in rows.items() if r["status"] != "ok"] == ["sim-seed200.mcap"]
+
+
+@pytest.fixture(scope="module")
+def one_long(drives: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The four drives of 6 s and one of 12 s: only that one reaches the Crash and Hang nodes' 8 s."""
+    mixed = tmp_path_factory.mktemp("mixed")
+    shutil.copytree(drives, mixed, dirs_exist_ok=True)
+    _record(mixed, 200, 1, minutes=0.2)
+    return mixed
+
+
+@pytest.mark.parametrize("backend", [["--workers", "2"], ["--ray", "--workers", "2"]], ids=["pool", "ray"])
+def test_a_drive_past_the_timeout_is_ended_and_the_rest_are_reported(
+        one_long: Path, tmp_path: Path, request: pytest.FixtureRequest, backend: list[str]) -> None:
+    if "--ray" in backend:
+        request.getfixturevalue("local_ray")
+    graph = _graph(tmp_path, "tests.test_fleet:Hang")
+    t0 = time.monotonic()
+    assert fleet(["eval", "--graph", str(graph), "-q", str(one_long), *backend, "--timeout", "5",
+                  "-o", str(tmp_path / "r")]) == 1
+    assert time.monotonic() - t0 < 60   # not for ever
+    rows = {Path(r["drive"]).name: r for r in _table(tmp_path / "r" / "drives.csv")}
+    assert len(rows) == 5 and [n for n, r in rows.items() if r["status"] != "ok"] == ["sim-seed200.mcap"]
+    assert rows["sim-seed200.mcap"]["error"] == "timed out: still running after 5 s (--timeout)"
+
+
+def test_in_this_process_the_timeout_ends_a_drive_between_messages(drives: Path, tmp_path: Path) -> None:
+    graph = _graph(tmp_path, "tests.test_fleet:Slow")
+    assert fleet(["eval", "--graph", str(graph), "-q", str(drives / "sim-seed100.mcap"), "--workers", "1",
+                  "--timeout", "1", "-o", str(tmp_path / "r")]) == 1
+    [row] = _table(tmp_path / "r" / "drives.csv")
+    assert row["status"] == "error" and row["error"] == "timed out: still running after 1 s (--timeout)"
 
 
 def test_resume_skips_the_drives_the_report_has(drives: Path, tmp_path: Path,

@@ -94,13 +94,16 @@ def _backend(args: argparse.Namespace, tasks: list[DriveTask], workers: int,
              stop: Callable[[], bool]) -> tuple[Generator[dict[str, Any], None, None], str]:
     from pipeline.fleet import backends
 
+    timeout = args.timeout or None
+
     if args.ray is not None:
         address = None if args.ray == "local" else args.ray
         where = "on a local Ray instance" if address is None else f"on the Ray cluster at {address}"
-        return backends.run_ray(tasks, workers, stop, address), f"{where}, {workers or 'all its'} workers"
+        return (backends.run_ray(tasks, workers, stop, address, timeout),
+                f"{where}, {workers or 'all its'} workers")
     if workers == 1:
-        return backends.run_sequential(tasks, stop), "in this process (sequential)"
-    return backends.run_pool(tasks, workers, stop), f"on a local pool of {workers} processes"
+        return backends.run_sequential(tasks, stop, timeout), "in this process (sequential)"
+    return backends.run_pool(tasks, workers, stop, timeout), f"on a local pool of {workers} processes"
 
 
 def _preflight(drive: Path, graph: Graph, opts: PlayOptions) -> None:
@@ -122,6 +125,8 @@ def _eval(args: argparse.Namespace) -> int:
     try:
         if args.workers is not None and args.workers < 1:
             raise ConfigError(f"--workers: expected at least 1, got {args.workers}")
+        if not args.timeout >= 0:
+            raise ConfigError(f"--timeout: expected seconds >= 0 (0: no limit), got {args.timeout}")
         if args.ray is not None and not _ADDRESS.match(args.ray):
             raise ConfigError(f"--ray {args.ray}: expected auto, local, HOST:PORT or ray://HOST:PORT (DRIVES go "
                               "before --ray, or write --ray local)")
@@ -201,6 +206,9 @@ def main(argv: list[str]) -> int:
                         "1 without --ray: in this process")
     e.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
                    help="run on Ray: a local instance for this run, or `auto` / an address to join a cluster")
+    e.add_argument("--timeout", type=float, default=3600.0, metavar="S",
+                   help="wall seconds a drive may take before it is ended and reported as an error (default "
+                        "3600; 0: no limit); with --workers 1 checked between messages only")
     e.add_argument("--resume", action="store_true", help="skip the drives REPORT_DIR already reports as evaluated")
     e.add_argument("--remap", action="append", default=[], metavar="FROM:=TO",
                    help="feed a recorded topic as another (e.g. argoverse/tracks:=sim/tracks); repeatable")

@@ -1,21 +1,24 @@
 """Where the drives of a fleet evaluation run: one worker API, three back-ends (the nuPlan devkit pattern).
 
-Each back-end is `run_*(tasks, workers, stop) -> Iterator[dict]`: it runs `drive.eval_drive` on
-every task and yields each result as its drive finishes (in finishing order, not task order), until
-all are done or `stop()` turns true. Closing the iterator (or `stop()`) ends every worker: results
-not yet yielded are lost, nothing keeps running behind the caller's back.
+Each back-end is `run_*(tasks, workers, stop, timeout_s) -> Iterator[dict]`: it runs
+`drive.eval_drive` on every task and yields each result as its drive finishes (in finishing order,
+not task order), until all are done or `stop()` turns true. Closing the iterator (or `stop()`) ends
+every worker: results not yet yielded are lost, nothing keeps running behind the caller's back. A
+drive still running after `timeout_s` (None: no limit) is ended and becomes an error row.
 
-- `run_sequential`: in this process, one drive after the other (`--workers 1`). A stop interrupts
-  the drive being replayed at its next message.
+- `run_sequential`: in this process, one drive after the other (`--workers 1`). A stop, or the
+  timeout, interrupts the drive being replayed at its next message (a callback that never returns
+  cannot be interrupted in this process: the other back-ends end its worker).
 - `run_pool`: a local `ProcessPoolExecutor` of `workers` spawned processes (spawn: no inherited
   threads or sockets; the default on macOS, and fork is unsafe with onnxruntime's threads). Workers
   ignore SIGINT (a terminal's Ctrl-C reaches the whole process group): the parent decides, and on a
   stop terminates them (SIGTERM, then SIGKILL after a deadline). A worker process that dies (a
   segfault in a native library, the OOM killer) breaks the whole pool, so the drives that were in
   flight are replayed again, each in a pool of its own: the one that kills its worker alone gets the
-  error row, the rest of the fleet is not blamed.
+  error row, the rest of the fleet is not blamed. A drive past the timeout ends its pool the same
+  way (a pool cannot end one worker): it gets the error row, the others in flight start again.
 - `run_ray`: Ray tasks (`num_cpus=1`, no retries: a failure is the drive's result, not a reason to
-  run it again). Without an address, a local Ray instance of `workers` CPUs for this run, shut down
+  run it again; a task past the timeout is cancelled, its worker killed). Without an address, a local Ray instance of `workers` CPUs for this run, shut down
   at the end; with `"auto"` or an address, the cluster it names (drives and graph must be at the
   same paths on every node, e.g. a shared file system), left running. A Ray already initialised in
   this process (a test's fixture, a notebook) is used as it is. Ray is imported here only.
@@ -54,15 +57,20 @@ def _failed(task: DriveTask, why: str) -> dict[str, Any]:
     return asdict(DriveResult(drive=task.drive, error=why))
 
 
-def run_sequential(tasks: Iterable[DriveTask], stop: Stop = lambda: False) -> Results:
+def _timed_out(task: DriveTask, timeout_s: float) -> dict[str, Any]:
+    return _failed(task, f"timed out: still running after {timeout_s:g} s (--timeout)")
+
+
+def run_sequential(tasks: Iterable[DriveTask], stop: Stop = lambda: False, timeout_s: float | None = None) -> Results:
     """Each drive in this process, in order."""
     for task in tasks:
         if stop():
             return
-        result = eval_drive(task, stop)
+        end = time.monotonic() + (timeout_s if timeout_s is not None else float("inf"))
+        result = eval_drive(task, lambda: stop() or time.monotonic() > end)  # noqa: B023 (called within this step)
         if stop():  # interrupted mid-drive: a partial replay is no result
             return
-        yield result
+        yield _timed_out(task, timeout_s) if timeout_s is not None and result["status"] == "stopped" else result
 
 
 def _ignore_sigint() -> None:
@@ -87,18 +95,32 @@ def close_pool(ex: ProcessPoolExecutor, kill: bool) -> None:
             p.join(1.0)
 
 
-def _round(queue: deque[DriveTask], workers: int, stop: Stop,
-           suspects: list[DriveTask]) -> Results:
-    """Run tasks from `queue` in one fresh pool until it is empty, `stop()`, or a worker dies; then
-    `suspects` holds the drives that were in flight when it died."""
+def _round(queue: deque[DriveTask], workers: int, stop: Stop, suspects: list[DriveTask],
+           timeout_s: float | None) -> Results:
+    """Run tasks from `queue` in one fresh pool until it is empty, `stop()`, a worker dies (then
+    `suspects` holds the drives that were in flight), or a drive runs past `timeout_s` (its error
+    row; the others in flight go back to the front of `queue`)."""
     ex = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_ignore_sigint)
     inflight: dict[Future[dict[str, Any]], DriveTask] = {}
+    started: dict[Future[dict[str, Any]], float] = {}
+    kill = False
     try:
         while (queue or inflight) and not stop():
             while queue and len(inflight) < 2 * workers:
                 task = queue.popleft()
                 inflight[ex.submit(eval_drive, task)] = task
             done, _ = wait(inflight, timeout=_POLL_S, return_when=FIRST_COMPLETED)
+            if timeout_s is not None:
+                now = time.monotonic()
+                for f in inflight:
+                    if f.running():
+                        started.setdefault(f, now)
+                late = [f for f in inflight if f not in done and now - started.get(f, now) > timeout_s]
+                if late:
+                    kill = True
+                    for f in late:
+                        yield _timed_out(inflight.pop(f), timeout_s)
+                    queue.extendleft(reversed([inflight.pop(f) for f in list(inflight) if f not in done]))
             # the drives that finished before the pool broke first: theirs are results, not suspicions
             for f in sorted(done, key=lambda f: isinstance(f.exception(), BrokenProcessPool)):
                 task = inflight.pop(f)
@@ -111,27 +133,30 @@ def _round(queue: deque[DriveTask], workers: int, stop: Stop,
                 except Exception as exc:  # e.g. the task could not be sent; the drive's error, not the fleet's
                     result = _failed(task, f"{type(exc).__name__}: {exc}")
                 yield result
+            if kill and not inflight:
+                return  # the late drive's worker cannot be ended alone: a fresh pool for the rest
     finally:
-        close_pool(ex, kill=bool(inflight) or stop())
+        close_pool(ex, kill=kill or bool(inflight) or stop())
 
 
-def run_pool(tasks: Iterable[DriveTask], workers: int, stop: Stop = lambda: False) -> Results:
+def run_pool(tasks: Iterable[DriveTask], workers: int, stop: Stop = lambda: False,
+             timeout_s: float | None = None) -> Results:
     """The drives in a local pool of `workers` processes (see the module doc)."""
     queue = deque(tasks)
     while queue and not stop():
         suspects: list[DriveTask] = []
-        yield from _round(queue, workers, stop, suspects)
+        yield from _round(queue, workers, stop, suspects, timeout_s)
         for task in suspects:  # each alone: only a drive that kills its own worker is to blame
             if stop():
                 return
             again: list[DriveTask] = []
-            yield from _round(deque([task]), 1, stop, again)
+            yield from _round(deque([task]), 1, stop, again, timeout_s)
             if again and not stop():
                 yield _failed(task, "its worker process died (a crash in native code, or killed: out of memory?)")
 
 
 def run_ray(tasks: Iterable[DriveTask], workers: int, stop: Stop = lambda: False,
-            address: str | None = None) -> Results:
+            address: str | None = None, timeout_s: float | None = None) -> Results:
     """The drives as Ray tasks (see the module doc). `workers` 0: as many as the cluster has CPUs."""
     import logging
 
@@ -155,12 +180,18 @@ def run_ray(tasks: Iterable[DriveTask], workers: int, stop: Stop = lambda: False
     remote = ray.remote(num_cpus=1, max_retries=0)(eval_drive)
     queue = deque(tasks)
     inflight: dict[Any, DriveTask] = {}
+    ends: dict[Any, float] = {}  # when each task in flight times out (it starts when submitted: `workers` at a time)
     try:
         while (queue or inflight) and not stop():
             while queue and len(inflight) < workers:  # exactly `workers` at a time, whatever the cluster's size
                 task = queue.popleft()
-                inflight[remote.remote(task)] = task
+                ref = remote.remote(task)
+                inflight[ref] = task
+                ends[ref] = time.monotonic() + (timeout_s if timeout_s is not None else float("inf"))
             done, _ = ray.wait(list(inflight), num_returns=1, timeout=_POLL_S)
+            for ref in [r for r in inflight if r not in done and time.monotonic() > ends[r]]:
+                ray.cancel(ref, force=True)
+                yield _timed_out(inflight.pop(ref), timeout_s or 0.0)
             for ref in done:
                 task = inflight.pop(ref)
                 try:
