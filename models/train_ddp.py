@@ -74,9 +74,11 @@ def train_data_parallel(cfg: TrainConfig, argv: list[str], out: Path, fit: Fit) 
     log.write_text("")
     failed: list[BaseException] = []
     try:
-        from ray.train import RunConfig, ScalingConfig
-        from ray.train.torch import TorchTrainer
-
+        try:
+            from ray.train import RunConfig, ScalingConfig
+            from ray.train.torch import TorchTrainer
+        except ImportError as exc:  # ray without its [train] extra
+            raise TrainError(f"--workers needs Ray Train: pip install 'drivecast[fleet]' ({exc})", 2) from None
         trainer = TorchTrainer(
             _worker, train_loop_config={"argv": argv, "cwd": str(Path.cwd()), "fit": fit, "log": str(log)},
             scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=False),
