@@ -97,6 +97,15 @@ def test_a_bad_value_from_set_names_the_set_not_the_file(tmp_path: Path) -> None
         load_graph(path, parse_set(["a.speed=3"]))
 
 
+def test_a_params_own_check_on_a_set_value_names_the_set(tmp_path: Path) -> None:
+    """The predictor's model-file check runs in its Params' __post_init__: the error named the launch
+    file although the file named in it came from --set."""
+    path = write(tmp_path, "nodes:\n  p: {run: nodes.predictor:Predictor}\n")
+    with pytest.raises(ConfigError, match=r"^--set p\.models\.vehicle=/nope\.onnx: nodes\.p\.params: "
+                                          r"models\.vehicle: no such model file '/nope\.onnx'"):
+        load_graph(path, parse_set(["p.models.vehicle=/nope.onnx"]))
+
+
 @pytest.mark.parametrize("value", [".inf", "-.inf", ".nan"])
 def test_a_non_finite_param_is_refused_at_load(tmp_path: Path, value: str) -> None:
     # JSON carries params to each node process and cannot hold it: the node would die at start.

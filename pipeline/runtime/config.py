@@ -40,6 +40,8 @@ def convert(value: Any, typ: type, where: str, key: str, strict: bool = True,
             if allowed:
                 msg += f" (expected one of: {', '.join(allowed)})"
         top = unknown.group(1) if unknown and not sub else re.split(r"[.\[]", sub)[0]
+        if not top and (named := re.match(r"(\w+)[.:\[]", msg)):
+            top = named.group(1)  # a check in the Struct's __post_init__ names its key first
         if origin and top in origin:
             where = origin[top]
         raise ConfigError(f"{where}: {full + ': ' if full else ''}{msg}") from None
