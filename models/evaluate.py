@@ -33,7 +33,7 @@ import numpy as np
 
 from export.runtime.features import constant_velocity, history_len, to_world
 from models.baselines import choose_k, displacement_errors
-from models.datasets import DATASETS, DatasetError, Grid, dataset_name, load_scenes, to_grid
+from models.datasets import DATASETS, DRIVE_DATASETS, DatasetError, Grid, dataset_name, load_scenes, to_grid
 from models.sequences import find_windows, track_sequences, window_inputs
 from nodes.eval_table import AGE_BUCKETS, CV_K_MEANS, VS_CV_MEANS, age_bucket, vs_cv
 
@@ -235,6 +235,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="eth_ucy fold: eth, hotel, univ, zara1, zara2 (or all); argoverse/apolloscape: I/K "
                         "(cross-validation part I of K, as trained)")
     p.add_argument("--split", default="val", choices=["val", "test", "all"])
+    p.add_argument("--topic", default=None,
+                   help="drives: the Tracks topic to evaluate on (default: each recording's only Tracks topic)")
     p.add_argument("--cv-k", type=int, default=None,
                    help="CV k (default: the model's validation choice, else chosen on the val split)")
     p.add_argument("--no-streaming", action="store_true", help="skip the streaming protocol")
@@ -253,7 +255,7 @@ def _cv_k(args: argparse.Namespace, stepper: Stepper, spec: dict[str, Any], prot
     if isinstance(metrics, dict) and isinstance(metrics.get("cv_k"), int):
         return metrics["cv_k"], "model's validation split"
     try:
-        grids = [to_grid(s, proto.dt_s) for s in load_scenes(args.dataset, args.data, "val", args.fold)]
+        grids = [to_grid(s, proto.dt_s) for s in load_scenes(args.dataset, args.data, "val", args.fold, args.topic)]
         val = prepare(spec, grids, proto.obs_len, proto.horizon, proto.focal_only)
         return choose_k(val.obs, val.truth)[0], "val split"
     except DatasetError:
@@ -276,6 +278,10 @@ def _table(res: dict[str, Any], key: str) -> str:
 
 def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
+    if args.topic is not None and args.dataset not in DRIVE_DATASETS:
+        print(f"ERROR: --topic {args.topic!r} with --dataset {args.dataset}: --topic is for {DRIVE_DATASETS}",
+              file=sys.stderr)
+        return 2
     if not str(args.model).endswith(".onnx"):
         import torch
 
@@ -296,7 +302,7 @@ def main(argv: list[str]) -> int:
               f"{proto.obs_len}->{proto.horizon} at {proto.dt_s}s; evaluating the model's", file=sys.stderr)
     proto = type(proto)(obs_len, horizon, dt_s, proto.focal_only, proto.agent_kind)
     try:
-        scenes = load_scenes(args.dataset, args.data, args.split, args.fold)
+        scenes = load_scenes(args.dataset, args.data, args.split, args.fold, args.topic)
         grids = [to_grid(s, dt_s) for s in scenes]
         es = prepare(spec, grids, obs_len, horizon, proto.focal_only)
         cv_k, cv_from = _cv_k(args, stepper, spec, proto, es)

@@ -165,6 +165,21 @@ def test_train_on_bad_drive_directories_prints_an_error_naming_the_path(
     assert rc == 2 and "--topic is for" in err
 
 
+def test_eval_takes_the_topic_a_model_was_trained_on(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A drive with the simulator's tracks and a tracker's: `drivecast eval` could not be told which."""
+    from models import evaluate
+
+    for seed in (101, 102, 103):
+        _write_drive(tmp_path / "d" / f"drive_{seed}.mcap", seed, 6.0, topics=("sim/tracks", "tracker/tracks"))
+    assert train.main(["--dataset", "drives", "--data", str(tmp_path / "d"), "--topic", "tracker/tracks", "--epochs",
+                       "1", "--hidden", "8", "--no-progress", "--out", str(tmp_path / "m")]) == 0
+    ev = [str(tmp_path / "m" / "best.pt"), "--dataset", "drives", "--data", str(tmp_path / "d"), "--split", "test"]
+    capsys.readouterr()
+    assert evaluate.main(ev) == 1 and "choose one with --topic" in capsys.readouterr().err
+    assert evaluate.main([*ev, "--topic", "tracker/tracks"]) == 0 and "ALL" in capsys.readouterr().out
+    assert evaluate.main([*ev, "--dataset", "argoverse", "--topic", "x"]) == 2
+
+
 def test_cut_keeps_every_row_once_in_its_piece() -> None:
     t = np.arange(0.0, 10.0, 0.1)
     pieces = drive_tracks.cut([(7, t, np.stack([t, t], 1))], 4.0)
