@@ -19,7 +19,8 @@ from pipeline.errors import ConfigError
 from pipeline.wire.messages import Message
 
 __all__ = ["BULK_HWM", "LOSSLESS_HWM", "QUEUE_BYTES", "SHM_MODES", "bind", "byte_hwm", "default_hwm", "free_tcp_port",
-           "ipc_endpoint", "lower_hwm", "shm_namespace", "shm_wanted"]
+           "ipc_endpoint", "shm_namespace", "shm_wanted",
+           "size_receive_queue"]
 
 SHM_MODES = ("auto", "on", "off")
 # What ZeroMQ may hold for one subscriber of a lossy topic, at each end: high-water marks count
@@ -63,14 +64,29 @@ def byte_hwm(nbytes: int, max_bytes: int, current: int) -> int:
     reader does every half of the *old* mark, so the writer can stay "full" under the new one while
     the reader has taken everything (libzmq issue 2509; tests/test_queue_bytes.py reaches it every
     time). Before the first message of a pipe (a publisher) or right after it (a subscriber: one
-    read, nothing acknowledged yet) it cannot: that is when a socket lowers it (`lower_hwm` later)."""
+    read, nothing acknowledged yet) it cannot: that is when a socket lowers it (`size_receive_queue`)."""
     return max(2, min(current, max_bytes // max(1, nbytes)))
 
 
-def lower_hwm(current: int, nbytes: int, max_bytes: int) -> int:
-    """`byte_hwm`, for a socket that then connects again to apply it (a lossy subscriber that meets
-    larger messages later): at most half of `current`, so that happens a few times at most."""
-    return byte_hwm(nbytes, max_bytes, current // 2)
+def size_receive_queue(sock: zmq.Socket[Any], endpoint: str, hwm: int, nbytes: int, max_bytes: int,
+                       first: bool, lossless: bool) -> tuple[int, int]:
+    """A subscribing socket's mark for messages of `nbytes` (at most `max_bytes` queued), and the
+    message size from which it should look again. Right after its first message the mark is set in
+    place (`byte_hwm` says why only then); later a lossy socket connects again with a lower one, at
+    least halved so that happens a few times at most, losing what was on the way as a lossy queue
+    may; a lossless one keeps its mark."""
+    if first:
+        new = byte_hwm(nbytes, max_bytes, hwm)
+        if new < hwm:
+            sock.setsockopt(zmq.RCVHWM, new)
+    elif lossless:
+        new = hwm
+    else:
+        new = byte_hwm(nbytes, max_bytes, hwm // 2)
+        sock.disconnect(endpoint)
+        sock.setsockopt(zmq.RCVHWM, new)
+        sock.connect(endpoint)
+    return new, max_bytes // new if new > 2 and not lossless else 1 << 62
 
 
 def shm_wanted(mode: str, endpoint: str) -> bool:

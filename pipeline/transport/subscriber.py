@@ -15,7 +15,7 @@ from typing import Any, TypeAlias, TypeVar
 
 import zmq
 
-from pipeline.transport.endpoints import LOSSLESS_HWM, QUEUE_BYTES, byte_hwm, lower_hwm, shm_namespace, shm_wanted
+from pipeline.transport.endpoints import LOSSLESS_HWM, QUEUE_BYTES, shm_namespace, shm_wanted, size_receive_queue
 from pipeline.transport.shm import BODY, Bell, ShmReader
 
 __all__ = ["Source", "Subscriber", "recv_message"]
@@ -188,24 +188,10 @@ class Subscriber:
         return q
 
     def _size_queue(self, nbytes: int) -> None:
-        """Lower the mark so that messages this large fill at most `max_bytes`: right after the
-        first message, in place (`endpoints.byte_hwm` says why only then); later, for a lossy
-        queue, by connecting again, which loses what was on the way, as a lossy queue may (the
-        runner counts the gap in `seq`). A lossless queue keeps its mark later."""
-        first = not self._big
-        if first:
-            hwm = byte_hwm(nbytes, self._max_bytes, self._hwm)
-            if hwm < self._hwm:
-                self.sock.setsockopt(zmq.RCVHWM, hwm)
-        elif self.policy == "block":
-            hwm = self._hwm
-        else:
-            hwm = lower_hwm(self._hwm, nbytes, self._max_bytes)
-            self.sock.disconnect(self.endpoint)
-            self.sock.setsockopt(zmq.RCVHWM, hwm)
-            self.sock.connect(self.endpoint)
-        self._hwm = hwm
-        self._big = self._max_bytes // hwm if hwm > 2 and self.policy != "block" else 1 << 62
+        """The mark for messages this large (`endpoints.size_receive_queue`); the runner counts what a
+        lossy queue's reconnection lost as a gap in `seq`."""
+        self._hwm, self._big = size_receive_queue(self.sock, self.endpoint, self._hwm, nbytes, self._max_bytes,
+                                                  first=not self._big, lossless=self.policy == "block")
 
     def _ring(self, settle: bool) -> deque[Any]:
         """The bell rang: queue the messages stored since the last one taken, from shared memory."""

@@ -11,7 +11,7 @@ from typing import Any
 
 import zmq
 
-from pipeline.transport.endpoints import LOSSLESS_HWM, QUEUE_BYTES, byte_hwm, lower_hwm
+from pipeline.transport.endpoints import LOSSLESS_HWM, QUEUE_BYTES, size_receive_queue
 
 __all__ = ["Tap"]
 
@@ -26,7 +26,7 @@ class Tap:
                  lossless: Collection[str] = ()) -> None:
         """`configure(sock, topic)` runs before a socket connects (CURVE client keys); each socket
         queues `rcvhwm` messages, at most `max_bytes` worth, or for the `lossless` topics (their
-        lossless endpoints) `endpoints.LOSSLESS_HWM` messages (as `Subscriber._size_queue`)."""
+        lossless endpoints) `endpoints.LOSSLESS_HWM` messages (`endpoints.size_receive_queue`)."""
         self.ctx = zmq.Context()
         self.max_bytes = max_bytes
         self.lossless = frozenset(lossless)
@@ -63,21 +63,8 @@ class Tap:
                 yield topic, frames
 
     def _size_queue(self, s: zmq.Socket[Any], nbytes: int) -> None:
-        """As `Subscriber._size_queue`: in place after the first message, later by connecting again."""
-        lossless = self.topics[s] in self.lossless
-        if not self._big[s]:
-            hwm = byte_hwm(nbytes, self.max_bytes, self._hwm[s])
-            if hwm < self._hwm[s]:
-                s.setsockopt(zmq.RCVHWM, hwm)
-        elif lossless:
-            hwm = self._hwm[s]
-        else:
-            hwm = lower_hwm(self._hwm[s], nbytes, self.max_bytes)
-            s.disconnect(self._endpoint[s])
-            s.setsockopt(zmq.RCVHWM, hwm)
-            s.connect(self._endpoint[s])
-        self._hwm[s] = hwm
-        self._big[s] = self.max_bytes // hwm if hwm > 2 and not lossless else 1 << 62
+        self._hwm[s], self._big[s] = size_receive_queue(s, self._endpoint[s], self._hwm[s], nbytes, self.max_bytes,
+                                                        first=not self._big[s], lossless=self.topics[s] in self.lossless)
 
     def unsubscribe(self, topic: str) -> None:
         """Stop taking `topic` (on a lossless endpoint this tells its publisher we have it all)."""
