@@ -53,19 +53,17 @@ class Crash(Node):
 
     def on_tracks(self, msg: Tracks) -> None:
         if msg.stamp_ns > START_NS + self.params.after_s * 1e9:
-            os._exit(3)
+            self.fail()
+
+    def fail(self) -> None:
+        os._exit(3)
 
 
-class Hang(Node):
-    """Never returns from a Tracks message stamped after `after_s` (an endless loop in a node)."""
+class Hang(Crash):
+    """Never returns from that message instead (an endless loop in a node)."""
 
-    class Params(NodeParams):
-        after_s: float = 8.0
-
-    inputs = {"tracks": Tracks}
-
-    def on_tracks(self, msg: Tracks) -> None:
-        while msg.stamp_ns > START_NS + self.params.after_s * 1e9:
+    def fail(self) -> None:
+        while True:
             time.sleep(0.05)  # the node's endless loop, not a wait in the test
 
 
@@ -167,12 +165,9 @@ def test_a_node_that_raises_fails_its_drive_with_the_exception_and_where(drives:
     assert "test_fleet.py" in row["error"] and "in on_tracks" in row["error"]
 
 
-def test_a_drive_that_kills_its_worker_is_blamed_alone(drives: Path, tmp_path: Path) -> None:
-    mixed = tmp_path / "mixed"
-    shutil.copytree(drives, mixed)
-    _record(mixed, 200, 1, minutes=0.2)  # only this one reaches the Crash node's 8 s
+def test_a_drive_that_kills_its_worker_is_blamed_alone(one_long: Path, tmp_path: Path) -> None:
     graph = _graph(tmp_path, "tests.test_fleet:Crash")
-    assert fleet(["eval", "--graph", str(graph), "-q", str(mixed), "--workers", "2", "-o", str(tmp_path / "r")]) == 1
+    assert fleet(["eval", "--graph", str(graph), "-q", str(one_long), "--workers", "2", "-o", str(tmp_path / "r")]) == 1
     rows = {Path(r["drive"]).name: r for r in _table(tmp_path / "r" / "drives.csv")}
     assert len(rows) == 5 and rows["sim-seed200.mcap"]["error"].startswith("its worker process died")
     assert [n for n, r in rows.items() if r["status"] != "ok"] == ["sim-seed200.mcap"]
