@@ -316,7 +316,7 @@ def _metrics(cfg: TrainConfig, argv: list[str], res: dict[str, Any], cv_k: int,
 def _data_info(cfg: TrainConfig, data: TrainData) -> dict[str, Any]:
     """Which files the model was trained and validated on, and the seed."""
     return {"dataset": cfg.dataset, "fold": cfg.fold, "train_files": _file_names(data.train_scenes),
-            "val_files": _file_names(data.val_scenes), "seed": cfg.seed}
+            "val_files": _file_names(data.val_scenes), "extra_data": cfg.extra_data, "seed": cfg.seed}
 
 
 def _file_names(scenes: list[Any]) -> list[str]:

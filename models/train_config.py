@@ -67,6 +67,7 @@ class TrainConfig:
     data: str
     fold: str | None
     topic: str | None       # drives only: the Tracks topic (None: each recording's only one)
+    extra_data: list[str]   # more training scenes, outside --data's split (models/train_data.py)
     cell: str
     hidden: int
     layers: int
@@ -117,6 +118,9 @@ def parser() -> argparse.ArgumentParser:
                         "(every part of 5 / of K, one run each, and one table with the pooled figures)")
     p.add_argument("--topic", default=None,
                    help="drives: the Tracks topic to train on (default: each recording's only Tracks topic)")
+    p.add_argument("--extra-data", action="append", default=[], metavar="DIR",
+                   help="more scenes of the same dataset, added whole to the training side of every split and "
+                        "fold; --data's split (and so its val and test files) stays exactly as it is")
     p.add_argument("--cell", default="lstm", choices=["lstm", "gru"])
     p.add_argument("--hidden", type=int, default=128)
     p.add_argument("--layers", type=int, default=1)

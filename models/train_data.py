@@ -17,13 +17,14 @@ import torch
 
 from export.runtime.features import OPTIONAL_KEYS, default_spec, feature_dim, to_frame, validate_spec
 from models.baselines import choose_k
-from models.datasets import DATASETS, DatasetError, load_scenes, reversed_grid, to_grid
+from models.datasets import DATASETS, DatasetError, load_scenes, reversed_grid, scene_files, to_grid
 from models.evaluate import EvalSet, prepare
 from models.sequences import TrackSeq, find_windows, track_sequences, window_inputs
 from models.train_config import TrainConfig, TrainError, filled
 
 __all__ = [
     "TrainData",
+    "extra_scenes",
     "feature_spec",
     "load_data",
     "pad_batch",
@@ -85,6 +86,7 @@ def load_data(cfg: TrainConfig) -> TrainData:
     try:
         train_scenes = load_scenes(cfg.dataset, cfg.data, "train", cfg.fold, cfg.topic)
         val_scenes = load_scenes(cfg.dataset, cfg.data, "val", cfg.fold, cfg.topic)
+        train_scenes += extra_scenes(cfg)
     except DatasetError as exc:
         raise TrainError(str(exc), 1) from None
     train_grids = [to_grid(s, proto.dt_s) for s in train_scenes]
@@ -108,6 +110,26 @@ def load_data(cfg: TrainConfig) -> TrainData:
         raise TrainError(f"validation split: {exc}", 1) from None
     cv_k, cv_scores = choose_k(val.obs, val.truth)
     return TrainData(spec, train_scenes, val_scenes, seqs, windows, val, cv_k, cv_scores)
+
+
+def extra_scenes(cfg: TrainConfig) -> list[Any]:
+    """Every scene of each --extra-data directory, for training only.
+
+    They are kept out of --data's seeded split, which would otherwise reshuffle and leak test scenes into
+    training; a file whose name is also under --data is refused, as the same scene would be on both sides.
+    """
+    if not cfg.extra_data:
+        return []
+    own = {p.name for p in scene_files(cfg.dataset, cfg.data, "all")}
+    scenes = []
+    for root in cfg.extra_data:
+        files = scene_files(cfg.dataset, root, "all")
+        twice = sorted(own.intersection(p.name for p in files))
+        if twice:
+            raise DatasetError(f"--extra-data {root}: {len(twice)} file(s) also under --data {cfg.data} "
+                               f"(e.g. {twice[0]}): extra scenes must be new ones, or they can leak into val/test")
+        scenes += load_scenes(cfg.dataset, root, "all", None, cfg.topic)
+    return scenes
 
 
 def _compact(q: TrackSeq) -> TrackSeq:

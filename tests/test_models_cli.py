@@ -214,3 +214,29 @@ def test_eval_plot_panels_have_units_per_panel_errors_and_say_how_they_were_chos
                                   "error; prediction 3 steps = 1.2 s ahead; axes in metres (world frame)")
     monkeypatch.undo()
     plt.close(fig)
+
+
+def test_extra_data_trains_on_more_scenes_and_leaves_the_split_alone(tiny_eth: Path, tmp_path: Path,
+                                                                      capsys: pytest.CaptureFixture) -> None:
+    import torch
+
+    extra = tmp_path / "extra"
+    _write_scene(extra / "more_c.txt", 5)
+    _write_scene(extra / "more_d.txt", 6)
+    blobs = {}
+    for name, flags in (("plain", []), ("extra", ["--extra-data", str(extra)])):
+        rc = train.main(["--dataset", "eth_ucy", "--data", str(tiny_eth), "--fold", "zz", "--epochs", "1",
+                         "--hidden", "8", "--out", str(tmp_path / name), "--no-progress", *flags])
+        assert rc == 0
+        blobs[name] = torch.load(tmp_path / name / "best.pt", weights_only=True)["data"]
+    assert blobs["extra"]["val_files"] == blobs["plain"]["val_files"]
+    assert blobs["extra"]["train_files"] == blobs["plain"]["train_files"] + ["more_c.txt", "more_d.txt"]
+    assert blobs["extra"]["extra_data"] == [str(extra)]
+
+    # a scene that is also under --data could be a val or test scene: refused, naming the file
+    _write_scene(extra / "scene_a_test.txt", 2)
+    rc = train.main(["--dataset", "eth_ucy", "--data", str(tiny_eth), "--fold", "zz", "--epochs", "1",
+                     "--hidden", "8", "--out", str(tmp_path / "leak"), "--no-progress", "--extra-data", str(extra)])
+    assert rc == 1
+    assert "scene_a_test.txt" in capsys.readouterr().err
+    assert not (tmp_path / "leak" / "best.pt").exists()
