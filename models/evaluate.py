@@ -1,8 +1,8 @@
 """`drivecast eval MODEL --dataset D --data DIR [--fold F] [--split val|test|all] [--json FILE] [--plot DIR]`.
 
 Everything here runs a plain step callable: `.meta` (cell, layers, hidden, input_dim, horizon, obs_len,
-dt_s, features), `.zero_state(batch)`, `.step(x float32[B,F], state) -> (pred[B,T,2], state)`, numpy in
-and out. A checkpoint is wrapped in `TorchStepper`; an .onnx file is `export.runtime.step_model.StepModel`; both go
+dt_s, features, modes), `.zero_state(batch)`, `.step(x float32[B,F], state) -> (pred[B,T,2], state)`, numpy
+in and out, and for K > 1 modes `.step_modes(x, state) -> (pred[B,K,T,2], prob[B,K], state)`. A checkpoint is wrapped in `TorchStepper`; an .onnx file is `export.runtime.step_model.StepModel`; both go
 through the same code and so give the same ADE/FDE up to float error.
 
 Two protocols, on the same windows (obs_len observed + horizon future samples, all present):
@@ -16,6 +16,11 @@ Tables per scene, per agent class and per agent age: the time from the agent's f
 streaming protocol has carried its state, in the evaluator node's buckets (`nodes.eval_table`: 0-5, 5-20,
 20-60, 60+ s). The window protocol's rows are bucketed by the same age, for comparison. The comparison with
 constant velocity is worded as everywhere: "18% better" = the model's ADE is 18% below CV's.
+
+A model of K > 1 futures is scored as Argoverse scores them (`nodes.eval_table.mode_errors`): ADE/FDE are the
+most probable future's, and minADE_K, minFDE_K, the miss rate at 2 m and brier-minFDE_K are added. CV gets
+the same K metrics with K of its variants as the futures, each equally probable: CV(k) for k spread over the
+observed window, the chosen k among them (`cv_variants`).
 """
 
 from __future__ import annotations
@@ -35,9 +40,10 @@ from export.runtime.features import constant_velocity, history_len, to_world
 from models.baselines import choose_k, displacement_errors
 from models.datasets import DATASETS, DRIVE_DATASETS, DatasetError, Grid, dataset_name, load_scenes, to_grid
 from models.sequences import find_windows, track_sequences, window_inputs
-from nodes.eval_table import AGE_BUCKETS, CV_K_MEANS, VS_CV_MEANS, age_bucket, vs_cv
+from nodes.eval_table import AGE_BUCKETS, CV_K_MEANS, MISS_M, VS_CV_MEANS, age_bucket, mode_errors, vs_cv
 
-__all__ = ["EvalSet", "Stepper", "TorchStepper", "evaluate", "load_stepper", "main", "prepare", "run_streams"]
+__all__ = ["EvalSet", "Stepper", "TorchStepper", "cv_variants", "evaluate", "load_stepper", "main", "modes_of", "prepare",
+           "run_streams"]
 
 
 class Stepper(TypingProtocol):
@@ -61,7 +67,7 @@ class TorchStepper:
         self.model = model.eval()
         self.meta = {"cell": cfg.cell, "layers": cfg.layers, "hidden": cfg.hidden, "input_dim": cfg.input_dim,
                      "horizon": cfg.horizon, "obs_len": cfg.obs_len, "dt_s": cfg.dt_s,
-                     "features": cfg.features, "metrics": metrics or {}}
+                     "features": cfg.features, "metrics": metrics or {}, "modes": cfg.modes}
 
     def zero_state(self, batch: int) -> tuple[np.ndarray, ...]:
         h = np.zeros((self.meta["layers"], batch, self.meta["hidden"]), np.float32)
@@ -75,6 +81,32 @@ class TorchStepper:
             pred, h, c = self.model.step(t.from_numpy(np.ascontiguousarray(x, np.float32)), h, c)
         new = (h.numpy(), c.numpy()) if c is not None else (h.numpy(),)
         return pred.numpy(), new
+
+    def step_modes(self, x: np.ndarray, state: tuple[np.ndarray, ...]
+                   ) -> tuple[np.ndarray, np.ndarray, tuple[np.ndarray, ...]]:
+        """x[B,F] -> (pred[B,K,T,2], prob[B,K], new state): every future, the softmax of their logits."""
+        t = self._torch
+        with t.no_grad():
+            h = t.from_numpy(np.ascontiguousarray(state[0]))
+            c = t.from_numpy(np.ascontiguousarray(state[1])) if len(state) > 1 else None
+            pred, logit, h, c = self.model.step_modes(t.from_numpy(np.ascontiguousarray(x, np.float32)), h, c)
+        new = (h.numpy(), c.numpy()) if c is not None else (h.numpy(),)
+        return pred.numpy(), logit.softmax(-1).numpy(), new
+
+
+def modes_of(stepper: Any) -> int:
+    """K, the futures a step gives per agent (1 for every model without modes)."""
+    meta = stepper.meta
+    return int(meta.get("modes", 1) or 1) if hasattr(meta, "get") else 1
+
+
+def _step(stepper: Any, x: np.ndarray, state: tuple[np.ndarray, ...], k: int
+          ) -> tuple[np.ndarray, np.ndarray, tuple[np.ndarray, ...]]:
+    """(pred[B,K,T,2], prob[B,K], state) of any stepper; K=1 through its plain `step`."""
+    if k == 1:
+        pred, state = stepper.step(x, state)
+        return pred[:, None], np.ones((len(pred), 1), np.float32), state
+    return stepper.step_modes(x, state)
 
 
 def load_stepper(path: str | Path) -> Stepper:
@@ -155,21 +187,26 @@ def prepare(spec: dict[str, Any], grids: list[Grid], obs_len: int, horizon: int,
                    cat["scene"], cat["kind"], [r for rs in parts["ref"] for r in rs])
 
 
-def run_windows(stepper: Stepper, x: np.ndarray, batch: int = 4096) -> np.ndarray:
-    """Window protocol: zero state, step obs_len times, keep the last prediction. x[W,S,F] -> [W,T,2]."""
-    out = []
+def run_windows(stepper: Stepper, x: np.ndarray, batch: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+    """Window protocol: zero state, step obs_len times, keep the last prediction.
+    x[W,S,F] -> (pred[W,K,T,2], prob[W,K])."""
+    k = modes_of(stepper)
+    out, probs = [], []
     for lo in range(0, len(x), batch):
         xb = x[lo: lo + batch]
         state = stepper.zero_state(len(xb))
         for j in range(xb.shape[1]):
-            pred, state = stepper.step(xb[:, j], state)
+            pred, prob, state = _step(stepper, xb[:, j], state, k)
         out.append(pred)
-    return np.concatenate(out)
+        probs.append(prob)
+    return np.concatenate(out), np.concatenate(probs)
 
 
-def run_streams(stepper: Stepper, streams: list[np.ndarray], batch: int = 4096) -> list[np.ndarray]:
-    """Streaming: every agent from its first sample, state carried; returns pred[L,T,2] per agent."""
-    out: list[np.ndarray] = [np.zeros(0)] * len(streams)
+def run_streams(stepper: Stepper, streams: list[np.ndarray], batch: int = 4096
+                ) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Streaming: every agent from its first sample, state carried; (pred[L,K,T,2], prob[L,K]) per agent."""
+    k = modes_of(stepper)
+    out: list[tuple[np.ndarray, np.ndarray]] = [(np.zeros(0), np.zeros(0))] * len(streams)
     order = sorted(range(len(streams)), key=lambda i: len(streams[i]))
     for lo in range(0, len(order), batch):
         ids = order[lo: lo + batch]
@@ -179,36 +216,79 @@ def run_streams(stepper: Stepper, streams: list[np.ndarray], batch: int = 4096) 
         for j, i in enumerate(ids):
             x[j, : len(streams[i])] = streams[i]
         state = stepper.zero_state(len(ids))
-        preds = []
+        preds, probs = [], []
         for s in range(length):   # padded tails run on zeros; their predictions are never read
-            pred, state = stepper.step(x[:, s], state)
+            pred, prob, state = _step(stepper, x[:, s], state, k)
             preds.append(pred)
-        p = np.stack(preds, 1)
+            probs.append(prob)
+        p, q = np.stack(preds, 1), np.stack(probs, 1)
         for j, i in enumerate(ids):
-            out[i] = p[j, : len(streams[i])]
+            out[i] = (p[j, : len(streams[i])], q[j, : len(streams[i])])
     return out
 
 
-def _summary(ade: np.ndarray, fde: np.ndarray) -> dict[str, float]:
-    return {"ade": float(ade.mean()), "fde": float(fde.mean()), "n": int(len(ade))}
+def _summary(ade: np.ndarray, fde: np.ndarray, multi: dict[str, np.ndarray] | None = None, k: int = 1
+             ) -> dict[str, float]:
+    out: dict[str, Any] = {"ade": float(ade.mean()), "fde": float(fde.mean()), "n": int(len(ade))}
+    if multi is not None:
+        out.update({"k": k, "min_ade_k": float(multi["min_ade_k"].mean()), "min_fde_k": float(multi["min_fde_k"].mean()),
+                    "miss_rate_k": float(multi["miss_k"].mean()),
+                    "brier_min_fde_k": float(multi["brier_min_fde_k"].mean())})
+    return out
+
+
+def cv_variants(cv_k: int, k: int, obs_len: int) -> list[int]:
+    """The k windows of CV's k futures: `cv_k` and k - 1 more spread evenly over 1 .. obs_len - 1."""
+    spread = [int(v) for v in np.unique(np.round(np.linspace(1, obs_len - 1, 4 * k)))]
+    others = [v for v in spread if v != cv_k]
+    picked = [others[int(round(i))] for i in np.linspace(0, len(others) - 1, k - 1)] if k > 1 else []
+    return [cv_k, *dict.fromkeys(picked)]
+
+
+def _world_modes(spec: dict[str, Any], raw: np.ndarray, hist: np.ndarray, n: np.ndarray) -> np.ndarray:
+    """raw[W,K,T,2] in each agent's frame -> world [W,K,T,2] (every future of a row shares its frame)."""
+    w, k, t, _ = raw.shape
+    return to_world(spec, raw.reshape(w, k * t, 2), hist, n).reshape(w, k, t, 2)
+
+
+def _most_probable(modes: np.ndarray, prob: np.ndarray) -> np.ndarray:
+    return modes[np.arange(len(modes)), prob.argmax(-1)]
 
 
 def evaluate(stepper: Stepper, es: EvalSet, cv_k: int, streaming: bool = True) -> dict[str, Any]:
-    """ADE/FDE (meters) of the model (window and streaming protocols) and CV(k) on the same windows."""
+    """ADE/FDE (meters) of the model (window and streaming protocols) and CV(k) on the same windows; with
+    K > 1 futures also the K metrics of both and of CV's K variants. `_preds` holds the world paths scored
+    (the most probable future's), `_modes` every future and its probability."""
     spec = stepper.meta["features"]
     if isinstance(spec, str):
         spec = json.loads(spec)
-    preds: dict[str, np.ndarray] = {}
-    preds["model"] = to_world(spec, run_windows(stepper, es.x_win), es.hist_win, es.n_win)
+    k = modes_of(stepper)
+    modes: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    raw, prob = run_windows(stepper, es.x_win)
+    modes["model"] = (_world_modes(spec, raw, es.hist_win, es.n_win), prob)
     if streaming:
         sp = run_streams(stepper, es.streams)
-        raw = np.stack([sp[i][j] for i, j in zip(es.stream_idx, es.stream_step, strict=True)])
-        preds["stream"] = to_world(spec, raw, es.hist_stream, es.n_stream)
-    preds["cv"] = constant_velocity(es.obs[:, ::-1], cv_k, np.arange(1, es.horizon + 1))  # obs: newest last
+        raw = np.stack([sp[i][0][j] for i, j in zip(es.stream_idx, es.stream_step, strict=True)])
+        prob = np.stack([sp[i][1][j] for i, j in zip(es.stream_idx, es.stream_step, strict=True)])
+        modes["stream"] = (_world_modes(spec, raw, es.hist_stream, es.n_stream), prob)
+    steps = np.arange(1, es.horizon + 1)
+    if k > 1:
+        ks = cv_variants(cv_k, k, es.obs_len)
+        cvs = np.stack([constant_velocity(es.obs[:, ::-1], v, steps) for v in ks], 1)
+        modes["cv"] = (cvs, np.full((len(cvs), len(ks)), 1.0 / len(ks)))
+    preds = {name: _most_probable(*m) for name, m in modes.items()}
+    if k == 1:
+        preds["cv"] = constant_velocity(es.obs[:, ::-1], cv_k, steps)  # obs: newest last
+    else:   # CV's most probable future is CV(cv_k), its first
+        preds["cv"] = modes["cv"][0][:, 0]
     result: dict[str, Any] = {"cv_k": cv_k, "windows": int(len(es.truth))}
     errs = {name: displacement_errors(p, es.truth) for name, p in preds.items()}
+    multi = ({name: mode_errors(np.linalg.norm(m - es.truth[:, None], axis=-1), p) for name, (m, p) in modes.items()}
+             if k > 1 else {})
     for name, (ade, fde) in errs.items():
-        result[name] = _summary(ade, fde)
+        result[name] = _summary(ade, fde, multi.get(name), k)
+    if k > 1:
+        result["cv"]["cv_ks"] = ks
     # the agent's age at the window end: steps since its first sample (`EvalSet.stream_step`)
     age = np.array(AGE_BUCKETS, dtype=object)[age_bucket(es.stream_step * float(stepper.meta["dt_s"]))]
     for key, labels in (("per_scene", es.scene), ("per_class", es.kind), ("per_age", age)):
@@ -216,9 +296,11 @@ def evaluate(stepper: Stepper, es: EvalSet, cv_k: int, streaming: bool = True) -
         present = set(labels.tolist())
         for lab in [a for a in AGE_BUCKETS if a in present] if key == "per_age" else sorted(present):
             m = labels == lab
-            table[lab] = {name: _summary(ade[m], fde[m]) for name, (ade, fde) in errs.items()}
+            table[lab] = {name: _summary(ade[m], fde[m], {q: v[m] for q, v in multi[name].items()} if multi else None,
+                                         k) for name, (ade, fde) in errs.items()}
         result[key] = table
     result["_preds"] = preds
+    result["_modes"] = modes
     return result
 
 
@@ -276,6 +358,22 @@ def _table(res: dict[str, Any], key: str) -> str:
     return "\n".join(lines)
 
 
+def _modes_table(res: dict[str, Any]) -> str:
+    """The K-futures metrics of the model's protocols beside CV's K variants."""
+    k = res["model"]["k"]
+    lines = [f"{'K=' + str(k):<22}{'minADE/minFDE':>20}{'miss rate':>12}{'brier-minFDE':>14}{'top ADE/FDE':>20}"]
+    for name in ("model", "stream", "cv"):
+        if name in res:
+            r = res[name]
+            label = f"cv k={','.join(map(str, r['cv_ks']))}" if name == "cv" else name
+            lines.append(f"{label:<22}{r['min_ade_k']:>11.3f}/{r['min_fde_k']:<8.3f}{r['miss_rate_k']:>12.3f}"
+                         f"{r['brier_min_fde_k']:>14.3f}{r['ade']:>11.3f}/{r['fde']:<8.3f}")
+    lines.append(f"minADE/minFDE: of the future whose end is nearest the truth; miss: its end over {MISS_M:g} m away; "
+                 "brier-minFDE adds (1 - its probability)^2; top: the most probable future; cv: CV's variants "
+                 "as equally probable futures, the first the chosen k")
+    return "\n".join(lines)
+
+
 def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     if args.topic is not None and args.dataset not in DRIVE_DATASETS:
@@ -311,13 +409,17 @@ def main(argv: list[str]) -> int:
         return 1
     res = evaluate(stepper, es, cv_k, streaming=not args.no_streaming)
     preds = res.pop("_preds")
+    res.pop("_modes")
     res.update({"cv_k_from": cv_from, "dataset": args.dataset, "split": args.split, "fold": args.fold,
                 "model_path": str(args.model), "files": [s.path for s in scenes]})
     print(f"{args.dataset} split={args.split} fold={args.fold}: {res['windows']} windows, "
-          f"CV k={cv_k} ({cv_from}); ADE/FDE in meters, K=1")
+          f"CV k={cv_k} ({cv_from}); ADE/FDE in meters"
+          + (f", of the most probable of {modes_of(stepper)} futures" if modes_of(stepper) > 1 else ", K=1"))
     print(f"CV k: {CV_K_MEANS}; model: the window protocol, stream: the streaming protocol; "
           f"vs CV: {VS_CV_MEANS}")
     print(_table(res, "per_scene"))
+    if "k" in res["model"]:
+        print(_modes_table(res))
     if len(res["per_class"]) > 1:
         print(_table(res, "per_class"))
     print(_table(res, "per_age") + "\nage: time since the agent's first sample, at the window end")

@@ -35,7 +35,7 @@ from models.train_ddp import Shard, train_data_parallel
 from models.train_sweep import Run, config_argv, fold_plan, run_and_collect, sweep, write_table
 from models.trajectory import ModelConfig, TrajectoryModel, average_models, load_checkpoint, save_checkpoint
 
-__all__ = ["fit", "init_head_cv", "main", "masked_ade_loss"]
+__all__ = ["fit", "init_head_cv", "main", "masked_ade_loss", "modes_loss"]
 
 
 def main(argv: list[str]) -> int:
@@ -91,7 +91,7 @@ def fit(cfg: TrainConfig, argv: list[str], shard: Shard | None = None) -> int:
             _swap_ema(model, ema)   # validate and save the averaged weights; train on with the raw ones
             res = _validate(model, data)
             history.append(_epoch_entry(epoch, train_loss, res, t_start))
-            score = 0.5 * (res["model"]["ade"] + res["stream"]["ade"])
+            score = _score(res)
             print(_epoch_line(epoch, train_loss, res, data.cv_k, improved=score < best), flush=True)
             if score < best:
                 best, best_epoch, best_res = score, epoch + 1, res
@@ -143,7 +143,7 @@ def _new_model(cfg: TrainConfig, data: TrainData) -> TrajectoryModel:
     proto = DATASETS[cfg.dataset]
     model_cfg = ModelConfig(cell=cfg.cell, input_dim=feature_dim(data.spec), hidden=cfg.hidden, layers=cfg.layers,
                             horizon=proto.horizon, obs_len=proto.obs_len, dt_s=proto.dt_s, features=data.spec,
-                            dropout=cfg.dropout, agent_kind=proto.agent_kind)
+                            dropout=cfg.dropout, agent_kind=proto.agent_kind, modes=cfg.modes)
     model = TrajectoryModel(model_cfg)
     if cfg.cv_init:
         init_head_cv(model, data.spec, min(data.cv_k, int(data.spec["history"])))
@@ -157,16 +157,21 @@ def init_head_cv(model: TrajectoryModel, spec: dict[str, Any], k: int) -> None:
     and pred is the offset from the current position in the same units: CV(k) at step t is
     t * mean of the last k displacements, a linear function of x_t. Same architecture and graph, only
     the starting point moves: training learns the correction over CV instead of CV itself.
+    With K modes every mode starts at CV; their recurrent part keeps its random start, or all K would be
+    the same future and winner-takes-all would only ever train the first.
     """
     cfg = model.cfg
     with torch.no_grad():
-        w = model.head.weight            # [2T, H + F]
-        w.zero_()
+        w = model.head.weight            # [2TK (+K), H + F]
+        if cfg.modes == 1:
+            w[:, : cfg.hidden].zero_()
+        w[:, cfg.hidden:].zero_()
         model.head.bias.zero_()
-        for t in range(cfg.horizon):
-            for j in range(k):
-                for d in range(2):
-                    w[2 * t + d, cfg.hidden + 2 * j + d] = (t + 1) / k
+        for m in range(cfg.modes):
+            for t in range(cfg.horizon):
+                for j in range(k):
+                    for d in range(2):
+                        w[2 * (m * cfg.horizon + t) + d, cfg.hidden + 2 * j + d] = (t + 1) / k
 
 
 def masked_ade_loss(pred: torch.Tensor, y: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
@@ -176,6 +181,25 @@ def masked_ade_loss(pred: torch.Tensor, y: torch.Tensor, m: torch.Tensor) -> tor
     """
     d = torch.sqrt(((pred - y) ** 2).sum(-1) + 1e-6)
     return (d * m).sum() / m.sum().clamp(min=1.0)
+
+
+def modes_loss(pred: torch.Tensor, logit: torch.Tensor, y: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    """pred[...,K,T,2], logit[...,K] against y[...,T,2] known where m[...,T]: the loss of K futures.
+
+    K=1: `masked_ade_loss`. K>1, as MTP (Cui et al. 2019): only the future closest to the truth (least ADE
+    over the known cells) is regressed, so the others stay free for other manoeuvres, plus the cross-entropy
+    of the logits against that future's index, so the probabilities say which one to expect.
+    """
+    if pred.shape[-3] == 1:
+        return masked_ade_loss(pred[..., 0, :, :], y, m)
+    d = torch.sqrt(((pred - y.unsqueeze(-3)) ** 2).sum(-1) + 1e-6)   # [..., K, T]
+    err = (d * m.unsqueeze(-2)).sum(-1)                               # [..., K]
+    best = err.detach().argmin(-1)
+    reg = err.gather(-1, best[..., None]).sum() / m.sum().clamp(min=1.0)
+    rows = m.sum(-1) > 0
+    if not bool(rows.any()):
+        return reg
+    return reg + torch.nn.functional.cross_entropy(logit[rows], best[rows])
 
 
 # ---------------------------------------------------------------- the loop
@@ -235,8 +259,8 @@ def _train_epoch(model: torch.nn.Module, opt: torch.optim.Optimizer, ema: list[t
             x, y, m = shard.rows(x, y, m)
         h = c = None
         for t0 in range(0, x.shape[1], bptt):
-            pred, h, c = model(x[:, t0: t0 + bptt], h, c)
-            loss = masked_ade_loss(pred, y[:, t0: t0 + bptt], m[:, t0: t0 + bptt])
+            pred, logit, h, c = model(x[:, t0: t0 + bptt], h, c)
+            loss = modes_loss(pred, logit, y[:, t0: t0 + bptt], m[:, t0: t0 + bptt])
             _update(model, opt, ema, loss, cfg)
             if shard is not None:
                 shard.steps += 1
@@ -249,8 +273,8 @@ def _train_epoch(model: torch.nn.Module, opt: torch.optim.Optimizer, ema: list[t
             wx, wy = window_batch(data.windows, cfg.window_batch, sign, lengths, cfg.speed_aug, rng)
             if shard is not None:
                 wx, wy = shard.rows(wx, wy)
-            pred, _, _ = model(wx)
-            loss = cfg.window_weight * masked_ade_loss(pred[:, -1], wy, torch.ones(wy.shape[:2]))
+            pred, logit, _, _ = model(wx)
+            loss = cfg.window_weight * modes_loss(pred[:, -1], logit[:, -1], wy, torch.ones(wy.shape[:2]))
             _update(model, opt, ema, loss, cfg)
             if shard is not None:
                 shard.steps += 1
@@ -262,22 +286,38 @@ def _validate(model: TrajectoryModel, data: TrainData) -> dict[str, Any]:
     """Both protocols and the CV baseline on the validation set, the model in eval mode meanwhile."""
     model.eval()
     res = evaluate(TorchStepper(model, model.cfg), data.val, data.cv_k)
-    res.pop("_preds")
+    res.pop("_preds"), res.pop("_modes")
     model.train()
     return res
 
 
+def _score(res: dict[str, Any]) -> float:
+    """What early stopping minimises: the mean ADE of both protocols; with K futures the mean of the most
+    probable one's ADE and minADE_K, as both are asked of such a model."""
+    protos = [res["model"], res["stream"]]
+    if "min_ade_k" in res["model"]:
+        return sum(0.5 * (p["ade"] + p["min_ade_k"]) for p in protos) / 2
+    return sum(p["ade"] for p in protos) / 2
+
+
 def _epoch_entry(epoch: int, train_loss: float, res: dict[str, Any], t_start: float) -> dict[str, Any]:
     """One epoch's line of the training curve kept in metrics.json."""
-    return {"epoch": epoch + 1, "train_loss": train_loss, "val_window_ade": res["model"]["ade"],
-            "val_window_fde": res["model"]["fde"], "val_stream_ade": res["stream"]["ade"],
-            "val_stream_fde": res["stream"]["fde"], "minutes": (time.time() - t_start) / 60}
+    entry = {"epoch": epoch + 1, "train_loss": train_loss, "val_window_ade": res["model"]["ade"],
+             "val_window_fde": res["model"]["fde"], "val_stream_ade": res["stream"]["ade"],
+             "val_stream_fde": res["stream"]["fde"], "minutes": (time.time() - t_start) / 60}
+    if "min_ade_k" in res["model"]:
+        entry.update({"val_window_min_ade_k": res["model"]["min_ade_k"], "val_window_min_fde_k": res["model"]["min_fde_k"],
+                      "val_window_miss_rate_k": res["model"]["miss_rate_k"]})
+    return entry
 
 
 def _epoch_line(epoch: int, train_loss: float, res: dict[str, Any], cv_k: int, improved: bool) -> str:
     """The line printed after each epoch; ' *' marks a new best."""
-    return (f"epoch {epoch + 1}: loss {train_loss:.4f} | val window {res['model']['ade']:.3f}/"
-            f"{res['model']['fde']:.3f} stream {res['stream']['ade']:.3f}/{res['stream']['fde']:.3f} | "
+    m = res["model"]
+    multi = (f" minADE/minFDE_{m['k']} {m['min_ade_k']:.3f}/{m['min_fde_k']:.3f} miss {m['miss_rate_k']:.3f}"
+             if "k" in m else "")
+    return (f"epoch {epoch + 1}: loss {train_loss:.4f} | val window {m['ade']:.3f}/{m['fde']:.3f}{multi} stream "
+            f"{res['stream']['ade']:.3f}/{res['stream']['fde']:.3f} | "
             f"CV(k={cv_k}) {res['cv']['ade']:.3f}/{res['cv']['fde']:.3f}{' *' if improved else ''}")
 
 
@@ -367,7 +407,7 @@ def _train_average(cfg: TrainConfig, argv: list[str]) -> int:
     val = val_set(cfg.dataset, model.cfg.features, load_scenes(cfg.dataset, cfg.data, "val", cfg.fold, cfg.topic))
     first = blobs[0]["metrics"]
     res = evaluate(TorchStepper(model, model.cfg), val, first["cv_k"])
-    res.pop("_preds")
+    res.pop("_preds"), res.pop("_modes")
     metrics = _metrics(cfg, argv, res, first["cv_k"], first["cv_k_scores"], [], -1, t_start)
     metrics["members"] = [{"checkpoint": str(p), "seed": b["data"]["seed"], "best_epoch": b["metrics"]["best_epoch"],
                            "model": b["metrics"]["model"], "stream": b["metrics"]["stream"]}

@@ -71,6 +71,7 @@ class TrainConfig:
     cell: str
     hidden: int
     layers: int
+    modes: int              # K futures with probabilities (models/trajectory.py); 1: one future
     dropout: float
     epochs: int | None      # None: the dataset's default (DATASET_DEFAULTS), as for every other `| None` flag
     batch: int | None
@@ -124,6 +125,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--cell", default="lstm", choices=["lstm", "gru"])
     p.add_argument("--hidden", type=int, default=128)
     p.add_argument("--layers", type=int, default=1)
+    p.add_argument("--modes", type=int, default=1, metavar="K",
+                   help="K futures per agent with a probability each (winner-takes-all loss plus the mode's "
+                        "classification); 1: one future")
     p.add_argument("--dropout", type=float, default=0.0, help="between stacked layers")
     p.add_argument("--epochs", type=int, default=None, help="maximum epochs (default per dataset)")
     p.add_argument("--batch", type=int, default=None, help="tracks per batch (default per dataset)")
@@ -187,6 +191,11 @@ def parser() -> argparse.ArgumentParser:
 def parse_config(argv: list[str]) -> TrainConfig:
     """The flags in `argv` as a TrainConfig; argparse itself exits with code 2 on a malformed flag."""
     cfg = TrainConfig(**vars(parser().parse_args(argv)))
+    if not 1 <= cfg.modes <= 64:
+        raise TrainError(f"--modes {cfg.modes}: expected 1 to 64", 2)
+    if cfg.modes > 1 and (cfg.seeds > 1 or cfg.mirror_average):
+        raise TrainError(f"--modes {cfg.modes} with --seeds/--mirror-average: the future k of one seed is not "
+                         "the future k of another, so K futures are not averaged; train one seed", 2)
     if cfg.seeds < 1 or cfg.workers < 1 or (cfg.jobs is not None and cfg.jobs < 1):
         raise TrainError(f"--seeds {cfg.seeds} --jobs {cfg.jobs} --workers {cfg.workers}: expected at least 1 each", 2)
     if cfg.workers > 1 and (cfg.seeds > 1 or cfg.mirror_average or cfg.grid or cfg.fold in ("all", "each")

@@ -5,6 +5,10 @@
 output and x_t itself: the skip path makes constant velocity (a linear function of the recent
 displacements in x_t) easy to represent, so the recurrent part only has to learn corrections.
 pred is in the normalised agent frame of export/runtime/features.py; `export.runtime.features.to_world` maps it back.
+
+With `modes` K > 1 the same head also gives K futures and a logit per future (MTP, Cui et al. 2019):
+`forward` and `step_modes` give pred[B,(S,)K,T,2] and logit[B,(S,)K]; `step` gives the most probable
+future, so every K=1 consumer works unchanged. A K=1 head is exactly the K=1 model's (old checkpoints load).
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ class ModelConfig:
     features: dict[str, Any] = field(default_factory=dict)   # export.runtime.features spec
     dropout: float = 0.0          # between stacked layers only (layers > 1)
     agent_kind: str = ""          # "pedestrian" | "vehicle" | "mixed": lets a node pick a model per class
+    modes: int = 1                # K futures per step, each with a logit when K > 1
 
 
 class TrajectoryModel(nn.Module):
@@ -42,19 +47,22 @@ class TrajectoryModel(nn.Module):
         super().__init__()
         if cfg.cell not in ("lstm", "gru"):
             raise ValueError(f"ModelConfig.cell={cfg.cell!r}: expected 'lstm' or 'gru'")
+        if not 1 <= cfg.modes <= 64:
+            raise ValueError(f"ModelConfig.modes={cfg.modes}: expected 1 to 64")
         self.cfg = cfg
         rnn = nn.LSTM if cfg.cell == "lstm" else nn.GRU
         self.rnn = rnn(cfg.input_dim, cfg.hidden, cfg.layers, batch_first=True,
                        dropout=cfg.dropout if cfg.layers > 1 else 0.0)
-        self.head = nn.Linear(cfg.hidden + cfg.input_dim, 2 * cfg.horizon)
+        k = cfg.modes
+        self.head = nn.Linear(cfg.hidden + cfg.input_dim, 2 * cfg.horizon * k + (k if k > 1 else 0))
 
     def zero_state(self, batch: int) -> tuple[Tensor, Tensor | None]:
         h = torch.zeros(self.cfg.layers, batch, self.cfg.hidden)
         return h, (torch.zeros_like(h) if self.cfg.cell == "lstm" else None)
 
     def forward(self, x: Tensor, h0: Tensor | None = None, c0: Tensor | None = None
-                ) -> tuple[Tensor, Tensor, Tensor | None]:
-        """x[B,S,F] -> pred[B,S,T,2], h[L,B,H], c[L,B,H] (None for GRU)."""
+                ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+        """x[B,S,F] -> pred[B,S,K,T,2], logit[B,S,K] (zeros for K=1), h[L,B,H], c[L,B,H] (None for GRU)."""
         b, s, _ = x.shape
         if h0 is None:
             h0, c0 = self.zero_state(b)
@@ -65,13 +73,25 @@ class TrajectoryModel(nn.Module):
         else:
             out, h = self.rnn(x, h0)
             c = None
-        pred = self.head(torch.cat([out, x], dim=-1)).view(b, s, self.cfg.horizon, 2)
-        return pred, h, c
+        y = self.head(torch.cat([out, x], dim=-1))
+        k, t = self.cfg.modes, self.cfg.horizon
+        pred = y[..., : 2 * t * k].reshape(b, s, k, t, 2)
+        logit = y[..., 2 * t * k:] if k > 1 else y.new_zeros(b, s, 1)
+        return pred, logit, h, c
+
+    def step_modes(self, x: Tensor, h: Tensor, c: Tensor | None = None
+                   ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+        """x[B,F] -> pred[B,K,T,2], logit[B,K], h, c: every future and its logit, one sample period on."""
+        pred, logit, h, c = self.forward(x[:, None, :], h, c)
+        return pred[:, 0], logit[:, 0], h, c
 
     def step(self, x: Tensor, h: Tensor, c: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor | None]:
-        """x[B,F] -> pred[B,T,2], h, c: the single-step form of forward (sequence length 1)."""
-        pred, h, c = self.forward(x[:, None, :], h, c)
-        return pred[:, 0], h, c
+        """x[B,F] -> pred[B,T,2] (the most probable future), h, c."""
+        pred, logit, h, c = self.step_modes(x, h, c)
+        if self.cfg.modes == 1:
+            return pred[:, 0], h, c
+        best = logit.argmax(-1)[:, None, None, None].expand(-1, 1, *pred.shape[2:])
+        return pred.gather(1, best)[:, 0], h, c
 
 
 def average_models(models: list[TrajectoryModel], mirror: Tensor | None = None) -> TrajectoryModel:
@@ -89,6 +109,8 @@ def average_models(models: list[TrajectoryModel], mirror: Tensor | None = None) 
     if any(m.cfg.cell != cfg0.cell or m.cfg.hidden != cfg0.hidden or m.cfg.layers != cfg0.layers
            or m.cfg.input_dim != cfg0.input_dim or m.cfg.horizon != cfg0.horizon for m in models):
         raise ValueError("average_models: every member needs the same cell, hidden, layers, input_dim and horizon")
+    if cfg0.modes > 1:   # mode k of one seed is not mode k of another: their mean is no future at all
+        raise ValueError(f"average_models: a model of {cfg0.modes} modes cannot be averaged; train one seed")
     hid, gates = cfg0.hidden, 4 if cfg0.cell == "lstm" else 3
     members = [(m, None) for m in models] + ([(m, mirror.float()) for m in models] if mirror is not None else [])
     n = len(members)

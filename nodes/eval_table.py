@@ -7,6 +7,9 @@ node and `drivecast eval` (models/evaluate.py) share, so that both bucket ages a
 - One wording for the comparison with constant velocity (CV), everywhere: `vs_cv` writes "18% better"
   when the model's error is 18% below CV's, (CV - model) / CV, and "7% worse" when it is 7% above. Never a
   bare signed percentage, whose sign one reader takes for a gain and another for a change of error.
+- Several futures per agent (`mode_errors`): the Argoverse conventions, the best future being the one
+  whose end is nearest the truth: minADE_K (that future's ADE), minFDE_K, the miss rate (minFDE_K over
+  MISS_M), brier-minFDE (minFDE_K + (1 - its probability)^2).
 - `FirstSeen` remembers when each agent was first seen, in bounded memory; `AccuracyTable` keeps running
   ADE/FDE sums per (kind, age) and writes them as text or as the JSON report (`write_report`).
 """
@@ -25,14 +28,27 @@ import numpy as np
 from pipeline.cv_compare import VS_CV_MEANS, vs_cv
 from pipeline.errors import ConfigError
 
-__all__ = ["AGE_BUCKETS", "CV_K_MEANS", "VS_CV_MEANS", "AccuracyTable", "FirstSeen", "Score", "age_bucket", "vs_cv",
-           "write_report"]
+__all__ = ["AGE_BUCKETS", "CV_K_MEANS", "MISS_M", "VS_CV_MEANS", "AccuracyTable", "FirstSeen", "Score", "age_bucket",
+           "mode_errors", "vs_cv", "write_report"]
 
 AGE_BUCKETS = ("0-5", "5-20", "20-60", "60+")
 _AGE_EDGES_S = np.array([5.0, 20.0, 60.0])  # the buckets' lower bounds after the first
 
 CV_K_MEANS = ("constant velocity (CV) from the mean velocity over the last k sample periods dt before the "
               "prediction, (p(t0) - p(t0 - k dt)) / (k dt)")
+
+
+MISS_M = 2.0   # a miss: the best future's end is further than this from the truth (Argoverse)
+
+
+def mode_errors(d: np.ndarray, prob: np.ndarray) -> dict[str, np.ndarray]:
+    """Per row, from d[R,K,T] (each future's distance to the truth at each step, meters) and prob[R,K]:
+    min_ade_k, min_fde_k, miss_k (0/1) and brier_min_fde_k, all of the future whose end is nearest."""
+    best = np.argmin(d[:, :, -1], axis=1)
+    rows = np.arange(len(d))
+    fde = d[rows, best, -1]
+    return {"min_ade_k": d[rows, best].mean(-1), "min_fde_k": fde, "miss_k": (fde > MISS_M).astype(np.float64),
+            "brier_min_fde_k": fde + (1.0 - prob[rows, best]) ** 2}
 
 
 def age_bucket(age_s: np.ndarray) -> np.ndarray:

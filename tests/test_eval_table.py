@@ -139,3 +139,16 @@ def test_drivecast_eval_reports_windows_by_agent_age_with_the_nodes_buckets(
                      out, re.M), out
     assert re.search(r"^60\+ +38 .* \d+% (better|worse) +\d+% (better|worse)$", out, re.M), out
     assert "CV k: constant velocity (CV) from the mean velocity over the last k sample periods" in out
+
+
+def test_k_futures_are_scored_by_the_one_whose_end_is_nearest() -> None:
+    from nodes.eval_table import mode_errors
+
+    # row 0: future 1 ends nearest (its mean error is not the least); row 1: every future misses by 3 m
+    d = np.array([[[0.1, 0.1, 2.5], [1.0, 1.0, 1.0]], [[3.0, 3.0, 3.0], [3.0, 3.0, 3.5]]])
+    prob = np.array([[0.75, 0.25], [0.5, 0.5]])
+    got = mode_errors(d, prob)
+    np.testing.assert_allclose(got["min_fde_k"], [1.0, 3.0])
+    np.testing.assert_allclose(got["min_ade_k"], [1.0, 3.0])
+    np.testing.assert_array_equal(got["miss_k"], [0.0, 1.0])
+    np.testing.assert_allclose(got["brier_min_fde_k"], [1.0 + 0.75 ** 2, 3.0 + 0.25])

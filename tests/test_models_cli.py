@@ -240,3 +240,28 @@ def test_extra_data_trains_on_more_scenes_and_leaves_the_split_alone(tiny_eth: P
     assert rc == 1
     assert "scene_a_test.txt" in capsys.readouterr().err
     assert not (tmp_path / "leak" / "best.pt").exists()
+
+
+def test_train_and_eval_a_model_of_k_futures(tiny_eth: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "k3"
+    rc = train.main(["--dataset", "eth_ucy", "--data", str(tiny_eth), "--fold", "zz", "--epochs", "2", "--hidden", "8",
+                     "--modes", "3", "--cv-init", "--out", str(out), "--no-progress"])
+    assert rc == 0
+    assert "minADE/minFDE_3" in capsys.readouterr().out
+    report = tmp_path / "eval.json"
+    rc = evaluate.main([str(out / "best.pt"), "--dataset", "eth_ucy", "--data", str(tiny_eth), "--fold", "zz",
+                        "--split", "test", "--json", str(report)])
+    assert rc == 0
+    res = json.loads(report.read_text())
+    for name in ("model", "stream", "cv"):
+        r = res[name]
+        assert r["k"] == 3 and 0 <= r["miss_rate_k"] <= 1
+        # the best of three is never worse than the most probable one; brier adds at most 1
+        assert r["min_fde_k"] <= r["fde"] + 1e-9 and r["min_fde_k"] <= r["brier_min_fde_k"] <= r["min_fde_k"] + 1
+    assert res["cv"]["cv_ks"][0] == res["cv_k"] and len(set(res["cv"]["cv_ks"])) == 3
+    assert res["per_age"]["0-5"]["model"]["k"] == 3
+    assert "of the most probable of 3 futures" in capsys.readouterr().out
+    # K futures are not averaged across seeds: refused before any training
+    rc = train.main(["--dataset", "eth_ucy", "--data", str(tiny_eth), "--fold", "zz", "--epochs", "1", "--hidden", "8",
+                     "--modes", "3", "--seeds", "2", "--out", str(tmp_path / "avg"), "--no-progress"])
+    assert rc == 2 and "--modes" in capsys.readouterr().err
