@@ -183,3 +183,43 @@ def test_int8_quantises_the_lstm_and_keeps_the_head_in_float(
     ops = [n.op_type for n in proto.graph.node]
     assert ops.count("DynamicQuantizeLSTM") == 2 and "LSTM" not in ops
     assert "MatMul" in ops and "MatMulInteger" not in ops
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_a_multimodal_model_exports_every_future_and_its_probability(cell: str, tmp_path: Path) -> None:
+    torch.manual_seed(1)
+    spec = default_spec("vehicle")
+    cfg = ModelConfig(cell=cell, input_dim=feature_dim(spec), hidden=16, layers=1, horizon=30, obs_len=20, dt_s=0.1,
+                      features=spec, modes=6)
+    model = TrajectoryModel(cfg).eval()
+    ckpt = tmp_path / "k6.pt"
+    save_checkpoint(ckpt, model, cfg, METRICS, DATA)
+    path = tmp_path / "k6.onnx"
+    export_onnx(ckpt, path, int8=cell == "lstm", fp16=True)
+    step_model = StepModel(path)
+    assert step_model.meta.modes == 6 and "K=6" in repr(step_model)
+    props = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+    assert props["format"] == "drivecast-step/2" and props["modes"] == "6"
+    # every future and the probabilities, not only the most probable future, match torch
+    assert max_abs_diff(model, step_model, steps=100, batch=7) <= 1e-4
+    x = np.random.default_rng(0).normal(size=(5, cfg.input_dim)).astype(np.float32)
+    pred, prob, state = step_model.step_modes(x, step_model.zero_state(5))
+    assert pred.shape == (5, 6, 30, 2) and prob.shape == (5, 6)
+    np.testing.assert_allclose(prob.sum(1), 1.0, atol=1e-5)
+    top, state2 = step_model.step(x, step_model.zero_state(5))
+    np.testing.assert_array_equal(top, pred[np.arange(5), prob.argmax(1)])
+    for a, b in zip(state, state2, strict=True):
+        np.testing.assert_array_equal(a, b)
+    empty = step_model.step_modes(np.zeros((0, cfg.input_dim), np.float32), step_model.zero_state(0))
+    assert empty[0].shape == (0, 6, 30, 2) and empty[1].shape == (0, 6)
+    for variant in (["fp16"] + (["int8"] if cell == "lstm" else [])):
+        v = StepModel(tmp_path / f"k6.{variant}.onnx")
+        got, p, _ = v.step_modes(x, v.zero_state(5))
+        assert v.meta.modes == 6 and got.shape == pred.shape and np.abs(p - prob).max() < 0.1
+
+
+def test_a_k1_model_keeps_the_first_format_and_graph(exported: dict[str, tuple[Path, Path, TrajectoryModel]]) -> None:
+    _, path, _ = exported["lstm"]
+    props = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+    assert props["format"] == "drivecast-step/1" and "modes" not in props
+    assert [o.name for o in onnx.load(str(path)).graph.output] == ["pred", "h_out", "c_out"]

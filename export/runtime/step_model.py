@@ -7,6 +7,10 @@ A model file is the step graph written by `drivecast export` (export/torch_expor
 
     x[B,F], h[L,B,H], c[L,B,H]  ->  pred[B,T,2], h_out[L,B,H], c_out[L,B,H]      (GRU: no c / c_out)
 
+or, for a model of K > 1 futures (metadata `modes`, format drivecast-step/2, which a reader of /1 refuses
+by name rather than misreading), `pred[B,K,T,2], logit[B,K]` before the state. `step` gives the most
+probable future of either, `step_modes` every future with its probability.
+
 plus its description in the ONNX metadata_props (`ModelMeta`). `StepModel` checks both at load, so a
 node fails at setup with a message naming the file, the key and what was expected, never at the first
 Tracks message with an onnxruntime shape error. `StepModel.inspect` makes the same checks without
@@ -46,6 +50,7 @@ __all__ = [
     "DEFAULT_PROVIDERS",
     "DT_S_RANGE",
     "FORMAT",
+    "FORMAT_MODES",
     "LIMITS",
     "ModelError",
     "ModelMeta",
@@ -55,6 +60,8 @@ __all__ = [
 
 FORMAT = "drivecast-step/1"
 """Value of the `format` metadata key; bumped when the graph's inputs/outputs or the keys change."""
+FORMAT_MODES = "drivecast-step/2"
+"""The `format` of a model of K > 1 futures: its graph has the `logit` output and `pred` a mode axis."""
 
 DEFAULT_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
 
@@ -95,6 +102,7 @@ class ModelMeta:
     exporter: str = ""  # which torch.onnx exporter produced the graph
     weights_hash: str = ""  # "sha256:<hex>" of the torch state_dict it was exported from
     config: dict[str, Any] = field(default_factory=dict)  # the full training ModelConfig
+    modes: int = 1  # K futures per agent (K > 1: pred[B,K,T,2] and logit[B,K])
 
     def __getitem__(self, key: str) -> Any:
         """Mapping-style read, so code written against a dict of these keys (models.evaluate) works too."""
@@ -107,10 +115,10 @@ class ModelMeta:
 
     def to_props(self) -> dict[str, str]:
         """The metadata_props to write into a model file (key -> text)."""
-        props = {"format": FORMAT}
+        props = {"format": FORMAT if self.modes == 1 else FORMAT_MODES}
         for f in fields(self):
             value = getattr(self, f.name)
-            if value is None or value == "":  # an unset optional key is left out, not written empty
+            if value is None or value == "" or (f.name == "modes" and value == 1):  # unset optional: left out
                 continue
             if isinstance(value, dict):
                 props[f.name] = json.dumps(value, sort_keys=True, default=_json_default)
@@ -129,9 +137,10 @@ class ModelMeta:
                 f"{source}: no drivecast metadata (metadata_props key 'format' missing; keys found: "
                 f"{found}); export the model with `drivecast export`"
             )
-        if props["format"] != FORMAT:
+        if props["format"] not in (FORMAT, FORMAT_MODES):
             raise ModelError(
-                f"{source}: metadata key 'format': expected {FORMAT!r}, found {props['format']!r}"
+                f"{source}: metadata key 'format': expected {FORMAT!r} or {FORMAT_MODES!r}, found "
+                f"{props['format']!r}"
             )
         values: dict[str, Any] = {}
         for f in fields(cls):
@@ -140,6 +149,9 @@ class ModelMeta:
                     continue
                 raise ModelError(f"{source}: metadata key {f.name!r} missing (expected {_EXPECT[f.name]})")
             values[f.name] = _parse(source, f.name, props[f.name])
+        if (values.get("modes", 1) > 1) != (props["format"] == FORMAT_MODES):
+            raise ModelError(f"{source}: metadata key 'modes' is {values.get('modes', 1)} with format "
+                             f"{props['format']!r}: expected {FORMAT_MODES!r} exactly when modes > 1")
         return cls(**values)
 
     def check_limits(self, source: str = "model") -> None:
@@ -176,8 +188,9 @@ _EXPECT = {
     "exporter": "a string",
     "weights_hash": "'sha256:<hex>'",
     "config": "a JSON object",
+    "modes": "a positive int",
 }
-_INTS = ("layers", "hidden", "input_dim", "horizon", "obs_len")
+_INTS = ("layers", "hidden", "input_dim", "horizon", "obs_len", "modes")
 LIMITS: dict[str, int] = {
     # Far above any model this pipeline runs (the shipped ones: 1 layer, hidden 112-128, 32-44 inputs,
     # 12-30 steps ahead), far below what would exhaust memory: the warm-up's state at batch 64 is at most
@@ -187,6 +200,7 @@ LIMITS: dict[str, int] = {
     "input_dim": 4096,
     "horizon": 1000,
     "obs_len": 10000,
+    "modes": 64,
 }
 DT_S_RANGE = (0.001, 60.0)  # seconds; the node rounds dt_s to whole nanoseconds for its sample grid
 _JSON = ("features", "training_data", "metrics", "config")
@@ -321,8 +335,10 @@ def _checked(sess: ort.InferenceSession, source: str) -> tuple[ModelMeta, list[s
     state_names = ["h", "c"] if m.cell == "lstm" else ["h"]
     state_shape: list[Any] = [m.layers, "batch", m.hidden]
     _check_io(source, "input", inputs, [("x", ["batch", m.input_dim])] + [(n, state_shape) for n in state_names])
-    _check_io(source, "output", outputs,
-              [("pred", ["batch", m.horizon, 2])] + [(n + "_out", state_shape) for n in state_names])
+    pred: list[tuple[str, list[Any]]] = [("pred", ["batch", m.horizon, 2])]
+    if m.modes > 1:
+        pred = [("pred", ["batch", m.modes, m.horizon, 2]), ("logit", ["batch", m.modes])]
+    _check_io(source, "output", outputs, pred + [(n + "_out", state_shape) for n in state_names])
     return m, state_names
 
 
@@ -356,7 +372,8 @@ class StepModel:
         self.meta, state_names = _checked(self._sess, source)
         m = self.meta
         self._input_names = ["x", *state_names]
-        self._output_names = ["pred"] + [n + "_out" for n in state_names]
+        self._heads = 1 if m.modes == 1 else 2   # pred, and logit for K > 1
+        self._output_names = ["pred", "logit"][: self._heads] + [n + "_out" for n in state_names]
         self._state_shape = (m.layers, m.hidden)
         self.providers: list[str] = self._sess.get_providers()
         try:
@@ -382,7 +399,8 @@ class StepModel:
         m = self.meta
         return (
             f"StepModel({str(self.path)!r}, {m.cell} {m.input_dim}->{m.hidden}x{m.layers}, "
-            f"T={m.horizon} @ {m.dt_s}s, {m.precision}, providers={self.providers})"
+            f"T={m.horizon}{' K=' + str(m.modes) if m.modes > 1 else ''} @ {m.dt_s}s, {m.precision}, "
+            f"providers={self.providers})"
         )
 
     def zero_state(self, batch: int) -> tuple[np.ndarray, ...]:
@@ -395,7 +413,17 @@ class StepModel:
     def step(
         self, x: np.ndarray, state: tuple[np.ndarray, ...]
     ) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
-        """Advance `B` agents by one sample period: x[B,F] float32 -> (pred[B,T,2], new state)."""
+        """Advance `B` agents by one sample period: x[B,F] float32 -> (pred[B,T,2], new state); of K
+        futures the most probable."""
+        pred, prob, state = self.step_modes(x, state)
+        if self.meta.modes == 1:
+            return pred[:, 0], state
+        return pred[np.arange(len(pred)), prob.argmax(-1)], state
+
+    def step_modes(
+        self, x: np.ndarray, state: tuple[np.ndarray, ...]
+    ) -> tuple[np.ndarray, np.ndarray, tuple[np.ndarray, ...]]:
+        """x[B,F] float32 -> (pred[B,K,T,2], prob[B,K] (the softmax of the logits), new state); K=1: prob 1."""
         x = np.ascontiguousarray(x, dtype=np.float32)  # no copy when it already is
         if x.ndim != 2 or x.shape[1] != self.meta.input_dim:
             raise ModelError(
@@ -418,10 +446,14 @@ class StepModel:
                     f"found {list(s.shape)}"
                 )
             feed[name] = s
+        k = self.meta.modes
         if batch == 0:  # nothing to advance; onnxruntime kernels need not accept an empty batch
-            return np.zeros((0, self.meta.horizon, 2), np.float32), self.zero_state(0)
+            return np.zeros((0, k, self.meta.horizon, 2), np.float32), np.zeros((0, k), np.float32), self.zero_state(0)
         outs = self._sess.run(self._output_names, feed)
-        return outs[0], tuple(outs[1:])
+        if k == 1:
+            return outs[0][:, None], np.ones((batch, 1), np.float32), tuple(outs[1:])
+        z = np.exp(outs[1] - outs[1].max(-1, keepdims=True))
+        return outs[0], z / z.sum(-1, keepdims=True), tuple(outs[2:])
 
     def _warm_up(self) -> None:
         # Batch 1 (a single new agent) and 64 (a busy scene): the first run of each shape plans memory.

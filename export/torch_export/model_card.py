@@ -45,7 +45,8 @@ def card_section(paths: list[Path], model: Any, cfg: Any, command: str, data_dir
     lines = [
         f"### {paths[0].name}",
         "",
-        (f"- Model: {m.cell.upper()} {m.input_dim}->{m.hidden}x{m.layers} + linear head, predicts T={m.horizon} "
+        (f"- Model: {m.cell.upper()} {m.input_dim}->{m.hidden}x{m.layers} + linear head, predicts "
+        + (f"K={m.modes} futures with probabilities, " if m.modes > 1 else "") + f"T={m.horizon} "
         f"steps at dt={m.dt_s} s (window protocol: {m.obs_len} observed); features "
         f"`{f.get('name')}` v{f.get('version')} ({feat})."),
         f"- Trained on: {data.get('dataset', '?')}"
@@ -54,9 +55,13 @@ def card_section(paths: list[Path], model: Any, cfg: Any, command: str, data_dir
         + (f", {len(data['train_files'])} train files" if isinstance(data.get("train_files"), list) else "")
         + (f"; command `{met['command']}`" if met.get("command") else ""),
         (f"- Validation ({met.get('dataset', data.get('dataset', '?'))} {met.get('split', 'val')}, "
-        f"n={met.get('model', {}).get('n', '?')}, meters, K=1): window ADE/FDE {_ade_fde(met.get('model'))}, "
+        f"n={met.get('model', {}).get('n', '?')}, meters, "
+        + ("K=1" if m.modes == 1 else "the most probable future") + f"): window ADE/FDE {_ade_fde(met.get('model'))}, "
         f"streaming {_ade_fde(met.get('stream'))}, constant velocity (k={met.get('cv_k', '?')}) "
-        f"{_ade_fde(met.get('cv'))}."),
+        f"{_ade_fde(met.get('cv'))}"
+        + (f"; K={m.modes}, window minADE/minFDE {_min_ade_fde(met.get('model'))} (miss rate "
+           f"{met.get('model', {}).get('miss_rate_k', float('nan')):.3f}), constant velocity's variants "
+           f"{_min_ade_fde(met.get('cv'))}" if m.modes > 1 else "") + "."),
         f"- Exported with drivecast {m.version}, {m.exporter} exporter; weights {m.weights_hash[:19]}...",
         f"- Command: `{command}`",
         "",
@@ -79,6 +84,10 @@ def card_section(paths: list[Path], model: Any, cfg: Any, command: str, data_dir
             row += f" {res['model']['shift_mean_m']:.1e} / {res['model']['shift_max_m']:.1e} |"
         lines.append(row)
     return "\n".join(lines) + "\n"
+
+
+def _min_ade_fde(r: dict | None) -> str:
+    return f"{r['min_ade_k']:.3f}/{r['min_fde_k']:.3f}" if r and "min_ade_k" in r else "?"
 
 
 def update_card(card: Path, key: str, section: str) -> None:

@@ -61,24 +61,30 @@ class _StepGraph(torch.nn.Module):
         super().__init__()
         self.model = model
         self.cell = cell
+        self.modes = int(getattr(getattr(model, "cfg", None), "modes", 1))
 
     def forward(self, x: torch.Tensor, h: torch.Tensor, c: torch.Tensor | None = None) -> Any:
-        pred, h_out, c_out = self.model.step(x, h, c)
+        if self.modes > 1:
+            pred, logit, h_out, c_out = self.model.step_modes(x, h, c)
+            heads: tuple[torch.Tensor, ...] = (pred, logit)
+        else:
+            pred, h_out, c_out = self.model.step(x, h, c)
+            heads = (pred,)
         if self.cell == "gru":
-            return pred, h_out
-        return pred, h_out, c_out
+            return (*heads, h_out)
+        return (*heads, h_out, c_out)
 
 
-def _names(cell: str) -> tuple[list[str], list[str]]:
+def _names(cell: str, modes: int = 1) -> tuple[list[str], list[str]]:
     state = ["h", "c"] if cell == "lstm" else ["h"]
-    return ["x", *state], ["pred"] + [s + "_out" for s in state]
+    return ["x", *state], ["pred", "logit"][: 1 if modes == 1 else 2] + [s + "_out" for s in state]
 
 
 def _trace_to_onnx(
     model: torch.nn.Module, cell: str, input_dim: int, layers: int, hidden: int, exporter: str, opset: int
 ) -> onnx.ModelProto:
     wrapper = _StepGraph(model, cell).eval()
-    inputs, outputs = _names(cell)
+    inputs, outputs = _names(cell, wrapper.modes)
     b = EXAMPLE_BATCH
     gen = torch.Generator().manual_seed(0)
     example = (torch.randn(b, input_dim, generator=gen),) + tuple(
@@ -89,8 +95,8 @@ def _trace_to_onnx(
         # TorchScript-exporter deprecation and tracer notes: known, see the module docstring.
         warnings.simplefilter("ignore")
         if exporter == "torchscript":
-            axes = {"x": {0: "batch"}, "pred": {0: "batch"}}
-            axes.update({n: {1: "batch"} for n in inputs[1:] + outputs[1:]})
+            axes = {n: {0: "batch"} for n in ["x", *outputs] if not n.endswith("_out")}
+            axes.update({n: {1: "batch"} for n in inputs[1:] + outputs if n[:1] in "hc"})
             torch.onnx.export(
                 wrapper, example, buf,  # type: ignore[arg-type]  # a file-like object is accepted
                 dynamo=False, input_names=inputs, output_names=outputs,
@@ -200,6 +206,7 @@ def _meta_from_config(cfg: Any, metrics: Any, data: Any, exporter: str) -> Model
         precision="fp32",
         exporter=exporter,
         config=conf,
+        modes=int(conf.get("modes", 1)),
     )
 
 
@@ -388,7 +395,8 @@ def main(argv: list[str]) -> int:
     for path in paths:
         m = StepModel(path).meta
         print(f"wrote {path} ({path.stat().st_size / 1024:.0f} KiB, {m.precision}, {m.cell} "
-              f"{m.input_dim}->{m.hidden}x{m.layers}, T={m.horizon} @ {m.dt_s}s, {m.content_hash[:19]})")
+              f"{m.input_dim}->{m.hidden}x{m.layers}, T={m.horizon}{' K=' + str(m.modes) if m.modes > 1 else ''} "
+              f"@ {m.dt_s}s, {m.content_hash[:19]})")
     if args.card:
         command = "drivecast export " + " ".join(argv)
         model, cfg, _ = load_checkpoint(args.ckpt)

@@ -68,7 +68,9 @@ def weights_hash(model: torch.nn.Module) -> str:
 def torch_rollout(
     model: Any, cell: str, xs: np.ndarray, layers: int, hidden: int
 ) -> list[np.ndarray]:
-    """torch predictions for xs[S,B,F], stepping with the state carried from zero."""
+    """torch predictions for xs[S,B,F], stepping with the state carried from zero; with K > 1 futures
+    every future and its probability, flattened per agent (as `ort_rollout`)."""
+    modes = int(getattr(getattr(model, "cfg", None), "modes", 1))
     s_n, b = xs.shape[0], xs.shape[1]
     h = torch.zeros(layers, b, hidden)
     c = torch.zeros(layers, b, hidden) if cell == "lstm" else None
@@ -80,7 +82,11 @@ def torch_rollout(
     try:
         with torch.inference_mode():
             for t in range(s_n):
-                pred, h, c = model.step(torch.from_numpy(xs[t]), h, c)
+                if modes > 1:
+                    pred, logit, h, c = model.step_modes(torch.from_numpy(xs[t]), h, c)
+                    pred = torch.cat([pred.reshape(b, -1), logit.softmax(-1)], 1)
+                else:
+                    pred, h, c = model.step(torch.from_numpy(xs[t]), h, c)
                 preds.append(pred.numpy().copy())
     finally:
         torch.set_num_threads(threads)
@@ -92,8 +98,12 @@ def ort_rollout(step_model: StepModel, xs: np.ndarray) -> list[np.ndarray]:
     state = step_model.zero_state(xs.shape[1])
     preds = []
     for t in range(xs.shape[0]):
-        pred, state = step_model.step(xs[t], state)
-        preds.append(pred)
+        if step_model.meta.modes > 1:
+            pred, prob, state = step_model.step_modes(xs[t], state)
+            preds.append(np.concatenate([pred.reshape(len(pred), -1), prob], 1))
+        else:
+            pred, state = step_model.step(xs[t], state)
+            preds.append(pred)
     return preds
 
 

@@ -95,6 +95,9 @@ def dataset_change(
         shift = np.linalg.norm(ort_res["_preds"][proto_name] - torch_res["_preds"][proto_name], axis=-1)
         out[proto_name] = {"torch_ade": t["ade"], "torch_fde": t["fde"], "onnx_ade": o["ade"], "onnx_fde": o["fde"],
                            "n": t["n"], "shift_mean_m": float(shift.mean()), "shift_max_m": float(shift.max())}
+        if "min_ade_k" in t:   # K futures: the best of them as well as the most probable
+            out[proto_name].update({f"{side}_{key}": r[key] for side, r in (("torch", t), ("onnx", o))
+                                    for key in ("min_ade_k", "min_fde_k", "miss_rate_k")})
     return out
 
 
@@ -166,7 +169,9 @@ def main(argv: list[str]) -> int:
         except DatasetError as exc:
             print(f"ERROR: {exc}", file=sys.stderr)
             return 1
-        print(f"{args.dataset} split={args.split} fold={args.fold}, meters, K=1")
+        k = meta.modes
+        print(f"{args.dataset} split={args.split} fold={args.fold}, meters, "
+              + ("K=1" if k == 1 else f"ADE/FDE of the most probable of K={k} futures"))
         print(f"{'protocol':<9}{'n':>7}{'torch ADE/FDE':>20}{'onnx ADE/FDE':>20}{'change ADE/FDE':>22}"
               f"{'point shift mean/max':>24}")
         for name, r in res.items():
@@ -174,6 +179,11 @@ def main(argv: list[str]) -> int:
             print(f"{name:<9}{r['n']:>7}{r['torch_ade']:>11.4f}/{r['torch_fde']:<8.4f}"
                   f"{r['onnx_ade']:>11.4f}/{r['onnx_fde']:<8.4f}{d_ade:>+11.2e}/{d_fde:<+10.2e}"
                   f"{r['shift_mean_m']:>13.2e}/{r['shift_max_m']:<10.2e}")
+            if "torch_min_ade_k" in r:
+                d_ade = max(abs(d_ade), abs(r["onnx_min_ade_k"] - r["torch_min_ade_k"]))
+                print(f"{'':<9}minADE/minFDE_{k} {r['torch_min_ade_k']:.4f}/{r['torch_min_fde_k']:.4f} -> "
+                      f"{r['onnx_min_ade_k']:.4f}/{r['onnx_min_fde_k']:.4f}, miss rate {r['torch_miss_rate_k']:.4f} "
+                      f"-> {r['onnx_miss_rate_k']:.4f}")
             if fp32 and max(abs(d_ade), abs(d_fde)) > args.tol:
                 failed = True
                 print(f"{name}: ADE/FDE change above {args.tol:g} m for an fp32 model: FAIL")
