@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from pipeline.errors import DecodeError
 from pipeline.wire.codec import Limits, decode, encode
-from pipeline.wire.messages import SCHEMAS, Image, Message, Tracks
+from pipeline.wire.messages import SCHEMAS, Image, Message, Predictions, Tracks, _finish, array
 
 
 def _message_strategy(cls: type[Message]) -> st.SearchStrategy[Message]:
@@ -211,3 +211,113 @@ def test_message_equality_compares_arrays() -> None:
     a = Tracks(ids=[1, 2], kind=[1, 1])
     assert a == dataclasses.replace(a)
     assert a != Tracks(ids=[1, 3], kind=[1, 1])
+
+
+# -- optional arrays: Predictions with K futures ---------------------------------------------------------------
+
+def _futures(n: int = 2, k: int = 6, t: int = 3, seed: int = 0) -> Predictions:
+    rng = np.random.default_rng(seed)
+    modes = rng.normal(size=(n, k, t, 2)).astype(np.float32)
+    prob = rng.dirichlet(np.ones(k), size=n).astype(np.float32)
+    best = prob.argmax(1)
+    return Predictions(stamp_ns=5, model="vehicle", ids=np.arange(n), kind=np.ones(n), t_ns=10 + np.arange(t),
+                       xy=modes[np.arange(n), best], modes=modes, prob=prob)
+
+
+# `Predictions(stamp_ns=1e9, frame_id="map", seq=7, model="vehicle", ids=[3, 9], kind=[1, 2],
+# t_ns=[1.1e9, 1.2e9], xy=arange(8).reshape(2, 2, 2))` as the codec encoded it (publish_ns 1_000_500_000)
+# before Predictions had `modes` and `prob`: a message of one future must keep exactly these bytes.
+_ONE_FUTURE_BEFORE_MODES = [
+    "98b56472697665636173742f50726564696374696f6e730107ce3b9aca00ce3ba26b20a36d617081a56d6f64656ca776656869636c65"
+    "9493a3696473a33c6938910293a46b696e64a37c7531910293a4745f6e73a33c6938910293a27879a33c663493020202",
+    "03000000000000000900000000000000", "0102", "00ab904100000000008c864700000000",
+    "000000000000803f0000004000004040000080400000a0400000c0400000e040"]
+
+
+def _one_future() -> Predictions:
+    return Predictions(stamp_ns=1_000_000_000, frame_id="map", seq=7, model="vehicle", ids=np.array([3, 9]),
+                       kind=np.array([1, 2]), t_ns=np.array([1_100_000_000, 1_200_000_000]),
+                       xy=np.arange(8, dtype=np.float32).reshape(2, 2, 2))
+
+
+def test_predictions_of_k_futures_round_trip_with_their_probabilities() -> None:
+    msg = _futures()
+    frames = [bytes(f) for f in encode(msg)]
+    assert len(frames) == 1 + 6
+    for expect in (None, Predictions):  # the checked path and msgspec's fast path
+        decoded, _ = decode(frames, expect=expect)
+        assert decoded == msg and decoded.modes.shape == (2, 6, 3, 2) and decoded.prob.shape == (2, 6)
+        assert not decoded.modes.flags.writeable and not decoded.prob.flags.writeable
+
+
+def test_a_prediction_of_one_future_has_the_bytes_it_had_before_modes_existed() -> None:
+    frames = encode(_one_future(), publish_ns=1_000_500_000)
+    assert [bytes(f).hex() for f in frames] == _ONE_FUTURE_BEFORE_MODES
+
+
+@pytest.mark.parametrize("expect", [None, Predictions])
+def test_a_prediction_recorded_before_modes_existed_decodes_with_no_futures(expect: type[Message] | None) -> None:
+    decoded, publish_ns = decode([bytes.fromhex(f) for f in _ONE_FUTURE_BEFORE_MODES], expect=expect)
+    assert publish_ns == 1_000_500_000 and decoded == _one_future()
+    assert isinstance(decoded, Predictions)
+    assert decoded.modes.shape == (2, 0, 2, 2) and decoded.prob.shape == (2, 0)  # N and T of the message, K 0
+    assert not decoded.modes.flags.writeable
+
+
+def test_an_empty_optional_array_takes_the_message_axes_so_a_message_equals_its_round_trip() -> None:
+    msg = _one_future()
+    assert msg.modes.shape == (2, 0, 2, 2) and msg.prob.shape == (2, 0)
+    assert decode(encode(msg))[0] == msg
+    no_agents = Predictions(t_ns=[1, 2, 3], xy=np.zeros((0, 3, 2)), modes=np.zeros((0, 6, 3, 2)), prob=np.zeros((0, 6)))
+    frames = encode(no_agents)  # K = 6 of no agent still travels: K is what says whether they are there
+    assert len(frames) == 7 and decode(frames)[0] == no_agents
+
+
+@pytest.mark.parametrize(("array", "shape", "message"), [
+    ("prob", [2, 5], r"bad_shape: drivecast/Predictions.prob: axis K has length 5, but modes has 6"),
+    ("modes", [3, 6, 3, 2], r"bad_shape: drivecast/Predictions.modes: axis N has length 3, but ids has 2"),
+    ("modes", [2, 6, 4, 2], r"bad_shape: drivecast/Predictions.modes: axis T has length 4, but t_ns has 3"),
+    ("modes", [2, 6, 6], r"bad_shape: drivecast/Predictions.modes: shape \[2, 6, 6\], expected \['N', 'K', 'T', 2\]"),
+])
+@pytest.mark.parametrize("expect", [None, Predictions])
+def test_futures_whose_shape_does_not_fit_the_message_are_refused(array: str, shape: list[int], message: str,
+                                                                   expect: type[Message] | None) -> None:
+    frames = [bytes(f) for f in encode(_futures())]
+    h = _header(frames)
+    at = {"modes": 4, "prob": 5}[array]
+    h[7][at][2] = shape
+    frames[1 + at] = bytes(4 * int(np.prod(shape)))
+    with pytest.raises(DecodeError, match=message):
+        decode(_with_header(frames, h), expect=expect)
+
+
+def test_a_message_with_modes_but_no_prob_is_refused_naming_the_arrays() -> None:
+    frames = [bytes(f) for f in encode(_futures())]
+    h = _header(frames)
+    del h[7][5]
+    with pytest.raises(DecodeError, match=r"bad_fields: drivecast/Predictions: arrays \['ids', 'kind', 't_ns', 'xy', "
+                       r"'modes'\], expected \['ids', 'kind', 't_ns', 'xy', 'modes', 'prob'\] \(or without the "
+                       r"optional modes, prob\)"):
+        decode(_with_header(frames[:6], h), expect=Predictions)
+
+
+def test_futures_that_do_not_fit_the_message_are_refused_at_encode() -> None:
+    msg = _futures()
+    msg.prob = np.ones((2, 5), np.float32)
+    with pytest.raises(ValueError, match="drivecast/Predictions.prob: axis K has length 5, but modes has 6"):
+        encode(msg)
+
+
+def test_a_schema_whose_optional_array_could_not_be_left_out_is_refused_at_import() -> None:
+    with pytest.raises(TypeError, match="Bad.extra: an optional array needs an axis no required array has"):
+        @_finish
+        @dataclasses.dataclass(kw_only=True, eq=False)
+        class Bad(Message):
+            ids: np.ndarray = array("int64", "N")
+            extra: np.ndarray = array("float32", "N", optional=True)
+    with pytest.raises(TypeError, match="Late: optional arrays must come after the required ones"):
+        @_finish
+        @dataclasses.dataclass(kw_only=True, eq=False)
+        class Late(Message):
+            extra: np.ndarray = array("float32", "K", optional=True)
+            ids: np.ndarray = array("int64", "N")

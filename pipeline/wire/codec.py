@@ -3,7 +3,9 @@
 The header is msgpack (schema name and version, seq, stamps, scalar fields, and each array's
 name, dtype and shape). Arrays travel as their own frames, so the sender passes numpy buffers to
 ZeroMQ without copying them and the receiver wraps the received frames with `np.frombuffer`:
-read-only views, no Python copy on the way.
+read-only views, no Python copy on the way. A schema's optional arrays travel only when a message
+fills them (`pipeline.wire.messages`): the header then lists them after the required ones, and the
+frame count says which of the two layouts a message has.
 
 Received bytes are untrusted. `decode` checks, before any array is built: the schema is known and
 at the same version, the scalar fields are exactly the declared ones with the declared types, the
@@ -74,23 +76,28 @@ _decoder = msgspec.msgpack.Decoder(_Header)
 def encode(msg: Message, publish_ns: int | None = None) -> list[Any]:
     """Frames for `msg`: the msgpack header, then each array as a buffer (not copied).
 
+    Optional arrays that are empty along their own axes are left out (`pipeline.wire.messages`).
     The caller must not modify the arrays until ZeroMQ has sent them (they go zero-copy).
     """
     cls = type(msg)
     plan = _PLANS.get(cls) or _plan(cls)
+    layout = plan.full
     arrays: list[tuple[str, str, tuple[int, ...]]] = []
     buffers: list[Any] = []
-    for name, spec, dtype_str in plan.arrays:
+    for name, spec, dtype_str in layout.arrays:
         a = getattr(msg, name)
         if type(a) is not np.ndarray or a.dtype != spec.dtype or not a.data.c_contiguous:
             a = np.ascontiguousarray(a, dtype=spec.dtype)
         arrays.append((name, dtype_str, a.shape))
         buffers.append(a.data.cast("B") if a.size else b"")
-    if not plan.shapes_ok(arrays):
+    if plan.own and all(len(arrays[i][2]) > j and arrays[i][2][j] == 0 for i, j in plan.own):
+        layout = plan.required
+        del arrays[layout.count:], buffers[layout.count:]
+    if not layout.shapes_ok(arrays):
         axes: dict[str, tuple[str, int]] = {}
-        for (name, _, shape), (_, spec, _) in zip(arrays, plan.arrays, strict=True):
+        for (name, _, shape), (_, spec, _) in zip(arrays, layout.arrays, strict=True):
             _check_shape(cls.SCHEMA, name, list(shape), spec.shape, axes, ValueError)
-    # A tuple encodes as the msgpack array that `_Header` and `_Plan.decoder` decode.
+    # A tuple encodes as the msgpack array that `_Header` and `_Layout.decoder` decode.
     header = (cls.SCHEMA, cls.VERSION, msg.seq, msg.stamp_ns, time.time_ns() if publish_ns is None else publish_ns,
               msg.frame_id, {name: getattr(msg, name) for name in plan.scalar_names}, arrays)
     return [_encoder.encode(header), *buffers]
@@ -103,29 +110,26 @@ _NonNegative = Annotated[int, msgspec.Meta(ge=0)]
 _SCALAR_TYPES: dict[type, Any] = {int: int, float: float, str: str, bool: bool, dict: dict[str, float]}
 
 
-class _Plan:
-    """What encode/decode need to know about a schema, computed once per class, not per message.
+class _Layout:
+    """The arrays one message of a schema carries: all of them, or the required ones when the optional
+    ones are left out. What encode/decode need to know about them, computed once, not per message.
 
-    `decoder` decodes this schema's header into a Struct that msgspec validates in C (schema name,
-    version, scalar names and types, array names, dtypes, ranks, fixed axis lengths): the fast
-    path of `decode`. Named axes (one length across the message) and byte lengths stay in Python.
+    `decoder` decodes such a header into a Struct that msgspec validates in C (schema name, version,
+    scalar names and types, array names, dtypes, ranks, fixed axis lengths): the fast path of
+    `decode`. Named axes (one length across the message) and byte lengths stay in Python.
     """
 
-    def __init__(self, cls: type[Message]) -> None:
-        self.scalar_names = tuple(n for n in cls.SCALARS if n not in _HEADER_FIELDS)
-        self.scalar_set = frozenset(self.scalar_names)
-        self.scalar_types = tuple((n, cls.SCALARS[n]) for n in self.scalar_names)
-        self.arrays = tuple((n, spec, spec.dtype.str) for n, spec in cls.ARRAYS.items())
-        for n, spec in cls.ARRAYS.items():  # decode compares dtype strings: each must be a safe one
-            if spec.dtype.str not in ALLOWED_DTYPES:
-                raise TypeError(f"{cls.SCHEMA}.{n}: dtype {spec.dtype} is not on the codec's allow-list")
-        self.array_names = list(cls.ARRAYS)
-        self.dtypes = tuple((spec.dtype, spec.dtype.itemsize) for spec in cls.ARRAYS.values())
+    def __init__(self, cls: type[Message], names: list[str], scalars: Any) -> None:
+        specs = [(n, cls.ARRAYS[n]) for n in names]
+        self.count = len(names)
+        self.array_names = names
+        self.arrays = tuple((n, spec, spec.dtype.str) for n, spec in specs)
+        self.dtypes = tuple((spec.dtype, spec.dtype.itemsize) for _, spec in specs)
         # (array, axis) pairs that must equal an earlier (array, axis) of the same name
         first: dict[str, tuple[int, int]] = {}
         self.same_axes: list[tuple[int, int, int, int]] = []
         self.fixed: list[tuple[int, int, int]] = []
-        for i, spec in enumerate(cls.ARRAYS.values()):
+        for i, (_, spec) in enumerate(specs):
             for j, d in enumerate(spec.shape):
                 if isinstance(d, str):
                     i0, j0 = first.setdefault(d, (i, j))
@@ -133,19 +137,16 @@ class _Plan:
                         self.same_axes.append((i, j, i0, j0))
                 else:
                     self.fixed.append((i, j, d))
-        self.ranks = tuple(len(spec.shape) for spec in cls.ARRAYS.values())
+        self.ranks = tuple(len(spec.shape) for _, spec in specs)
         self.max_rank = max(self.ranks, default=0)
-
-        scalars = msgspec.defstruct(f"{cls.__name__}Scalars", [(n, _SCALAR_TYPES[t]) for n, t in self.scalar_types],
-                                    forbid_unknown_fields=True)
         # Types built from values at run time (msgspec reads them; a type checker cannot).
         lit: Any = Literal
         tup: Any = tuple
         arrays = tup[tuple(
             tup[lit[n], lit[spec.dtype.str], tup[tuple(lit[d] if isinstance(d, int) else _NonNegative for d in spec.shape)]]
-            for n, spec in cls.ARRAYS.items())] if cls.ARRAYS else tuple[()]
+            for n, spec in specs)] if specs else tuple[()]
         header = msgspec.defstruct(
-            f"{cls.__name__}Header",
+            f"{cls.__name__}Header{self.count}",
             [("version", lit[cls.VERSION]), ("seq", _Int64), ("stamp_ns", _Int64), ("publish_ns", _Int64),
              ("frame_id", str), ("scalars", scalars), ("arrays", arrays)],
             array_like=True, tag=cls.SCHEMA, forbid_unknown_fields=True)
@@ -164,6 +165,43 @@ class _Plan:
             if arrays[i][2][j] != arrays[i0][2][j0]:
                 return False
         return True
+
+
+class _Plan:
+    """What encode/decode need to know about a schema: its scalars, and the `_Layout` of a message with
+    every array (`full`) and of one without the optional arrays (`required`; the same one when the
+    schema has none), told apart by their array count (`layouts`)."""
+
+    def __init__(self, cls: type[Message]) -> None:
+        self.scalar_names = tuple(n for n in cls.SCALARS if n not in _HEADER_FIELDS)
+        self.scalar_set = frozenset(self.scalar_names)
+        self.scalar_types = tuple((n, cls.SCALARS[n]) for n in self.scalar_names)
+        for n, spec in cls.ARRAYS.items():  # decode compares dtype strings: each must be a safe one
+            if spec.dtype.str not in ALLOWED_DTYPES:
+                raise TypeError(f"{cls.SCHEMA}.{n}: dtype {spec.dtype} is not on the codec's allow-list")
+        scalars = msgspec.defstruct(f"{cls.__name__}Scalars", [(n, _SCALAR_TYPES[t]) for n, t in self.scalar_types],
+                                    forbid_unknown_fields=True)
+        names = list(cls.ARRAYS)
+        required = [n for n in names if n not in cls.ABSENT]  # `Message` puts the optional ones last
+        self.full = _Layout(cls, names, scalars)
+        self.required = _Layout(cls, required, scalars) if cls.ABSENT else self.full
+        self.layouts = {self.full.count: self.full, self.required.count: self.required}
+        # the optional arrays' own axes (array, axis), all 0 in a message that leaves them out
+        self.own = [(names.index(n), j) for n, axes in cls.ABSENT.items() for j, src in enumerate(axes) if src is None]
+        # each left-out array's name, dtype and axis lengths: fixed, 0, or (required array, axis) of the message
+        self.fill: list[tuple[str, np.ndarray, tuple[Any, ...]]] = []
+        for n, axes in cls.ABSENT.items():
+            empty = np.zeros(0, cls.ARRAYS[n].dtype)
+            empty.flags.writeable = False  # its reshapes are read-only views, like every decoded array
+            self.fill.append((n, empty, tuple(src if src is None or isinstance(src, int)
+                                              else (required.index(src[0]), src[1]) for src in axes)))
+
+    def fill_absent(self, fields: dict[str, Any], shapes: Sequence[Sequence[int]]) -> None:
+        """Put the optional arrays a message left out into `fields`: empty, shaped as the message's
+        required arrays (`shapes`) say, as `Message` shapes an empty one."""
+        for name, empty, axes in self.fill:
+            fields[name] = empty.reshape(
+                [0 if src is None else src if type(src) is int else shapes[src[0]][src[1]] for src in axes])
 
 
 _PLANS: dict[type, _Plan] = {}
@@ -212,25 +250,27 @@ def decode(frames: Sequence[Any], expect: type[Message] | None = None,
     if expect is not None and frames:
         header = _buffer(frames[0])
         plan = _PLANS.get(expect) or _plan(expect)
-        if len(header) <= limits.max_header_bytes:
+        layout = plan.layouts.get(len(frames) - 1)  # the frame count says whether optional arrays came
+        if layout is not None and len(header) <= limits.max_header_bytes:
             h: Any
             try:
-                h = plan.decoder.decode(header)
+                h = layout.decoder.decode(header)
             except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError):
                 h = None
             if h is not None:
-                msg = _build(expect, plan, h, frames, limits)
+                msg = _build(expect, plan, layout, h, frames, limits)
                 if msg is not None:
                     return msg, h.publish_ns
     return _decode_checked(frames, expect, limits)
 
 
-def _build(cls: type[Message], plan: _Plan, h: Any, frames: Sequence[Any], limits: Limits) -> Message | None:
+def _build(cls: type[Message], plan: _Plan, layout: _Layout, h: Any, frames: Sequence[Any],
+           limits: Limits) -> Message | None:
     """The message of a header that msgspec validated, or None if the frames do not fit it."""
     specs = h.arrays
-    if len(frames) - 1 != len(specs) or plan.max_rank > limits.max_ndim:
+    if len(frames) - 1 != len(specs) or layout.max_rank > limits.max_ndim:
         return None
-    for i, j, i0, j0 in plan.same_axes:
+    for i, j, i0, j0 in layout.same_axes:
         if specs[i][2][j] != specs[i0][2][j0]:
             return None
     msg = cls.__new__(cls)
@@ -240,7 +280,7 @@ def _build(cls: type[Message], plan: _Plan, h: Any, frames: Sequence[Any], limit
     for name in plan.scalar_names:
         fields[name] = getattr(scalars, name)
     total = 0
-    for (name, _, shape), frame, (dtype, itemsize) in zip(specs, frames[1:], plan.dtypes, strict=False):
+    for (name, _, shape), frame, (dtype, itemsize) in zip(specs, frames[1:], layout.dtypes, strict=False):
         buf = _buffer(frame)
         nbytes = itemsize * math.prod(shape)
         total += nbytes
@@ -249,6 +289,8 @@ def _build(cls: type[Message], plan: _Plan, h: Any, frames: Sequence[Any], limit
         # frombuffer of a memoryview: the array's base holds the frame, so `ShmReader.release`
         # can tell by the frame's reference count whether a decoded array is still alive.
         fields[name] = np.frombuffer(buf.toreadonly(), dtype).reshape(shape)
+    if layout is not plan.full:
+        plan.fill_absent(fields, [a[2] for a in specs])
     return msg
 
 
@@ -285,12 +327,14 @@ def _decode_checked(frames: Sequence[Any], expect: type[Message] | None, limits:
             raise DecodeError("bad_fields", f"{h.schema}.{name}: expected a map of str to number")
         fields[name] = value
 
-    if [a.name for a in h.arrays] != plan.array_names:
-        raise DecodeError("bad_fields", f"{h.schema}: arrays {[a.name for a in h.arrays][:16]}, "
-                          f"expected {list(cls.ARRAYS)}")
+    names = [a.name for a in h.arrays]
+    layout = plan.layouts.get(len(names))
+    if layout is None or names != layout.array_names:
+        without = f" (or without the optional {', '.join(cls.ABSENT)})" if cls.ABSENT else ""
+        raise DecodeError("bad_fields", f"{h.schema}: arrays {names[:16]}, expected {list(cls.ARRAYS)}{without}")
     total = 0
     axes: dict[str, tuple[str, int]] = {}
-    for a, frame, (_, spec, dtype_str) in zip(h.arrays, frames[1:], plan.arrays, strict=False):
+    for a, frame, (_, spec, dtype_str) in zip(h.arrays, frames[1:], layout.arrays, strict=False):
         if a.dtype != dtype_str:  # declared dtypes are all on the allow-list: one compare checks both
             raise DecodeError("bad_dtype", f"{h.schema}.{a.name}: dtype {a.dtype[:16]!r}, "
                               f"expected {spec.dtype.str!r}")
@@ -308,6 +352,8 @@ def _decode_checked(frames: Sequence[Any], expect: type[Message] | None, limits:
         arr = np.frombuffer(buf, dtype=spec.dtype).reshape(a.shape)
         arr.flags.writeable = False
         fields[a.name] = arr
+    if layout is not plan.full:
+        plan.fill_absent(fields, [a.shape for a in h.arrays])
     # Every field was checked above: skip the dataclass __init__ and its dtype-coercion pass.
     msg = cls.__new__(cls)
     msg.__dict__.update(fields)

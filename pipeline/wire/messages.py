@@ -8,12 +8,20 @@ checks received arrays against exactly these declarations.
 
 A schema is a dataclass subclass of `Message` with a `SCHEMA` name and a `VERSION`; subclassing
 registers it. Bump `VERSION` when a field changes meaning or layout: peers refuse other versions.
+
+An array declared `optional` (after every required one) may be left out of a message: one whose
+optional arrays are all empty along their own axes (the axes no required array names, `K` of
+`Predictions.modes`) travels exactly as if the schema had no such arrays, and decodes with them empty.
+So a schema can gain optional arrays without a new `VERSION`: messages that leave them empty keep
+their bytes, recordings made before still decode, and an older peer refuses only a message that
+fills them, naming the arrays it does not know.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, ClassVar, TypeVar
 
 import numpy as np
@@ -22,6 +30,7 @@ __all__ = [
     "SCHEMAS",
     "AgentKind",
     "ArraySpec",
+    "AxisSource",
     "Clock",
     "Detections",
     "Diagnostics",
@@ -57,15 +66,35 @@ class ArraySpec:
 
     dtype: np.dtype
     shape: tuple[int | str, ...]
+    optional: bool = False  # left out of a message whose optional arrays are all empty (module docstring)
 
     def empty(self) -> np.ndarray:
         return np.zeros(tuple(0 if isinstance(d, str) else d for d in self.shape), dtype=self.dtype)
 
 
-def array(dtype: str, *shape: int | str) -> Any:
+def array(dtype: str, *shape: int | str, optional: bool = False) -> Any:
     """Declare an array field of a message (used as a dataclass field default)."""
-    spec = ArraySpec(np.dtype(dtype), tuple(shape))
-    return field(default_factory=spec.empty, metadata={"array": spec})
+    spec = ArraySpec(np.dtype(dtype), tuple(shape), optional)
+    # an optional array's default is replaced in `__post_init__`: a shared read-only one costs nothing
+    shape0 = tuple(0 if isinstance(d, str) else d for d in spec.shape)
+    return field(default_factory=partial(_empty, spec.dtype, shape0) if optional else spec.empty, metadata={"array": spec})
+
+
+_EMPTY: dict[np.dtype, np.ndarray] = {}
+
+
+def _empty(dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray:
+    """A read-only array of no elements: a view of one shared per dtype, cheaper than a new one."""
+    base = _EMPTY.get(dtype)
+    if base is None:
+        base = _EMPTY[dtype] = np.zeros(0, dtype)
+        base.flags.writeable = False
+    return base.reshape(shape)
+
+
+# Where each axis of an absent optional array takes its length: a fixed int, (required array, axis)
+# for a named axis a required array has, or None for the optional arrays' own axes (length 0).
+AxisSource = int | tuple[str, int] | None
 
 
 SCHEMAS: dict[str, type[Message]] = {}
@@ -82,6 +111,9 @@ class Message:
     BULK: ClassVar[bool] = False
     ARRAYS: ClassVar[dict[str, ArraySpec]]
     SCALARS: ClassVar[dict[str, type]]
+    # optional array -> the source of each axis when it is absent (`_shape_absent`); {} for most schemas
+    ABSENT: ClassVar[dict[str, tuple[AxisSource, ...]]] = {}
+    _OWN: ClassVar[tuple[tuple[str, int], ...]] = ()  # (optional array, axis) of their own axes: 0 when absent
 
     stamp_ns: int = 0
     frame_id: str = ""
@@ -99,6 +131,20 @@ class Message:
             a = getattr(self, name)
             if not isinstance(a, np.ndarray) or a.dtype != spec.dtype:
                 setattr(self, name, np.asarray(a, dtype=spec.dtype))
+        if self.ABSENT:
+            self._shape_absent()
+
+    def _shape_absent(self) -> None:
+        """Give optional arrays left empty the shape decode gives them (Predictions.modes [N,0,T,2], not
+        the default [0,0,0,2]): a message equals its round trip, and `modes.shape[1]` is K either way."""
+        for name, j in self._OWN:
+            shape = getattr(self, name).shape
+            if len(shape) <= j or shape[j]:
+                return
+        for name, axes in self.ABSENT.items():
+            setattr(self, name, _empty(self.ARRAYS[name].dtype, tuple(
+                [0 if src is None else src if isinstance(src, int) else getattr(self, src[0]).shape[src[1]]
+                 for src in axes])))
 
     def __eq__(self, other: object) -> bool:
         """Field-wise equality, arrays compared by dtype, shape and value (tests, replay checks)."""
@@ -114,6 +160,25 @@ class Message:
         return True
 
 
+def _absent_axes(cls: type, arrays: dict[str, ArraySpec]) -> dict[str, tuple[AxisSource, ...]]:
+    """`Message.ABSENT` of a schema; TypeError for optional arrays the codec could not leave out."""
+    required = {n: s for n, s in arrays.items() if not s.optional}
+    if list(arrays)[:len(required)] != list(required):
+        raise TypeError(f"{cls.__name__}: optional arrays must come after the required ones")
+    named: dict[str, tuple[str, int]] = {}
+    for n, s in required.items():
+        for j, d in enumerate(s.shape):
+            if isinstance(d, str):
+                named.setdefault(d, (n, j))
+    out: dict[str, tuple[AxisSource, ...]] = {}
+    for n, s in arrays.items():
+        if s.optional:
+            out[n] = tuple(d if isinstance(d, int) else named.get(d) for d in s.shape)
+            if None not in out[n]:  # always empty or never: no axis says whether it is there
+                raise TypeError(f"{cls.__name__}.{n}: an optional array needs an axis no required array has")
+    return out
+
+
 def _finish(cls: _M) -> _M:
     """Collect a schema's array and scalar fields once, so the codec never introspects per message."""
     arrays, scalars = {}, {}
@@ -124,7 +189,8 @@ def _finish(cls: _M) -> _M:
         else:
             t = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
             scalars[f.name] = hints[t]
-    cls.ARRAYS, cls.SCALARS = arrays, scalars
+    cls.ARRAYS, cls.SCALARS, cls.ABSENT = arrays, scalars, _absent_axes(cls, arrays)
+    cls._OWN = tuple((n, j) for n, axes in cls.ABSENT.items() for j, src in enumerate(axes) if src is None)
     return cls
 
 
@@ -190,6 +256,11 @@ class Predictions(Message):
 
     `stamp_ns` is the stamp of the Tracks message the prediction was made from. One message holds
     agents of one model (one sample period), so `t_ns` is shared by all rows.
+
+    `xy` is each agent's most probable future: a consumer of one future reads only it. A model of
+    K futures also fills `modes` (every future, `xy` being `modes[n, argmax(prob[n])]`) and `prob`
+    (their probabilities, summing to 1 per agent); a model of one future leaves both empty (K = 0),
+    and such a message is byte for byte what it was before they existed (optional arrays).
     """
 
     SCHEMA = "drivecast/Predictions"
@@ -198,6 +269,8 @@ class Predictions(Message):
     kind: np.ndarray = array("uint8", "N")
     t_ns: np.ndarray = array("int64", "T")
     xy: np.ndarray = array("float32", "N", "T", 2)
+    modes: np.ndarray = array("float32", "N", "K", "T", 2, optional=True)
+    prob: np.ndarray = array("float32", "N", "K", optional=True)
 
 
 @_finish
