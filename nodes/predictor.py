@@ -5,7 +5,9 @@ carries one recurrent state per agent across messages. A message closes the tick
 sample grid that its stamp passes (`nodes.resample`, exactly as training resamples a recording);
 each closed tick is ONE batched `StepModel.step` over the agents sampled at it, and the last tick's
 predictions are published (world frame, `t_ns` = t_k + j*dt, stamp = the Tracks stamp) for agents
-with at least `min_obs` samples. Neighbours in the feature vector are the agents of the same model
+with at least `min_obs` samples. A model of K > 1 futures is stepped with `step_modes` instead (the
+same state update: `step` is `step_modes` keeping the most probable future), and its message carries
+every future (`modes`) with its probability (`prob`) beside the most probable one (`xy`). Neighbours in the feature vector are the agents of the same model
 sampled at the same tick, as in its training data.
 
 Duplicate, out-of-order, (with `max_age_s`) stale and future stamps are dropped and counted: a stamp
@@ -72,6 +74,28 @@ class _Route:
         n_state = 2 if model.meta.cell == "lstm" else 1
         table = AgentTable(capacity, n_state, model.meta.layers, model.meta.hidden, self.hl)
         self.grid = Grid(table, dt_ns, max_gap_steps)
+
+    def step(self, x: np.ndarray, state: tuple[np.ndarray, ...]
+             ) -> tuple[np.ndarray, np.ndarray | None, tuple[np.ndarray, ...]]:
+        """One model step: (futures [B,K,T,2], their probabilities [B,K] or None for a model of one future,
+        new state). `step_modes` updates the state as `step` does: one run of the graph either way."""
+        if self.model.meta.modes > 1:
+            return self.model.step_modes(x, state)
+        pred, state = self.model.step(x, state)
+        return pred[:, None], None, state
+
+
+def _message(r: _Route, smp: Sample, world: np.ndarray, prob: np.ndarray | None, ready: np.ndarray) -> Predictions:
+    """The predictions of the agents `ready` at a sample, unstamped: world[B,K,T,2] their futures in the world
+    frame, prob[B,K] their probabilities (None: one future, which goes in `xy` alone)."""
+    ids, kind, t_ns = smp.ids, smp.kind, smp.t_ns + r.steps_ns
+    if not ready.all():
+        ids, kind, world = ids[ready], kind[ready], world[ready]
+        prob = None if prob is None else prob[ready]
+    if prob is None:
+        return Predictions(model=r.name, ids=ids, kind=kind, t_ns=t_ns, xy=world[:, 0])
+    xy = world[np.arange(len(world)), prob.argmax(-1)]  # the future `step` would have given
+    return Predictions(model=r.name, ids=ids, kind=kind, t_ns=t_ns, xy=xy, modes=world, prob=prob)
 
 
 def _checked_spec(meta: ModelMeta, source: str, capacity: int) -> tuple[dict[str, Any], int]:
@@ -191,35 +215,33 @@ class Predictor(Node):
             if evicted := r.grid.evict(s, p.ttl_s * 1e9):  # a counter appears once something happened
                 self.counts["evictions"] += evicted
             rows = slice(edges[i], edges[i + 1])
-            out = None
+            out: Predictions | None = None
             for sample in r.grid.samples(s, ids[rows], xy[rows], kinds[rows], int(p.lag_s * 1e9), self.bridging,
                                          self.counts):
                 out = self._step(r, sample)
             if out is not None:
-                self.publish("predictions", Predictions(stamp_ns=s, frame_id=msg.frame_id, model=r.name, ids=out[0],
-                                                        kind=out[1], t_ns=out[2], xy=out[3]))
+                out.stamp_ns, out.frame_id = s, msg.frame_id
+                self.publish("predictions", out)
         self.counts["unrouted"] += edges[0]  # kind_route -1 sorts first
         self.dirty, self.bridging = True, False
         self.timing.message("tracks", t_cb, cpu0)
 
-    def _step(self, r: _Route, smp: Sample) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """One batched model step for the agents sampled at a tick; return their predictions."""
+    def _step(self, r: _Route, smp: Sample) -> Predictions:
+        """One batched model step for the agents sampled at a tick; return their predictions, stamped by the caller."""
         tab, slots = r.grid.table, smp.slots
         n_obs = np.minimum(smp.n_obs, r.hl)
         frames = agent_frames(r.spec, smp.hist, n_obs)  # once, for the features and for to_world
         x = step_features(r.spec, smp.hist, n_obs, frames=frames)
         t0 = time.perf_counter()
-        pred, new_state = r.model.step(x, tuple(tab.state[:, :, slots]))
+        pred, prob, new_state = r.step(x, tuple(tab.state[:, :, slots]))
         self.timing.add("step", t0)
         for st, ns in zip(tab.state, new_state, strict=True):
             st[:, slots] = ns
         self.counts["steps"] += 1
         self.counts["agent_steps"] += len(slots)
-        world = to_world(r.spec, pred, smp.hist, n_obs, frames=frames).astype(np.float32)
-        ids, kind, ready = smp.ids, smp.kind, smp.n_obs >= self.params.min_obs
-        if not ready.all():
-            ids, kind, world = ids[ready], kind[ready], world[ready]
-        return ids, kind, smp.t_ns + r.steps_ns, world
+        # every future of an agent is in its frame: one to_world over [B, K*T, 2]
+        world = to_world(r.spec, pred.reshape(len(pred), -1, 2), smp.hist, n_obs, frames=frames).astype(np.float32)
+        return _message(r, smp, world.reshape(pred.shape), prob, smp.n_obs >= self.params.min_obs)
 
     def _update_diagnostics(self) -> None:
         d = self.diagnostics

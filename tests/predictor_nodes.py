@@ -128,9 +128,10 @@ def read_log(path: Path) -> list[dict]:
     return out
 
 
-def make_models(tmp: Path, hidden: int = 16, seed: int = 0, features: dict | None = None) -> dict[str, Path]:
+def make_models(tmp: Path, hidden: int = 16, seed: int = 0, features: dict | None = None,
+                modes: int = 1) -> dict[str, Path]:
     """A tiny random vehicle model (dt 0.1 s, T 30) and pedestrian model (dt 0.4 s, T 12), exported;
-    `features` overrides keys of both default feature specs."""
+    `features` overrides keys of both default feature specs; `modes` is each model's number of futures K."""
     import torch
 
     from export.runtime.features import default_spec, feature_dim
@@ -142,7 +143,7 @@ def make_models(tmp: Path, hidden: int = 16, seed: int = 0, features: dict | Non
         torch.manual_seed(seed)
         spec = {**default_spec(kind), **(features or {})}
         cfg = ModelConfig(cell="lstm", input_dim=feature_dim(spec), hidden=hidden, layers=2, horizon=horizon,
-                          obs_len=obs, dt_s=dt, features=spec)
+                          obs_len=obs, dt_s=dt, features=spec, modes=modes)
         model = TrajectoryModel(cfg).eval()
         ckpt = tmp / f"{kind}.pt"
         save_checkpoint(ckpt, model, cfg, {"cv_k": 1}, {"dataset": "random"})

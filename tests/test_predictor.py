@@ -31,10 +31,13 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 # -- helpers -------------------------------------------------------------------------------------------
 def offline(msgs: list[Tracks], model_path: Path, kind: int, min_obs: int = 2, max_gap_steps: float = 2.5,
+            final_state: dict[int, np.ndarray] | None = None, modes: bool = False,
             ) -> dict[tuple[int, int], np.ndarray]:
     """The training pipeline on the same track set: to_grid + pool_at + step_features, state carried.
 
-    Returns {(tick time ns, agent id): predicted world xy[T,2]} for agents with >= min_obs samples.
+    Returns {(tick time ns, agent id): predicted world xy[T,2]} for agents with >= min_obs samples
+    (`modes`: every future, xy[K,T,2], each mapped to the world on its own, by `step_modes`);
+    fills `final_state` with {agent id: its state [n_state, L, H] after the last tick}.
     """
     model = StepModel(model_path)
     spec, dt = model.meta.features, model.meta.dt_s
@@ -56,14 +59,21 @@ def offline(msgs: list[Tracks], model_path: Path, kind: int, min_obs: int = 2, m
         idx, hist, n_obs = pool_at(spec, grid, s, first)
         if len(idx) == 0:
             continue
-        pred, new = model.step(step_features(spec, hist, n_obs), tuple(st[:, idx] for st in state))
+        x, st_in = step_features(spec, hist, n_obs), tuple(st[:, idx] for st in state)
+        if modes:
+            futures, _, new = model.step_modes(x, st_in)
+            world = np.stack([to_world(spec, futures[:, k], hist, n_obs) for k in range(futures.shape[1])], 1)
+        else:
+            pred, new = model.step(x, st_in)
+            world = to_world(spec, pred, hist, n_obs)
         for st, ns in zip(state, new, strict=True):
             st[:, idx] = ns
-        world = to_world(spec, pred, hist, n_obs)
         t_ns = BASE_NS + int(round((grid.t0_s + s * dt) * 1e9))
         for j, a in enumerate(idx):
             if s - first[a] + 1 >= min_obs:
                 out[(t_ns, ids[a])] = world[j]
+    if final_state is not None:
+        final_state.update({agent: np.stack([st[:, a] for st in state]) for a, agent in enumerate(ids)})
     return out
 
 
@@ -84,14 +94,14 @@ def feed(g: LocalGraph, msgs: list[Tracks]) -> None:
         g.spin()
 
 
-def streamed(g: LocalGraph, model: str) -> dict[tuple[int, int], np.ndarray]:
+def streamed(g: LocalGraph, model: str, modes: bool = False) -> dict[tuple[int, int], np.ndarray]:
     out = {}
     for p in g.published.get("pred/predictions", []):
         assert isinstance(p, Predictions)
         if p.model == model:
             t_k = int(p.t_ns[0]) - int(p.t_ns[1] - p.t_ns[0])
             for i, a in enumerate(p.ids.tolist()):
-                out[(t_k, a)] = p.xy[i]
+                out[(t_k, a)] = p.modes[i] if modes else p.xy[i]
     return out
 
 
@@ -184,6 +194,41 @@ def test_predictions_are_in_world_coordinates_at_absolute_future_times(models: d
     assert np.array_equal(last.t_ns, last.stamp_ns + 100_000_000 * np.arange(1, 31))
     assert last.xy.shape == (1, 30, 2)
     assert np.abs(last.xy[0, 0] - (0.3, 21.0)).max() < 5.0  # near the agent, not near the origin
+
+
+def test_a_model_of_one_future_publishes_no_alternatives(models: dict[str, Path]) -> None:
+    last = _preds(run_local(straight(4, [7]), {"models": {"vehicle": str(models["vehicle"])}})[0])[-1]
+    assert last.modes.shape == (1, 0, 30, 2) and last.prob.shape == (1, 0)
+
+
+@pytest.fixture(scope="module")
+def models_k6(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    return make_models(tmp_path_factory.mktemp("models_k6"), modes=6)
+
+
+def test_a_model_of_k_futures_publishes_each_with_its_probability_and_steps_like_step(
+        models_k6: dict[str, Path]) -> None:
+    msgs = scripted_tracks(40)
+    g, node = run_local(msgs, {"models": {"vehicle": str(models_k6["vehicle"])}})
+    preds = _preds(g)
+    assert sum(len(p.ids) for p in preds) > 100
+    for p in preds:
+        n = len(p.ids)
+        assert p.modes.shape == (n, 6, 30, 2) and p.prob.shape == (n, 6)
+        assert (np.abs(p.prob.sum(1) - 1) < 1e-5).all() and (p.prob > 0).all()
+        assert np.array_equal(p.xy, p.modes[np.arange(n), p.prob.argmax(1)])  # xy: the most probable future
+    last = preds[-1].modes
+    assert np.ptp(last, axis=1).max() > 0.1  # K different futures, not one six times
+    # every future is mapped to the world as the most probable one is
+    assert_same(streamed(g, "vehicle", modes=True), offline(msgs, models_k6["vehicle"], AgentKind.VEHICLE, modes=True))
+    # xy, and the state after every tick, are what a consumer of `step` (the most probable future) gets
+    state: dict[int, np.ndarray] = {}
+    assert_same(streamed(g, "vehicle"), offline(msgs, models_k6["vehicle"], AgentKind.VEHICLE, final_state=state))
+    tab = node.routes[0].grid.table
+    live = np.flatnonzero(tab.ids >= 0)
+    assert len(live) > 10 and set(tab.ids[live].tolist()) <= set(state)
+    for slot in live.tolist():
+        assert np.abs(tab.state[:, :, slot] - state[int(tab.ids[slot])]).max() <= 1e-5
 
 
 def test_duplicate_and_out_of_order_stamps_are_dropped_and_counted(models: dict[str, Path]) -> None:
