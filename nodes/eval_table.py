@@ -11,7 +11,10 @@ node and `drivecast eval` (models/evaluate.py) share, so that both bucket ages a
   whose end is nearest the truth: minADE_K (that future's ADE), minFDE_K, the miss rate (minFDE_K over
   MISS_M), brier-minFDE (minFDE_K + (1 - its probability)^2).
 - `FirstSeen` remembers when each agent was first seen, in bounded memory; `AccuracyTable` keeps running
-  ADE/FDE sums per (kind, age) and writes them as text or as the JSON report (`write_report`).
+  ADE/FDE sums per (kind, age) and writes them as text or as the JSON report (`write_report`); for rows of
+  K futures also the sums of `mode_errors` (`MODE_KEYS`), the model's and CV's (its windows as equally
+  probable futures), shown in a second block of the text (`MODES_MEANS`) and as `k`, `n_k`, `min_ade_k`,
+  `min_fde_k`, `miss_rate_k`, `brier_min_fde_k` and `cv_*` of the same in the report.
 """
 
 from __future__ import annotations
@@ -28,8 +31,8 @@ import numpy as np
 from pipeline.cv_compare import VS_CV_MEANS, vs_cv
 from pipeline.errors import ConfigError
 
-__all__ = ["AGE_BUCKETS", "CV_K_MEANS", "MISS_M", "VS_CV_MEANS", "AccuracyTable", "FirstSeen", "Score", "age_bucket",
-           "mode_errors", "vs_cv", "write_report"]
+__all__ = ["AGE_BUCKETS", "CV_K_MEANS", "MISS_M", "MODES_MEANS", "MODE_KEYS", "VS_CV_MEANS", "AccuracyTable",
+           "FirstSeen", "Score", "age_bucket", "mode_errors", "mode_table", "vs_cv", "write_report"]
 
 AGE_BUCKETS = ("0-5", "5-20", "20-60", "60+")
 _AGE_EDGES_S = np.array([5.0, 20.0, 60.0])  # the buckets' lower bounds after the first
@@ -51,6 +54,18 @@ def mode_errors(d: np.ndarray, prob: np.ndarray) -> dict[str, np.ndarray]:
             "brier_min_fde_k": fde + (1.0 - prob[rows, best]) ** 2}
 
 
+MODE_KEYS = ("min_ade_k", "min_fde_k", "miss_k", "brier_min_fde_k")  # `mode_errors`' keys, the order of `mode_table`
+_REPORT_KEYS = ("min_ade_k", "min_fde_k", "miss_rate_k", "brier_min_fde_k")  # their means, as the report names them
+MODES_MEANS = ("minADE/minFDE: of the future whose end is nearest the truth; miss: the share of rows whose minFDE "
+               f"is over {MISS_M:g} m; brier: minFDE + (1 - that future's probability)^2")
+
+
+def mode_table(d: np.ndarray, prob: np.ndarray) -> np.ndarray:
+    """`mode_errors` of d[R,K,T] and prob[R,K] as columns [R,4] in `MODE_KEYS` order (`AccuracyTable.add`)."""
+    errors = mode_errors(d, prob)
+    return np.stack([errors[key] for key in MODE_KEYS], 1) if len(d) else np.zeros((0, len(MODE_KEYS)))
+
+
 def age_bucket(age_s: np.ndarray) -> np.ndarray:
     """Index into AGE_BUCKETS of each age in seconds (int[R]); a negative age counts as 0. Ages are taken to
     the microsecond: 150 samples of 0.4 s are 60 s old, whatever the float product's last bit."""
@@ -58,24 +73,52 @@ def age_bucket(age_s: np.ndarray) -> np.ndarray:
 
 
 class Score:
-    """Running sums for one group of rows: the model's ADE and FDE, and CV's for each window k."""
+    """Running sums for one group of rows: the model's ADE and FDE, and CV's for each window k; over the
+    rows that had K futures (`n_k` of the `n`), the sums of `MODE_KEYS`, the model's and CV's."""
 
     def __init__(self, n_k: int) -> None:
         self.n = 0
         self.nonfinite = 0                # rows left out: their errors were nan or inf
         self.model = np.zeros(2)          # sum of ADE, FDE
         self.cv = np.zeros((n_k, 2))      # per k
+        self.n_k = 0                      # rows scored with K futures
+        self.modes = np.zeros(len(MODE_KEYS))
+        self.cv_modes = np.zeros(len(MODE_KEYS))
+        self.futures: set[int] = set()    # the K of those rows (a few models: a handful of values)
 
-    def add(self, model: np.ndarray, cv: np.ndarray) -> None:
-        """model: [R,T] errors; cv: [K,R,T]. Within the node's bounds errors are finite; a row whose are not
-        is left out all the same: one row must not turn the sums into nan for the rest of the run."""
+    def add(self, model: np.ndarray, cv: np.ndarray, modes: np.ndarray | None = None,
+            cv_modes: np.ndarray | None = None, k: int = 0) -> None:
+        """model: [R,T] errors; cv: [K,R,T]; for rows of k futures, `mode_table` rows [R,4] of the model's
+        and of CV's. Within the node's bounds errors are finite; a row whose are not is left out all the
+        same: one row must not turn the sums into nan for the rest of the run."""
         finite = np.isfinite(model).all(1) & np.isfinite(cv).all((0, 2))
+        if modes is not None and cv_modes is not None:
+            finite &= np.isfinite(modes).all(1) & np.isfinite(cv_modes).all(1)
         if not finite.all():
             self.nonfinite += int(len(finite) - finite.sum())
             model, cv = model[finite], cv[:, finite]
+            if modes is not None and cv_modes is not None:
+                modes, cv_modes = modes[finite], cv_modes[finite]
         self.n += model.shape[0]
         self.model += (model.mean(1).sum(), model[:, -1].sum())
         self.cv += np.stack([cv.mean(2).sum(1), cv[:, :, -1].sum(1)], 1)
+        if modes is not None and cv_modes is not None and len(modes):
+            self.n_k += len(modes)
+            self.modes += modes.sum(0)
+            self.cv_modes += cv_modes.sum(0)
+            self.futures.add(k)
+
+    def modes_row(self, n_cv: int) -> dict[str, Any]:
+        """The report's K entries (empty without rows of K futures); CV's futures are its `n_cv` windows."""
+        if not self.n_k:
+            return {}
+        ks = sorted(self.futures)
+        m, c = self.modes / self.n_k, self.cv_modes / self.n_k
+        if not (np.isfinite(m).all() and np.isfinite(c).all()):
+            return {}
+        return {"k": ks[0] if len(ks) == 1 else ks, "n_k": self.n_k,
+                **{key: round(float(v), 4) for key, v in zip(_REPORT_KEYS, m, strict=True)},
+                "cv_futures": n_cv, **{f"cv_{key}": round(float(v), 4) for key, v in zip(_REPORT_KEYS, c, strict=True)}}
 
     def row(self, name: str, ks: list[int]) -> tuple[str, int, float, float, int, float, float]:
         """(name, rows, ADE, FDE, best k, its CV ADE, its CV FDE): the k with the lowest CV ADE in this group."""
@@ -139,15 +182,19 @@ class AccuracyTable:
         self.by_kind: dict[str, Score] = {}
         self.by_age: dict[tuple[str, str], Score] = {}
 
-    def add(self, kind: np.ndarray, age: np.ndarray, err: np.ndarray, cv_err: np.ndarray) -> None:
+    def add(self, kind: np.ndarray, age: np.ndarray, err: np.ndarray, cv_err: np.ndarray,
+            modes: np.ndarray | None = None, cv_modes: np.ndarray | None = None, k: int = 0) -> None:
         """kind[R]: names; age[R]: index into AGE_BUCKETS, -1 for an unknown age (counted in the kind's
-        rows, in no age's); err[R,T] the model's errors, cv_err[K,R,T] CV's for each k."""
+        rows, in no age's); err[R,T] the model's errors (of its most probable future), cv_err[K,R,T] CV's
+        for each k; for rows of `k` futures, `mode_table` rows [R,4] of the model's and CV's futures."""
         for name in ["all", *np.unique(kind).tolist()]:
             sel = np.ones(len(kind), bool) if name == "all" else kind == name
-            self._score(self.by_kind, name).add(err[sel], cv_err[:, sel])
-            for a in np.unique(age[sel & (age >= 0)]).tolist():
-                s = sel & (age == a)
-                self._score(self.by_age, (name, AGE_BUCKETS[a])).add(err[s], cv_err[:, s])
+            groups: list[tuple[dict[Any, Score], Any, np.ndarray]] = [(self.by_kind, name, sel)]
+            groups += [(self.by_age, (name, AGE_BUCKETS[a]), sel & (age == a))
+                       for a in np.unique(age[sel & (age >= 0)]).tolist()]
+            for table, key, s in groups:
+                self._score(table, key).add(err[s], cv_err[:, s], None if modes is None else modes[s],
+                                            None if cv_modes is None else cv_modes[s], k)
 
     def _score(self, table: dict[Any, Score], key: Any) -> Score:
         if key not in table:
@@ -164,15 +211,21 @@ class AccuracyTable:
                 _, n, ade, fde, k, cade, cfde = score.row(kind, self.ks)
                 if n > 0 and all(math.isfinite(v) for v in (ade, fde, cade, cfde)):
                     out.append({"kind": kind, "age": age, "n": n, "ade": round(ade, 4), "fde": round(fde, 4),
-                                "cv_ade": round(cade, 4), "cv_fde": round(cfde, 4), "cv_k": k})
+                                "cv_ade": round(cade, 4), "cv_fde": round(cfde, 4), "cv_k": k,
+                                **score.modes_row(len(self.ks))})
         return out
 
     def line(self) -> str:
-        """One line per kind over every age: "vehicle n=12 ADE/FDE 1.19/2.88 m (CV k=1: 1.12/2.93) | ..."."""
+        """One line per kind over every age: "vehicle n=12 ADE/FDE 1.19/2.88 m (CV k=1: 1.12/2.93) | ...",
+        with " minFDE_6 0.91 m, miss 12%" after the FDE for rows of K futures."""
         parts = []
         for name in sorted(self.by_kind, key=lambda n: (n == "all", n)):
-            _, n, ade, fde, k, cade, cfde = self.by_kind[name].row(name, self.ks)
-            parts.append(f"{name} n={n} ADE/FDE {ade:.2f}/{fde:.2f} m (CV k={k}: {cade:.2f}/{cfde:.2f})")
+            score = self.by_kind[name]
+            _, n, ade, fde, k, cade, cfde = score.row(name, self.ks)
+            m = score.modes_row(len(self.ks))
+            futures = (f", minFDE_{_k_text(m['k'])} {m['min_fde_k']:.2f} m, miss {100 * m['miss_rate_k']:.0f}%"
+                       if m else "")
+            parts.append(f"{name} n={n} ADE/FDE {ade:.2f}/{fde:.2f} m{futures} (CV k={k}: {cade:.2f}/{cfde:.2f})")
         return " | ".join(parts)
 
     def text(self) -> str:
@@ -188,7 +241,29 @@ class AccuracyTable:
         lines += ["age: time since the agent was first seen in the truth, at the prediction's stamp",
                   f"CV k: {CV_K_MEANS}; the best of cv_ks {self.ks} for each row (which flatters CV)",
                   f"ADE/FDE vs CV: {VS_CV_MEANS}"]
-        return "\n".join(lines)
+        return "\n".join(lines + self._modes_text())
+
+    def _modes_text(self) -> list[str]:
+        """The block of the rows of K futures (none without such rows)."""
+        rows = [r for r in self.rows() if "n_k" in r]
+        if not rows:
+            return []
+        lines = ["", "rows of K futures per agent (the ADE/FDE above: the most probable one)",
+                 f"{'kind / age':<12}{'rows':>8}{'K':>6}{'minADE':>8}{'minFDE':>8}{'miss':>7}{'brier':>8}"
+                 f"{'CV minADE':>11}{'CV minFDE':>11}{'CV miss':>9}{'CV brier':>10}"]
+        for r in rows:
+            label = r["kind"] if r["age"] == "all" else f"  {r['age']} s"
+            lines.append(f"{label:<12}{r['n_k']:>8}{_k_text(r['k']):>6}{r['min_ade_k']:>8.3f}{r['min_fde_k']:>8.3f}"
+                         f"{100 * r['miss_rate_k']:>6.0f}%{r['brier_min_fde_k']:>8.3f}{r['cv_min_ade_k']:>11.3f}"
+                         f"{r['cv_min_fde_k']:>11.3f}{100 * r['cv_miss_rate_k']:>8.0f}%{r['cv_brier_min_fde_k']:>10.3f}")
+        lines += [MODES_MEANS,
+                  f"CV: constant velocity over each of cv_ks {self.ks}, as {len(self.ks)} equally probable futures"]
+        return lines
+
+
+def _k_text(k: int | list[int]) -> str:
+    """K of a row: "6", or "3,6" for rows of models with different K."""
+    return str(k) if isinstance(k, int) else ",".join(map(str, k))
 
 
 def write_report(path: str | Path, rows: list[dict[str, Any]], param: str = "report_json") -> None:

@@ -17,9 +17,15 @@ v = (p(t0) - p(t0 - k*dt)) / (k*dt), for each k in `cv_ks` (an agent seen for le
 longest of `cv_ks` it has been seen for); the best k per kind is reported, which flatters the baseline
 rather than the model (models/baselines.py picks k on validation data instead).
 
+A message of K futures (`modes`, `prob`) is scored as Argoverse scores them (`nodes.eval_table.mode_errors`):
+ADE/FDE stay those of `xy`, the most probable future; beside them minADE_K, minFDE_K, the miss rate at
+2 m and brier-minFDE, and the same of constant velocity with its `cv_ks` windows as equally probable
+futures, on the same rows.
+
 Rows are checked at the edge (`nodes.plausible`): a truth or predicted row with a position (or a truth
-velocity) that is NaN, inf or beyond the bounds is dropped and counted (`drops.truth_rows`,
-`drops.prediction_rows`), and so is a truth message stamped more than `max_future_s` ahead of the node
+velocity) that is NaN, inf or beyond the bounds, in any of its futures, is dropped and counted
+(`drops.truth_rows`, `drops.prediction_rows`), a predicted row whose probabilities are not in [0, 1] or
+do not sum to 1 too (`drops.prediction_probs`), and so is a truth message stamped more than `max_future_s` ahead of the node
 clock (`drops.future_truth`, it would make every later truth look late). One row cannot turn a
 running mean into nan or 1e36 m.
 
@@ -28,7 +34,8 @@ and the predictor's own step latency when its diagnostics are wired in), a table
 age, where "ADE vs CV: 18% better" means the model's ADE is 18% below constant velocity's (CV - model) / CV
 (the one wording of `nodes.eval_table.vs_cv`); with `report_json: FILE.json` the same table as
 `{"rows": [{"kind", "age", "n", "ade", "fde", "cv_ade", "cv_fde", "cv_k"}, ...]}` (rows with n > 0,
-kind and age "all" included, written atomically); with `plot: FILE.png` a picture of recent predicted,
+kind and age "all" included, written atomically; a row with rows of K futures adds `k`, `n_k`, `min_ade_k`,
+`min_fde_k`, `miss_rate_k`, `brier_min_fde_k`, `cv_futures` and `cv_` of the four); with `plot: FILE.png` a picture of recent predicted,
 constant-velocity and true paths (needs matplotlib).
 """
 
@@ -36,6 +43,7 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections import Counter, defaultdict, deque
+from collections.abc import Callable
 from logging import Logger
 from pathlib import Path
 from typing import Annotated
@@ -44,7 +52,7 @@ import numpy as np
 from msgspec import Meta
 
 from export.runtime.features import constant_velocity
-from nodes.eval_table import CV_K_MEANS, AccuracyTable, FirstSeen, age_bucket, write_report
+from nodes.eval_table import CV_K_MEANS, AccuracyTable, FirstSeen, age_bucket, mode_table, write_report
 from nodes.plausible import Plausible, plausible_rows
 from pipeline.errors import ConfigError
 from pipeline.runtime.node import Node
@@ -167,11 +175,10 @@ class Evaluator(Node):
         if msg.model not in self.pending and len(self.pending) >= 16:  # a model per agent kind: a handful
             self._drop("too_many_models")
             return
-        ok = plausible_rows(msg.xy, self.params.max_abs_xy)
+        ok = _valid_rows(msg, self.params.max_abs_xy, self._drop)
         if not ok.all():  # a new message, not an edited one: other subscribers may share `msg`
-            self._drop("prediction_rows", int(len(ok) - ok.sum()))
             msg = Predictions(stamp_ns=msg.stamp_ns, frame_id=msg.frame_id, model=msg.model, ids=msg.ids[ok],
-                              kind=msg.kind[ok], t_ns=t, xy=msg.xy[ok])
+                              kind=msg.kind[ok], t_ns=t, xy=msg.xy[ok], modes=msg.modes[ok], prob=msg.prob[ok])
         self.pending[msg.model].append(msg)
         self._flush()
 
@@ -206,7 +213,9 @@ class Evaluator(Node):
         cv = np.stack([constant_velocity(past, k, steps, lags=[0, *ks], known=past_ok) for k in ks])
         cv_err = np.linalg.norm(cv - truth[None], axis=-1)
         age, known = self.first_seen.age_s(msg.ids[rows], msg.stamp_ns)  # at the prediction's stamp
-        self.accuracy.add(_kind_names(msg.kind[rows]), np.where(known, age_bucket(age), -1), err, cv_err)
+        modes, cv_modes = _mode_tables(msg, rows, truth, cv_err)
+        self.accuracy.add(_kind_names(msg.kind[rows]), np.where(known, age_bucket(age), -1), err, cv_err,
+                          modes, cv_modes, msg.modes.shape[1])
         if self.params.plot:
             self.paths.append((pred[0], cv[-1, 0], truth[0]))
 
@@ -246,6 +255,35 @@ def _check_output(key: str, file: str) -> None:
         raise ValueError(f"{key}: no such directory '{Path(file).resolve().parent}' to write {file!r} in")
     if file and Path(file).is_dir():
         raise ValueError(f"{key}: {file!r} is a directory, expected a file to write")
+
+
+def _valid_rows(msg: Predictions, max_abs_xy: float, drop: Callable[[str, int], None]) -> np.ndarray:
+    """The rows of `msg` whose futures are plausible positions and whose probabilities are probabilities
+    (each in [0, 1], summing to 1 to float32 rounding); `drop` counts the others."""
+    ok = plausible_rows(msg.xy, max_abs_xy)
+    if msg.modes.shape[1]:
+        ok &= plausible_rows(msg.modes, max_abs_xy)
+    if not ok.all():
+        drop("prediction_rows", int(len(ok) - ok.sum()))
+    if msg.modes.shape[1]:
+        p = msg.prob
+        probable = ((p >= 0) & (p <= 1)).all(1) & (np.abs(p.sum(1, dtype=np.float64) - 1) <= 1e-3)
+        if not probable[ok].all():
+            drop("prediction_probs", int((ok & ~probable).sum()))
+            ok &= probable
+    return ok
+
+
+def _mode_tables(msg: Predictions, rows: np.ndarray, truth: np.ndarray, cv_err: np.ndarray
+                 ) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """`mode_table`s of the model's futures and of CV's (its windows as equally probable futures, from
+    cv_err[Kcv,R,T]) for the `rows` of a message of K futures, whose truth is truth[R,T,2]; else None."""
+    if not msg.modes.shape[1]:
+        return None, None
+    d = np.linalg.norm(msg.modes[rows].astype(np.float64) - truth[:, None], axis=-1)
+    n_cv = len(cv_err)
+    return (mode_table(d, msg.prob[rows].astype(np.float64)),
+            mode_table(cv_err.transpose(1, 0, 2), np.full((len(truth), n_cv), 1.0 / n_cv)))
 
 
 def _kind_names(codes: np.ndarray) -> np.ndarray:

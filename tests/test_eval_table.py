@@ -152,3 +152,23 @@ def test_k_futures_are_scored_by_the_one_whose_end_is_nearest() -> None:
     np.testing.assert_allclose(got["min_ade_k"], [1.0, 3.0])
     np.testing.assert_array_equal(got["miss_k"], [0.0, 1.0])
     np.testing.assert_allclose(got["brier_min_fde_k"], [1.0 + 0.75 ** 2, 3.0 + 0.25])
+
+
+def test_rows_of_models_with_different_k_report_each_k_and_rows_without_futures_none() -> None:
+    from nodes.eval_table import mode_table
+
+    t = AccuracyTable([1, 2])
+    err, cv = np.ones((2, 3)), np.zeros((2, 2, 3))
+    d6, d3 = np.ones((2, 6, 3)), np.ones((2, 3, 3))
+    t.add(np.array(["vehicle"] * 2, object), np.array([0, 0]), err, cv, mode_table(d6, np.full((2, 6), 1 / 6)),
+          mode_table(cv.transpose(1, 0, 2), np.full((2, 2), 0.5)), 6)
+    t.add(np.array(["pedestrian"] * 2, object), np.array([0, 0]), err, cv, mode_table(d3, np.full((2, 3), 1 / 3)),
+          mode_table(cv.transpose(1, 0, 2), np.full((2, 2), 0.5)), 3)
+    t.add(np.array(["cyclist"] * 2, object), np.array([0, 0]), err, cv)  # a model of one future
+    rows = {(r["kind"], r["age"]): r for r in t.rows()}
+    assert (rows[("vehicle", "all")]["k"], rows[("pedestrian", "all")]["k"], rows[("all", "all")]["k"]) == (6, 3, [3, 6])
+    assert (rows[("all", "all")]["n"], rows[("all", "all")]["n_k"]) == (6, 4)  # K figures over the rows that had K
+    assert "n_k" not in rows[("cyclist", "all")]
+    assert rows[("all", "all")]["brier_min_fde_k"] == pytest.approx(1 + ((5 / 6) ** 2 + (2 / 3) ** 2) / 2, abs=1e-4)
+    assert re.search(r"^all +4 +3,6 +1\.000 +1\.000 +0% ", t.text(), re.M), t.text()
+    assert mode_table(np.zeros((0, 6, 3)), np.zeros((0, 6))).shape == (0, 4)

@@ -227,3 +227,92 @@ def test_a_report_json_in_a_missing_directory_is_a_launch_file_error_naming_file
         load_graph(launch)
     (tmp_path / "no").mkdir()
     assert load_graph(launch).nodes["eval"].params.report_json == f"{tmp_path}/no/a.json"
+
+
+# -- K futures per agent --------------------------------------------------------------------------------------
+# Per agent: each future's offset along x from the truth (so its error at every step) and the probabilities;
+# xy is the most probable future (offset 1, 1 and 4 m).
+FUTURES = {1: [0.0, 1.0, 3.0], 2: [2.5, 1.0, 3.0], 3: [2.5, 4.0, 3.0]}
+PROB = [0.2, 0.5, 0.3]
+
+
+def futures(i: int, ids: list[int], prob: list[float] = PROB) -> Predictions:
+    one = prediction(i, ids, 0.0)
+    modes = np.repeat(one.xy[:, None], 3, axis=1)
+    modes[..., 0] += np.array([FUTURES[a] for a in ids], np.float32)[:, :, None]
+    p = np.array([prob] * len(ids), np.float32)
+    return Predictions(stamp_ns=one.stamp_ns, model="m", ids=one.ids, kind=one.kind, t_ns=one.t_ns,
+                       xy=modes[np.arange(len(ids)), p.argmax(1)], modes=modes, prob=p)
+
+
+def run_futures(steps: int, ids: list[int], make: Any = futures, **params: Any) -> tuple[LocalGraph, Evaluator]:
+    g = LocalGraph()
+    ev = g.add("eval", Evaluator, {"report_s": 0, **params}, inputs={"predictions": "p/predictions", "truth": "s/tracks"})
+    g.start()
+    for i in range(steps):
+        g.inject("s/tracks", truth(i, ids))
+        if i >= 3:
+            g.inject("p/predictions", make(i, ids))
+        g.spin()
+    return g, ev  # type: ignore[return-value]
+
+
+def test_k_futures_are_scored_by_the_nearest_one_beside_cv_windows_as_equally_probable_futures(tmp_path: Path) -> None:
+    report = tmp_path / "acc.json"
+    g, _ = run_futures(20, [1, 2, 3], report_json=str(report))
+    g.stop()
+    rows = {(r["kind"], r["age"]): r for r in json.loads(report.read_text())["rows"]}
+    n = 20 - 3 - T
+    # vehicles 1 and 3: nearest futures 0 m and 2.5 m (a miss); brier adds (1 - 0.2)^2 to each
+    want = {"vehicle": (2 * n, 2.5, 1.25, 0.5, (0.64 + 3.14) / 2), "pedestrian": (n, 1.0, 1.0, 0.0, 1.25),
+            "all": (3 * n, 2.0, 3.5 / 3, 1 / 3, (0.64 + 1.25 + 3.14) / 3)}
+    for kind, (rows_n, ade, min_de, miss, brier) in want.items():
+        r = rows[(kind, "all")]
+        assert (r["n"], r["n_k"], r["k"]) == (rows_n, rows_n, 3), r
+        assert (r["ade"], r["fde"]) == pytest.approx((ade, ade), abs=1e-4)  # of the most probable future
+        assert (r["min_ade_k"], r["min_fde_k"], r["miss_rate_k"], r["brier_min_fde_k"]) == pytest.approx(
+            (min_de, min_de, miss, brier), abs=1e-4)
+        # CV is exact on straight lines: every window of cv_ks (4) is an exact future of probability 1/4
+        assert r["cv_futures"] == 4
+        assert (r["cv_min_ade_k"], r["cv_min_fde_k"], r["cv_miss_rate_k"], r["cv_brier_min_fde_k"]) == pytest.approx(
+            (0.0, 0.0, 0.0, 0.75 ** 2), abs=1e-4)
+
+
+def test_the_table_and_summary_show_k_futures_with_a_legend(capsys: pytest.CaptureFixture[str]) -> None:
+    g, ev = run_futures(20, [1, 2, 3])
+    assert re.search(r"vehicle n=24 ADE/FDE 2\.50/2\.50 m, minFDE_3 1\.25 m, miss 50% \(CV k=\d: 0\.00/0\.00\)",
+                     ev.summary()), ev.summary()
+    g.stop()
+    out = capsys.readouterr().out
+    block = out[out.index("rows of K futures per agent"):]
+    assert re.search(r"^vehicle +24 +3 +1\.250 +1\.250 +50% +1\.890 +0\.000 +0\.000 +0% +0\.562$", block, re.M), out
+    assert "minADE/minFDE: of the future whose end is nearest the truth; miss: the share of rows whose minFDE is " \
+           "over 2 m" in block
+    assert "CV: constant velocity over each of cv_ks [1, 2, 3, 5], as 4 equally probable futures" in block
+
+
+def test_a_model_of_one_future_reports_no_k_figures(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    report = tmp_path / "acc.json"
+    g, _ = run_futures(20, [1, 2], make=lambda i, ids: prediction(i, ids, 1.0), report_json=str(report))
+    g.stop()
+    assert all("n_k" not in r for r in json.loads(report.read_text())["rows"])
+    assert "K futures" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(("prob", "position", "counter"), [
+    ([0.5, 0.5, 0.5], 0.0, "drops.prediction_probs"), ([1.2, -0.1, -0.1], 0.0, "drops.prediction_probs"),
+    ([float("nan"), 0.5, 0.5], 0.0, "drops.prediction_probs"), (PROB, float("nan"), "drops.prediction_rows"),
+    (PROB, 1e12, "drops.prediction_rows")])
+def test_futures_that_are_not_positions_or_probabilities_drop_their_row(
+        prob: list[float], position: float, counter: str) -> None:
+    def bad_agent_2(i: int, ids: list[int]) -> Predictions:
+        good, bad = futures(i, [1]), futures(i, [2], prob)
+        modes = np.concatenate([good.modes, bad.modes])
+        modes[1, 2, -1, 1] += position  # agent 2's last future, at its last step
+        return Predictions(stamp_ns=good.stamp_ns, model="m", ids=np.array(ids), kind=np.array([1, 2]), t_ns=good.t_ns,
+                           xy=np.concatenate([good.xy, bad.xy]), modes=modes, prob=np.concatenate([good.prob, bad.prob]))
+
+    g, ev = run_futures(20, [1, 2], make=bad_agent_2)
+    assert ev.diagnostics[counter] == 20 - 3
+    assert set(ev.scores) == {"all", "vehicle"} and ev.scores["all"].n_k == 20 - 3 - T
+    g.stop()
