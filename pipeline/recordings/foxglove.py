@@ -5,7 +5,8 @@ and mirror channels `/foxglove/<topic>` for the rest) and the live bridge node.
 | drivecast   | Foxglove schema                    | shown as                                            |
 |-------------|------------------------------------|-----------------------------------------------------|
 | Tracks      | foxglove.SceneUpdate               | a sphere and an id label per agent, velocity arrows |
-| Predictions | foxglove.SceneUpdate               | one line strip per agent (predicted path)           |
+| Predictions | foxglove.SceneUpdate               | one line strip per agent (predicted path), or per   |
+|             |                                    | future of K, alpha and width by its probability     |
 | Detections  | foxglove.SceneUpdate               | a box per object, its track id where it has one     |
 | LaserScan   | foxglove.LaserScan                 | the scan's returns (3D)                             |
 | Odometry    | foxglove.PoseInFrame               | a pose (3D), x/y plots                              |

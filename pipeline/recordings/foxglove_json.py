@@ -64,14 +64,28 @@ def _tracks(msg: Tracks, topic: str) -> dict[str, Any]:
     return {"deletions": [], "entities": [_entity(msg, topic, spheres=spheres, texts=texts, arrows=arrows)]}
 
 
+def _line(path: list[list[float]], color: dict[str, float], thickness: float) -> dict[str, Any]:
+    """A line strip (LinePrimitive type 0) through the points of path[T][2], at z = 0."""
+    return {"type": 0, "pose": _IDENTITY, "thickness": thickness, "scale_invariant": False,
+            "points": [{"x": x, "y": y, "z": 0.0} for x, y in path], "color": color, "colors": [], "indices": []}
+
+
 def _predictions(msg: Predictions, topic: str) -> dict[str, Any]:
-    lines = []
+    """A line per agent; with K futures (`modes`), a line per future, drawn as strongly as it is probable
+    next to the agent's most probable one: alpha 0.1 to 0.9, thickness 0.04 to 0.08 m in proportion to
+    its probability over the most probable's (which is drawn as the one line of a single future, last,
+    on top). Probabilities a hostile message makes NaN or out of [0, 1] count as 0 or are clipped."""
     kinds = msg.kind.tolist()
-    for i, path in enumerate(msg.xy.tolist()):
-        pts = [{"x": x, "y": y, "z": 0.0} for x, y in path]
-        lines.append({"type": 0, "pose": _IDENTITY, "thickness": 0.08, "scale_invariant": False,
-                      "points": pts, "color": _color(kinds[i] if i < len(kinds) else 0, 0.9),
-                      "colors": [], "indices": []})
+    colors = [kinds[i] if i < len(kinds) else 0 for i in range(len(msg.xy))]
+    if not msg.modes.shape[1]:
+        lines = [_line(path, _color(c, 0.9), 0.08) for c, path in zip(colors, msg.xy.tolist(), strict=True)]
+        return {"deletions": [], "entities": [_entity(msg, topic, lines=lines)]}
+    p = np.nan_to_num(np.clip(msg.prob.astype(np.float64), 0.0, 1.0))
+    strength = (p / np.maximum(p.max(1, keepdims=True), 1e-12)).tolist()
+    lines = []
+    for c, paths, s, order in zip(colors, msg.modes.tolist(), strength, np.argsort(p, 1, kind="stable").tolist(),
+                                  strict=True):
+        lines += [_line(paths[k], _color(c, 0.1 + 0.8 * s[k]), 0.04 + 0.04 * s[k]) for k in order]
     return {"deletions": [], "entities": [_entity(msg, topic, lines=lines)]}
 
 
