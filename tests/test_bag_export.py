@@ -70,12 +70,32 @@ def test_predictions_export_as_one_row_per_agent_per_horizon_step(drive: Path, t
     assert bag_main(["export", str(drive), "--topic", "pred/predictions", "--csv", str(out)]) == 0
     rows = _rows(out)
     assert len(rows) == 2 * 2 * 3 and list(rows[0])[3:] == ["model", "id", "kind", "kind_name", "step", "t_ns",
-                                                             "x", "y"]
+                                                             "x", "y", "mode", "prob"]
+    assert {(r["mode"], r["prob"]) for r in rows} == {("0", "1.0")}  # one future: the most probable, certain
     second = [r for r in rows if r["seq"] == "2" and r["id"] == "11"]
     assert [(r["step"], r["t_ns"], r["x"], r["y"]) for r in second] == [
         ("1", str(T0 + 100 + 10**8), "7.0", "8.0"), ("2", str(T0 + 100 + 2 * 10**8), "9.0", "10.0"),
         ("3", str(T0 + 100 + 3 * 10**8), "11.0", "12.0")]
     assert {r["model"] for r in rows} == {"lstm"}
+
+
+def test_predictions_of_k_futures_export_a_row_per_future_ranked_by_probability(tmp_path: Path) -> None:
+    modes = np.zeros((2, 3, 2, 2), np.float32)
+    modes[..., 0] = np.arange(3)[None, :, None] + 10 * np.arange(2)[:, None, None]  # x: 10 * agent + future
+    modes[..., 1] = np.arange(1, 3)  # y: the step
+    prob = np.array([[0.2, 0.5, 0.3], [0.6, 0.1, 0.3]], np.float32)
+    path = tmp_path / "k.mcap"
+    with Recorder(path, max_chunk_age_s=0) as rec:
+        rec.write("pred/predictions", encode(Predictions(
+            stamp_ns=T0, model="k3", ids=[4, 5], kind=[1, 1], t_ns=T0 + np.array([1, 2]) * 10**8,
+            xy=modes[[0, 1], [1, 0]], modes=modes, prob=prob)), T0 + 1)
+    out = tmp_path / "k.csv"
+    assert bag_main(["export", str(path), "--topic", "pred/predictions", "--csv", str(out)]) == 0
+    got = [(r["id"], r["mode"], r["prob"], r["step"], r["x"], r["y"]) for r in _rows(out)]
+    assert got == [(agent, str(rank), p, step, x, step + ".0")
+                   for agent, futures in (("4", (("1.0", "0.5"), ("2.0", "0.3"), ("0.0", "0.2"))),
+                                          ("5", (("10.0", "0.6"), ("12.0", "0.3"), ("11.0", "0.1"))))
+                   for rank, (x, p) in enumerate(futures) for step in ("1", "2")]
 
 
 def test_detections_export_with_their_index_and_score(drive: Path, tmp_path: Path) -> None:
@@ -100,7 +120,7 @@ def test_parquet_round_trips_columns_and_dtypes(drive: Path, tmp_path: Path) -> 
     types = {f.name: str(f.type) for f in table.schema}
     assert types == {"log_time_ns": "int64", "stamp_ns": "int64", "seq": "int64", "model": "string", "id": "int64",
                      "kind": "uint8", "kind_name": "string", "step": "int64", "t_ns": "int64", "x": "float",
-                     "y": "float"}
+                     "y": "float", "mode": "int64", "prob": "float"}
     assert table.column("x").to_pylist()[-3:] == [7.0, 9.0, 11.0]
 
 

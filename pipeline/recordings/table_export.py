@@ -4,7 +4,11 @@ without drivecast: `drivecast bag export FILE --topic T --csv OUT | --parquet OU
 One row per agent per message, so a recording is a "long" table that filters and groups directly
 (`df[df.id == 3]`, `df.groupby("id")`); a Predictions message gives one row per agent per horizon
 step (columns `step`, `t_ns`, `x`, `y`) rather than one wide row per agent, because the horizon
-length may differ between models and messages. Every table starts with `log_time_ns` (when the
+length may differ between models and messages. A message of K futures gives a row per agent per
+future per step, `mode` being the future's rank by probability (0: the most probable, the one in
+`xy`) and `prob` its probability; a message of one future has `mode` 0 and `prob` 1, so
+`df[df["mode"] == 0]` is every agent's most probable future whatever the model.
+Every table starts with `log_time_ns` (when the
 message was recorded), `stamp_ns` and `seq` (from the message header); times are integer ns.
 A message without agents gives no row. Parquet needs pyarrow (`pip install 'drivecast[tables]'`).
 """
@@ -40,7 +44,8 @@ COLUMNS: dict[str, list[tuple[str, str]]] = {
                         ("x", "float32"), ("y", "float32"), ("score", "float32")],
     Predictions.SCHEMA: [("log_time_ns", "int64"), ("stamp_ns", "int64"), ("seq", "int64"), ("model", "str"),
                          ("id", "int64"), ("kind", "uint8"), ("kind_name", "str"),
-                         ("step", "int64"), ("t_ns", "int64"), ("x", "float32"), ("y", "float32")],
+                         ("step", "int64"), ("t_ns", "int64"), ("x", "float32"), ("y", "float32"),
+                         ("mode", "int64"), ("prob", "float32")],
 }
 
 _KIND_NAMES = np.array([AgentKind.NAMES.get(k, f"kind{k}") for k in range(256)], dtype=object)
@@ -66,12 +71,19 @@ def _detections(msg: Detections, log_ns: int) -> dict[str, np.ndarray]:
 
 
 def _predictions(msg: Predictions, log_ns: int) -> dict[str, np.ndarray]:
-    n, t = msg.xy.shape[:2]
-    return {**_head(msg, log_ns, n * t), "model": np.full(n * t, msg.model, object),
-            "id": np.repeat(msg.ids, t), "kind": np.repeat(msg.kind, t),
-            "kind_name": np.repeat(_KIND_NAMES[msg.kind], t),
-            "step": np.tile(np.arange(1, t + 1), n), "t_ns": np.tile(msg.t_ns, n),
-            "x": msg.xy[:, :, 0].reshape(-1), "y": msg.xy[:, :, 1].reshape(-1)}
+    if msg.modes.shape[1]:
+        rank = np.argsort(-msg.prob, axis=1, kind="stable")  # the most probable first
+        paths, prob = np.take_along_axis(msg.modes, rank[:, :, None, None], 1), np.take_along_axis(msg.prob, rank, 1)
+    else:
+        paths, prob = msg.xy[:, None], np.ones((len(msg.xy), 1), np.float32)
+    n, k, t = paths.shape[:3]
+    rows = n * k * t
+    return {**_head(msg, log_ns, rows), "model": np.full(rows, msg.model, object),
+            "id": np.repeat(msg.ids, k * t), "kind": np.repeat(msg.kind, k * t),
+            "kind_name": np.repeat(_KIND_NAMES[msg.kind], k * t),
+            "step": np.tile(np.arange(1, t + 1), n * k), "t_ns": np.tile(msg.t_ns, n * k),
+            "x": paths[..., 0].reshape(-1), "y": paths[..., 1].reshape(-1),
+            "mode": np.tile(np.repeat(np.arange(k), t), n), "prob": np.repeat(prob.reshape(-1), t)}
 
 
 _ROWS: dict[str, Callable[[Any, int], dict[str, np.ndarray]]] = {
