@@ -171,5 +171,6 @@ def schema_description(cls: type[DcMessage]) -> bytes:
     return json.dumps({
         "schema": cls.SCHEMA, "version": cls.VERSION, "encoding": "drivecast wire frames, see pipeline.wire.codec",
         "scalars": {n: t.__name__ for n, t in cls.SCALARS.items()},
-        "arrays": {n: {"dtype": s.dtype.str, "shape": list(s.shape)} for n, s in cls.ARRAYS.items()},
+        "arrays": {n: {"dtype": s.dtype.str, "shape": list(s.shape), **({"optional": True} if s.optional else {})}
+                   for n, s in cls.ARRAYS.items()},
     }, sort_keys=True).encode()
