@@ -3,7 +3,8 @@
     python bench/step.py [--quick] [--json FILE] [--ckpt CKPT] [--threads N]
 
 What is timed is what the predictor node calls: numpy x[B,F] and state in, numpy prediction and state
-out, for B = 1, 16, 64 and 256 agents. Candidates:
+out, for B = 1, 16, 64 and 256 agents; for a model of K > 1 futures every future and its probability
+(`StepModel.step_modes`, torch's `step_modes` and softmax). Candidates:
 - ort: `StepModel.step` (one intra-op thread: the headline), its int8 and fp16 variants, the same
   model exported by the dynamo exporter (the exporter choice, re-measured), and for information the
   fp32 model with all cores;
@@ -53,10 +54,19 @@ def _torch_step(model: Any, cell: str, grad_mode: str) -> StepFn:
         with ctx():
             h = torch.from_numpy(state[0])
             c = torch.from_numpy(state[1]) if cell == "lstm" else None
-            pred, h, c = model.step(torch.from_numpy(x), h, c)
-            return pred.numpy(), h.numpy(), (c.numpy() if c is not None else None)
+            if model.cfg.modes == 1:
+                pred, h, c = model.step(torch.from_numpy(x), h, c)
+                return pred.numpy(), h.numpy(), (c.numpy() if c is not None else None)
+            pred, logit, h, c = model.step_modes(torch.from_numpy(x), h, c)
+            return pred.numpy(), logit.softmax(-1).numpy(), h.numpy(), (c.numpy() if c is not None else None)
 
     return step
+
+
+def _ort(path: Path, threads: int = 1) -> StepFn:
+    """What the predictor node calls: `step`, or every future's `step_modes` for a model of K > 1."""
+    model = StepModel(path, threads=threads)
+    return model.step_modes if model.meta.modes > 1 else model.step
 
 
 def _jit_step(model: Any, cell: str, input_dim: int, layers: int, hidden: int) -> StepFn:
@@ -66,8 +76,11 @@ def _jit_step(model: Any, cell: str, input_dim: int, layers: int, hidden: int) -
             self.m = model
 
         def forward(self, x: torch.Tensor, h: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, ...]:
-            pred, h2, c2 = self.m.step(x, h, c if cell == "lstm" else None)
-            return (pred, h2, c2) if cell == "lstm" else (pred, h2)
+            if self.m.cfg.modes == 1:
+                pred, h2, c2 = self.m.step(x, h, c if cell == "lstm" else None)
+                return (pred, h2, c2) if cell == "lstm" else (pred, h2)
+            pred, logit, h2, c2 = self.m.step_modes(x, h, c if cell == "lstm" else None)
+            return (pred, logit.softmax(-1), h2, c2) if cell == "lstm" else (pred, logit.softmax(-1), h2)
 
     ex = (torch.zeros(2, input_dim), torch.zeros(layers, 2, hidden), torch.zeros(layers, 2, hidden))
     with warnings.catch_warnings(), torch.no_grad():
@@ -121,13 +134,13 @@ def main(argv: list[str] | None = None) -> int:
     threads_all = max(1, args.threads)
     # name -> (step function, torch threads to set, mkldnn enabled)
     cands: dict[str, tuple[StepFn, int, bool]] = {
-        "ort": (StepModel(tmp / "m.onnx").step, 1, True),
-        "ort_int8": (StepModel(int8).step, 1, True),
-        "ort_fp16": (StepModel(fp16).step, 1, True),
-        "ort_dynamo_export": (StepModel(tmp / "m_dynamo.onnx").step, 1, True),
+        "ort": (_ort(tmp / "m.onnx"), 1, True),
+        "ort_int8": (_ort(int8), 1, True),
+        "ort_fp16": (_ort(fp16), 1, True),
+        "ort_dynamo_export": (_ort(tmp / "m_dynamo.onnx"), 1, True),
     }
     if threads_all > 1:  # for information: the node defaults to one thread (a node must not take the box)
-        cands[f"ort_t{threads_all}"] = (StepModel(tmp / "m.onnx", threads=threads_all).step, 1, True)
+        cands[f"ort_t{threads_all}"] = (_ort(tmp / "m.onnx", threads_all), 1, True)
     for threads in sorted({1, threads_all}):
         for mkldnn in (True, False):
             for mode in ("inference_mode", "no_grad"):
@@ -160,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
         results.append({"batch": b, "impl": name, "p50_us": float(np.median(arr)),
                         "p99_us": float(np.percentile(arr, 99)), "n": len(ns)})
     by = {(r["batch"], r["impl"]): r for r in results}
-    print(f"model: {cfg.cell} {cfg.input_dim}->{cfg.hidden}x{cfg.layers}, T={cfg.horizon}; torch "
+    print(f"model: {cfg.cell} {cfg.input_dim}->{cfg.hidden}x{cfg.layers}, T={cfg.horizon}, K={cfg.modes}; torch "
           f"{torch.__version__}, {threads_all} cores; {rounds} interleaved rounds, {elapsed:.0f} s")
     print(f"{'batch':>5}  {'impl':<40}{'p50 us':>9}{'p99 us':>9}{'p50 / ort':>11}")
     best_torch: dict[int, dict[str, Any]] = {}
