@@ -7,8 +7,8 @@ each closed tick is ONE batched `StepModel.step` over the agents sampled at it, 
 predictions are published (world frame, `t_ns` = t_k + j*dt, stamp = the Tracks stamp) for agents
 with at least `min_obs` samples. A model of K > 1 futures is stepped with `step_modes` instead (the
 same state update: `step` is `step_modes` keeping the most probable future), and its message carries
-every future (`modes`) with its probability (`prob`) beside the most probable one (`xy`). Neighbours in the feature vector are the agents of the same model
-sampled at the same tick, as in its training data.
+every future (`modes`) with its probability (`prob`) beside the most probable one (`xy`). Neighbours
+in the feature vector are the agents of the same model sampled at the same tick, as in its training data.
 
 Duplicate, out-of-order, (with `max_age_s`) stale and future stamps are dropped and counted: a stamp
 more than `max_future_s` ahead of the node clock (wall time, or the replayed clock) is not adopted, or
