@@ -138,6 +138,19 @@ def test_totals_are_means_weighted_by_rows(drives: Path, tmp_path: Path) -> None
                              "fde": 2.5, "cv_ade": 1.0, "cv_fde": 2.0}]
 
 
+def test_totals_of_k_futures_weigh_by_the_rows_that_had_them() -> None:
+    k_row = {"k": 6, "n_k": 2, "min_ade_k": 0.5, "min_fde_k": 1.0, "miss_rate_k": 0.5, "brier_min_fde_k": 1.5,
+             "cv_min_ade_k": 1.0, "cv_min_fde_k": 2.0, "cv_miss_rate_k": 1.0}
+    one = {"evaluator": "e", "kind": "all", "age": "all", "n": 2, "ade": 1.0, "fde": 2.0, "cv_ade": 1.0, "cv_fde": 2.0}
+    rows = [{"drive": "a", "rows": [{**one, **k_row}]},
+            {"drive": "b", "rows": [{**one, **k_row, "n": 4, "n_k": 6, "min_ade_k": 1.0, "miss_rate_k": 0.0}]},
+            {"drive": "c", "rows": [one]}]   # a model of one future: no K figures to weigh
+    (t,) = totals(rows)
+    assert t["n"] == 8 and t["n_k"] == 8
+    assert t["min_ade_k"] == pytest.approx((2 * 0.5 + 6 * 1.0) / 8) and t["miss_rate_k"] == pytest.approx(2 * 0.5 / 8)
+    assert "min_ade_k" not in totals(rows[2:])[0]
+
+
 def test_a_corrupt_drive_is_an_error_row_naming_it_and_the_others_are_reported(
         drives: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     mixed = tmp_path / "mixed"

@@ -34,8 +34,12 @@ __all__ = ["JOURNAL", "Journal", "check_run", "drive_rows", "graph_digest", "sum
 JOURNAL = "drives.jsonl"
 DRIVE_COLUMNS = ("drive", "status", "error", "digest", "injected", "published", "replayed_s", "wall_s", "worker",
                  "n", "ade", "fde", "cv_ade", "cv_fde")
-ACCURACY_COLUMNS = ("drive", "evaluator", "kind", "age", "n", "ade", "fde", "cv_ade", "cv_fde", "cv_k")
-TOTAL_COLUMNS = ("evaluator", "kind", "age", "drives", "n", "ade", "fde", "cv_ade", "cv_fde")
+# a model of K futures adds these, over the n_k of the n rows that had them (nodes.eval_table)
+MODE_COLUMNS = ("n_k", "min_ade_k", "min_fde_k", "miss_rate_k", "brier_min_fde_k", "cv_min_ade_k", "cv_min_fde_k",
+                "cv_miss_rate_k")
+ACCURACY_COLUMNS = ("drive", "evaluator", "kind", "age", "n", "ade", "fde", "cv_ade", "cv_fde", "cv_k", "k",
+                    *MODE_COLUMNS)
+TOTAL_COLUMNS = ("evaluator", "kind", "age", "drives", "n", "ade", "fde", "cv_ade", "cv_fde", *MODE_COLUMNS)
 _METRICS = ("ade", "fde", "cv_ade", "cv_fde")
 _PLOT_MAX = 40  # drives shown in summary.png (the worst)
 
@@ -113,8 +117,13 @@ def drive_rows(results: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _accuracy_rows(results: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [{"drive": r["drive"], **{c: row.get(c) for c in ACCURACY_COLUMNS[1:]}}
+    return [{"drive": r["drive"], **{c: _cell(row.get(c)) for c in ACCURACY_COLUMNS[1:]}}
             for r in results for row in r.get("rows", [])]
+
+
+def _cell(value: Any) -> Any:
+    """A table cell: K of models with different K in one row ([6, 20]) as "6,20"."""
+    return ",".join(map(str, value)) if isinstance(value, list) else value
 
 
 def _age_key(age: str) -> tuple[int, int]:
@@ -132,15 +141,25 @@ def totals(results: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
             key = (row["evaluator"], row["kind"], row["age"])
             if row["evaluator"] not in order:
                 order.append(row["evaluator"])
-            s = sums.setdefault(key, {"drives": 0, "n": 0, **dict.fromkeys(_METRICS, 0.0)})
+            s = sums.setdefault(key, {"drives": 0, "n": 0, "n_k": 0, **dict.fromkeys(_METRICS + MODE_COLUMNS[1:], 0.0)})
             s["drives"] += 1
             s["n"] += row["n"]
             for m in _METRICS:
                 s[m] += row["n"] * row[m]
+            if row.get("n_k"):   # rows of K futures: their metrics weigh by the rows that had them
+                s["n_k"] += row["n_k"]
+                for m in MODE_COLUMNS[1:]:
+                    s[m] += row["n_k"] * row[m]
     keys = sorted(sums, key=lambda k: (order.index(k[0]), k[1] == "all", k[1], _age_key(k[2])))
-    return [{"evaluator": e, "kind": k, "age": a, "drives": int(sums[e, k, a]["drives"]), "n": int(sums[e, k, a]["n"]),
-             **{m: round(sums[e, k, a][m] / max(sums[e, k, a]["n"], 1), 4) for m in _METRICS}}
-            for e, k, a in keys]
+    out = []
+    for e, k, a in keys:
+        s = sums[e, k, a]
+        row = {"evaluator": e, "kind": k, "age": a, "drives": int(s["drives"]), "n": int(s["n"]),
+               **{m: round(s[m] / max(s["n"], 1), 4) for m in _METRICS}}
+        if s["n_k"]:
+            row.update({"n_k": int(s["n_k"]), **{m: round(s[m] / s["n_k"], 4) for m in MODE_COLUMNS[1:]}})
+        out.append(row)
+    return out
 
 
 def _write_csv(path: Path, columns: tuple[str, ...], rows: list[dict[str, Any]]) -> None:
