@@ -326,7 +326,7 @@ def _should_stop(cfg: TrainConfig, epoch: int, best_epoch: int, t_start: float) 
     if epoch + 1 - best_epoch >= filled(cfg.patience):
         print(f"early stop: no validation improvement for {cfg.patience} epochs")
         return True
-    if (time.time() - t_start) / 60 > cfg.max_minutes:
+    if cfg.max_minutes is not None and (time.time() - t_start) / 60 > cfg.max_minutes:
         print(f"stopping: --max-minutes {cfg.max_minutes} reached")
         return True
     return False

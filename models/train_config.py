@@ -86,7 +86,7 @@ class TrainConfig:
     focal_repeat: int | None
     min_len: int | None
     patience: int | None
-    max_minutes: float
+    max_minutes: float | None
     feature: list[str]
     cv_init: bool | None    # None: the dataset's default
     window_weight: float
@@ -147,8 +147,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--min-len", type=int, default=None, help="shortest track used for training, samples")
     p.add_argument("--patience", type=int, default=None,
                    help="epochs without validation improvement before stopping (default per dataset)")
-    p.add_argument("--max-minutes", type=float, default=30.0,
-                   help="wall-clock budget (of each seed with --seeds); stops after the epoch")
+    p.add_argument("--max-minutes", type=float, default=None,
+                   help="wall-clock budget (of each seed with --seeds), stopping after the epoch that passes it; "
+                        "default none: the learning rate's schedule is set by --epochs, so a run cut by time "
+                        "keeps weights from the middle of it")
     p.add_argument("--feature", action="append", default=[], metavar="KEY=VALUE",
                    help="override a feature-spec entry (export/runtime/features.py), e.g. --feature k_neighbors=6")
     p.add_argument("--cv-init", action=argparse.BooleanOptionalAction, default=None,

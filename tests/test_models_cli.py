@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -265,3 +266,17 @@ def test_train_and_eval_a_model_of_k_futures(tiny_eth: Path, tmp_path: Path, cap
     rc = train.main(["--dataset", "eth_ucy", "--data", str(tiny_eth), "--fold", "zz", "--epochs", "1", "--hidden", "8",
                      "--modes", "3", "--seeds", "2", "--out", str(tmp_path / "avg"), "--no-progress"])
     assert rc == 2 and "--modes" in capsys.readouterr().err
+
+
+def test_a_long_run_is_not_cut_by_wall_time_unless_asked(tmp_path: Path) -> None:
+    import time
+
+    from models.train_config import parse_config
+
+    # a run 3x larger than the shipped recipe's took 45 min here: a default budget of 30 min cut it at
+    # epoch 14 of 30, mid-way down the learning-rate schedule
+    cfg = parse_config(["--dataset", "argoverse", "--data", str(tmp_path)])
+    an_hour_ago = time.time() - 3600
+    assert not train._should_stop(dataclasses.replace(cfg, patience=30), 13, 13, an_hour_ago)
+    asked = dataclasses.replace(cfg, patience=30, max_minutes=45.0)
+    assert train._should_stop(asked, 13, 13, an_hour_ago)
