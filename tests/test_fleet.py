@@ -344,3 +344,17 @@ def test_a_stop_ends_every_worker_within_5_s_and_reports_what_finished(tmp_path:
         if group_alive(proc.pid):
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=10)
+
+
+def test_set_reaches_every_worker_and_a_resume_must_repeat_it(drives: Path, tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    assert _run(drives, "--workers", "2", "-o", tmp_path / "plain") == 0
+    # the evaluator's CV windows are a param: set on the command line, every drive's table says so
+    assert _run(drives, "--workers", "2", "-o", tmp_path / "set", "--set", "evaluator.cv_ks=[4]") == 0
+    plain, k4 = _table(tmp_path / "plain" / "accuracy.csv"), _table(tmp_path / "set" / "accuracy.csv")
+    assert {r["cv_k"] for r in k4} == {"4"} and {r["cv_k"] for r in plain} != {"4"}
+    capsys.readouterr()
+    assert _run(drives, "-o", tmp_path / "set", "--resume") == 2
+    assert "sets" in capsys.readouterr().err
+    assert _run(drives, "-o", tmp_path / "bad", "--set", "evaluator.cv_ks=many") == 2
+    assert "evaluator.cv_ks" in capsys.readouterr().err and not (tmp_path / "bad").exists()

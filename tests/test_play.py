@@ -378,3 +378,23 @@ def test_player_and_recorder_nodes_in_a_launched_graph(drive, tmp_path: Path, la
     # the recorder's clock is the replayed one (launch file `clock: player/clock`), not wall time
     logs = np.array([it.log_ns for it in items])
     assert np.all((logs >= T0 - 100_000_000) & (logs <= T0 + 700_000_000)), logs[:5]
+
+
+def test_lockstep_cli_set_overrides_a_param_of_the_graph(drive, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from pipeline.recordings.replay import main
+    from pipeline.wire.codec import decode
+
+    path, _ = drive
+    launch = tmp_path / "launch.yaml"
+    launch.write_text(REPLAY_GRAPH.format(file=path, predictor="tests.test_play:CvPredictor", params="{}"))
+    out = tmp_path / "out.mcap"
+    assert main([str(path), "--lockstep", "--graph", str(launch), "--set", "predictor.horizon=5", "-o", str(out),
+                 "--quiet"]) == 0
+    with open_recording(out) as rec:
+        last = [it for it in rec.items(["predictor/predictions"])][-1]
+    assert decode(last.frames, expect=Predictions)[0].xy.shape[1] == 5
+    # a bad value names the --set (exit 1, as for a bad --graph); without --lockstep there is no graph to set
+    assert main([str(path), "--lockstep", "--graph", str(launch), "--set", "predictor.horizon=many", "--quiet"]) == 1
+    assert "predictor.horizon" in capsys.readouterr().err
+    assert main([str(path), "--set", "predictor.horizon=5", "--quiet"]) == 2
+    assert "--set" in capsys.readouterr().err

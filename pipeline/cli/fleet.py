@@ -34,6 +34,7 @@ from pipeline.fleet.report import JOURNAL, Journal, check_run, graph_digest, sum
 from pipeline.recordings.lockstep import plan
 from pipeline.recordings.reader import open_recording
 from pipeline.recordings.schedule import PlayOptions, parse_remap
+from pipeline.runtime.config import parse_set
 from pipeline.runtime.graph import Graph, load_graph
 from pipeline.runtime.signals import StopSignals
 
@@ -133,12 +134,13 @@ def _eval(args: argparse.Namespace) -> int:
         remap = parse_remap(args.remap)
         topics = sorted({t for item in args.topics for t in item.split(",") if t}) if args.topics else None
         graph_path = Path(args.graph).resolve()
-        graph = load_graph(graph_path)  # checked here once: a bad graph is a bad argument, not N failed drives
+        # checked here once: a bad graph (or --set) is a bad argument, not N failed drives
+        graph = load_graph(graph_path, parse_set(args.sets))
         names = evaluators(graph)
         drives = find_drives(args.drives)
         out = Path(args.output)
         run = {"graph": str(graph_path), "graph_sha256": graph_digest(graph_path), "evaluators": list(names),
-               "topics": topics, "remap": remap}
+               "topics": topics, "remap": remap, "sets": args.sets}
         _preflight(drives[0], graph, PlayOptions(topics=topics, remap=remap))  # before the report is begun
         before = check_run(out, run, args.resume)
     except DrivecastError as exc:
@@ -146,8 +148,8 @@ def _eval(args: argparse.Namespace) -> int:
         return 2
     ids = [str(d.resolve()) for d in drives]
     results = {d: before[d] for d in ids if d in before}
-    tasks = [DriveTask(d, str(graph_path), names, tuple(topics) if topics else None, tuple(remap.items()), os.getcwd())
-             for d in ids if d not in results]
+    tasks = [DriveTask(d, str(graph_path), names, tuple(topics) if topics else None, tuple(remap.items()), os.getcwd(),
+                       tuple(args.sets)) for d in ids if d not in results]
     workers = args.workers or (0 if args.ray not in (None, "local") else min(os.cpu_count() or 1, max(len(tasks), 1)))
     stopped = StopSignals()
     journal = Journal(out / JOURNAL)
@@ -209,6 +211,8 @@ def main(argv: list[str]) -> int:
     e.add_argument("--timeout", type=float, default=3600.0, metavar="S",
                    help="wall seconds a drive may take before it is ended and reported as an error (default "
                         "3600; 0: no limit); with --workers 1 checked between messages only")
+    e.add_argument("--set", dest="sets", action="append", default=[], metavar="NODE.PARAM=VALUE",
+                   help="override a node parameter of --graph, as `drivecast launch --set`; repeatable")
     e.add_argument("--resume", action="store_true", help="skip the drives REPORT_DIR already reports as evaluated")
     e.add_argument("--remap", action="append", default=[], metavar="FROM:=TO",
                    help="feed a recorded topic as another (e.g. argoverse/tracks:=sim/tracks); repeatable")

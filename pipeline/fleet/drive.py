@@ -40,6 +40,7 @@ from pipeline.errors import ConfigError, DrivecastError
 from pipeline.recordings.lockstep import lockstep, plan
 from pipeline.recordings.reader import open_recording
 from pipeline.recordings.schedule import PlayOptions
+from pipeline.runtime.config import parse_set
 from pipeline.runtime.graph import Graph, load_graph
 from pipeline.wire.messages import Message
 
@@ -60,6 +61,7 @@ class DriveTask:
     topics: tuple[str, ...] | None = None       # --topics
     remap: tuple[tuple[str, str], ...] = ()     # --remap FROM:=TO
     cwd: str = ""                               # relative params in the graph (model files) resolve here
+    sets: tuple[str, ...] = ()                  # --set NODE.PARAM=VALUE
 
 
 @dataclass
@@ -162,7 +164,10 @@ def eval_drive(task: DriveTask, stop: Callable[[], bool] = lambda: False) -> dic
     with tempfile.TemporaryDirectory(prefix="drivecast-fleet-") as tmp, _quiet(res.log):
         reports = {name: Path(tmp) / f"{name}.json" for name in task.evaluators}
         try:
-            graph = load_graph(task.graph, {name: {"report_json": str(p)} for name, p in reports.items()})
+            overrides = parse_set(list(task.sets))
+            for name, report in reports.items():
+                overrides.setdefault(name, {})["report_json"] = str(report)
+            graph = load_graph(task.graph, overrides)
             with open_recording(task.drive) as rec:
                 p = plan(rec.info(), graph, opts)
                 injected = set(p.sources) | ({p.opts.clock_topic} if p.opts.clock_hz else set())

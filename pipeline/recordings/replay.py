@@ -168,6 +168,8 @@ def main(argv: list[str]) -> int:
                     help="publish the replayed time on 'clock' (default 100 Hz of recording)")
     ap.add_argument("--lockstep", action="store_true", help="run --graph in-process, deterministically")
     ap.add_argument("--graph", default=None, help="launch file for --lockstep")
+    ap.add_argument("--set", dest="sets", action="append", default=[], metavar="NODE.PARAM=VALUE",
+                    help="with --lockstep: override a node parameter of --graph, as `drivecast launch --set`")
     ap.add_argument("-o", "--output", default=None, help="with --lockstep: write inputs and outputs to this MCAP")
     ap.add_argument("--wait-for", type=int, default=0, metavar="N",
                     help="wait until N lossless subscribers per topic are connected before the first message")
@@ -186,6 +188,8 @@ def main(argv: list[str]) -> int:
             raise ConfigError("--lockstep and --graph go together")
         if args.output and not args.lockstep:
             raise ConfigError("-o is for --lockstep (record a live replay with `drivecast record`)")
+        if args.sets and not args.lockstep:
+            raise ConfigError("--set overrides a parameter of --graph, with --lockstep (a running graph's are its own)")
         if args.run and args.lockstep:
             raise ConfigError("--run feeds a running graph; --lockstep runs --graph in this process")
         rec = open_recording(args.file, args.types)
@@ -213,9 +217,10 @@ def main(argv: list[str]) -> int:
 
 def _run_lockstep(rec: Recording, args: argparse.Namespace, opts: PlayOptions) -> int:
     from pipeline.recordings.writer import Recorder
+    from pipeline.runtime.config import parse_set
     from pipeline.runtime.graph import load_graph
 
-    graph = load_graph(args.graph)
+    graph = load_graph(args.graph, parse_set(args.sets))
     out = Recorder(args.output, max_chunk_age_s=0) if args.output else None
     stopped = StopSignals()
     try:
