@@ -103,7 +103,8 @@ def test_train_with_window_loss_cv_init_and_reversed_scenes(tiny_eth: Path, tmp_
     assert tracks[1] == 2 * tracks[0] > 0  # every track once more, backwards
 
 
-def test_cv_init_head_reproduces_constant_velocity() -> None:
+@pytest.mark.parametrize("modes", [1, 6])
+def test_cv_init_head_reproduces_constant_velocity(modes: int) -> None:
     import torch
 
     from export.runtime.features import default_spec, feature_dim
@@ -111,15 +112,19 @@ def test_cv_init_head_reproduces_constant_velocity() -> None:
     from models.trajectory import ModelConfig, TrajectoryModel
 
     spec = default_spec("vehicle")
-    cfg = ModelConfig(input_dim=feature_dim(spec), hidden=16, horizon=30, obs_len=20, dt_s=0.1, features=spec)
+    cfg = ModelConfig(input_dim=feature_dim(spec), hidden=16, horizon=30, obs_len=20, dt_s=0.1, features=spec,
+                      modes=modes)
     model = TrajectoryModel(cfg)
     train.init_head_cv(model, spec, 8)
+    with torch.no_grad():
+        model.head.weight[:, :16] = 0.0   # K > 1 keeps its recurrent part random: left out of the comparison
     x = np.random.default_rng(0).normal(size=(5, feature_dim(spec))).astype(np.float32)
     x[:, 16:24] = 1.0   # all 8 displacements known
     h, c = model.zero_state(5)
-    pred, _, _ = model.step(torch.from_numpy(x), h, c)
+    pred, _, _, _ = model.step_modes(torch.from_numpy(x), h, c)
     cv, _ = ConstantVelocityStep(spec, 8, 30, 20, 0.1).step(x, ())
-    np.testing.assert_allclose(pred.detach().numpy(), cv, atol=1e-4)
+    assert pred.shape == (5, modes, 30, 2)
+    np.testing.assert_allclose(pred.detach().numpy(), np.broadcast_to(cv[:, None], pred.shape), atol=1e-4)
 
 
 def test_training_windows_match_the_window_protocol(tiny_eth: Path) -> None:
