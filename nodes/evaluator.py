@@ -25,8 +25,8 @@ futures, on the same rows.
 Rows are checked at the edge (`nodes.plausible`): a truth or predicted row with a position (or a truth
 velocity) that is NaN, inf or beyond the bounds, in any of its futures, is dropped and counted
 (`drops.truth_rows`, `drops.prediction_rows`), a predicted row whose probabilities are not in [0, 1] or
-do not sum to 1 too (`drops.prediction_probs`), and so is a truth message stamped more than `max_future_s` ahead of the node
-clock (`drops.future_truth`, it would make every later truth look late). One row cannot turn a
+do not sum to 1 too (`drops.prediction_probs`), and so is a truth message stamped more than
+`max_future_s` ahead of the node clock (`drops.future_truth`, it would make every later truth look late). One row cannot turn a
 running mean into nan or 1e36 m.
 
 Output: a summary line every `report_s` (accuracy, prediction latency = receive time - Tracks stamp,
@@ -34,9 +34,9 @@ and the predictor's own step latency when its diagnostics are wired in), a table
 age, where "ADE vs CV: 18% better" means the model's ADE is 18% below constant velocity's (CV - model) / CV
 (the one wording of `nodes.eval_table.vs_cv`); with `report_json: FILE.json` the same table as
 `{"rows": [{"kind", "age", "n", "ade", "fde", "cv_ade", "cv_fde", "cv_k"}, ...]}` (rows with n > 0,
-kind and age "all" included, written atomically; a row with rows of K futures adds `k`, `n_k`, `min_ade_k`,
-`min_fde_k`, `miss_rate_k`, `brier_min_fde_k`, `cv_futures` and `cv_` of the four); with `plot: FILE.png` a picture of recent predicted,
-constant-velocity and true paths (needs matplotlib).
+kind and age "all" included, written atomically; a row with rows of K futures adds `k`, `n_k`,
+`min_ade_k`, `min_fde_k`, `miss_rate_k`, `brier_min_fde_k`, `cv_futures` and `cv_` of the four); with
+`plot: FILE.png` a picture of recent predicted, constant-velocity and true paths (needs matplotlib).
 """
 
 from __future__ import annotations
