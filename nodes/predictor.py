@@ -75,24 +75,19 @@ class _Route:
         table = AgentTable(capacity, n_state, model.meta.layers, model.meta.hidden, self.hl)
         self.grid = Grid(table, dt_ns, max_gap_steps)
 
-    def step(self, x: np.ndarray, state: tuple[np.ndarray, ...]
-             ) -> tuple[np.ndarray, np.ndarray | None, tuple[np.ndarray, ...]]:
-        """One model step: (futures [B,K,T,2], their probabilities [B,K] or None for a model of one future,
-        new state). `step_modes` updates the state as `step` does: one run of the graph either way."""
-        if self.model.meta.modes > 1:
-            return self.model.step_modes(x, state)
-        pred, state = self.model.step(x, state)
-        return pred[:, None], None, state
 
-
-def _message(r: _Route, smp: Sample, world: np.ndarray, prob: np.ndarray | None, ready: np.ndarray) -> Predictions:
-    """The predictions of the agents `ready` at a sample, unstamped: world[B,K,T,2] their futures in the world
-    frame, prob[B,K] their probabilities (None: one future, which goes in `xy` alone)."""
+def _message(r: _Route, smp: Sample, pred: np.ndarray, prob: np.ndarray, frames: Any, min_obs: int) -> Predictions:
+    """The predictions of a sample's agents with `min_obs` samples, unstamped: pred[B,K,T,2] and prob[B,K] as
+    `StepModel.step_modes` gave them; a model of one future puts it in `xy` alone."""
+    n_obs = np.minimum(smp.n_obs, r.hl)
+    # every future of an agent is in its frame: one to_world over [B, K*T, 2]
+    world = to_world(r.spec, pred.reshape(len(pred), -1, 2), smp.hist, n_obs, frames=frames)
+    world = world.astype(np.float32).reshape(pred.shape)
+    ready = smp.n_obs >= min_obs
     ids, kind, t_ns = smp.ids, smp.kind, smp.t_ns + r.steps_ns
     if not ready.all():
-        ids, kind, world = ids[ready], kind[ready], world[ready]
-        prob = None if prob is None else prob[ready]
-    if prob is None:
+        ids, kind, world, prob = ids[ready], kind[ready], world[ready], prob[ready]
+    if r.model.meta.modes == 1:
         return Predictions(model=r.name, ids=ids, kind=kind, t_ns=t_ns, xy=world[:, 0])
     xy = world[np.arange(len(world)), prob.argmax(-1)]  # the future `step` would have given
     return Predictions(model=r.name, ids=ids, kind=kind, t_ns=t_ns, xy=xy, modes=world, prob=prob)
@@ -215,33 +210,33 @@ class Predictor(Node):
             if evicted := r.grid.evict(s, p.ttl_s * 1e9):  # a counter appears once something happened
                 self.counts["evictions"] += evicted
             rows = slice(edges[i], edges[i + 1])
-            out: Predictions | None = None
+            last = None
             for sample in r.grid.samples(s, ids[rows], xy[rows], kinds[rows], int(p.lag_s * 1e9), self.bridging,
                                          self.counts):
-                out = self._step(r, sample)
-            if out is not None:
+                last = (sample, *self._step(r, sample))
+            if last is not None:   # only the last tick's predictions are published: only they go to the world frame
+                out = _message(r, *last, p.min_obs)
                 out.stamp_ns, out.frame_id = s, msg.frame_id
                 self.publish("predictions", out)
         self.counts["unrouted"] += edges[0]  # kind_route -1 sorts first
         self.dirty, self.bridging = True, False
         self.timing.message("tracks", t_cb, cpu0)
 
-    def _step(self, r: _Route, smp: Sample) -> Predictions:
-        """One batched model step for the agents sampled at a tick; return their predictions, stamped by the caller."""
+    def _step(self, r: _Route, smp: Sample) -> tuple[np.ndarray, np.ndarray, Any]:
+        """One batched model step for the agents sampled at a tick, their states updated; (pred[B,K,T,2],
+        prob[B,K], their frames) for `_message`. `step_modes` updates the state as `step` does."""
         tab, slots = r.grid.table, smp.slots
         n_obs = np.minimum(smp.n_obs, r.hl)
         frames = agent_frames(r.spec, smp.hist, n_obs)  # once, for the features and for to_world
         x = step_features(r.spec, smp.hist, n_obs, frames=frames)
         t0 = time.perf_counter()
-        pred, prob, new_state = r.step(x, tuple(tab.state[:, :, slots]))
+        pred, prob, new_state = r.model.step_modes(x, tuple(tab.state[:, :, slots]))
         self.timing.add("step", t0)
         for st, ns in zip(tab.state, new_state, strict=True):
             st[:, slots] = ns
         self.counts["steps"] += 1
         self.counts["agent_steps"] += len(slots)
-        # every future of an agent is in its frame: one to_world over [B, K*T, 2]
-        world = to_world(r.spec, pred.reshape(len(pred), -1, 2), smp.hist, n_obs, frames=frames).astype(np.float32)
-        return _message(r, smp, world.reshape(pred.shape), prob, smp.n_obs >= self.params.min_obs)
+        return pred, prob, frames
 
     def _update_diagnostics(self) -> None:
         d = self.diagnostics
