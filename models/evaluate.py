@@ -40,7 +40,7 @@ from export.runtime.features import constant_velocity, history_len, to_world
 from models.baselines import choose_k, displacement_errors
 from models.datasets import DATASETS, DRIVE_DATASETS, DatasetError, Grid, dataset_name, load_scenes, to_grid
 from models.sequences import find_windows, track_sequences, window_inputs
-from nodes.eval_table import AGE_BUCKETS, CV_K_MEANS, MISS_M, VS_CV_MEANS, age_bucket, mode_errors, vs_cv
+from nodes.eval_table import AGE_BUCKETS, CV_K_MEANS, MODES_MEANS, VS_CV_MEANS, age_bucket, mode_errors, vs_cv
 
 __all__ = ["EvalSet", "Stepper", "TorchStepper", "cv_variants", "evaluate", "load_stepper", "main", "modes_of", "prepare",
            "run_streams"]
@@ -74,13 +74,9 @@ class TorchStepper:
         return (h, h.copy()) if self.meta["cell"] == "lstm" else (h,)
 
     def step(self, x: np.ndarray, state: tuple[np.ndarray, ...]) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
-        t = self._torch
-        with t.no_grad():
-            h = t.from_numpy(np.ascontiguousarray(state[0]))
-            c = t.from_numpy(np.ascontiguousarray(state[1])) if len(state) > 1 else None
-            pred, h, c = self.model.step(t.from_numpy(np.ascontiguousarray(x, np.float32)), h, c)
-        new = (h.numpy(), c.numpy()) if c is not None else (h.numpy(),)
-        return pred.numpy(), new
+        """x[B,F] -> (pred[B,T,2], new state): the most probable future."""
+        pred, prob, new = self.step_modes(x, state)
+        return pred[np.arange(len(pred)), prob.argmax(-1)], new
 
     def step_modes(self, x: np.ndarray, state: tuple[np.ndarray, ...]
                    ) -> tuple[np.ndarray, np.ndarray, tuple[np.ndarray, ...]]:
@@ -368,9 +364,8 @@ def _modes_table(res: dict[str, Any]) -> str:
             label = f"cv k={','.join(map(str, r['cv_ks']))}" if name == "cv" else name
             lines.append(f"{label:<22}{r['min_ade_k']:>11.3f}/{r['min_fde_k']:<8.3f}{r['miss_rate_k']:>12.3f}"
                          f"{r['brier_min_fde_k']:>14.3f}{r['ade']:>11.3f}/{r['fde']:<8.3f}")
-    lines.append(f"minADE/minFDE: of the future whose end is nearest the truth; miss: its end over {MISS_M:g} m away; "
-                 "brier-minFDE adds (1 - its probability)^2; top: the most probable future; cv: CV's variants "
-                 "as equally probable futures, the first the chosen k")
+    lines.append(f"{MODES_MEANS}; top: the most probable future; cv: CV's variants as equally probable futures, "
+                 "the first the chosen k")
     return "\n".join(lines)
 
 

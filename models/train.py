@@ -286,7 +286,7 @@ def _validate(model: TrajectoryModel, data: TrainData) -> dict[str, Any]:
     """Both protocols and the CV baseline on the validation set, the model in eval mode meanwhile."""
     model.eval()
     res = evaluate(TorchStepper(model, model.cfg), data.val, data.cv_k)
-    res.pop("_preds"), res.pop("_modes")
+    del res["_preds"], res["_modes"]
     model.train()
     return res
 
@@ -407,7 +407,7 @@ def _train_average(cfg: TrainConfig, argv: list[str]) -> int:
     val = val_set(cfg.dataset, model.cfg.features, load_scenes(cfg.dataset, cfg.data, "val", cfg.fold, cfg.topic))
     first = blobs[0]["metrics"]
     res = evaluate(TorchStepper(model, model.cfg), val, first["cv_k"])
-    res.pop("_preds"), res.pop("_modes")
+    del res["_preds"], res["_modes"]
     metrics = _metrics(cfg, argv, res, first["cv_k"], first["cv_k_scores"], [], -1, t_start)
     metrics["members"] = [{"checkpoint": str(p), "seed": b["data"]["seed"], "best_epoch": b["metrics"]["best_epoch"],
                            "model": b["metrics"]["model"], "stream": b["metrics"]["stream"]}
