@@ -234,9 +234,9 @@ def _summary(ade: np.ndarray, fde: np.ndarray, multi: dict[str, np.ndarray] | No
 
 
 def cv_variants(cv_k: int, k: int, obs_len: int) -> list[int]:
-    """The k windows of CV's k futures: `cv_k` and k - 1 more spread evenly over 1 .. obs_len - 1."""
-    spread = [int(v) for v in np.unique(np.round(np.linspace(1, obs_len - 1, 4 * k)))]
-    others = [v for v in spread if v != cv_k]
+    """The k windows of CV's k futures: `cv_k` and k - 1 more spread evenly over 1 .. obs_len - 1 (fewer when
+    there are fewer windows)."""
+    others = [v for v in range(1, obs_len) if v != cv_k]
     picked = [others[int(round(i))] for i in np.linspace(0, len(others) - 1, k - 1)] if k > 1 else []
     return [cv_k, *dict.fromkeys(picked)]
 
