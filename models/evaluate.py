@@ -15,7 +15,8 @@ Tables per scene, per agent class and per agent age: the time from the agent's f
 (a track split at a long gap starts again) to the window's last observed sample, which is how long the
 streaming protocol has carried its state, in the evaluator node's buckets (`nodes.eval_table`: 0-5, 5-20,
 20-60, 60+ s). The window protocol's rows are bucketed by the same age, for comparison. The comparison with
-constant velocity is worded as everywhere: "18% better" = the model's ADE is 18% below CV's.
+constant velocity is worded as everywhere: "18% better" = the model's ADE is 18% below CV's. A fourth table
+splits the windows by situation (`models.situations`: standing, crossing, group, crowded, alone, other).
 
 A model of K > 1 futures is scored as Argoverse scores them (`nodes.eval_table.mode_errors`): ADE/FDE are the
 most probable future's, and minADE_K, minFDE_K, the miss rate at 2 m and brier-minFDE_K are added. CV gets
@@ -40,6 +41,7 @@ from export.runtime.features import constant_velocity, history_len, to_world
 from models.baselines import choose_k, displacement_errors
 from models.datasets import DATASETS, DRIVE_DATASETS, DatasetError, Grid, dataset_name, load_scenes, to_grid
 from models.sequences import find_windows, track_sequences, window_inputs
+from models.situations import SITUATIONS, SITUATIONS_MEANS, label_windows
 from nodes.eval_table import AGE_BUCKETS, CV_K_MEANS, MODES_MEANS, VS_CV_MEANS, age_bucket, mode_errors, vs_cv
 
 __all__ = ["EvalSet", "Stepper", "TorchStepper", "cv_variants", "evaluate", "load_stepper", "main", "modes_of", "prepare",
@@ -139,6 +141,7 @@ class EvalSet:
     truth: np.ndarray          # [W, T, 2]
     scene: np.ndarray          # [W] per-scene group (ETH/UCY scene, Argoverse city, ApolloScape recording)
     kind: np.ndarray           # [W] agent class
+    situation: np.ndarray      # [W] models.situations label, from what is observed up to the window end
     window_ref: list[tuple[str, int, int]]   # (grid name, agent, end) for plots
 
 
@@ -174,13 +177,14 @@ def prepare(spec: dict[str, Any], grids: list[Grid], obs_len: int, horizon: int,
         parts["truth"].append(win.truth)
         parts["scene"].append(np.array([g.group] * len(win.agent), dtype=object))
         parts["kind"].append(np.array([g.kinds[a] for a in win.agent], dtype=object))
+        parts["situation"].append(label_windows(g, win.agent, win.end, obs_len))
         parts["ref"].append([(g.name, int(a), int(e)) for a, e in zip(win.agent, win.end, strict=True)])
     if not streams:
         raise DatasetError(f"no evaluation windows of {obs_len}+{horizon} samples in {len(grids)} scenes")
     cat = {k: np.concatenate(v) for k, v in parts.items() if k != "ref"}
     return EvalSet(obs_len, horizon, cat["x_win"], cat["hist_win"], cat["n_win"], streams, cat["stream_idx"],
                    cat["stream_step"], cat["hist_stream"], cat["n_stream"], cat["obs"], cat["truth"],
-                   cat["scene"], cat["kind"], [r for rs in parts["ref"] for r in rs])
+                   cat["scene"], cat["kind"], cat["situation"], [r for rs in parts["ref"] for r in rs])
 
 
 def run_windows(stepper: Stepper, x: np.ndarray, batch: int = 4096) -> tuple[np.ndarray, np.ndarray]:
@@ -287,10 +291,12 @@ def evaluate(stepper: Stepper, es: EvalSet, cv_k: int, streaming: bool = True) -
         result["cv"]["cv_ks"] = ks
     # the agent's age at the window end: steps since its first sample (`EvalSet.stream_step`)
     age = np.array(AGE_BUCKETS, dtype=object)[age_bucket(es.stream_step * float(stepper.meta["dt_s"]))]
-    for key, labels in (("per_scene", es.scene), ("per_class", es.kind), ("per_age", age)):
+    order = {"per_age": AGE_BUCKETS, "per_situation": SITUATIONS}   # fixed row orders; the rest sorted
+    for key, labels in (("per_scene", es.scene), ("per_class", es.kind), ("per_age", age),
+                        ("per_situation", es.situation)):
         table = {}
         present = set(labels.tolist())
-        for lab in [a for a in AGE_BUCKETS if a in present] if key == "per_age" else sorted(present):
+        for lab in [a for a in order[key] if a in present] if key in order else sorted(present):
             m = labels == lab
             table[lab] = {name: _summary(ade[m], fde[m], {q: v[m] for q, v in multi[name].items()} if multi else None,
                                          k) for name, (ade, fde) in errs.items()}
@@ -418,6 +424,7 @@ def main(argv: list[str]) -> int:
     if len(res["per_class"]) > 1:
         print(_table(res, "per_class"))
     print(_table(res, "per_age") + "\nage: time since the agent's first sample, at the window end")
+    print(_table(res, "per_situation") + f"\nsituation: {SITUATIONS_MEANS}")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(res, indent=1))
