@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from export.runtime.features import feature_dim, flag_mask, mirror_sign
+from export.runtime.features import feature_dim, mirror_sign, unscaled_mask
 from models.datasets import DATASETS, load_scenes
 from models.evaluate import TorchStepper, evaluate
 from models.train_config import TrainConfig, TrainError, filled, parse_config, with_dataset_defaults
@@ -242,7 +242,7 @@ def _train_epoch(model: torch.nn.Module, opt: torch.optim.Optimizer, ema: list[t
     this worker's rows, with a `shard`)."""
     epochs, bptt = filled(cfg.epochs), filled(cfg.bptt)
     sign = None if cfg.no_mirror else mirror_sign(data.spec)
-    lengths = ~flag_mask(data.spec)
+    lengths = ~unscaled_mask(data.spec)
     model.train()
     batches = train_batches(data.seqs, filled(cfg.batch), rng)
     total = epochs * len(batches)   # every epoch has the same number of batches

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from export.runtime.features import OPTIONAL_KEYS, default_spec, feature_dim, to_frame, validate_spec
+from export.runtime.features import OPTIONAL_KEYS, default_spec, feature_dim, spec_version, to_frame, validate_spec
 from models.baselines import choose_k
 from models.datasets import DATASETS, DatasetError, load_scenes, reversed_grid, scene_files, to_grid
 from models.evaluate import EvalSet, prepare
@@ -71,6 +71,7 @@ def feature_spec(agent_kind: str, overrides: list[str]) -> dict[str, Any]:
             spec[key] = keys[key](value)
         except ValueError:
             raise TrainError(f"--feature {item!r}: expected a number of type {keys[key].__name__}", 2) from None
+    spec["version"] = spec_version(spec)
     try:
         validate_spec(spec)
     except ValueError as exc:

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from export.runtime.features import (
+    CROWD_DIM,
     FeatureSpecError,
     agent_frames,
     constant_velocity,
@@ -18,8 +19,11 @@ from export.runtime.features import (
     step_features,
     to_frame,
     to_world,
+    unscaled_mask,
     validate_spec,
 )
+
+CROWD = dict(default_spec("pedestrian"), crowd=12, version=2)   # every neighbour within radius, pooled
 
 
 def _random_pool(rng: np.random.Generator, spec: dict, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -43,8 +47,7 @@ def test_features_module_does_not_import_torch() -> None:
 
 
 def test_feature_dim_matches_step_features_output() -> None:
-    for kind in ("pedestrian", "vehicle"):
-        spec = default_spec(kind)
+    for spec in (default_spec("pedestrian"), default_spec("vehicle"), CROWD):
         hist, n_obs = _random_pool(np.random.default_rng(0), spec, 7)
         x = step_features(spec, hist, n_obs)
         assert x.shape == (7, feature_dim(spec)) and x.dtype == np.float32
@@ -89,8 +92,8 @@ def test_a_stopped_agent_keeps_the_heading_it_stopped_with_when_the_spec_looks_b
                                   agent_frames(old, line[None, -9:], np.array([9]))[1])
 
 
-def test_features_are_rotation_and_translation_invariant() -> None:
-    spec = default_spec("pedestrian")
+@pytest.mark.parametrize("spec", [default_spec("pedestrian"), CROWD], ids=["nearest", "crowd"])
+def test_features_are_rotation_and_translation_invariant(spec: dict) -> None:
     hist, n_obs = _random_pool(np.random.default_rng(2), spec, 6)
     n_obs[:] = history_len(spec)   # every agent moving with a known heading
     hist = np.nan_to_num(hist)
@@ -100,8 +103,8 @@ def test_features_are_rotation_and_translation_invariant() -> None:
     np.testing.assert_allclose(step_features(spec, moved, n_obs), step_features(spec, hist, n_obs), atol=1e-5)
 
 
-def test_mirror_sign_equals_features_of_mirrored_scene() -> None:
-    spec = default_spec("pedestrian")
+@pytest.mark.parametrize("spec", [default_spec("pedestrian"), CROWD], ids=["nearest", "crowd"])
+def test_mirror_sign_equals_features_of_mirrored_scene(spec: dict) -> None:
     hist, n_obs = _random_pool(np.random.default_rng(3), spec, 6)
     n_obs[:] = history_len(spec)
     hist = np.nan_to_num(hist)
@@ -110,8 +113,8 @@ def test_mirror_sign_equals_features_of_mirrored_scene() -> None:
                                step_features(spec, hist, n_obs) * mirror_sign(spec), atol=1e-5)
 
 
-def test_rows_and_row_cap_select_and_forget_history() -> None:
-    spec = default_spec("pedestrian")
+@pytest.mark.parametrize("spec", [default_spec("pedestrian"), CROWD], ids=["nearest", "crowd"])
+def test_rows_and_row_cap_select_and_forget_history(spec: dict) -> None:
     hist, n_obs = _random_pool(np.random.default_rng(4), spec, 5)
     n_obs[:] = history_len(spec)
     full = step_features(spec, hist, n_obs)
@@ -174,13 +177,55 @@ def test_validate_spec_names_the_bad_key() -> None:
             validate_spec(dict(default_spec("vehicle"), heading_lookback=bad))
 
 
-@pytest.mark.parametrize("lookback", [None, 7])
-def test_training_sequences_equal_step_by_step_calls(lookback: int | None) -> None:
+def _crowd_of(spec: dict, others: list[tuple[tuple[float, float], tuple[float, float]]]) -> np.ndarray:
+    """Crowd columns of an agent at the origin walking +x at 1 step per sample, among `others`
+    ((position now, displacement per sample) each, world frame = its frame)."""
+    hl = history_len(spec)
+    back = np.arange(-hl + 1, 1)[:, None]
+    agents = [((0.0, 0.0), (spec["scale"], 0.0))] + others
+    hist = np.stack([np.array(p) + back * np.array(v) for p, v in agents])
+    return step_features(spec, hist, np.full(len(agents), hl))[0, -CROWD_DIM:]
+
+
+def test_crowd_columns_on_hand_made_neighbours() -> None:
+    spec, r, s = CROWD, CROWD["radius"], CROWD["scale"]
+    assert not _crowd_of(spec, []).any()                                  # nobody: all zeros
+    assert not _crowd_of(spec, [((r + 0.5, 0.0), (0.0, 0.0))]).any()     # beyond radius: nobody
+    # a companion 1 m to the left, walking alike: near, together, no threat (never closer)
+    c = _crowd_of(spec, [((0.0, 1.0), (s, 0.0))])
+    near = np.exp(-1.0 / (r / 4))
+    np.testing.assert_allclose(c[[0, 1, 2, 3, 4]], [near, 0.0, near / r, 0.0, 0.0], atol=1e-6)
+    np.testing.assert_allclose(c[9:], [near, 0.0, near / r], rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(c[5:9], [np.exp(-36.0 / r**2), 0.0, np.exp(-36.0 / r**2) / r, 0.0], rtol=1e-6)
+    # someone 4 m ahead walking straight at us: collision in 4 samples, a full threat, not a companion
+    h = _crowd_of(spec, [((4.0, 0.0), (-s, 0.0))])
+    np.testing.assert_allclose(h[5:9], [1.0, 4.0 / r, 0.0, 4.0 / 12], rtol=1e-6)
+    np.testing.assert_allclose(h[3], np.exp(-4.0 / (r / 4)) * (-2 * s) / s, rtol=1e-6)  # closing at 2 steps
+    assert h[9] < 1e-6
+    # the same person walking away is no threat: closest approach now, at 4 m
+    np.testing.assert_allclose(_crowd_of(spec, [((4.0, 0.0), (s, 0.0))])[5], np.exp(-36.0 * 16 / r**2), rtol=1e-6)
+
+
+def test_crowd_columns_need_version_2_and_are_not_speed_scaled() -> None:
+    with pytest.raises(FeatureSpecError, match="version 1 with crowd=12: expected version 2"):
+        validate_spec(dict(CROWD, version=1))
+    with pytest.raises(FeatureSpecError, match="version 2 with crowd=0: expected version 1"):
+        validate_spec(dict(default_spec("pedestrian"), version=2))
+    with pytest.raises(FeatureSpecError, match="crowd=-1"):
+        validate_spec(dict(CROWD, crowd=-1))
+    mask = unscaled_mask(CROWD)
+    assert mask[-CROWD_DIM:].all() and len(mask) == feature_dim(CROWD) == feature_dim(default_spec("pedestrian")) + 12
+    np.testing.assert_array_equal(mask[:-CROWD_DIM], unscaled_mask(default_spec("pedestrian")))
+
+
+@pytest.mark.parametrize("extra", [{}, {"heading_lookback": 7}, {"crowd": 12, "version": 2}],
+                         ids=["default", "lookback", "crowd"])
+def test_training_sequences_equal_step_by_step_calls(extra: dict) -> None:
     """What training feeds the model is what a streaming node computes from its history buffers."""
     from models.datasets import Scene, Track, to_grid
     from models.sequences import track_sequences
 
-    spec = default_spec("pedestrian") if lookback is None else dict(default_spec("pedestrian"), heading_lookback=lookback)
+    spec = dict(default_spec("pedestrian"), **extra)
     rng = np.random.default_rng(5)
     tracks = []
     for i in range(6):

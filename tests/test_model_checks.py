@@ -126,7 +126,7 @@ BAD_MODELS = [
     ("features wider than the input", set_feature("history", 9),
      "features give 47 inputs, the model takes 44"),
     ("unknown feature spec", set_feature("version", 99),
-     "feature spec name/version 'disp_nbr'/99: expected 'disp_nbr'/1"),
+     "feature spec name/version 'disp_nbr'/99: expected 'disp_nbr'/1 to 2"),
     ("infinite feature history", set_feature("history", float("inf")),
      "feature spec: cannot convert float infinity to integer"),
     ("absurd heading look-back", set_feature("heading_lookback", 10**9),

@@ -78,7 +78,7 @@ def test_train_feature_overrides_reach_the_checkpoint_and_bad_ones_are_refused(
     assert rc == 0
     assert load_checkpoint(out / "best.pt")[1].features["heading_lookback"] == 6
     for bad, expected in (("heading_lookback=1", "heading_lookback=1: expected an int >= heading_steps (2)"),
-                          ("nope=1", "KEY one of ['heading_lookback', 'heading_steps', 'history'"),
+                          ("nope=1", "KEY one of ['crowd', 'heading_lookback', 'heading_steps', 'history'"),
                           ("history=two", "expected a number of type int")):
         capsys.readouterr()
         rc = train.main(["--dataset", "eth_ucy", "--data", str(tiny_eth), "--fold", "zz", "--feature", bad,

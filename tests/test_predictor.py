@@ -164,6 +164,17 @@ def test_streaming_predictions_equal_the_offline_model_on_a_real_pedestrian_reco
     assert_same(streamed(g, "pedestrian"), ref)
 
 
+def test_streaming_equals_offline_with_crowd_features_on_a_real_pedestrian_recording(tmp_path: Path) -> None:
+    """Crowd features (spec version 2) pool every neighbour within radius: the node's pool is whoever
+    its Tracks hold, training's whoever the grid holds, and the two must still agree."""
+    msgs = _eth_messages()
+    crowd = make_models(tmp_path, features={"crowd": 12, "version": 2})
+    g, _ = run_local(msgs, {"models": {"pedestrian": str(crowd["pedestrian"])}, "lag_s": 0})
+    ref = offline(msgs, crowd["pedestrian"], AgentKind.PEDESTRIAN)
+    assert len(ref) > 100
+    assert_same(streamed(g, "pedestrian"), ref)
+
+
 def test_tracks_slower_than_the_model_step_once_per_tick_on_interpolated_positions(models: dict[str, Path]) -> None:
     msgs = scripted_tracks(120)[::5]  # 2 Hz Tracks for the 10 Hz vehicle model: 5 ticks per message
     g, node = run_local(msgs, {"models": {"vehicle": str(models["vehicle"])}, "max_gap_steps": 6, "lag_s": 0})

@@ -19,12 +19,19 @@ lies `min_move` away (a car creeping to a stop line still faces its lane), and k
 where there is none (its heading would be noise). The model output `pred[B,T,2]` is the future position
 offset in that frame, in units of `scale`; `to_world` undoes both.
 
-Input vector x_t (feature spec "disp_nbr" version 1), `feature_dim(spec)` = 3*history + 5*k_neighbors:
+Input vector x_t (feature spec "disp_nbr"), `feature_dim(spec)` = 3*history + 5*k_neighbors (+ 12 with crowd):
 - own: the last `history` displacements (newest first), rotated and scaled, zero where unknown, then one
   0/1 flag per displacement telling whether it is known;
 - neighbours: the `k_neighbors` nearest other agents present at this time within `radius` meters, nearest
   first, each as (relative x, relative y) / radius, (relative velocity x, y) per sample / scale, present
-  flag; missing neighbours are all zero. Velocity = last displacement (zero for an agent with n_obs = 1).
+  flag; missing neighbours are all zero. Velocity = last displacement (zero for an agent with n_obs = 1);
+- crowd (version 2, spec key `crowd` = L > 0): sums over EVERY other agent within `radius`, in the agent
+  frame, of three kernels, each with the neighbours' kernel-weighted relative positions: nearness
+  (exp(-d / (radius/4)), with the weighted relative velocities too), collision threat (exp(-(d*/(radius/6))^2),
+  d* the distance at the closest approach within L samples at today's relative velocity, with the weighted
+  time to it / L) and walking together (nearness times exp(-(|relative velocity| / (scale/4))^2)). Four
+  nearest neighbours miss the rest of a crowd; these pool it in a fixed width, so the step stays one LSTM
+  step and the ONNX contract stays (x_t, h, c) -> (pred, h', c').
 
 The constant-velocity baseline (`constant_velocity`) is here too: the evaluator node (runtime, no torch)
 and models/ (evaluation, choice of k, the step-interface baseline) must score the same baseline, and
@@ -40,6 +47,7 @@ from typing import Any
 import numpy as np
 
 __all__ = [
+    "CROWD_DIM",
     "FEATURE_NAME",
     "FEATURE_VERSION",
     "FeatureSpecError",
@@ -48,18 +56,20 @@ __all__ = [
     "constant_velocity",
     "default_spec",
     "feature_dim",
-    "flag_mask",
     "heading_lookback",
     "history_len",
     "mirror_sign",
+    "spec_version",
     "step_features",
     "to_frame",
     "to_world",
+    "unscaled_mask",
     "validate_spec",
 ]
 
 FEATURE_NAME = "disp_nbr"
-FEATURE_VERSION = 1
+FEATURE_VERSION = 2   # the newest this code reads: 1 = own + nearest neighbours, 2 = those + crowd
+CROWD_DIM = 12
 
 _REQUIRED: dict[str, type] = {
     "history": int,
@@ -71,7 +81,7 @@ _REQUIRED: dict[str, type] = {
 }
 # Optional keys: a spec saved before a key existed means what it meant then. heading_lookback
 # defaults to heading_steps: no look-back, the rule of the models shipped before it.
-OPTIONAL_KEYS: dict[str, type] = {"heading_lookback": int}
+OPTIONAL_KEYS: dict[str, type] = {"heading_lookback": int, "crowd": int}
 
 # agent_frames builds R = [[cos, sin], [-sin, cos]] from (cos, sin) with one gather and one product.
 _WORLD_X = np.array([1.0, 0.0])  # (cos, sin) of an agent that keeps the world axes
@@ -90,23 +100,29 @@ def default_spec(kind: str) -> dict[str, Any]:
     in which other agents change a path.
     """
     if kind == "pedestrian":
-        return {"name": FEATURE_NAME, "version": FEATURE_VERSION, "history": 4, "heading_steps": 2,
+        return {"name": FEATURE_NAME, "version": 1, "history": 4, "heading_steps": 2,
                 "k_neighbors": 4, "radius": 6.0, "scale": 0.5, "min_move": 0.1}
     if kind == "vehicle":
-        return {"name": FEATURE_NAME, "version": FEATURE_VERSION, "history": 8, "heading_steps": 4,
+        return {"name": FEATURE_NAME, "version": 1, "history": 8, "heading_steps": 4,
                 "k_neighbors": 4, "radius": 30.0, "scale": 1.0, "min_move": 0.5}
     if kind == "mixed":   # ApolloScape: vehicles, cyclists and pedestrians together at 2 Hz
-        return {"name": FEATURE_NAME, "version": FEATURE_VERSION, "history": 4, "heading_steps": 2,
+        return {"name": FEATURE_NAME, "version": 1, "history": 4, "heading_steps": 2,
                 "k_neighbors": 4, "radius": 20.0, "scale": 2.0, "min_move": 0.3}
     raise FeatureSpecError(f"unknown agent kind {kind!r}: expected 'pedestrian', 'vehicle' or 'mixed'")
 
 
+def spec_version(spec: dict[str, Any]) -> int:
+    """The version a spec must carry: 2 once it asks for crowd features (a reader of version 1 must
+    refuse such a model by name rather than feed it 12 inputs too few), else 1."""
+    return 2 if spec.get("crowd", 0) else 1
+
+
 def validate_spec(spec: dict[str, Any]) -> dict[str, Any]:
     """Check name, version and every key; return the spec. Errors name the key, value and expectation."""
-    if spec.get("name") != FEATURE_NAME or spec.get("version") != FEATURE_VERSION:
+    if spec.get("name") != FEATURE_NAME or spec.get("version") not in range(1, FEATURE_VERSION + 1):
         raise FeatureSpecError(
             f"feature spec name/version {spec.get('name')!r}/{spec.get('version')!r}: "
-            f"expected {FEATURE_NAME!r}/{FEATURE_VERSION}")
+            f"expected {FEATURE_NAME!r}/1 to {FEATURE_VERSION}")
     for key, typ in _REQUIRED.items():
         if key not in spec:
             raise FeatureSpecError(f"feature spec: missing key {key!r}")
@@ -121,6 +137,12 @@ def validate_spec(spec: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(look, int) or isinstance(look, bool) or look < spec["heading_steps"]:
         raise FeatureSpecError(f"feature spec: heading_lookback={look!r}: expected an int >= heading_steps "
                                f"({spec['heading_steps']})")
+    crowd = spec.get("crowd", 0)
+    if not isinstance(crowd, int) or isinstance(crowd, bool) or not 0 <= crowd <= 1000:
+        raise FeatureSpecError(f"feature spec: crowd={crowd!r}: expected an int from 0 (off) to 1000 samples")
+    if spec["version"] != spec_version(spec):
+        raise FeatureSpecError(f"feature spec: version {spec['version']} with crowd={crowd}: expected version "
+                               f"{spec_version(spec)} (crowd features are version 2)")
     if spec["scale"] <= 0 or spec["radius"] <= 0:
         raise FeatureSpecError(f"feature spec: scale={spec['scale']}, radius={spec['radius']}: expected > 0")
     return spec
@@ -128,7 +150,7 @@ def validate_spec(spec: dict[str, Any]) -> dict[str, Any]:
 
 def feature_dim(spec: dict[str, Any]) -> int:
     """Length F of x_t."""
-    return 3 * int(spec["history"]) + 5 * int(spec["k_neighbors"])
+    return 3 * int(spec["history"]) + 5 * int(spec["k_neighbors"]) + (CROWD_DIM if spec.get("crowd", 0) else 0)
 
 
 def heading_lookback(spec: dict[str, Any]) -> int:
@@ -224,7 +246,8 @@ def step_features(
     hk = h[:, hl - k_hist - 1:]                                   # the positions the displacements use
     vec = np.where(known, (hk[:, 1:] - hk[:, :-1]).reshape(b, 2 * k_hist), 0.0).reshape(b, k_hist, 2)[:, ::-1]
     k = min(kn, n - 1)
-    if k > 0:
+    look = int(spec.get("crowd", 0)) if n > 1 else 0
+    if k > 0 or look:
         # pool rows: x, y, vx, vy of every agent (velocity = last displacement, 0 if unknown)
         if rows is None and row_n_obs is None:  # the rows are the pool: vec[:, 0] is that displacement
             own = pool = np.concatenate((hist[:, -1, :], vec[:, 0, :]), axis=1)
@@ -247,6 +270,10 @@ def step_features(
         dist = np.empty((b, n))
         dist.fill(np.inf)
         np.hypot(rel[0], rel[1], out=dist, where=near)
+    if look:
+        far = np.where(dist <= radius, dist, np.inf)     # within the margin but beyond radius: not counted
+        out[:, feature_dim(spec) - CROWD_DIM:] = _crowd(rel, far, pool, own, rot, radius, scale, look)
+    if k > 0:
         # stable sort: ties broken by index, so every caller picks the same neighbours. (Beyond radius
         # by less than the margin: sorted after those within, marked absent like them.)
         if n > _SORT_ALL_MAX and np.count_nonzero(near) * 8 < near.size:
@@ -264,6 +291,36 @@ def step_features(
         block[:, :, :4] = np.where(present[:, :, None], vec[:, k_hist:].reshape(b, k, 4), 0.0)
         block[:, :, 4] = present
     return out.astype(np.float32)
+
+
+def _crowd(rel: np.ndarray, dist: np.ndarray, pool: np.ndarray, own: np.ndarray, rot: np.ndarray,
+           radius: float, scale: float, look: int) -> np.ndarray:
+    """[B, CROWD_DIM] crowd columns (module docstring) from the pairs' world-frame offsets rel[2,B,N] and
+    distances dist[B,N] (inf for a pair not to count).
+
+    Sums, not means: an empty neighbourhood is all zeros, and the nearness sum counts the crowd. Distances
+    and closest approaches do not depend on the frame, and a sum of vectors turns like each of them, so
+    the pairs stay in the world frame and only the [B, 2] sums are rotated: a third of the work.
+    """
+    ux, uy = np.subtract(pool.T[2:, None, :], own.T[2:, :, None], order="C")     # relative velocities
+    pv, vv = rel[0] * ux + rel[1] * uy, ux * ux + uy * uy
+    # closest approach within `look` samples at today's relative velocity: t* = -(p.v)/|v|^2, clipped
+    t = np.clip(-pv / np.maximum(vv, 1e-12), 0.0, float(look))
+    w = np.empty((3,) + dist.shape)
+    np.exp(dist * (-4.0 / radius), out=w[0])                                    # near: 0 where dist = inf
+    np.exp((dist * dist + t * (2.0 * pv + t * vv)) * (-36.0 / radius**2), out=w[1])   # |p + v t*|^2
+    np.multiply(w[0], np.exp(vv * (-16.0 / scale**2)), out=w[2])                # walking together
+    sums = np.empty((3, 3, len(dist)))                                          # kernel, (1, x, y), row
+    w.sum(axis=2, out=sums[:, 0])
+    (w * rel[0]).sum(axis=2, out=sums[:, 1])
+    (w * rel[1]).sum(axis=2, out=sums[:, 2])
+    vel = np.stack(((w[0] * ux).sum(axis=1), (w[0] * uy).sum(axis=1)))        # [2, B]
+    pos = _rotate(rot, sums[:, 1:].transpose(2, 0, 1)) / radius                 # [B, 3, 2], agent frame
+    vel = _rotate(rot, vel.T[:, None, :])[:, 0] / scale                         # [B, 2]
+    tsum = (w[1] * t).sum(axis=1) / look
+    return np.stack((sums[0, 0], pos[:, 0, 0], pos[:, 0, 1], vel[:, 0], vel[:, 1],
+                     sums[1, 0], pos[:, 1, 0], pos[:, 1, 1], tsum,
+                     sums[2, 0], pos[:, 2, 0], pos[:, 2, 1]), axis=1)
 
 
 # Above this many agents, and when few pairs lie within radius (agents spread along roads), sorting the
@@ -355,6 +412,8 @@ def mirror_sign(spec: dict[str, Any]) -> np.ndarray:
         base = 3 * k_hist + 5 * j
         sign[base + 1] = -1.0
         sign[base + 3] = -1.0
+    if spec.get("crowd", 0):   # the y of each weighted position and velocity
+        sign[3 * k_hist + 5 * kn + np.array([2, 4, 7, 11])] = -1.0
     return sign
 
 
@@ -380,14 +439,16 @@ def constant_velocity(past: np.ndarray, k: int, steps: np.ndarray, lags: Sequenc
     return past[:, 0, None, :] + np.asarray(steps, dtype=np.float64)[None, :, None] * v[:, None, :]
 
 
-def flag_mask(spec: dict[str, Any]) -> np.ndarray:
-    """bool[F]: the 0/1 flag columns of x_t (known displacement, neighbour present).
+def unscaled_mask(spec: dict[str, Any]) -> np.ndarray:
+    """bool[F]: the columns of x_t that are not lengths: the 0/1 flags (known displacement, neighbour
+    present) and the crowd sums (kernels of lengths, not lengths).
 
     Training's speed augmentation multiplies every other column (lengths) by a factor and must leave
     these alone.
     """
-    k_hist = int(spec["history"])
+    k_hist, kn = int(spec["history"]), int(spec["k_neighbors"])
     mask = np.zeros(feature_dim(spec), bool)
     mask[2 * k_hist: 3 * k_hist] = True
-    mask[3 * k_hist + 4:: 5] = True
+    mask[3 * k_hist + 4: 3 * k_hist + 5 * kn: 5] = True
+    mask[3 * k_hist + 5 * kn:] = True
     return mask
