@@ -16,6 +16,10 @@ Timing is interleaved: every round runs every candidate in turn, so a noisy neig
 alike; reported are the median and p99 over all rounds. The model is the shipped vehicle checkpoint
 (models/pretrained/vehicle_lstm.pt: F=44, LSTM 112x1, T=30) unless --ckpt names another.
 
+Beside the step, for information: the node's other per-message cost that grows with the agents,
+`step_features` for the checkpoint's feature spec (crowd features included where it has them), with the
+agents spread over a square of 2 x radius, so most pairs count (a dense crowd: the dear case).
+
 Bars (issue 4): speedup_b1_vs_best_torch >= 3, ort_b64_p50_us <= 150.
 """
 
@@ -38,6 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch
 
+from export.runtime.features import history_len, step_features
 from export.runtime.step_model import StepModel
 from export.torch_export.onnx_export import export_module, write_variant
 from export.torch_export.parity import load_checkpoint
@@ -167,6 +172,13 @@ def main(argv: list[str] | None = None) -> int:
     torch.backends.mkldnn.enabled = True  # type: ignore[assignment]
     elapsed = time.perf_counter() - t_start
 
+    spec = cfg.features
+    for b in BATCHES:   # the features, after the step candidates: not interleaved with them
+        hist = rng.uniform(-spec["radius"], spec["radius"], (b, 1, 2)) + rng.normal(
+            0, spec["scale"], (b, history_len(spec), 2)).cumsum(axis=1)
+        samples[(b, "features_numpy")] = _measure(lambda h, n_obs: step_features(spec, h, n_obs[0]), hist,
+                                                  (np.full(b, history_len(spec)),), n, budget * rounds, warm)
+
     results: list[dict[str, Any]] = []
     for (b, name), ns in samples.items():
         arr = np.array(ns) / 1e3
@@ -190,9 +202,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"speedup_b1_vs_best_torch = {speedup:.2f} (bar >= 3: {'ok' if speedup >= 3 else 'MISSED'})")
     print(f"ort_b64_p50_us = {ort_b64:.1f} (bar <= 150: {'ok' if ort_b64 <= 150 else 'MISSED'}); "
           f"int8 variant {by[(64, 'ort_int8')]['p50_us']:.1f}")
+    feats = by[(64, "features_numpy")]
+    print(f"features_b64_p50_us = {feats['p50_us']:.1f} (p99 {feats['p99_us']:.1f}; crowd={spec.get('crowd', 0)}, "
+          f"not a bar: the node's step_features for this spec)")
     if args.json:
         doc = {"results": results, "speedup_b1_vs_best_torch": speedup, "ort_b64_p50_us": ort_b64,
                "ort_int8_b64_p50_us": by[(64, "ort_int8")]["p50_us"],
+               "features_b64_p50_us": feats["p50_us"],
                "best_torch": {str(b): r["impl"] for b, r in best_torch.items()},
                "model": {"cell": cfg.cell, "input_dim": cfg.input_dim, "hidden": cfg.hidden, "layers": cfg.layers,
                          "horizon": cfg.horizon}, "quick": args.quick, "torch": torch.__version__}
