@@ -311,7 +311,8 @@ def test_any_metadata_round_trips_through_props(cell, sizes, dt_s, dicts, agent,
     assert ModelMeta.from_props(props) == meta
 
 
-SHIPPED = sorted((ROOT / "models" / "pretrained").glob("*.onnx"))
+SHIPPED = sorted((ROOT / "models" / "pretrained").glob("*.onnx")) + sorted(
+    (ROOT / "models" / "pretrained" / "eth_ucy").glob("*.onnx"))   # the per-fold ETH/UCY models
 
 
 @pytest.mark.skipif(not SHIPPED, reason="no exported models in models/pretrained yet")
@@ -321,6 +322,16 @@ def test_each_shipped_model_loads_steps_and_has_its_model_card_section(path: Pat
     pred, state = model.step(np.zeros((3, model.meta.input_dim), np.float32), model.zero_state(3))
     assert pred.shape == (3, model.meta.horizon, 2) and np.isfinite(pred).all()
     assert model.meta.metrics and model.meta.training_data and model.meta.weights_hash
-    stem = path.name.split(".")[0]
     card = (ROOT / "models" / "pretrained" / "MODEL_CARD.md").read_text()
+    if path.parent.name == "eth_ucy":   # one table for the five: a row each, with the fold it leaves out
+        fold = path.name.split(".")[0]
+        assert f"| eth_ucy/{path.name} | {fold} |" in card
+        data = model.meta.training_data
+        assert data.get("fold") == fold
+        test_scenes = {"eth": ["biwi_eth"], "hotel": ["biwi_hotel"], "univ": ["students001", "students003"],
+                       "zara1": ["crowds_zara01"], "zara2": ["crowds_zara02"]}[fold]
+        seen = data["train_files"] + data["val_files"]
+        assert seen and not [f for f in seen for scene in test_scenes if f.startswith(scene)], seen
+        return
+    stem = path.name.split(".")[0]
     assert f"<!-- drivecast-export: {stem}.onnx -->" in card and f"| {path.name} | {model.meta.precision} |" in card
