@@ -133,7 +133,7 @@ def test_an_imported_scene_remapped_onto_the_default_graph_is_scored_and_a_missp
     assert play_main([str(drive), "--lockstep", "--graph", launch, "--remap", "eth_ucy/tracks:=sim/tracks"]) == 0
     out, err = capsys.readouterr()
     # the README's figures for this scene (the sim is replaced; the predictor and evaluator run)
-    assert "pedestrian      6792   0.457   1.000" in out and "lockstep: 1117 messages in, 3335 deliveries" in err
+    assert "pedestrian      6792   0.462   1.012" in out and "lockstep: 1117 messages in, 3335 deliveries" in err
 
 
 def test_per_scene_import_writes_one_drive_per_scene_and_resumes(tmp_path: Path, capsys) -> None:
