@@ -44,8 +44,8 @@ from models.sequences import find_windows, track_sequences, window_inputs
 from models.situations import SITUATIONS, SITUATIONS_MEANS, label_windows
 from nodes.eval_table import AGE_BUCKETS, CV_K_MEANS, MODES_MEANS, VS_CV_MEANS, age_bucket, mode_errors, vs_cv
 
-__all__ = ["EvalSet", "Stepper", "TorchStepper", "cv_variants", "evaluate", "load_stepper", "main", "modes_of", "prepare",
-           "run_streams"]
+__all__ = ["EvalSet", "Stepper", "TorchStepper", "cv_variants", "evaluate", "held_out_note", "load_stepper", "main",
+           "modes_of", "prepare", "run_streams"]
 
 
 class Stepper(TypingProtocol):
@@ -62,14 +62,16 @@ class TorchStepper:
     State is (h, c) for an LSTM and (h,) for a GRU, each float32[L,B,H].
     """
 
-    def __init__(self, model: Any, cfg: Any, metrics: dict[str, Any] | None = None) -> None:
+    def __init__(self, model: Any, cfg: Any, metrics: dict[str, Any] | None = None,
+                 training_data: dict[str, Any] | None = None) -> None:
         import torch  # lazily: an .onnx evaluation must not need torch
 
         self._torch = torch
         self.model = model.eval()
         self.meta = {"cell": cfg.cell, "layers": cfg.layers, "hidden": cfg.hidden, "input_dim": cfg.input_dim,
                      "horizon": cfg.horizon, "obs_len": cfg.obs_len, "dt_s": cfg.dt_s,
-                     "features": cfg.features, "metrics": metrics or {}, "modes": cfg.modes}
+                     "features": cfg.features, "metrics": metrics or {}, "modes": cfg.modes,
+                     "training_data": training_data or {}}
 
     def zero_state(self, batch: int) -> tuple[np.ndarray, ...]:
         h = np.zeros((self.meta["layers"], batch, self.meta["hidden"]), np.float32)
@@ -117,7 +119,16 @@ def load_stepper(path: str | Path) -> Stepper:
     from models.trajectory import load_checkpoint
 
     model, cfg, blob = load_checkpoint(path)
-    return TorchStepper(model, cfg, blob.get("metrics"))
+    return TorchStepper(model, cfg, blob.get("metrics"), blob.get("data"))
+
+
+def held_out_note(trained: dict[str, Any], dataset: str, fold: str | None, split: str) -> str:
+    """Why a test split may not be held out from this model ("" when nothing says so): a model trained on
+    another fold of the same dataset (an ETH/UCY fold trains on the other folds' test scenes)."""
+    if split != "test" or trained.get("dataset") != dataset or trained.get("fold") in (None, fold):
+        return ""
+    return (f"this model was trained on {dataset} fold {trained['fold']!r}, not {fold!r}: that fold's files may hold "
+            f"this test split's scenes, so the figures below are not held out")
 
 
 # ---------------------------------------------------------------- evaluation sets
@@ -400,6 +411,9 @@ def main(argv: list[str]) -> int:
         print(f"note: model protocol {obs_len}->{horizon} at {dt_s}s differs from {args.dataset}'s "
               f"{proto.obs_len}->{proto.horizon} at {proto.dt_s}s; evaluating the model's", file=sys.stderr)
     proto = type(proto)(obs_len, horizon, dt_s, proto.focal_only, proto.agent_kind)
+    leak = held_out_note(meta.get("training_data") or {}, args.dataset, args.fold, args.split)
+    if leak:
+        print(f"note: {leak}", file=sys.stderr)
     try:
         scenes = load_scenes(args.dataset, args.data, args.split, args.fold, args.topic)
         grids = [to_grid(s, dt_s) for s in scenes]

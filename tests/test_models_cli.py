@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -53,7 +54,13 @@ def test_train_then_eval_both_protocols_and_json(tiny_eth: Path, tmp_path: Path,
     assert set(res["per_scene"]) == {"scene_a", "scene_b"}
     assert res["cv"]["ade"] < 1e-3   # straight walkers (4-decimal files): constant velocity is exact
     assert (tmp_path / "plots" / "scene_a.png").stat().st_size > 0
-    assert "scene_a" in capsys.readouterr().out
+    printed, err = capsys.readouterr()
+    assert "scene_a" in printed and "not held out" not in err
+    # the same model scored on another fold's test split: that fold's files may hold its training scenes
+    shutil.copytree(tiny_eth / "zz", tiny_eth / "yy")
+    assert evaluate.main([str(out / "best.pt"), "--dataset", "eth_ucy", "--data", str(tiny_eth), "--fold", "yy",
+                          "--split", "test"]) == 0
+    assert "trained on eth_ucy fold 'zz', not 'yy'" in capsys.readouterr().err
 
 
 def test_eval_of_a_missing_model_prints_an_error(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
