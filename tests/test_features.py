@@ -170,8 +170,9 @@ def test_validate_spec_names_the_bad_key() -> None:
     spec = dict(default_spec("vehicle"), scale="big")
     with pytest.raises(FeatureSpecError, match="scale='big'"):
         validate_spec(spec)
-    with pytest.raises(FeatureSpecError, match="name/version"):
-        validate_spec(dict(spec, version=99))
+    for version in (99, True, 1.0):   # a bool or a float is no version, though True == 1 == 1.0
+        with pytest.raises(FeatureSpecError, match="name/version"):
+            validate_spec(dict(spec, version=version))
     for bad in (2, 4.0, True):   # vehicle heading_steps is 4
         with pytest.raises(FeatureSpecError, match=f"heading_lookback={bad!r}"):
             validate_spec(dict(default_spec("vehicle"), heading_lookback=bad))

@@ -25,13 +25,16 @@ Input vector x_t (feature spec "disp_nbr"), `feature_dim(spec)` = 3*history + 5*
 - neighbours: the `k_neighbors` nearest other agents present at this time within `radius` meters, nearest
   first, each as (relative x, relative y) / radius, (relative velocity x, y) per sample / scale, present
   flag; missing neighbours are all zero. Velocity = last displacement (zero for an agent with n_obs = 1);
-- crowd (version 2, spec key `crowd` = L > 0): sums over EVERY other agent within `radius`, in the agent
+- crowd (version 2, spec key `crowd` = L > 0, the closest-approach look-ahead in samples; CROWD_DIM = 12
+  columns, whatever L): sums over EVERY other agent within `radius`, in the agent
   frame, of three kernels, each with the neighbours' kernel-weighted relative positions: nearness
   (exp(-d / (radius/4)), with the weighted relative velocities too), collision threat (exp(-(d*/(radius/6))^2),
   d* the distance at the closest approach within L samples at today's relative velocity, with the weighted
   time to it / L) and walking together (nearness times exp(-(|relative velocity| / (scale/4))^2)). Four
   nearest neighbours miss the rest of a crowd; these pool it in a fixed width, so the step stays one LSTM
-  step and the ONNX contract stays (x_t, h, c) -> (pred, h', c').
+  step and the ONNX contract stays (x_t, h, c) -> (pred, h', c'). Column order: `_CROWD_XY` below. They
+  need the pool the node holds to be the pool training saw: a neighbour inside a gap of its track
+  (interpolated offline, absent from a node's Tracks) changes the sums of everyone near it.
 
 The constant-velocity baseline (`constant_velocity`) is here too: the evaluator node (runtime, no torch)
 and models/ (evaluation, choice of k, the step-interface baseline) must score the same baseline, and
@@ -68,8 +71,12 @@ __all__ = [
 ]
 
 FEATURE_NAME = "disp_nbr"
-FEATURE_VERSION = 2   # the newest this code reads: 1 = own + nearest neighbours, 2 = those + crowd
+FEATURE_VERSION = 2   # the newest this code reads: 2 = version 1 plus the optional crowd columns
 CROWD_DIM = 12
+# The crowd columns: 0 nearness sum, 1-2 its weighted relative position (x, y) / radius, 3-4 its weighted
+# relative velocity / scale, 5 threat sum, 6-7 its weighted position, 8 its weighted time to the closest
+# approach / L, 9 walking-together sum, 10-11 its weighted position. The (x, y) pairs turn with the frame:
+_CROWD_XY = np.array([1, 2, 3, 4, 6, 7, 10, 11])
 
 _REQUIRED: dict[str, type] = {
     "history": int,
@@ -119,7 +126,9 @@ def spec_version(spec: dict[str, Any]) -> int:
 
 def validate_spec(spec: dict[str, Any]) -> dict[str, Any]:
     """Check name, version and every key; return the spec. Errors name the key, value and expectation."""
-    if spec.get("name") != FEATURE_NAME or spec.get("version") not in range(1, FEATURE_VERSION + 1):
+    version = spec.get("version")
+    if (spec.get("name") != FEATURE_NAME or not isinstance(version, int) or isinstance(version, bool)
+            or not 1 <= version <= FEATURE_VERSION):
         raise FeatureSpecError(
             f"feature spec name/version {spec.get('name')!r}/{spec.get('version')!r}: "
             f"expected {FEATURE_NAME!r}/1 to {FEATURE_VERSION}")
@@ -271,8 +280,8 @@ def step_features(
         dist.fill(np.inf)
         np.hypot(rel[0], rel[1], out=dist, where=near)
     if look:
-        far = np.where(dist <= radius, dist, np.inf)     # within the margin but beyond radius: not counted
-        out[:, feature_dim(spec) - CROWD_DIM:] = _crowd(rel, far, pool, own, rot, radius, scale, look)
+        within = np.where(dist <= radius, dist, np.inf)  # within the margin but beyond radius: not counted
+        out[:, feature_dim(spec) - CROWD_DIM:] = _crowd(rel, within, pool, own, rot, radius, scale, look)
     if k > 0:
         # stable sort: ties broken by index, so every caller picks the same neighbours. (Beyond radius
         # by less than the margin: sorted after those within, marked absent like them.)
@@ -313,19 +322,19 @@ def _crowd(rel: np.ndarray, dist: np.ndarray, pool: np.ndarray, own: np.ndarray,
     pv, vv = px * ux + py * uy, ux * ux + uy * uy
     # closest approach within `look` samples at today's relative velocity: t* = -(p.v)/|v|^2, clipped
     t = np.clip(-pv / np.maximum(vv, 1e-12), 0.0, float(look))
-    near = np.exp(d * (-4.0 / radius))                                       # >= exp(-4)
-    threat = np.exp((d * d + t * (2.0 * pv + t * vv)) * (-36.0 / radius**2))  # |p + v t*|^2 <= radius^2
+    w_near = np.exp(d * (-4.0 / radius))                                       # >= exp(-4)
+    w_threat = np.exp((d * d + t * (2.0 * pv + t * vv)) * (-36.0 / radius**2))  # |p + v t*|^2 <= radius^2
     # never an exp below -50: a subnormal result costs some 30x a normal one
-    group = near * np.exp(np.maximum(vv * (-16.0 / scale**2), -50.0))
-    cols = np.stack((near, near * px, near * py, near * ux, near * uy,
-                     threat, threat * px, threat * py, threat * t, group, group * px, group * py))
+    w_group = w_near * np.exp(np.maximum(vv * (-16.0 / scale**2), -50.0))
+    cols = np.stack((w_near, w_near * px, w_near * py, w_near * ux, w_near * uy,
+                     w_threat, w_threat * px, w_threat * py, w_threat * t, w_group, w_group * px, w_group * py))
     starts = np.flatnonzero(np.r_[True, bi[1:] != bi[:-1]])
-    rows = bi[starts]
+    hit = bi[starts]
     sums = np.add.reduceat(cols, starts, axis=1).T                           # [R, CROWD_DIM]
-    turned = _rotate(rot[rows], sums[:, [1, 2, 3, 4, 6, 7, 10, 11]].reshape(-1, 4, 2))
-    sums[:, [1, 2, 3, 4, 6, 7, 10, 11]] = turned.reshape(-1, 8) / np.array([radius, radius, scale, scale] + [radius] * 4)
+    turned = _rotate(rot[hit], sums[:, _CROWD_XY].reshape(-1, 4, 2))
+    sums[:, _CROWD_XY] = turned.reshape(-1, 8) / np.array([radius, radius, scale, scale] + [radius] * 4)
     sums[:, 8] /= look
-    out[rows] = sums
+    out[hit] = sums
     return out
 
 
@@ -419,7 +428,7 @@ def mirror_sign(spec: dict[str, Any]) -> np.ndarray:
         sign[base + 1] = -1.0
         sign[base + 3] = -1.0
     if spec.get("crowd", 0):   # the y of each weighted position and velocity
-        sign[3 * k_hist + 5 * kn + np.array([2, 4, 7, 11])] = -1.0
+        sign[3 * k_hist + 5 * kn + _CROWD_XY[1::2]] = -1.0
     return sign
 
 
@@ -447,7 +456,9 @@ def constant_velocity(past: np.ndarray, k: int, steps: np.ndarray, lags: Sequenc
 
 def unscaled_mask(spec: dict[str, Any]) -> np.ndarray:
     """bool[F]: the columns of x_t that are not lengths: the 0/1 flags (known displacement, neighbour
-    present) and the crowd sums (kernels of lengths, not lengths).
+    present) and the crowd columns. Those are kernels of lengths and vectors weighted by them: scaling the
+    vectors and not their kernels describes no real scene either, so they are left as they are (the shipped
+    recipes were measured so; docs/EXPERIMENTS.md, Pedestrian 8).
 
     Training's speed augmentation multiplies every other column (lengths) by a factor and must leave
     these alone.
