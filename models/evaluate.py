@@ -122,13 +122,24 @@ def load_stepper(path: str | Path) -> Stepper:
     return TorchStepper(model, cfg, blob.get("metrics"), blob.get("data"))
 
 
-def held_out_note(trained: dict[str, Any], dataset: str, fold: str | None, split: str) -> str:
-    """Why a test split may not be held out from this model ("" when nothing says so): a model trained on
-    another fold of the same dataset (an ETH/UCY fold trains on the other folds' test scenes)."""
-    if split != "test" or trained.get("dataset") != dataset or trained.get("fold") in (None, fold):
+def held_out_note(trained: dict[str, Any], scored: list[str]) -> str:
+    """Why the scored files of a test (or all) split are not held out from this model ("" when nothing says
+    so): a scene among them is one the model trained or stopped early on. ETH/UCY names a scene's test file
+    after the scene and its parts `<scene>_train`/`_val`, and each fold trains on the other folds' test
+    scenes, so a fold's model scored on another fold's test split, or the all-scenes model on any, is caught."""
+    seen = {_scene(f) for f in [*trained.get("train_files", []), *trained.get("val_files", [])]}
+    hit = sorted({Path(f).name for f in scored if _scene(f) in seen})
+    if not hit:
         return ""
-    return (f"this model was trained on {dataset} fold {trained['fold']!r}, not {fold!r}: that fold's files may hold "
-            f"this test split's scenes, so the figures below are not held out")
+    return (f"{len(hit)} of the {len(set(scored))} scored files hold scenes this model trained or stopped early on "
+            f"({', '.join(hit[:3])}{', ...' if len(hit) > 3 else ''}): the figures below are not held out")
+
+
+def _scene(path: str) -> str:
+    stem = Path(path).stem
+    for part in ("_train", "_val"):
+        stem = stem.removesuffix(part)
+    return stem
 
 
 # ---------------------------------------------------------------- evaluation sets
@@ -411,11 +422,11 @@ def main(argv: list[str]) -> int:
         print(f"note: model protocol {obs_len}->{horizon} at {dt_s}s differs from {args.dataset}'s "
               f"{proto.obs_len}->{proto.horizon} at {proto.dt_s}s; evaluating the model's", file=sys.stderr)
     proto = type(proto)(obs_len, horizon, dt_s, proto.focal_only, proto.agent_kind)
-    leak = held_out_note(meta.get("training_data") or {}, args.dataset, args.fold, args.split)
-    if leak:
-        print(f"note: {leak}", file=sys.stderr)
     try:
         scenes = load_scenes(args.dataset, args.data, args.split, args.fold, args.topic)
+        leak = held_out_note(meta.get("training_data") or {}, [s.path for s in scenes]) if args.split != "val" else ""
+        if leak:
+            print(f"note: {leak}", file=sys.stderr)
         grids = [to_grid(s, dt_s) for s in scenes]
         es = prepare(spec, grids, obs_len, horizon, proto.focal_only)
         cv_k, cv_from = _cv_k(args, stepper, spec, proto, es)
