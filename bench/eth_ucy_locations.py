@@ -1,7 +1,7 @@
 """ETH/UCY recipes on a location the model never saw, with no test file: the check behind issue 26's choices.
 
     python bench/eth_ucy_locations.py --data ../shared/data/eth_ucy --out runs/locations [--jobs 2] \
-        [--name NAME] -- [drivecast train flags...]
+        [--json FILE] -- [drivecast train flags...]
 
 Why: the five folds' val files are later frames of the scenes each fold trains on, so a recipe that learns a
 place scores well there and not on the held-out test scene (the fold recipe read 8% better than constant
@@ -48,7 +48,6 @@ def layout(data: Path, root: Path) -> None:
                 scene = f.name.rsplit("_", 1)[0]
                 dest = root / loc / ("test" if scene == scored else split) / f.name
                 if scene not in out or scene == scored:
-                    dest.unlink(missing_ok=True)
                     dest.symlink_to(f.resolve())
 
 

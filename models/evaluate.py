@@ -449,7 +449,8 @@ def main(argv: list[str]) -> int:
     if len(res["per_class"]) > 1:
         print(_table(res, "per_class"))
     print(_table(res, "per_age") + "\nage: time since the agent's first sample, at the window end")
-    print(_table(res, "per_situation") + f"\nsituation: {SITUATIONS_MEANS}")
+    if proto.agent_kind != "vehicle":   # its thresholds are a walker's (the JSON keeps the table for any kind)
+        print(_table(res, "per_situation") + f"\nsituation: {SITUATIONS_MEANS}")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(res, indent=1))

@@ -112,7 +112,10 @@ def test_train_on_drives_writes_a_checkpoint_and_metrics_and_keeps_splits_apart(
     assert len(train_f) == 2 and len(val_f) == len(test_f) == 1
     assert not train_f & val_f and not train_f & test_f and not val_f & test_f
     assert (cfg.obs_len, cfg.horizon, cfg.dt_s, cfg.agent_kind) == (20, 30, 0.1, "vehicle")
+    capsys.readouterr()
     assert evaluate.main([str(out / "best.pt"), "--dataset", "drives", "--data", str(drives), "--split", "test"]) == 0
+    printed = capsys.readouterr().out
+    assert "age" in printed and "situation" not in printed   # a walker's situations are not shown for vehicles
 
 
 def _no_tracks(path: Path) -> None:
