@@ -18,7 +18,7 @@ alike; reported are the median and p99 over all rounds. The model is the shipped
 
 Beside the step, for information: the node's other per-message cost that grows with the agents,
 `step_features` for the checkpoint's feature spec (crowd features included where it has them), with the
-agents spread over a square of 2 x radius, so most pairs count (a dense crowd: the dear case).
+agents spread over a square of 2 x radius, so about half the pairs count (a dense crowd: the dear case).
 
 Bars (issue 4): speedup_b1_vs_best_torch >= 3, ort_b64_p50_us <= 150.
 """
