@@ -280,8 +280,7 @@ def step_features(
         dist.fill(np.inf)
         np.hypot(rel[0], rel[1], out=dist, where=near)
     if look:
-        within = np.where(dist <= radius, dist, np.inf)  # within the margin but beyond radius: not counted
-        out[:, feature_dim(spec) - CROWD_DIM:] = _crowd(rel, within, pool, own, rot, radius, scale, look)
+        out[:, feature_dim(spec) - CROWD_DIM:] = _crowd(rel, dist, pool, own, rot, radius, scale, look)
     if k > 0:
         # stable sort: ties broken by index, so every caller picks the same neighbours. (Beyond radius
         # by less than the margin: sorted after those within, marked absent like them.)
@@ -305,7 +304,8 @@ def step_features(
 def _crowd(rel: np.ndarray, dist: np.ndarray, pool: np.ndarray, own: np.ndarray, rot: np.ndarray,
            radius: float, scale: float, look: int) -> np.ndarray:
     """[B, CROWD_DIM] crowd columns (module docstring) from the pairs' world-frame offsets rel[2,B,N] and
-    distances dist[B,N] (inf for a pair not to count).
+    distances dist[B,N] (inf for a pair beyond the near margin or the agent itself; within the margin but
+    beyond radius does not count either).
 
     Sums, not means: an empty neighbourhood is all zeros, and the nearness sum counts the crowd. Only the
     pairs that count are worked on (a road or a square holds far fewer than B x N), row by row in index
@@ -314,7 +314,7 @@ def _crowd(rel: np.ndarray, dist: np.ndarray, pool: np.ndarray, own: np.ndarray,
     them, so the pairs stay in the world frame and only the sums are rotated.
     """
     out = np.zeros((len(own), CROWD_DIM))
-    bi, ni = np.nonzero(dist < np.inf)                 # row-major: each row's pairs together
+    bi, ni = np.nonzero(dist <= radius)                # row-major: each row's pairs together
     if len(bi) == 0:
         return out
     px, py, d = rel[0][bi, ni], rel[1][bi, ni], dist[bi, ni]
