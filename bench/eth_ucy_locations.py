@@ -28,6 +28,10 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from models.datasets import eth_ucy_scene
+
 RECIPE = ["--cell", "lstm", "--seed", "0", "--epochs", "60", "--patience", "60", "--window-weight", "1",
           "--reverse", "--hidden", "64", "--no-progress"]
 # location: (the fold whose files it uses, the scenes left out of training, the scene scored)
@@ -45,7 +49,7 @@ def layout(data: Path, root: Path) -> None:
             if not files:
                 raise SystemExit(f"ERROR: no {split} files under {data / fold / split}: expected the ETH/UCY folds")
             for f in files:
-                scene = f.name.rsplit("_", 1)[0]
+                scene = eth_ucy_scene(f.stem)
                 dest = root / loc / ("test" if scene == scored else split) / f.name
                 if scene not in out or scene == scored:
                     dest.symlink_to(f.resolve())

@@ -48,6 +48,7 @@ __all__ = [
     "Scene",
     "Track",
     "dataset_name",
+    "eth_ucy_scene",
     "load_scene",
     "load_scenes",
     "reversed_grid",
@@ -183,6 +184,11 @@ def _eth_ucy_files(root: Path, split: str, fold: str | None) -> list[Path]:
     return sorted(seen.values(), key=lambda p: p.name)
 
 
+def eth_ucy_scene(stem: str) -> str:
+    """The ETH/UCY scene of a file stem: `biwi_hotel_train` -> `biwi_hotel` (a test file bears the scene's name)."""
+    return re.sub(r"_(train|val|test)$", "", stem)
+
+
 def _recording(path: Path) -> str:
     m = re.match(r"result_(\d+)_", path.name)
     return m.group(1) if m else path.stem
@@ -293,8 +299,7 @@ def _parse_eth_ucy(path: Path, text: str) -> Scene:
         rows.setdefault(str(int(ped)), []).append((frame * 0.04, x, y))
     if not rows:
         raise DatasetError(f"{path}: no rows (expected tab-separated frame ped x y)")
-    scene_name = re.sub(r"_(train|val|test)$", "", path.stem)
-    return Scene(path.stem, scene_name, str(path), _tracks_from_rows(rows, {k: "pedestrian" for k in rows}))
+    return Scene(path.stem, eth_ucy_scene(path.stem), str(path), _tracks_from_rows(rows, {k: "pedestrian" for k in rows}))
 
 
 _AV_HEADER = ["TIMESTAMP", "TRACK_ID", "OBJECT_TYPE", "X", "Y", "CITY_NAME"]

@@ -39,7 +39,16 @@ import numpy as np
 
 from export.runtime.features import constant_velocity, history_len, to_world
 from models.baselines import choose_k, displacement_errors
-from models.datasets import DATASETS, DRIVE_DATASETS, DatasetError, Grid, dataset_name, load_scenes, to_grid
+from models.datasets import (
+    DATASETS,
+    DRIVE_DATASETS,
+    DatasetError,
+    Grid,
+    dataset_name,
+    eth_ucy_scene,
+    load_scenes,
+    to_grid,
+)
 from models.sequences import find_windows, track_sequences, window_inputs
 from models.situations import SITUATIONS, SITUATIONS_MEANS, label_windows
 from nodes.eval_table import AGE_BUCKETS, CV_K_MEANS, MODES_MEANS, VS_CV_MEANS, age_bucket, mode_errors, vs_cv
@@ -127,19 +136,13 @@ def held_out_note(trained: dict[str, Any], scored: list[str]) -> str:
     so): a scene among them is one the model trained or stopped early on. ETH/UCY names a scene's test file
     after the scene and its parts `<scene>_train`/`_val`, and each fold trains on the other folds' test
     scenes, so a fold's model scored on another fold's test split, or the all-scenes model on any, is caught."""
-    seen = {_scene(f) for f in [*trained.get("train_files", []), *trained.get("val_files", [])]}
-    hit = sorted({Path(f).name for f in scored if _scene(f) in seen})
+    stems = [Path(f).stem for f in [*trained.get("train_files", []), *trained.get("val_files", [])]]
+    seen = {*stems, *map(eth_ucy_scene, stems)}   # a file itself, or the whole scene it is a part of
+    hit = sorted({Path(f).name for f in scored if Path(f).stem in seen})
     if not hit:
         return ""
     return (f"{len(hit)} of the {len(set(scored))} scored files hold scenes this model trained or stopped early on "
             f"({', '.join(hit[:3])}{', ...' if len(hit) > 3 else ''}): the figures below are not held out")
-
-
-def _scene(path: str) -> str:
-    stem = Path(path).stem
-    for part in ("_train", "_val"):
-        stem = stem.removesuffix(part)
-    return stem
 
 
 # ---------------------------------------------------------------- evaluation sets
