@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from models.datasets import Grid
 
 __all__ = ["CROSS_ANGLE_DEG", "CROSS_HORIZON_S", "CROSS_MISS_M", "CROWD_N", "GROUP_DV_MPS", "GROUP_M", "NEAR_M",
-           "SITUATIONS", "SITUATIONS_MEANS", "STANDING_MPS", "label_windows", "velocities"]
+           "SITUATIONS", "SITUATIONS_MEANS", "STANDING_MPS", "label_windows"]
 
 STANDING_MPS = 0.3       # below this mean speed over the observed window: standing
 NEAR_M = 6.0             # "near": the radius for crossing, crowded and alone
@@ -51,7 +51,7 @@ SITUATIONS_MEANS = (f"standing: mean speed < {STANDING_MPS:g} m/s; crossing: som
                     "first match wins, at the last observed sample")
 
 
-def velocities(grid: Grid, dt_s: float) -> np.ndarray:
+def _velocities(grid: Grid, dt_s: float) -> np.ndarray:
     """v[A,S,2] = (p(s) - p(s-1)) / dt where both samples are present, else 0 (no previous sample, no speed)."""
     v = np.zeros_like(grid.xy, dtype=np.float64)
     both = grid.valid[:, 1:] & grid.valid[:, :-1]
@@ -61,23 +61,21 @@ def velocities(grid: Grid, dt_s: float) -> np.ndarray:
 
 
 def _mean_speed(grid: Grid, agent: np.ndarray, end: np.ndarray, obs_len: int, dt_s: float) -> np.ndarray:
-    """Each window's mean per-step speed over its observed samples end-obs_len+1 .. end (NaN if no step)."""
+    """Each window's mean per-step speed over its observed samples end-obs_len+1 .. end (0 if no step)."""
     s = end[:, None] - obs_len + 1 + np.arange(obs_len)[None, :]
     ok = (s >= 0) & grid.valid[agent[:, None], np.clip(s, 0, None)]
     xy = grid.xy[agent[:, None], np.clip(s, 0, None)]
     steps = ok[:, 1:] & ok[:, :-1]
     speed = np.where(steps, np.linalg.norm(np.nan_to_num(xy[:, 1:] - xy[:, :-1]), axis=-1), 0.0) / dt_s
-    n = steps.sum(1)
-    return np.where(n > 0, speed.sum(1) / np.maximum(n, 1), np.nan)
+    return speed.sum(1) / np.maximum(steps.sum(1), 1)
 
 
-def label_windows(grid: Grid, agent: np.ndarray, end: np.ndarray, obs_len: int, dt_s: float | None = None
-                  ) -> np.ndarray:
+def label_windows(grid: Grid, agent: np.ndarray, end: np.ndarray, obs_len: int) -> np.ndarray:
     """The situation (one of SITUATIONS) of each window: agent a observed up to sample e, object[W].
 
-    dt_s is the grid's sample period (default `grid.dt_s`). Raises ValueError if an agent is absent at its end.
+    Raises ValueError if an agent is absent at its end.
     """
-    dt = float(grid.dt_s if dt_s is None else dt_s)
+    dt = float(grid.dt_s)
     agent, end = np.asarray(agent, np.int64), np.asarray(end, np.int64)
     out = np.full(len(agent), "other", dtype=object)
     if len(agent) == 0:
@@ -86,7 +84,7 @@ def label_windows(grid: Grid, agent: np.ndarray, end: np.ndarray, obs_len: int, 
         bad = int(np.argmin(grid.valid[agent, end]))
         raise ValueError(f"{grid.name}: agent {agent[bad]} is absent at its window end {end[bad]}")
     standing = _mean_speed(grid, agent, end, obs_len, dt) < STANDING_MPS
-    vel = velocities(grid, dt)
+    vel = _velocities(grid, dt)
     cos_max = np.cos(np.radians(CROSS_ANGLE_DEG))
     for s in np.unique(end).tolist():
         here = np.nonzero(grid.valid[:, s])[0]

@@ -25,7 +25,7 @@ def _walk(at_end: tuple[float, float], velocity: tuple[float, float]) -> np.ndar
 
 
 def _label(grid: Grid, agent: int = 0) -> str:
-    return str(label_windows(grid, np.array([agent]), np.array([END]), OBS, DT)[0])
+    return str(label_windows(grid, np.array([agent]), np.array([END]), OBS)[0])
 
 
 def test_a_person_who_stays_put_is_standing_even_beside_others() -> None:
@@ -96,9 +96,9 @@ def test_the_future_does_not_change_a_label() -> None:
 
 def test_vehicles_and_scenes_with_one_agent_label_without_error() -> None:
     g = _grid([_walk((0.0, 0.0), (12.0, 0.0)), _walk((30.0, 3.5), (10.0, 0.0))], kind="vehicle")
-    labels = label_windows(g, np.array([0, 0, 1]), np.array([7, 9, 12]), OBS, DT)
+    labels = label_windows(g, np.array([0, 0, 1]), np.array([7, 9, 12]), OBS)
     assert labels.tolist() == ["alone", "alone", "alone"]
-    assert label_windows(g, np.zeros(0, np.int64), np.zeros(0, np.int64), OBS, DT).tolist() == []
+    assert label_windows(g, np.zeros(0, np.int64), np.zeros(0, np.int64), OBS).tolist() == []
 
 
 def test_drivecast_eval_splits_every_window_into_one_situation() -> None:
