@@ -1,17 +1,19 @@
 """A seeded traffic simulator: ground-truth `Tracks` and noisy `Detections` at a fixed rate, and,
 with `lidar: true`, an ego vehicle's `Odometry` and the `LaserScan` of the 2D lidar it carries.
 
-A straight two-way road (three lanes each way) with two zebra crossings. Vehicles follow the
-Intelligent Driver Model (IDM), change lanes when their lane is slower and the neighbouring lane
-has room, and stop for pedestrians on a crossing. Pedestrians cross at the crossings or walk along
-the sidewalks. Agents enter at one end and leave at the other, so ids come and go as in a real
-tracker's output. Each tick advances the world by exactly `1 / rate_hz` seconds from a seeded
-generator, so the same seed gives the same traffic, whatever the machine's timing.
+A straight two-way road (three lanes each way) with two zebra crossings and, at its middle, a
+signalised junction with a cross street (`nodes.sim_junction`). Vehicles follow the Intelligent
+Driver Model (IDM), change lanes when their lane is slower and the neighbouring lane has room, stop
+for red, queue and start again, turn into and out of the cross street along curves, and yield to
+pedestrians on a crosswalk. Pedestrians (`nodes.sim_walkers`) walk to a crossing, wait for their
+signal, cross and walk on. Agents enter at the ends of the roads and leave at the other ends, so ids
+come and go as in a real tracker's output. Each tick advances the world by exactly `1 / rate_hz`
+seconds from a seeded generator, so the same seed gives the same traffic, whatever the machine's timing.
 
 The ego (id `EGO_ID`) is one of the world's vehicles: others follow it and it follows them. At the
 road's end it re-enters at the start (one jump in its pose per lap) instead of leaving. It is not in
 `tracks` or `detections`: the lidar cannot see the car that carries it. With the lidar off there is
-no ego and no extra random draw, so a seed gives the same outputs as before the lidar existed.
+no ego and no extra random draw.
 """
 
 from __future__ import annotations
@@ -22,7 +24,9 @@ from typing import Annotated
 import numpy as np
 from msgspec import Meta
 
+from nodes.sim_junction import ARM_END, ARM_HALF, ARM_LANE, TURN_R, Junction, arc_pose, free_speed
 from nodes.sim_lidar import SimLidar, returns_on, roadside
+from nodes.sim_walkers import Walkers
 from pipeline.runtime.node import Node, NodeParams
 from pipeline.wire.messages import AgentKind, Detections, LaserScan, Odometry, Tracks
 
@@ -30,14 +34,40 @@ __all__ = ["EGO_ID", "TrafficSim", "TrafficWorld"]
 
 LANE_W = 3.5
 LANES_PER_DIR = 3
-SIDEWALK_Y = LANES_PER_DIR * LANE_W + 2.5
+ROAD_Y = LANES_PER_DIR * LANE_W  # the carriageway's edge
+SIDEWALK_Y = ROAD_Y + 2.5
 # IDM constants (Treiber et al.): time headway, max acceleration, comfortable braking, jam gap.
 IDM_T, IDM_A, IDM_B, IDM_S0, CAR_LEN = 1.5, 1.2, 2.0, 2.0, 4.5
 CAR_W, PED_R = 1.9, 0.25  # the lidar's footprints: a car's width, a pedestrian's radius
 LANE_CHANGE_S = 3.0
+CROSS_STREET_SHARE, TURN_SHARE = 0.2, 0.4  # cars entering on the cross street; outer-lane cars that turn
 EGO_ID = 0  # agents' ids start at 1
 MAX_WARMUP_S = 1200.0  # the longest warm-up: a road too short for `agents` never fills
-KERB_Y, WALL_Y = LANES_PER_DIR * LANE_W + 0.8, SIDEWALK_Y + 3.0  # posts; walls and parked boxes inside them
+KERB_Y, WALL_Y = ROAD_Y + 0.8, SIDEWALK_Y + 3.0  # posts; walls and parked boxes inside them
+
+
+def idm(v: np.ndarray, v0: np.ndarray, gap: np.ndarray, lead_v: np.ndarray) -> np.ndarray:
+    """IDM acceleration at speed `v` (desired `v0`) behind a leader `gap` metres ahead at `lead_v`."""
+    s_star = IDM_S0 + np.maximum(0.0, v * IDM_T + v * (v - lead_v) / (2 * np.sqrt(IDM_A * IDM_B)))
+    return np.clip(IDM_A * (1 - (v / v0) ** 4 - (s_star / np.maximum(gap, 0.1)) ** 2), -8.0, IDM_A)
+
+
+def leader_gaps(key: np.ndarray, s: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Gap to and speed of the car ahead with the same `key` (a lane), by distance travelled `s`."""
+    gap = np.full(len(s), np.inf)
+    lead_v = v.copy()
+    for k in np.unique(key):
+        idx = np.flatnonzero(key == k)
+        order = idx[np.argsort(s[idx], kind="stable")]
+        gap[order[:-1]] = s[order[1:]] - s[order[:-1]] - CAR_LEN
+        lead_v[order[:-1]] = v[order[1:]]
+    return gap, lead_v
+
+
+def obey(gap: np.ndarray, lead_v: np.ndarray, stop: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The leader, or a standing obstacle `stop` metres ahead (a stop line, a crosswalk) if nearer."""
+    nearer = stop < gap
+    return np.where(nearer, stop, gap), np.where(nearer, 0.0, lead_v)
 
 
 class TrafficWorld:
@@ -51,136 +81,155 @@ class TrafficWorld:
         self.target_veh = max(0, round(agents * (1 - pedestrian_fraction)))
         self.target_ped = max(0, agents - self.target_veh)
         self.crossings = np.array([road_length_m / 3, 2 * road_length_m / 3])
+        self.junction = Junction(road_length_m / 2, LANE_W, LANES_PER_DIR, SIDEWALK_Y)
+        self.walkers = Walkers(road_length_m, SIDEWALK_Y, self.crossings, self.junction)
+        self.ped = self.walkers.ped
         self.next_id = 1
-        # vehicles: s (distance along travel direction), lane (0..2), dir (+1/-1), v, v0, y offset
-        self.veh: dict[str, np.ndarray] = {k: np.zeros(0) for k in ("id", "s", "lane", "dir", "v", "v0", "y", "vy", "target")}
-        self.ped: dict[str, np.ndarray] = {k: np.zeros(0) for k in ("id", "x", "y", "vx", "vy")}
-        self.t = 0.0
+        # main-road vehicles: s (distance along travel direction), lane (0..2), dir (+1/-1), v, v0, y offset,
+        # turn 1: turns into the cross street from the outer lane
+        self.veh: dict[str, np.ndarray] = {k: np.zeros(0) for k in ("id", "s", "lane", "dir", "v", "v0", "y", "vy", "target", "turn")}
+        self.t = 0.0  # the signal's clock
         self.ego = ego
         if ego:  # middle lane, eastbound, counted among the vehicles
-            for k, v in {"id": EGO_ID, "s": 0.0, "lane": 1.0, "dir": 1.0, "v": 10.0, "v0": 13.0, "y": 1.5 * LANE_W,
-                         "vy": 0.0, "target": 1.0}.items():
-                self.veh[k] = np.append(self.veh[k], v)
+            self._add_vehicle({"id": EGO_ID, "s": 0.0, "lane": 1.0, "dir": 1.0, "v": 10.0, "v0": 13.0,
+                               "y": 1.5 * LANE_W, "vy": 0.0, "target": 1.0, "turn": 0.0})
         # Warm up so the first message already shows traffic: 30 s, longer while fewer than 95% of the
         # agents are in (they enter only at the road's ends: 1,000 agents took 9 simulated minutes).
         for i in range(int(MAX_WARMUP_S / dt)):
-            if i >= int(30 / dt) and len(self.veh["s"]) + len(self.ped["x"]) >= 0.95 * agents:
+            if i >= int(30 / dt) and self._count() >= 0.95 * agents:
                 break
             self.step()
-        self.t = 0.0
+
+    def _count(self) -> int:
+        return len(self.veh["s"]) + len(self.junction.cars["p"]) + len(self.ped["x"])
+
+    def _add_vehicle(self, row: dict[str, float]) -> None:
+        for k, v in row.items():
+            self.veh[k] = np.append(self.veh[k], v)
 
     # -- spawning ----------------------------------------------------------------------------
     def _spawn_vehicle(self) -> None:
+        if self.rng.random() < CROSS_STREET_SHARE:
+            if self.junction.spawn(self.rng, self.next_id):
+                self.next_id += 1
+            return
         d = self.rng.choice([-1.0, 1.0])
         lane = float(self.rng.integers(LANES_PER_DIR))
         same = (self.veh["dir"] == d) & (np.abs(self.veh["lane"] - lane) < 0.5)
         if same.any() and self.veh["s"][same].min() < 25.0:
             return  # the lane entry is occupied
         v0 = self.rng.uniform(10.0, 16.0) * (0.9 if lane == 0 else 1.0 + 0.1 * lane)
-        y = d * (lane + 0.5) * LANE_W
-        row = {"id": self.next_id, "s": 0.0, "lane": lane, "dir": d, "v": v0 * 0.8, "v0": v0, "y": y,
-               "vy": 0.0, "target": lane}
+        turn = float(lane == LANES_PER_DIR - 1 and self.rng.random() < TURN_SHARE)
+        self._add_vehicle({"id": self.next_id, "s": 0.0, "lane": lane, "dir": d, "v": v0 * 0.8, "v0": v0,
+                           "y": d * (lane + 0.5) * LANE_W, "vy": 0.0, "target": lane, "turn": turn})
         self.next_id += 1
-        for k, v in row.items():
-            self.veh[k] = np.append(self.veh[k], v)
-
-    def _spawn_pedestrian(self) -> None:
-        speed = self.rng.normal(1.3, 0.2)
-        if self.rng.random() < 0.6:  # cross the road at a crossing
-            x = self.crossings[self.rng.integers(2)] + self.rng.normal(0, 1.0)
-            side = self.rng.choice([-1.0, 1.0])
-            row = {"x": x, "y": side * SIDEWALK_Y, "vx": self.rng.normal(0, 0.1), "vy": -side * speed}
-        else:  # walk along a sidewalk
-            d = self.rng.choice([-1.0, 1.0])
-            y = self.rng.choice([-1.0, 1.0]) * (SIDEWALK_Y + self.rng.uniform(-0.8, 0.8))
-            row = {"x": 0.0 if d > 0 else self.length, "y": y, "vx": d * speed, "vy": 0.0}
-        row["id"] = self.next_id
-        self.next_id += 1
-        for k, v in row.items():
-            self.ped[k] = np.append(self.ped[k], v)
 
     # -- dynamics ----------------------------------------------------------------------------
-    def _leader_gaps(self, s: np.ndarray, lane: np.ndarray, d: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Gap to and speed of the vehicle ahead in the same lane and direction (inf when none)."""
-        gap = np.full(len(s), np.inf)
-        lead_v = v.copy()
-        for direction in (-1.0, 1.0):
-            for ln in range(LANES_PER_DIR):
-                idx = np.flatnonzero((d == direction) & (np.abs(lane - ln) < 0.5))
-                if len(idx) < 2:
-                    continue
-                order = idx[np.argsort(s[idx])]
-                gap[order[:-1]] = s[order[1:]] - s[order[:-1]] - CAR_LEN
-                lead_v[order[:-1]] = v[order[1:]]
-        return gap, lead_v
-
     def _crossing_gaps(self, s: np.ndarray, d: np.ndarray, y: np.ndarray) -> np.ndarray:
-        """Distance to a crossing that a pedestrian occupies in this vehicle's path (inf when clear)."""
+        """Distance to a crosswalk with someone on the road in this vehicle's path (inf when clear)."""
         gap = np.full(len(s), np.inf)
-        if len(self.ped["x"]) == 0:
-            return gap
-        for cx in self.crossings:
-            on = np.abs(self.ped["x"] - cx) < 2.5
+        px, py = self.ped["x"], self.ped["y"]
+        j = self.junction
+        for cx in (*self.crossings, j.x - j.crosswalk_dx, j.x + j.crosswalk_dx):
+            on = (np.abs(px - cx) < 2.5) & (np.abs(py) < ROAD_Y + 0.5)
             if not on.any():
                 continue
-            py = self.ped["y"][on]
             stop_s = np.where(d > 0, cx - 3.0, self.length - cx - 3.0)
             ahead = (stop_s - s > -1.0) & (stop_s - s < 60.0)
-            blocked = (np.abs(py[None, :] - y[:, None]) < LANE_W).any(axis=1) & ahead
+            blocked = (np.abs(py[on][None, :] - y[:, None]) < LANE_W).any(axis=1) & ahead
             gap = np.where(blocked, np.minimum(gap, np.maximum(stop_s - s, 0.1)), gap)
         return gap
 
-    def _idm(self, v: np.ndarray, v0: np.ndarray, gap: np.ndarray, lead_v: np.ndarray) -> np.ndarray:
-        s_star = IDM_S0 + np.maximum(0.0, v * IDM_T + v * (v - lead_v) / (2 * np.sqrt(IDM_A * IDM_B)))
-        return IDM_A * (1 - (v / v0) ** 4 - (s_star / np.maximum(gap, 0.1)) ** 2)
+    def _turn_exit(self, d: float) -> tuple[float, float]:
+        """Where a main-road car heading `d` ends its turn into the cross street."""
+        j = self.junction
+        return j.x - d * ARM_LANE, d * (j.outer_y + TURN_R)
 
     def step(self) -> None:
-        dt, veh = self.dt, self.veh
-        if len(veh["s"]) < self.target_veh and self.rng.random() < 0.5:
+        dt, veh, j = self.dt, self.veh, self.junction
+        if len(veh["s"]) + len(j.cars["p"]) < self.target_veh and self.rng.random() < 0.5:
             self._spawn_vehicle()
         if len(self.ped["x"]) < self.target_ped and self.rng.random() < 0.1:
-            self._spawn_pedestrian()
-        if len(veh["s"]):
-            gap, lead_v = self._leader_gaps(veh["s"], veh["target"], veh["dir"], veh["v"])
-            gap = np.minimum(gap, self._crossing_gaps(veh["s"], veh["dir"], veh["y"]))
-            acc = np.clip(self._idm(veh["v"], veh["v0"], gap, lead_v), -8.0, IDM_A)
-            # Lane change (simplified MOBIL): when blocked by a slower leader, try a neighbour lane
-            # that is free 20 m ahead and 10 m behind.
-            settled = np.abs(veh["lane"] - veh["target"]) < 1e-6
-            want = settled & (gap < 40.0) & (lead_v < veh["v0"] - 2.0) & (self.rng.random(len(gap)) < 0.05)
-            for i in np.flatnonzero(want):
-                for cand in (veh["lane"][i] + 1, veh["lane"][i] - 1):
-                    if not 0 <= cand < LANES_PER_DIR:
-                        continue
-                    other = (veh["dir"] == veh["dir"][i]) & (np.abs(veh["target"] - cand) < 0.5)
-                    ds = veh["s"][other] - veh["s"][i]
-                    if not np.any((ds > -10.0) & (ds < 20.0)):
-                        veh["target"][i] = cand
-                        break
-            veh["v"] = np.maximum(0.0, veh["v"] + acc * dt)
-            veh["s"] = veh["s"] + veh["v"] * dt
-            # lateral motion towards the target lane centre, at most one lane per LANE_CHANGE_S
-            y_target = veh["dir"] * (veh["target"] + 0.5) * LANE_W
-            veh["vy"] = np.clip((y_target - veh["y"]) / 0.8, -LANE_W / LANE_CHANGE_S * 1.5, LANE_W / LANE_CHANGE_S * 1.5)
-            veh["y"] = veh["y"] + veh["vy"] * dt
-            arrived = np.abs(y_target - veh["y"]) < 0.05
-            veh["lane"] = np.where(arrived, veh["target"], veh["lane"])
-            if self.ego:
-                self._ego_lap()
-            keep = veh["s"] <= self.length
-            for k in veh:
-                veh[k] = veh[k][keep]
-        if len(self.ped["x"]):
-            ped = self.ped
-            # a little heading noise, speeds stay near their preferred value
-            ped["vx"] = ped["vx"] + self.rng.normal(0, 0.05, len(ped["vx"]))
-            ped["vy"] = ped["vy"] + self.rng.normal(0, 0.02, len(ped["vy"])) * (np.abs(ped["vy"]) > 0.3)
-            ped["x"] = ped["x"] + ped["vx"] * dt
-            ped["y"] = ped["y"] + ped["vy"] * dt
-            keep = (np.abs(ped["y"]) <= SIDEWALK_Y + 1.0) & (ped["x"] >= -1.0) & (ped["x"] <= self.length + 1.0)
-            for k in ped:
-                ped[k] = ped[k][keep]
+            self.walkers.spawn(self.rng, self.next_id)
+            self.next_id += 1
+        main_light, cross_light, _ = j.phase(self.t)
+        into_cross = self._step_main(main_light) if len(veh["s"]) else []
+        onto_main = self._step_cross(cross_light) if len(j.cars["p"]) else []
+        for row in into_cross:   # after both moved, so no car moves twice in a step
+            j.add(row)
+        for row in onto_main:
+            self._add_vehicle(row)
+        self.walkers.step(self.rng, dt, self.t)
         self.t += dt
+
+    def _step_main(self, light: str) -> list[dict[str, float]]:
+        """Move the main road's cars; those that turned off it, as rows for the cross street."""
+        dt, veh, j = self.dt, self.veh, self.junction
+        turning = veh["turn"] > 0
+        gap, lead_v = leader_gaps(veh["dir"] * 10 + veh["target"], veh["s"], veh["v"])
+        stop = np.minimum(self._crossing_gaps(veh["s"], veh["dir"], veh["y"]), j.stop_gap(light, j.main_stop - veh["s"], veh["v"]))
+        for d in (-1.0, 1.0):   # turners wait before their turn while someone is on the crosswalk it crosses
+            if j.turn_blocked(self.ped["x"], self.ped["y"], *self._turn_exit(d)):
+                wait = turning & (veh["dir"] == d) & (veh["s"] <= j.main_arc + 0.5)
+                stop = np.where(wait, np.minimum(stop, np.maximum(j.main_arc - veh["s"], 0.1)), stop)
+        gap, lead_v = obey(gap, lead_v, stop)
+        acc = idm(veh["v"], free_speed(veh["v0"], j.main_arc - veh["s"], turning), gap, lead_v)
+        # Lane change (simplified MOBIL): when blocked by a slower leader, try a neighbour lane
+        # that is free 20 m ahead and 10 m behind. Turners keep to the outer lane.
+        settled = (np.abs(veh["lane"] - veh["target"]) < 1e-6) & ~turning
+        want = settled & (gap < 40.0) & (lead_v < veh["v0"] - 2.0) & (self.rng.random(len(gap)) < 0.05)
+        for i in np.flatnonzero(want):
+            for cand in (veh["lane"][i] + 1, veh["lane"][i] - 1):
+                if not 0 <= cand < LANES_PER_DIR:
+                    continue
+                other = (veh["dir"] == veh["dir"][i]) & (np.abs(veh["target"] - cand) < 0.5)
+                ds = veh["s"][other] - veh["s"][i]
+                if not np.any((ds > -10.0) & (ds < 20.0)):
+                    veh["target"][i] = cand
+                    break
+        veh["v"] = np.maximum(0.0, veh["v"] + acc * dt)
+        veh["s"] = veh["s"] + veh["v"] * dt
+        # lateral motion towards the target lane centre, at most one lane per LANE_CHANGE_S
+        y_target = veh["dir"] * (veh["target"] + 0.5) * LANE_W
+        veh["vy"] = np.clip((y_target - veh["y"]) / 0.8, -LANE_W / LANE_CHANGE_S * 1.5, LANE_W / LANE_CHANGE_S * 1.5)
+        veh["y"] = veh["y"] + veh["vy"] * dt
+        arrived = np.abs(y_target - veh["y"]) < 0.05
+        veh["lane"] = np.where(arrived, veh["target"], veh["lane"])
+        if self.ego:
+            self._ego_lap()
+        turned = turning & (veh["s"] - j.main_arc >= j.ARC_LEN)
+        rows = [{"id": veh["id"][i], "dir": veh["dir"][i], "p": j.outer_y + TURN_R + veh["s"][i] - j.main_arc - j.ARC_LEN,
+                 "v": veh["v"][i], "v0": veh["v0"][i], "turn": 0.0} for i in np.flatnonzero(turned)]
+        keep = (veh["s"] <= self.length) & ~turned
+        for k in veh:
+            veh[k] = veh[k][keep]
+        return rows   # on the cross street now, driving away from the junction
+
+    def _step_cross(self, light: str) -> list[dict[str, float]]:
+        """Move the cross street's cars; those that turned onto the main road, as its rows."""
+        dt, j = self.dt, self.junction
+        c = j.cars
+        turning = c["turn"] > 0
+        gap, lead_v = leader_gaps(c["dir"], c["p"], c["v"])
+        blocked = np.zeros(len(gap), bool)
+        for d in (-1.0, 1.0):   # a turn onto the main road ends in its outer lane, heading -d's way
+            exit_xy = (j.x - d * (ARM_LANE + TURN_R), -d * j.outer_y)
+            blocked |= (c["dir"] == d) & turning & j.turn_blocked(self.ped["x"], self.ped["y"], *exit_xy)
+        stop = np.minimum(j.stop_gap(light, j.arm_stop - c["p"], c["v"]),
+                          j.yield_gap(self.ped["x"], self.ped["y"], c["p"], c["dir"], blocked))
+        gap, lead_v = obey(gap, lead_v, stop)
+        acc = idm(c["v"], free_speed(c["v0"], j.arm_arc - c["p"], turning), gap, lead_v)
+        c["v"] = np.maximum(0.0, c["v"] + acc * dt)
+        c["p"] = c["p"] + c["v"] * dt
+        turned = turning & (c["p"] - j.arm_arc >= j.ARC_LEN)
+        outer = LANES_PER_DIR - 1.0
+        rows = [{"id": c["id"][i], "s": j.x + ARM_LANE + TURN_R + c["p"][i] - j.arm_arc - j.ARC_LEN, "lane": outer,
+                 "dir": -c["dir"][i], "v": c["v"][i], "v0": max(c["v0"][i], 10.0), "y": -c["dir"][i] * j.outer_y,
+                 "vy": 0.0, "target": outer, "turn": 0.0} for i in np.flatnonzero(turned)]
+        keep = (c["p"] <= ARM_END) & ~turned
+        for k in c:
+            c[k] = c[k][keep]
+        return rows   # on the main road now: its outer lane, eastbound from the north, westbound from the south
 
     def _ego_lap(self) -> None:
         """Past the road's end the ego re-enters at its start, behind whoever is entering its lane."""
@@ -193,41 +242,57 @@ class TrafficWorld:
         veh["s"][i] = min(veh["s"][i] - self.length, entering.min() - 25.0 if len(entering) else 0.0)
 
     def _vehicles(self) -> dict[str, np.ndarray]:
-        """The vehicles other than the ego."""
+        """The main-road vehicles other than the ego."""
         if not self.ego:
             return self.veh
         keep = self.veh["id"] != EGO_ID
         return {k: a[keep] for k, a in self.veh.items()}
 
-    @staticmethod
-    def _pose(veh: dict[str, np.ndarray], length: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """World x, y and heading of vehicles; a stopped car keeps its lane's direction."""
-        x = np.where(veh["dir"] > 0, veh["s"], length - veh["s"])
-        return x, veh["y"], np.arctan2(veh["vy"], veh["dir"] * np.maximum(veh["v"], 0.1))
+    def _pose(self, veh: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """World x, y, heading, vx, vy of main-road vehicles; a stopped car keeps its lane's direction."""
+        x = np.where(veh["dir"] > 0, veh["s"], self.length - veh["s"])
+        h = np.arctan2(veh["vy"], veh["dir"] * np.maximum(veh["v"], 0.1))
+        vx, vy = veh["dir"] * veh["v"], veh["vy"]
+        u = veh["s"] - self.junction.main_arc
+        on_arc = (veh["turn"] > 0) & (u >= 0)
+        if on_arc.any():
+            x0 = np.where(veh["dir"] > 0, self.junction.main_arc, self.length - self.junction.main_arc)
+            ax, ay, ah = arc_pose(x0, veh["y"], np.where(veh["dir"] > 0, 0.0, math.pi), np.maximum(u, 0.0))
+            x, h = np.where(on_arc, ax, x), np.where(on_arc, ah, h)
+            y = np.where(on_arc, ay, veh["y"])
+            vx, vy = np.where(on_arc, veh["v"] * np.cos(ah), vx), np.where(on_arc, veh["v"] * np.sin(ah), vy)
+            return x, y, h, vx, vy
+        return x, veh["y"], h, vx, vy
+
+    def _all_vehicles(self) -> tuple[np.ndarray, ...]:
+        """(ids, x, y, heading, vx, vy) of every vehicle but the ego: the main road's, then the cross street's."""
+        veh, c = self._vehicles(), self.junction.cars
+        cx, cy, ch = self.junction.poses()
+        parts = (self._pose(veh), (cx, cy, ch, c["v"] * np.cos(ch), c["v"] * np.sin(ch)))
+        ids = np.concatenate([veh["id"], c["id"]])
+        return (ids, *(np.concatenate([a[i] for a in parts]) for i in range(5)))
 
     def ego_state(self) -> tuple[float, float, float, float, float]:
         """(x, y, yaw, vx, vy) of the ego in the world."""
         i = np.flatnonzero(self.veh["id"] == EGO_ID)
-        x, y, yaw = (float(a[i][0]) for a in self._pose(self.veh, self.length))
-        return x, y, yaw, float(self.veh["dir"][i][0] * self.veh["v"][i][0]), float(self.veh["vy"][i][0])
+        x, y, yaw, vx, vy = (float(a[i][0]) for a in self._pose(self.veh))
+        return x, y, yaw, vx, vy
 
     def shapes(self) -> tuple[np.ndarray, np.ndarray]:
         """The moving agents as lidar shapes: vehicle boxes float64[V, 5], pedestrian circles float64[P, 3]."""
-        veh = self._vehicles()
-        x, y, yaw = self._pose(veh, self.length)
+        _, x, y, yaw, _, _ = self._all_vehicles()
         boxes = np.stack([x, y, yaw, np.full(len(x), CAR_LEN / 2), np.full(len(x), CAR_W / 2)], 1)
         circles = np.stack([self.ped["x"], self.ped["y"], np.full(len(self.ped["x"]), PED_R)], 1)
         return boxes.reshape(-1, 5), circles.reshape(-1, 3)
 
     def tracks(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """(ids, xy, vxy, kind) of every agent but the ego, vehicles in world coordinates (x east)."""
-        veh, ped = self._vehicles(), self.ped
-        vx_world = np.where(veh["dir"] > 0, veh["s"], self.length - veh["s"])
-        ids = np.concatenate([veh["id"], ped["id"]]).astype(np.int64)
-        xy = np.concatenate([np.stack([vx_world, veh["y"]], 1), np.stack([ped["x"], ped["y"]], 1)]).reshape(-1, 2)
-        vxy = np.concatenate([np.stack([veh["dir"] * veh["v"], veh["vy"]], 1),
-                              np.stack([ped["vx"], ped["vy"]], 1)]).reshape(-1, 2)
-        kind = np.concatenate([np.full(len(veh["id"]), AgentKind.VEHICLE), np.full(len(ped["id"]), AgentKind.PEDESTRIAN)])
+        """(ids, xy, vxy, kind) of every agent but the ego, in world coordinates (x east)."""
+        vid, x, y, _, vx, vy = self._all_vehicles()
+        ped = self.ped
+        ids = np.concatenate([vid, ped["id"]]).astype(np.int64)
+        xy = np.concatenate([np.stack([x, y], 1), np.stack([ped["x"], ped["y"]], 1)]).reshape(-1, 2)
+        vxy = np.concatenate([np.stack([vx, vy], 1), np.stack([ped["vx"], ped["vy"]], 1)]).reshape(-1, 2)
+        kind = np.concatenate([np.full(len(vid), AgentKind.VEHICLE), np.full(len(ped["id"]), AgentKind.PEDESTRIAN)])
         return ids, xy.astype(np.float32), vxy.astype(np.float32), kind.astype(np.uint8)
 
 
@@ -269,7 +334,10 @@ class TrafficSim(Node):
         if p.lidar:
             self.lidar = SimLidar(p.lidar_beams, p.lidar_range_min_m, p.lidar_range_max_m, p.lidar_noise_m,
                                   p.lidar_dropout, np.random.default_rng(p.seed + 2))
-            self.static = roadside(p.road_length_m, KERB_Y, WALL_Y, self.world.crossings, np.random.default_rng(p.seed + 3))
+            j = self.world.junction
+            walks = np.array([*self.world.crossings, j.x - j.crosswalk_dx, j.x + j.crosswalk_dx])
+            self.static = roadside(p.road_length_m, KERB_Y, WALL_Y, walks, np.random.default_rng(p.seed + 3),
+                                   opening=(j.x - ARM_HALF - 1.0, j.x + ARM_HALF + 1.0))
             self.last_yaw: float | None = None
         self.ticks = 0
         self.every(1.0 / p.rate_hz, self.tick)

@@ -90,24 +90,30 @@ def _fan(origin: tuple[float, float], centres: np.ndarray, radius: np.ndarray, a
 
 
 def roadside(length_m: float, kerb_y: float, wall_y: float, crossings: np.ndarray,
-             rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+             rng: np.random.Generator, opening: tuple[float, float] = (np.inf, np.inf)) -> tuple[np.ndarray, np.ndarray]:
     """Static (boxes, circles) along both sides of a straight road on the x axis: walls at
     +-`wall_y` with gaps (driveways), posts at +-`kerb_y` every 15 m but not on a crossing, and
-    parked boxes (cars, trailers, kiosks) against the walls. Beyond the road's ends by 60 m."""
+    parked boxes (cars, trailers, kiosks) against the walls. Beyond the road's ends by 60 m. Nothing
+    stands in `opening` (x0, x1), where a cross street meets the road: walls are cut short there."""
     boxes: list[list[float]] = []
     posts: list[list[float]] = []
+    x0, x1 = opening
     for side in (-1.0, 1.0):
         x = -60.0
         while x < length_m + 60.0:
             seg = rng.uniform(20.0, 50.0)
-            boxes.append([x + seg / 2, side * (wall_y + 0.2), 0.0, seg / 2, 0.2])
+            for a, b in ((x, min(x + seg, x0)), (max(x, x1), x + seg)):   # the wall's parts outside the opening
+                if b - a > 0.5:
+                    boxes.append([(a + b) / 2, side * (wall_y + 0.2), 0.0, (b - a) / 2, 0.2])
             x += seg + rng.uniform(3.0, 8.0)
         for px in np.arange(-60.0, length_m + 60.0, 15.0) + rng.uniform(0.0, 15.0):
-            if np.abs(crossings - px).min() > 4.0:
+            if np.abs(crossings - px).min() > 4.0 and not x0 - 1.0 < px < x1 + 1.0:
                 posts.append([px, side * kerb_y, 0.15])
         for px in np.arange(-60.0, length_m + 60.0, 30.0) + rng.uniform(0.0, 30.0):
             half_l, half_w = rng.uniform(1.0, 2.5), rng.uniform(0.6, 0.9)
-            boxes.append([px + rng.uniform(-5.0, 5.0), side * (wall_y - 0.1 - half_w), 0.0, half_l, half_w])
+            cx = px + rng.uniform(-5.0, 5.0)
+            if not x0 - half_l < cx < x1 + half_l:
+                boxes.append([cx, side * (wall_y - 0.1 - half_w), 0.0, half_l, half_w])
     return np.array(boxes).reshape(-1, 5), np.array(posts).reshape(-1, 3)
 
 
