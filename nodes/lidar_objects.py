@@ -42,6 +42,9 @@ class Objects(NamedTuple):
     points: np.ndarray   # [N, 2] every return placed in the map (for scan matching)
 
 
+HOLD_MARGIN_M, HOLD_DISC_M = 0.5, 1.0   # a held car's box beyond `vehicle_size`; another kind's radius
+
+
 class ObjectFinder:
     """The detector's per-scan work and the state it keeps between scans; `p` is its Params."""
 
@@ -49,11 +52,13 @@ class ObjectFinder:
         self.p = p
         self.grid = StaticGrid(p.static_cell, p.grid_size, p.static_after_s, p.static_gap_s)
         self.sizes = SizeMemory(radius_m=max(p.vehicle_size), keep_s=2.0)
+        self.movers = Movers()
         self.static_clusters = 0
 
     def clear(self) -> None:
         self.grid.clear()
         self.sizes.clear()
+        self.movers = Movers()
 
     def find(self, r: np.ndarray, beam: np.ndarray, angle: np.ndarray, increment: float, n_beams: int,
              sensor: np.ndarray, t_s: float) -> Objects:
@@ -112,6 +117,10 @@ class ObjectFinder:
         static[sel] = self.grid.is_static(pts[sel], t_s)
         static_share = np.add.reduceat(static, starts) / n
         background = static_share >= p.static_share
+        held = self.movers.holds(np.add.reduceat(pts, starts) / n[:, None], p.vehicle_size) & sized
+        if held.any():   # a stopped car with a track: its cells start their run again, it stays an object
+            self.grid.restart(pts[held.repeat(n)], t_s)
+            background &= ~held
         self.static_clusters += int((sized & background).sum())
         keep = np.flatnonzero(sized & ~background)
         sel = (sized & ~background).repeat(n)
@@ -132,6 +141,39 @@ class ObjectFinder:
                        length=np.concatenate([b.length, extent[dot]]), width=np.concatenate([b.width, extent[dot]]),
                        heading=np.concatenate([b.heading, np.zeros(len(centroid))]),
                        observed=np.concatenate([b.observed, np.zeros(len(centroid), np.uint8)]), points=xy)
+
+
+class Movers:
+    """The tracks fed back to the detector that have moved: where they are and how they last headed."""
+
+    def __init__(self) -> None:
+        self.heading: dict[int, float] = {}
+        self.pose = np.zeros((0, 4))   # x, y, heading, 1 for a vehicle
+
+    def update(self, ids: np.ndarray, xy: np.ndarray, vxy: np.ndarray, kind: np.ndarray, min_speed: float) -> None:
+        """Take a Tracks message: ids not in it are forgotten, so memory follows the live tracks."""
+        speed = np.hypot(vxy[:, 0], vxy[:, 1])
+        heading = {}
+        for i, track in enumerate(ids.tolist()):
+            if speed[i] >= min_speed and np.isfinite(speed[i]):
+                heading[track] = math.atan2(float(vxy[i, 1]), float(vxy[i, 0]))
+            elif track in self.heading:
+                heading[track] = self.heading[track]
+        self.heading = heading
+        rows = [i for i, track in enumerate(ids.tolist()) if track in heading and np.isfinite(xy[i]).all()]
+        self.pose = np.array([(*xy[i].tolist(), heading[int(ids[i])], float(kind[i] == AgentKind.VEHICLE))
+                              for i in rows]).reshape(-1, 4)
+
+    def holds(self, centroid: np.ndarray, size: tuple[float, float]) -> np.ndarray:
+        """Per cluster centroid [K, 2]: whether it lies in a mover's box (vehicles) or disc (others)."""
+        if len(self.pose) == 0 or len(centroid) == 0:
+            return np.zeros(len(centroid), bool)
+        d = centroid[:, None, :] - self.pose[None, :, :2]                 # [K, M, 2]
+        c, s = np.cos(self.pose[:, 2]), np.sin(self.pose[:, 2])
+        along, across = d[..., 0] * c + d[..., 1] * s, -d[..., 0] * s + d[..., 1] * c
+        box = (np.abs(along) <= size[0] / 2 + HOLD_MARGIN_M) & (np.abs(across) <= size[1] / 2 + HOLD_MARGIN_M)
+        disc = np.hypot(along, across) <= HOLD_DISC_M
+        return np.where(self.pose[:, 3] > 0, box, disc).any(axis=1)  # type: ignore[no-any-return]
 
 
 def _nothing(points: np.ndarray) -> Objects:

@@ -73,6 +73,13 @@ class StaticGrid:
         static = (last - self.first.ravel()[around] >= self.static_after_s) & (t_s - last <= self.gap_s)
         return static.any(axis=1) & inside  # type: ignore[no-any-return]
 
+    def restart(self, xy: np.ndarray, t_s: float) -> None:
+        """Start the runs of the cells of `xy` [N, 2] again at `t_s`: what stands there is not static."""
+        if not self.placed or len(xy) == 0:
+            return
+        flat, inside = self._cells(xy)
+        self.first.ravel()[flat[inside]] = t_s
+
     def add(self, xy: np.ndarray, t_s: float) -> None:
         """Count one scan at `t_s` whose returns are `xy` [N, 2]."""
         if not self.placed or len(xy) == 0:

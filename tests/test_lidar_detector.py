@@ -10,7 +10,7 @@ import pytest
 
 from nodes.lidar_detector import LidarDetector
 from pipeline.runtime.local import LocalGraph
-from pipeline.wire.messages import AgentKind, Detections, LaserScan, Odometry, PointCloud
+from pipeline.wire.messages import AgentKind, Detections, LaserScan, Odometry, PointCloud, Tracks
 
 T0 = 1_000_000_000_000
 MS = 1_000_000
@@ -77,7 +77,7 @@ def compose(carrier: Pose, offset: Sequence[float]) -> Pose:
 
 def graph(**params: object) -> tuple[LocalGraph, LidarDetector]:
     g = LocalGraph(start_ns=T0)
-    node = g.add("det", LidarDetector, params, {"scan": "scan", "ego": "ego", "points": "points"})
+    node = g.add("det", LidarDetector, params, {"scan": "scan", "ego": "ego", "points": "points", "tracks": "tracks"})
     g.start()
     return g, node  # type: ignore[return-value]
 
@@ -173,6 +173,29 @@ def test_a_car_that_moves_through_a_static_scene_stays_an_object() -> None:
         t = (d.stamp_ns - T0) / 1e9
         near = np.hypot(*(d.xy - [-1.5 + t, -0.8]).T) < 0.05
         assert near.sum() == 1 and len(d.xy) == 1   # the round post is never a vehicle
+
+
+@pytest.mark.parametrize("fed_back", [False, True])
+def test_a_car_that_stops_stays_an_object_while_its_moving_track_is_fed_back(fed_back: bool) -> None:
+    """It drives 1 s, then stands 3 s (three times static_after_s), a post beside it all along."""
+    g, _ = graph(**NO_OFFSET, static_after_s=1.0)
+    where = lambda t: -1.5 + min(t, 1.0)   # noqa: E731
+    pole = post(0.0, 1.2, 0.035)
+
+    def scene(t: float) -> np.ndarray:
+        if fed_back and detections(g):   # as the tracker would: the car's box centre and velocity
+            g.inject("tracks", Tracks(stamp_ns=T0 + int(t * 1e9), frame_id="map", ids=np.array([7]),
+                                      xy=np.array([[where(t), -0.8]], np.float32),
+                                      vxy=np.array([[1.0 if t < 1.0 else 0.0, 0.0]], np.float32),
+                                      kind=np.array([AgentKind.VEHICLE], np.uint8)))
+        return np.concatenate([pole, box(where(t), -0.8, 0.43, 0.19, 0.0)])
+
+    drive(g, 4.0, scene, still((0.0, 0.0, 0.0)))
+    late = [d for d in detections(g) if d.stamp_ns > T0 + 3.0e9]
+    assert late
+    seen = [bool(np.any(np.hypot(*(d.xy - [-0.5, -0.8]).T) < 0.05)) for d in late]
+    assert all(seen) if fed_back else not any(seen)   # without the tracks it joins the background
+    assert all(len(d.xy) <= 1 for d in late)          # the post beside it is never held
 
 
 def test_a_round_object_below_box_min_extent_is_a_point_and_a_car_still_a_box() -> None:
