@@ -202,14 +202,14 @@ def test_a_drive_past_the_timeout_is_ended_and_the_rest_are_reported(
         request.getfixturevalue("local_ray")
     graph = _graph(tmp_path, "tests.test_fleet:Hang")
     t0 = time.monotonic()
-    # 15 s: on Ray the clock starts at submission, and a worker started after a cancelled one takes 5 s and
-    # more to import the graph's modules on this 2-core box when training runs beside the tests
-    assert fleet(["eval", "--graph", str(graph), "-q", str(one_long), *backend, "--timeout", "15",
+    # 5 s from each drive's start: on Ray, a worker started after a cancelled one takes 5 s and more to
+    # import the graph's modules on this 2-core box when training runs beside the tests, not counted
+    assert fleet(["eval", "--graph", str(graph), "-q", str(one_long), *backend, "--timeout", "5",
                   "-o", str(tmp_path / "r")]) == 1
-    assert time.monotonic() - t0 < 90   # not for ever
+    assert time.monotonic() - t0 < 60   # not for ever
     rows = {Path(r["drive"]).name: r for r in _table(tmp_path / "r" / "drives.csv")}
     assert len(rows) == 5 and [n for n, r in rows.items() if r["status"] != "ok"] == ["sim-seed200.mcap"]
-    assert rows["sim-seed200.mcap"]["error"] == "timed out: still running after 15 s (--timeout)"
+    assert rows["sim-seed200.mcap"]["error"] == "timed out: still running after 5 s (--timeout)"
 
 
 def test_in_this_process_the_timeout_ends_a_drive_between_messages(drives: Path, tmp_path: Path) -> None:

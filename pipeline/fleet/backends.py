@@ -18,7 +18,8 @@ drive still running after `timeout_s` (None: no limit) is ended and becomes an e
   error row, the rest of the fleet is not blamed. A drive past the timeout ends its pool the same
   way (a pool cannot end one worker): it gets the error row, the others in flight start again.
 - `run_ray`: Ray tasks (`num_cpus=1`, no retries: a failure is the drive's result, not a reason to
-  run it again; a task past the timeout is cancelled, its worker killed). Without an address, a local Ray instance of `workers` CPUs for this run, shut down
+  run it again; a task past the timeout is cancelled, its worker killed; the timeout counts from the
+  moment the task reports it started, not from its submission). Without an address, a local Ray instance of `workers` CPUs for this run, shut down
   at the end; with `"auto"` or an address, the cluster it names (drives and graph must be at the
   same paths on every node, e.g. a shared file system), left running. A Ray already initialised in
   this process (a test's fixture, a notebook) is used as it is. Ray is imported here only.
@@ -155,6 +156,27 @@ def run_pool(tasks: Iterable[DriveTask], workers: int, stop: Stop = lambda: Fals
                 yield _failed(task, "its worker process died (a crash in native code, or killed: out of memory?)")
 
 
+class StartBoard:
+    """A Ray actor of no CPU that Ray tasks tell when they start: a worker that takes seconds to start
+    (a fresh process importing the graph's modules) is not timed for it, only the drive is."""
+
+    def __init__(self) -> None:
+        self.started: list[int] = []
+
+    def mark(self, key: int) -> None:
+        self.started.append(key)
+
+    def take(self) -> list[int]:
+        """The keys marked since the last call."""
+        started, self.started = self.started, []
+        return started
+
+
+def _ray_drive(task: DriveTask, board: Any, key: int) -> dict[str, Any]:
+    board.mark.remote(key)
+    return eval_drive(task)
+
+
 def run_ray(tasks: Iterable[DriveTask], workers: int, stop: Stop = lambda: False,
             address: str | None = None, timeout_s: float | None = None) -> Results:
     """The drives as Ray tasks (see the module doc). `workers` 0: as many as the cluster has CPUs."""
@@ -177,23 +199,30 @@ def run_ray(tasks: Iterable[DriveTask], workers: int, stop: Stop = lambda: False
                 signal.signal(s, h)
     if not workers:
         workers = max(1, int(ray.cluster_resources().get("CPU", 1)))  # type: ignore[no-untyped-call]
-    remote = ray.remote(num_cpus=1, max_retries=0)(eval_drive)
+    remote = ray.remote(num_cpus=1, max_retries=0)(_ray_drive)
+    board: Any = ray.remote(num_cpus=0)(StartBoard).remote()
     queue = deque(tasks)
-    inflight: dict[Any, DriveTask] = {}
-    ends: dict[Any, float] = {}  # when each task in flight times out (it starts when submitted: `workers` at a time)
+    inflight: dict[Any, tuple[DriveTask, int]] = {}   # ref -> its task and the number it reports its start with
+    ends: dict[Any, float] = {}  # when each started task times out: its clock starts when it starts running
+    submitted = 0
     try:
         while (queue or inflight) and not stop():
             while queue and len(inflight) < workers:  # exactly `workers` at a time, whatever the cluster's size
                 task = queue.popleft()
-                ref = remote.remote(task)
-                inflight[ref] = task
-                ends[ref] = time.monotonic() + (timeout_s if timeout_s is not None else float("inf"))
+                inflight[remote.remote(task, board, submitted)] = (task, submitted)
+                submitted += 1
             done, _ = ray.wait(list(inflight), num_returns=1, timeout=_POLL_S)
-            for ref in [r for r in inflight if r not in done and time.monotonic() > ends[r]]:
-                ray.cancel(ref, force=True)
-                yield _timed_out(inflight.pop(ref), timeout_s or 0.0)
+            if timeout_s is not None:
+                started_now = set(ray.get(board.take.remote()))
+                now = time.monotonic()
+                ends.update({ref: now + timeout_s for ref, (_, key) in inflight.items() if key in started_now})
+                for ref in [r for r in inflight if r not in done and now > ends.get(r, float("inf"))]:
+                    ray.cancel(ref, force=True)
+                    ends.pop(ref)
+                    yield _timed_out(inflight.pop(ref)[0], timeout_s)
             for ref in done:
-                task = inflight.pop(ref)
+                task = inflight.pop(ref)[0]
+                ends.pop(ref, None)
                 try:
                     result = ray.get(ref)
                 except ray.exceptions.RayError as exc:  # the worker died, the task was cancelled, ...
