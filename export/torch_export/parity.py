@@ -22,6 +22,7 @@ __all__ = [
     "graph_hash",
     "load_checkpoint",
     "max_abs_diff",
+    "rollout_diff",
     "ort_rollout",
     "rollout_inputs",
     "torch_rollout",
@@ -117,8 +118,14 @@ def rollout_inputs(steps: int, batch: int, input_dim: int, seed: int = 0) -> np.
 
 def max_abs_diff(model: Any, step_model: StepModel, steps: int, batch: int) -> float:
     """The largest |torch - onnxruntime| over a `steps`-step rollout at `batch` agents, state carried."""
+    return rollout_diff(model, step_model, steps, batch)[0]
+
+
+def rollout_diff(model: Any, step_model: StepModel, steps: int, batch: int) -> tuple[float, float]:
+    """(largest |torch - onnxruntime|, largest |torch|) over a `steps`-step rollout at `batch` agents."""
     m = step_model.meta
     xs = rollout_inputs(steps, batch, m.input_dim)
     ref = torch_rollout(model, m.cell, xs, m.layers, m.hidden)
     got = ort_rollout(step_model, xs)
-    return max(float(np.max(np.abs(a - b))) for a, b in zip(ref, got, strict=True))
+    return (max(float(np.max(np.abs(a - b))) for a, b in zip(ref, got, strict=True)),
+            max(float(np.max(np.abs(a))) for a in ref))
