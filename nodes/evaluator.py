@@ -236,6 +236,9 @@ class Evaluator(Node):
         lines = [self.accuracy.text()]
         if self.events:
             lines.append("predictor state events: " + "; ".join(self.events))
+        if self.pred_diag:   # whether the predictor kept up: its queue's drops, what it dropped, what was lost upstream
+            lost = {k: v for k, v in self.pred_diag.items() if k.startswith(("drops.", "gaps."))}
+            lines.append("predictor drops: " + (", ".join(f"{k} {v:.0f}" for k, v in sorted(lost.items())) or "0"))
         return "\n".join(lines)
 
     def shutdown(self) -> None:

@@ -14,7 +14,7 @@ import pytest
 from nodes.evaluator import Evaluator
 from pipeline.errors import ConfigError
 from pipeline.runtime.local import LocalGraph
-from pipeline.wire.messages import AgentKind, Predictions, StateEvent, Tracks
+from pipeline.wire.messages import AgentKind, Diagnostics, Predictions, StateEvent, Tracks
 
 DT = 100_000_000
 T = 5
@@ -85,6 +85,24 @@ def test_summary_and_final_table_show_model_beside_constant_velocity(capsys: pyt
     ev.shutdown()
     out = capsys.readouterr().out
     assert "vehicle" in out and "pedestrian" in out and "CV ADE" in out and "restored 2 (respawn)" in out
+
+
+@pytest.mark.parametrize(("values", "line"), [
+    ({"step_p50_us": 90.0, "in.tracks": 600.0}, "predictor drops: 0"),
+    ({"drops.tracks": 3.0, "drops.stale": 1.0, "gaps.tracks": 2.0, "in.tracks": 600.0},
+     "predictor drops: drops.stale 1, drops.tracks 3, gaps.tracks 2"),
+])
+def test_the_final_table_says_whether_the_predictor_kept_up(values: dict[str, float], line: str,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    ev = run(30, [1], offset=0.5)
+    ev.on_diagnostics(Diagnostics(stamp_ns=1, node="p", values=values))
+    ev.shutdown()
+    assert line in capsys.readouterr().out.splitlines()
+
+
+def test_without_the_predictors_diagnostics_the_table_claims_nothing_about_drops(capsys: pytest.CaptureFixture[str]) -> None:
+    run(30, [1], offset=0.5).shutdown()
+    assert "drops" not in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(("cv_ks", "message"), [([0], r"^eval: params\.cv_ks\[0\]: expected int >= 1"),
