@@ -49,7 +49,7 @@ from pipeline.wire.messages import Diagnostics, Predictions, Tracks  # noqa: E40
 
 WARMUP_S = 3.0
 SHIPPED = {"vehicle": REPO / "models/pretrained/sim_vehicle_lstm.onnx",
-           "pedestrian": REPO / "models/pretrained/pedestrian_lstm.onnx"}
+           "pedestrian": REPO / "models/pretrained/sim_pedestrian_lstm.onnx"}
 
 
 class LatencySink(Node):
@@ -100,7 +100,8 @@ def _perception(n: int) -> tuple[str, str]:
   detector:
     run: nodes.lidar_detector:LidarDetector
     params: {json.dumps(det)}
-    inputs: {{scan: {{topic: sim/scan, queue: drop_oldest, depth: 10}}, ego: {{topic: sim/ego, queue: drop_oldest, depth: 50}}}}
+    inputs: {{scan: {{topic: sim/scan, queue: drop_oldest, depth: 10}}, ego: {{topic: sim/ego, queue: drop_oldest, depth: 50}},
+             tracks: {{topic: tracker/tracks, queue: drop_oldest, depth: 2}}}}
   tracker:
     run: nodes.tracker:Tracker
     params: {json.dumps(trk)}

@@ -130,7 +130,8 @@ def test_an_imported_scene_remapped_onto_the_default_graph_is_scored_and_a_missp
     out, err = capsys.readouterr()
     assert "ERROR: --remap eth/tracks:=sim/tracks: " in err and "has no topic 'eth/tracks' (topics: eth_ucy/tracks)" in err
     assert "final accuracy" not in out
-    assert play_main([str(drive), "--lockstep", "--graph", launch, "--remap", "eth_ucy/tracks:=sim/tracks"]) == 0
+    real = f"predictor.models.pedestrian={REPO / 'models' / 'pretrained' / 'pedestrian_lstm.onnx'}"
+    assert play_main([str(drive), "--lockstep", "--graph", launch, "--remap", "eth_ucy/tracks:=sim/tracks", "--set", real]) == 0
     out, err = capsys.readouterr()
     # the README's figures for this scene (the sim is replaced; the predictor and evaluator run)
     assert "pedestrian      6792   0.462   1.012" in out and "lockstep: 1117 messages in, 3335 deliveries" in err

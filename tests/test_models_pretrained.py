@@ -18,7 +18,8 @@ PRETRAINED = Path(__file__).resolve().parents[1] / "models" / "pretrained"
 
 
 @pytest.mark.parametrize(("name", "speed", "tolerance_m"),
-                         [("vehicle_lstm.pt", 10.0, 1.0), ("vehicle_lstm_k6.pt", 10.0, 1.0), ("pedestrian_lstm.pt", 1.3, 0.5)])
+                         [("vehicle_lstm.pt", 10.0, 1.0), ("vehicle_lstm_k6.pt", 10.0, 1.0), ("pedestrian_lstm.pt", 1.3, 0.5),
+                          ("sim_vehicle_lstm.pt", 10.0, 1.0), ("sim_pedestrian_lstm.pt", 1.3, 0.5)])
 @pytest.mark.parametrize("heading", [0.0, 2.0, -2.5])
 def test_pretrained_model_extrapolates_a_straight_track(name: str, speed: float, tolerance_m: float,
                                                          heading: float) -> None:
