@@ -6,7 +6,8 @@ signalised junction with a cross street (`nodes.sim_junction`). Vehicles follow 
 Driver Model (IDM), change lanes when their lane is slower and the neighbouring lane has room, stop
 for red, queue and start again, turn into and out of the cross street along curves, and yield to
 pedestrians on a crosswalk. Pedestrians (`nodes.sim_walkers`) walk to a crossing, wait for their
-signal, cross and walk on. Agents enter at the ends of the roads and leave at the other ends, so ids
+signal (and for the cars on it to clear), cross and walk on. Cars enter at the ends of the roads and
+leave at the other ends, pedestrians appear on a sidewalk and leave where their walk ends, so ids
 come and go as in a real tracker's output. Each tick advances the world by exactly `1 / rate_hz`
 seconds from a seeded generator, so the same seed gives the same traffic, whatever the machine's timing.
 
@@ -40,6 +41,8 @@ SIDEWALK_Y = ROAD_Y + 2.5
 IDM_T, IDM_A, IDM_B, IDM_S0, CAR_LEN = 1.5, 1.2, 2.0, 2.0, 4.5
 CAR_W, PED_R = 1.9, 0.25  # the lidar's footprints: a car's width, a pedestrian's radius
 LANE_CHANGE_S = 3.0
+LOOK_S = 2.5  # how far ahead walkers and cars at a crosswalk look (s)
+MIN_CHANGE_V, MAX_CHANGE_SLOPE = 3.0, math.tan(math.radians(15))  # lane changes: above 3 m/s, at most 15 deg
 CROSS_STREET_SHARE, TURN_SHARE = 0.2, 0.4  # cars entering on the cross street; outer-lane cars that turn
 EGO_ID = 0  # agents' ids start at 1
 MAX_WARMUP_S = 1200.0  # the longest warm-up: a road too short for `agents` never fills
@@ -49,19 +52,38 @@ KERB_Y, WALL_Y = ROAD_Y + 0.8, SIDEWALK_Y + 3.0  # posts; walls and parked boxes
 def idm(v: np.ndarray, v0: np.ndarray, gap: np.ndarray, lead_v: np.ndarray) -> np.ndarray:
     """IDM acceleration at speed `v` (desired `v0`) behind a leader `gap` metres ahead at `lead_v`."""
     s_star = IDM_S0 + np.maximum(0.0, v * IDM_T + v * (v - lead_v) / (2 * np.sqrt(IDM_A * IDM_B)))
-    return np.clip(IDM_A * (1 - (v / v0) ** 4 - (s_star / np.maximum(gap, 0.1)) ** 2), -8.0, IDM_A)
+    acc: np.ndarray = np.clip(IDM_A * (1 - (v / v0) ** 4 - (s_star / np.maximum(gap, 0.1)) ** 2), -8.0, IDM_A)
+    return acc
 
 
-def leader_gaps(key: np.ndarray, s: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Gap to and speed of the car ahead with the same `key` (a lane), by distance travelled `s`."""
+def leader_gaps(key: np.ndarray, s: np.ndarray, v: np.ndarray, old_key: np.ndarray | None = None
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """Gap to and speed of the car ahead with the same `key` (a lane), by distance travelled `s`. A
+    car changing lanes (`old_key` differs from `key`) is in both lanes: it leads and follows in each."""
+    rows, keys = np.arange(len(s)), key
+    if old_key is not None:
+        two = old_key != key
+        rows, keys = np.concatenate([rows, rows[two]]), np.concatenate([key, old_key[two]])
     gap = np.full(len(s), np.inf)
     lead_v = v.copy()
-    for k in np.unique(key):
-        idx = np.flatnonzero(key == k)
-        order = idx[np.argsort(s[idx], kind="stable")]
-        gap[order[:-1]] = s[order[1:]] - s[order[:-1]] - CAR_LEN
-        lead_v[order[:-1]] = v[order[1:]]
+    for k in np.unique(keys):
+        members = rows[keys == k]
+        order = members[np.argsort(s[members], kind="stable")]
+        g = s[order[1:]] - s[order[:-1]] - CAR_LEN
+        nearer = g < gap[order[:-1]]   # a car in two lanes keeps the nearer leader
+        gap[order[:-1][nearer]] = g[nearer]
+        lead_v[order[:-1][nearer]] = v[order[1:]][nearer]
     return gap, lead_v
+
+
+def blocking(along: np.ndarray, across: np.ndarray, other_along: np.ndarray, other_across: np.ndarray) -> np.ndarray:
+    """Gap to the nearest car of the other street standing in this car's lane ahead (inf when none):
+    cars in the junction's box, whichever street they came from, are obstacles to the other's."""
+    if len(other_along) == 0 or len(along) == 0:
+        return np.full(len(along), np.inf)
+    ahead = other_along[None, :] - along[:, None] - CAR_LEN
+    inside = (np.abs(other_across[None, :] - across[:, None]) < CAR_W + 0.3) & (ahead > -CAR_LEN) & (ahead < 40.0)
+    return np.where(inside, np.maximum(ahead, 0.1), np.inf).min(axis=1)  # type: ignore[no-any-return]
 
 
 def obey(gap: np.ndarray, lead_v: np.ndarray, stop: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -136,9 +158,21 @@ class TrafficWorld:
                 continue
             stop_s = np.where(d > 0, cx - 3.0, self.length - cx - 3.0)
             ahead = (stop_s - s > -1.0) & (stop_s - s < 60.0)
-            blocked = (np.abs(py[on][None, :] - y[:, None]) < LANE_W).any(axis=1) & ahead
+            # someone on this car's half of the road, or heading into it within LOOK_S, has the right of way
+            side = np.sign(np.concatenate([py[on], py[on] + self.ped["vy"][on] * LOOK_S]))
+            blocked = (side[None, :] == np.sign(y)[:, None]).any(axis=1) & ahead
             gap = np.where(blocked, np.minimum(gap, np.maximum(stop_s - s, 0.1)), gap)
         return gap
+
+    def _walkers_ahead(self) -> tuple[np.ndarray, np.ndarray]:
+        """Where the pedestrians are and will be in LOOK_S: a turning car yields to both."""
+        ped = self.ped
+        return (np.concatenate([ped["x"], ped["x"] + ped["vx"] * LOOK_S]),
+                np.concatenate([ped["y"], ped["y"] + ped["vy"] * LOOK_S]))
+
+    def _along(self, d: float, x: np.ndarray) -> np.ndarray:
+        """World x as distance travelled by a main-road car heading `d`."""
+        return x if d > 0 else self.length - x
 
     def _turn_exit(self, d: float) -> tuple[float, float]:
         """Where a main-road car heading `d` ends its turn into the cross street."""
@@ -159,30 +193,37 @@ class TrafficWorld:
             j.add(row)
         for row in onto_main:
             self._add_vehicle(row)
-        self.walkers.step(self.rng, dt, self.t)
+        _, x, y, _, vx, vy = self._all_vehicles(with_ego=True)
+        # nobody steps out where a car is, or will be within LOOK_S
+        cars = np.concatenate([np.stack([x, y], 1), np.stack([x + vx * LOOK_S, y + vy * LOOK_S], 1)])
+        self.walkers.step(self.rng, dt, self.t, cars)
         self.t += dt
 
     def _step_main(self, light: str) -> list[dict[str, float]]:
         """Move the main road's cars; those that turned off it, as rows for the cross street."""
         dt, veh, j = self.dt, self.veh, self.junction
         turning = veh["turn"] > 0
-        gap, lead_v = leader_gaps(veh["dir"] * 10 + veh["target"], veh["s"], veh["v"])
+        car_gap, car_v = leader_gaps(veh["dir"] * 10 + veh["target"], veh["s"], veh["v"], veh["dir"] * 10 + veh["lane"])
         stop = np.minimum(self._crossing_gaps(veh["s"], veh["dir"], veh["y"]), j.stop_gap(light, j.main_stop - veh["s"], veh["v"]))
+        cx, cy, _ = j.poses()
+        for d in (-1.0, 1.0):   # a cross-street car still in the box
+            mine = veh["dir"] == d
+            stop[mine] = np.minimum(stop[mine], blocking(veh["s"][mine], veh["y"][mine], self._along(d, cx), cy))
         for d in (-1.0, 1.0):   # turners wait before their turn while someone is on the crosswalk it crosses
-            if j.turn_blocked(self.ped["x"], self.ped["y"], *self._turn_exit(d)):
-                wait = turning & (veh["dir"] == d) & (veh["s"] <= j.main_arc + 0.5)
-                stop = np.where(wait, np.minimum(stop, np.maximum(j.main_arc - veh["s"], 0.1)), stop)
-        gap, lead_v = obey(gap, lead_v, stop)
+            if j.turn_blocked(*self._walkers_ahead(), *self._turn_exit(d)):
+                mine = turning & (veh["dir"] == d)
+                stop = np.where(mine, np.minimum(stop, j.turn_stop(veh["s"] - j.main_arc)), stop)
+        gap, lead_v = obey(car_gap, car_v, stop)
         acc = idm(veh["v"], free_speed(veh["v0"], j.main_arc - veh["s"], turning), gap, lead_v)
-        # Lane change (simplified MOBIL): when blocked by a slower leader, try a neighbour lane
-        # that is free 20 m ahead and 10 m behind. Turners keep to the outer lane.
-        settled = (np.abs(veh["lane"] - veh["target"]) < 1e-6) & ~turning
-        want = settled & (gap < 40.0) & (lead_v < veh["v0"] - 2.0) & (self.rng.random(len(gap)) < 0.05)
+        # Lane change (simplified MOBIL): when moving behind a slower car (not a red light), try a
+        # neighbour lane that is free 20 m ahead and 10 m behind. Turners keep to the outer lane.
+        settled = (np.abs(veh["lane"] - veh["target"]) < 1e-6) & ~turning & (veh["v"] > MIN_CHANGE_V)
+        want = settled & (car_gap < 40.0) & (car_v < veh["v0"] - 2.0) & (self.rng.random(len(gap)) < 0.05)
         for i in np.flatnonzero(want):
             for cand in (veh["lane"][i] + 1, veh["lane"][i] - 1):
                 if not 0 <= cand < LANES_PER_DIR:
                     continue
-                other = (veh["dir"] == veh["dir"][i]) & (np.abs(veh["target"] - cand) < 0.5)
+                other = (veh["dir"] == veh["dir"][i]) & ((np.abs(veh["target"] - cand) < 0.5) | (np.abs(veh["lane"] - cand) < 0.5))
                 ds = veh["s"][other] - veh["s"][i]
                 if not np.any((ds > -10.0) & (ds < 20.0)):
                     veh["target"][i] = cand
@@ -191,7 +232,8 @@ class TrafficWorld:
         veh["s"] = veh["s"] + veh["v"] * dt
         # lateral motion towards the target lane centre, at most one lane per LANE_CHANGE_S
         y_target = veh["dir"] * (veh["target"] + 0.5) * LANE_W
-        veh["vy"] = np.clip((y_target - veh["y"]) / 0.8, -LANE_W / LANE_CHANGE_S * 1.5, LANE_W / LANE_CHANGE_S * 1.5)
+        lateral = np.minimum(LANE_W / LANE_CHANGE_S * 1.5, veh["v"] * MAX_CHANGE_SLOPE)   # a car steers, not slides
+        veh["vy"] = np.clip((y_target - veh["y"]) / 0.8, -lateral, lateral)
         veh["y"] = veh["y"] + veh["vy"] * dt
         arrived = np.abs(y_target - veh["y"]) < 0.05
         veh["lane"] = np.where(arrived, veh["target"], veh["lane"])
@@ -214,9 +256,13 @@ class TrafficWorld:
         blocked = np.zeros(len(gap), bool)
         for d in (-1.0, 1.0):   # a turn onto the main road ends in its outer lane, heading -d's way
             exit_xy = (j.x - d * (ARM_LANE + TURN_R), -d * j.outer_y)
-            blocked |= (c["dir"] == d) & turning & j.turn_blocked(self.ped["x"], self.ped["y"], *exit_xy)
+            blocked |= (c["dir"] == d) & turning & j.turn_blocked(*self._walkers_ahead(), *exit_xy)
         stop = np.minimum(j.stop_gap(light, j.arm_stop - c["p"], c["v"]),
                           j.yield_gap(self.ped["x"], self.ped["y"], c["p"], c["dir"], blocked))
+        _, mx, my, _, _, _ = self._all_vehicles(with_ego=True)
+        for d in (-1.0, 1.0):   # a main-road car still in the box (a queue beyond it holds it there)
+            mine = c["dir"] == d
+            stop[mine] = np.minimum(stop[mine], blocking(c["p"][mine], np.full(int(mine.sum()), j.x - d * ARM_LANE), d * my, mx))
         gap, lead_v = obey(gap, lead_v, stop)
         acc = idm(c["v"], free_speed(c["v0"], j.arm_arc - c["p"], turning), gap, lead_v)
         c["v"] = np.maximum(0.0, c["v"] + acc * dt)
@@ -264,9 +310,10 @@ class TrafficWorld:
             return x, y, h, vx, vy
         return x, veh["y"], h, vx, vy
 
-    def _all_vehicles(self) -> tuple[np.ndarray, ...]:
-        """(ids, x, y, heading, vx, vy) of every vehicle but the ego: the main road's, then the cross street's."""
-        veh, c = self._vehicles(), self.junction.cars
+    def _all_vehicles(self, with_ego: bool = False) -> tuple[np.ndarray, ...]:
+        """(ids, x, y, heading, vx, vy) of every vehicle but the ego (unless `with_ego`): the main
+        road's, then the cross street's."""
+        veh, c = self.veh if with_ego else self._vehicles(), self.junction.cars
         cx, cy, ch = self.junction.poses()
         parts = (self._pose(veh), (cx, cy, ch, c["v"] * np.cos(ch), c["v"] * np.sin(ch)))
         ids = np.concatenate([veh["id"], c["id"]])

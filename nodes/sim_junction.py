@@ -116,7 +116,8 @@ class Junction:
     def yield_gap(self, ped_x: np.ndarray, ped_y: np.ndarray, car_p: np.ndarray, car_dir: np.ndarray,
                   turn_blocked: np.ndarray) -> np.ndarray:
         """Gap to the next crosswalk someone is on, for cross-street cars (inf when clear); turning cars
-        (`turn_blocked`: whose turn crosses an occupied crosswalk) stop before their turn."""
+        (`turn_blocked`: whose turn crosses an occupied crosswalk) stop before their turn, or within it
+        short of the crosswalk at its end."""
         gap = np.full(len(car_p), np.inf)
         on_arm = np.abs(ped_x - self.x) < ARM_HALF + 0.5
         for side in (-1.0, 1.0):   # the crosswalks at y = +-sidewalk_y
@@ -126,8 +127,14 @@ class Junction:
             pc = car_dir * side * self.sidewalk_y    # the crosswalk as progress of each car
             ahead = (pc - car_p > 1.0) & (pc - car_p < 40.0)
             gap = np.where(ahead, np.minimum(gap, np.maximum(pc - 2.5 - car_p, 0.1)), gap)
-        wait = turn_blocked & (car_p <= self.arm_arc + 0.5)
-        return np.where(wait, np.minimum(gap, np.maximum(self.arm_arc - car_p, 0.1)), gap)
+        out: np.ndarray = np.minimum(gap, np.where(turn_blocked, self.turn_stop(car_p - self.arm_arc), np.inf))
+        return out
+
+    def turn_stop(self, u: np.ndarray) -> np.ndarray:
+        """Gap to where a car `u` metres into its turn (negative: before it) stops for the crosswalk the
+        turn ends on: the turn's start, or, once in it, a car length short of its end (inf past that)."""
+        short = self.ARC_LEN - 2.5
+        return np.where(u <= 0.5, np.maximum(-u, 0.1), np.where(u < short, np.maximum(short - u, 0.1), np.inf))
 
     def turn_blocked(self, ped_x: np.ndarray, ped_y: np.ndarray, exit_x: float, exit_y: float) -> bool:
         """Is someone on the crosswalk a turn ending at (exit_x, exit_y) crosses near its end?"""

@@ -18,6 +18,7 @@ __all__ = ["Walkers"]
 
 TAU_S = 0.5      # how quickly a walker reaches the velocity it wants (s)
 ARRIVED_M = 0.4  # how close to a waypoint counts as there
+CLEAR_M = 4.0    # a car this close to a crossing keeps people at its kerb
 FREE, MAIN_WALK, CROSS_WALK = 0, 1, 2   # what a leg needs before it starts
 
 
@@ -59,7 +60,8 @@ class Walkers:
         self.ped["wp"] = np.concatenate([self.ped["wp"], wp[None]])
         self.ped["need"] = np.concatenate([self.ped["need"], np.array(need, float)[None]])
 
-    def step(self, rng: np.random.Generator, dt: float, t: float) -> None:
+    def step(self, rng: np.random.Generator, dt: float, t: float, cars: np.ndarray) -> None:
+        """Advance `dt` at time `t`; `cars` [C, 2]: where the cars are (nobody steps in front of one)."""
         ped = self.ped
         n = len(ped["x"])
         if n == 0:
@@ -70,8 +72,7 @@ class Walkers:
         leg = ped["leg"].astype(int)
         target = ped["wp"][rows, leg]
         dist = np.hypot(target[:, 0] - ped["x"], target[:, 1] - ped["y"])
-        nxt = np.minimum(leg + 1, 2)
-        may_go = allowed[ped["need"][rows, nxt].astype(int)]
+        may_go = allowed[ped["need"][rows, np.minimum(leg + 1, 2)].astype(int)] & self._clear(leg, cars)
         done = (dist < ARRIVED_M) & (leg == 2)
         go = (dist < ARRIVED_M) & (leg < 2) & may_go
         leg = leg + go
@@ -79,7 +80,7 @@ class Walkers:
         target = ped["wp"][rows, leg]
         dx, dy = target[:, 0] - ped["x"], target[:, 1] - ped["y"]
         dist = np.maximum(np.hypot(dx, dy), 1e-6)
-        waits = (leg < 2) & ~allowed[ped["need"][rows, np.minimum(leg + 1, 2)].astype(int)]
+        waits = (leg < 2) & ~(allowed[ped["need"][rows, np.minimum(leg + 1, 2)].astype(int)] & self._clear(leg, cars))
         speed = np.where(waits, np.minimum(ped["speed"], 0.8 * np.maximum(dist - 0.1, 0.0)), ped["speed"])
         relax = min(1.0, dt / TAU_S)
         ped["vx"] += (dx / dist * speed - ped["vx"]) * relax + rng.normal(0, 0.03, n)
@@ -89,3 +90,19 @@ class Walkers:
         keep = ~done & (ped["x"] >= -1.0) & (ped["x"] <= self.length + 1.0)
         for k in ped:
             ped[k] = ped[k][keep]
+
+    def _clear(self, leg: np.ndarray, cars: np.ndarray) -> np.ndarray:
+        """Per walker: False while it heads for the kerb of its crossing (leg 1 of every plan) and a car
+        is within CLEAR_M of that crossing: people do not step out in front of a car that stands on the
+        crosswalk, or is turning into it."""
+        clear = np.ones(len(leg), bool)
+        ahead = np.flatnonzero(leg == 0)
+        if len(ahead) == 0 or len(cars) == 0:
+            return clear
+        a, b = self.ped["wp"][ahead, 0], self.ped["wp"][ahead, 1]            # [A, 2] the crossing's ends
+        ab = b - a
+        rel = cars[None, :, :] - a[:, None, :]                                 # [A, C, 2]
+        u = np.clip((rel * ab[:, None, :]).sum(-1) / np.maximum((ab * ab).sum(-1), 1e-9)[:, None], 0.0, 1.0)
+        near = np.hypot(*(rel - u[..., None] * ab[:, None, :]).transpose(2, 0, 1)) < CLEAR_M
+        clear[ahead] = ~near.any(axis=1)
+        return clear

@@ -85,6 +85,33 @@ def test_turning_cars_follow_curves_without_jumps(traffic: tuple) -> None:
     assert into >= 3 and out_of >= 3
 
 
+def test_cars_never_touch_and_steer_rather_than_slide(traffic: tuple) -> None:
+    """No two cars' centres within 2 m; outside the junction's box a car heads within 15 degrees of its
+    street (a lane change at walking pace used to move a car sideways at up to 87 degrees)."""
+    world, steps, _ = traffic
+    jx = world.junction.x
+    for step in steps:
+        cars = np.array([(x, y, vx, vy) for x, y, vx, vy, kind in step.values() if kind == AgentKind.VEHICLE])
+        d = np.hypot(*(cars[:, None, :2] - cars[None, :, :2]).transpose(2, 0, 1))
+        np.fill_diagonal(d, np.inf)
+        assert d.min() >= 2.0
+        moving = (np.hypot(cars[:, 2], cars[:, 3]) > 0.5) & ~((np.abs(cars[:, 0] - jx) < 12) & (np.abs(cars[:, 1]) < 20))
+        angle = np.abs(np.arctan2(cars[moving, 3], cars[moving, 2]))
+        off_axis = np.minimum(np.minimum(angle, np.pi - angle), np.abs(np.pi / 2 - angle))
+        assert np.all(off_axis <= math.radians(15.5))
+
+
+def test_nobody_walks_through_a_car(traffic: tuple) -> None:
+    world, _, _ = traffic
+    for _ in range(3000):   # 300 s more of the same world, pedestrians against every car's box
+        world.step()
+        boxes, people = world.shapes()
+        rel = people[None, :, :2] - boxes[:, None, :2]                        # [V, P, 2]
+        c, s = np.cos(boxes[:, 2])[:, None], np.sin(boxes[:, 2])[:, None]
+        along, across = rel[..., 0] * c + rel[..., 1] * s, -rel[..., 0] * s + rel[..., 1] * c
+        assert not np.any((np.abs(along) < boxes[:, 3:4]) & (np.abs(across) < boxes[:, 4:5]))
+
+
 def test_pedestrians_wait_for_their_walk_signal_and_cross_on_it(traffic: tuple) -> None:
     world, steps, clock = traffic
     j = world.junction
