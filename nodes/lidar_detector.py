@@ -21,9 +21,11 @@ placed scan, stamped with it, frame of the pose topic, ids -1.
 
 Feedback (optional input `tracks`, the tracker's output): a car that stops longer than
 `static_after_s` (a queue at a red light) would join the background and lose its track. With the
-tracks wired back, a track once seen at `hold_speed` or faster keeps the cluster at its box (its
-last moving heading, `vehicle_size` plus a margin; a 1 m disc for other kinds) out of the
-background for as long as the track lives (Autoware's detection_by_tracker feeds tracks back likewise).
+tracks wired back, a track that has moved 1 m since it was first seen keeps the cluster at its box
+(its last heading at `hold_speed` or faster, `vehicle_size` plus a margin; a 1 m disc for other
+kinds) out of the background for as long as the track lives (Autoware's detection_by_tracker feeds
+tracks back likewise). A Tracks message in another frame than the poses (`drops.tracks_frame`) or
+with more than `max_tracks` rows (`drops.tracks_too_many`) is dropped; non-finite rows are skipped.
 
 The defaults fit the RC-car recordings in `../shared/recordings/rc_cars_*` (1:10 cars, 0.43 x 0.19 m,
 a 360-beam lidar at 13 Hz); `lidar_offset` is the pose that best aligns the red car's returns with
@@ -81,7 +83,8 @@ class DetectorParams(NodeParams):
     static_after_s: _Pos = 2.0                                # hit this long -> background
     static_gap_s: _Pos = 2.0                                  # a cell unhit this long starts over
     static_share: Annotated[float, Meta(gt=0, le=1)] = 0.5    # this share of static returns -> background
-    hold_speed: _Pos = 0.5        # with `tracks` wired: a track seen this fast (m/s) never turns background
+    hold_speed: _Pos = 0.5        # with `tracks` wired: a track moved 1 m keeps its heading from this speed
+    max_tracks: Annotated[int, Meta(ge=0)] = 1024   # a fed-back Tracks message with more rows is dropped
     grid_size: Annotated[float, Meta(gt=0, le=1000)] = 40.0   # side of the static map (m) around the lidar
     cloud_min_z: float = -0.05                                # 3D points at or below this (lidar frame, m) are ground
     cloud_max_z: float = 1.0                                  # and at or above this overhead
@@ -115,6 +118,9 @@ class LidarDetector(Node):
         """The tracker's output, fed back: tracks that have moved are held out of the background."""
         if msg.frame_id != self.frame or not self.frame:
             self.counts["drops.tracks_frame"] += 1
+            return
+        if len(msg.ids) > self.params.max_tracks:
+            self.counts["drops.tracks_too_many"] += 1
             return
         self.finder.movers.update(msg.ids, msg.xy, msg.vxy, msg.kind, self.params.hold_speed)
 

@@ -43,6 +43,7 @@ class Objects(NamedTuple):
 
 
 HOLD_MARGIN_M, HOLD_DISC_M = 0.5, 1.0   # a held car's box beyond `vehicle_size`; another kind's radius
+HOLD_MOVE_M = 1.0                        # how far a track must have moved to be held
 
 
 class ObjectFinder:
@@ -117,8 +118,8 @@ class ObjectFinder:
         static[sel] = self.grid.is_static(pts[sel], t_s)
         static_share = np.add.reduceat(static, starts) / n
         background = static_share >= p.static_share
-        held = self.movers.holds(np.add.reduceat(pts, starts) / n[:, None], p.vehicle_size) & sized
-        if held.any():   # a stopped car with a track: its cells start their run again, it stays an object
+        if len(self.movers.pose):   # a stopped car with a track: its cells start their run again, it stays an object
+            held = self.movers.holds(np.add.reduceat(pts, starts) / n[:, None], p.vehicle_size) & sized
             self.grid.restart(pts[held.repeat(n)], t_s)
             background &= ~held
         self.static_clusters += int((sized & background).sum())
@@ -144,36 +145,41 @@ class ObjectFinder:
 
 
 class Movers:
-    """The tracks fed back to the detector that have moved: where they are and how they last headed."""
+    """The tracks fed back to the detector that have moved: where they are and how they last headed.
+    A track counts once it is HOLD_MOVE_M from where it was first seen: a velocity alone would let
+    one noisy estimate on a parked box hold it for ever."""
 
     def __init__(self) -> None:
-        self.heading: dict[int, float] = {}
-        self.pose = np.zeros((0, 4))   # x, y, heading, 1 for a vehicle
+        self.seen: dict[int, tuple[float, float, float]] = {}   # id -> first x, first y, last moving heading
+        self.pose = np.zeros((0, 4))   # movers: x, y, heading, 1 for a vehicle
 
     def update(self, ids: np.ndarray, xy: np.ndarray, vxy: np.ndarray, kind: np.ndarray, min_speed: float) -> None:
         """Take a Tracks message: ids not in it are forgotten, so memory follows the live tracks."""
         speed = np.hypot(vxy[:, 0], vxy[:, 1])
-        heading = {}
+        seen: dict[int, tuple[float, float, float]] = {}
+        movers = []
         for i, track in enumerate(ids.tolist()):
-            if speed[i] >= min_speed and np.isfinite(speed[i]):
-                heading[track] = math.atan2(float(vxy[i, 1]), float(vxy[i, 0]))
-            elif track in self.heading:
-                heading[track] = self.heading[track]
-        self.heading = heading
-        rows = [i for i, track in enumerate(ids.tolist()) if track in heading and np.isfinite(xy[i]).all()]
-        self.pose = np.array([(*xy[i].tolist(), heading[int(ids[i])], float(kind[i] == AgentKind.VEHICLE))
-                              for i in rows]).reshape(-1, 4)
+            x, y = float(xy[i, 0]), float(xy[i, 1])
+            if not (math.isfinite(x) and math.isfinite(y)):
+                continue
+            x0, y0, heading = self.seen.get(track, (x, y, math.nan))
+            if speed[i] >= min_speed and math.isfinite(speed[i]):
+                heading = math.atan2(float(vxy[i, 1]), float(vxy[i, 0]))
+            seen[track] = (x0, y0, heading)
+            if math.hypot(x - x0, y - y0) >= HOLD_MOVE_M:
+                h = heading if math.isfinite(heading) else math.atan2(y - y0, x - x0)
+                movers.append((x, y, h, float(kind[i] == AgentKind.VEHICLE)))
+        self.seen = seen
+        self.pose = np.array(movers).reshape(-1, 4)
 
     def holds(self, centroid: np.ndarray, size: tuple[float, float]) -> np.ndarray:
         """Per cluster centroid [K, 2]: whether it lies in a mover's box (vehicles) or disc (others)."""
-        if len(self.pose) == 0 or len(centroid) == 0:
-            return np.zeros(len(centroid), bool)
         d = centroid[:, None, :] - self.pose[None, :, :2]                 # [K, M, 2]
         c, s = np.cos(self.pose[:, 2]), np.sin(self.pose[:, 2])
         along, across = d[..., 0] * c + d[..., 1] * s, -d[..., 0] * s + d[..., 1] * c
         box = (np.abs(along) <= size[0] / 2 + HOLD_MARGIN_M) & (np.abs(across) <= size[1] / 2 + HOLD_MARGIN_M)
         disc = np.hypot(along, across) <= HOLD_DISC_M
-        return np.where(self.pose[:, 3] > 0, box, disc).any(axis=1)  # type: ignore[no-any-return]
+        return np.asarray(np.where(self.pose[:, 3] > 0, box, disc).any(axis=1))
 
 
 def _nothing(points: np.ndarray) -> Objects:

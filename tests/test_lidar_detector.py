@@ -175,27 +175,64 @@ def test_a_car_that_moves_through_a_static_scene_stays_an_object() -> None:
         assert near.sum() == 1 and len(d.xy) == 1   # the round post is never a vehicle
 
 
+def _feed(g: LocalGraph, t: float, xy: tuple[float, float], vxy: tuple[float, float], track: int = 7) -> None:
+    """What the tracker would send back: one vehicle track at `xy` moving at `vxy`."""
+    g.inject("tracks", Tracks(stamp_ns=T0 + int(t * 1e9), frame_id="map", ids=np.array([track]),
+                              xy=np.array([xy], np.float32), vxy=np.array([vxy], np.float32),
+                              kind=np.array([AgentKind.VEHICLE], np.uint8)))
+
+
 @pytest.mark.parametrize("fed_back", [False, True])
 def test_a_car_that_stops_stays_an_object_while_its_moving_track_is_fed_back(fed_back: bool) -> None:
-    """It drives 1 s, then stands 3 s (three times static_after_s), a post beside it all along."""
+    """It drives 1.5 m in 1.5 s, then stands 3 s (three times static_after_s), a post beside it all along."""
     g, _ = graph(**NO_OFFSET, static_after_s=1.0)
-    where = lambda t: -1.5 + min(t, 1.0)   # noqa: E731
+    where = lambda t: -1.5 + min(t, 1.5)   # noqa: E731
     pole = post(0.0, 1.2, 0.035)
 
     def scene(t: float) -> np.ndarray:
-        if fed_back and detections(g):   # as the tracker would: the car's box centre and velocity
-            g.inject("tracks", Tracks(stamp_ns=T0 + int(t * 1e9), frame_id="map", ids=np.array([7]),
-                                      xy=np.array([[where(t), -0.8]], np.float32),
-                                      vxy=np.array([[1.0 if t < 1.0 else 0.0, 0.0]], np.float32),
-                                      kind=np.array([AgentKind.VEHICLE], np.uint8)))
+        if fed_back and detections(g):
+            _feed(g, t, (where(t), -0.8), (1.0 if t < 1.5 else 0.0, 0.0))
         return np.concatenate([pole, box(where(t), -0.8, 0.43, 0.19, 0.0)])
 
-    drive(g, 4.0, scene, still((0.0, 0.0, 0.0)))
-    late = [d for d in detections(g) if d.stamp_ns > T0 + 3.0e9]
+    drive(g, 4.5, scene, still((0.0, 0.0, 0.0)))
+    late = [d for d in detections(g) if d.stamp_ns > T0 + 3.5e9]
     assert late
-    seen = [bool(np.any(np.hypot(*(d.xy - [-0.5, -0.8]).T) < 0.05)) for d in late]
+    seen = [bool(np.any(np.hypot(*(d.xy - [0.0, -0.8]).T) < 0.05)) for d in late]
     assert all(seen) if fed_back else not any(seen)   # without the tracks it joins the background
     assert all(len(d.xy) <= 1 for d in late)          # the post beside it is never held
+
+
+def test_a_parked_box_whose_track_reports_a_speed_but_never_moves_is_not_held() -> None:
+    g, node = graph(**NO_OFFSET, static_after_s=1.0)
+
+    def scene(t: float) -> np.ndarray:
+        if detections(g):
+            _feed(g, t, (1.2, 0.0), (0.8, 0.0))   # a noisy velocity on a box that stands still
+        return box(1.2, 0.0, 0.43, 0.19, 0.4)
+
+    drive(g, 3.0, scene, still((0.0, 0.0, 0.0)))
+    assert [len(d.xy) for d in detections(g)][-8:] == [0] * 8   # background, as without feedback
+    assert node.finder.movers.seen and len(node.finder.movers.pose) == 0
+
+
+def test_fed_back_tracks_in_another_frame_too_many_or_gone_are_not_held() -> None:
+    g, node = graph(**NO_OFFSET, max_tracks=3)
+    drive(g, 0.1, lambda t: box(1.2, 0.0, 0.43, 0.19, 0.4), still((0.0, 0.0, 0.0)))
+    g.inject("tracks", Tracks(stamp_ns=T0, frame_id="odom", ids=np.array([1]), xy=np.zeros((1, 2), np.float32),
+                              vxy=np.zeros((1, 2), np.float32), kind=np.array([AgentKind.VEHICLE], np.uint8)))
+    g.inject("tracks", Tracks(stamp_ns=T0, frame_id="map", ids=np.arange(4), xy=np.zeros((4, 2), np.float32),
+                              vxy=np.zeros((4, 2), np.float32), kind=np.full(4, AgentKind.VEHICLE, np.uint8)))
+    nan = np.float32(np.nan)
+    g.inject("tracks", Tracks(stamp_ns=T0, frame_id="map", ids=np.array([5, 6]),
+                              xy=np.array([[nan, 0.0], [0.0, 0.0]], np.float32),
+                              vxy=np.array([[1.0, 0.0], [nan, np.inf]], np.float32),
+                              kind=np.full(2, AgentKind.VEHICLE, np.uint8)))
+    g.spin()
+    assert node.counts["drops.tracks_frame"] == 1 and node.counts["drops.tracks_too_many"] == 1
+    assert set(node.finder.movers.seen) == {6}        # the row with a NaN position is skipped
+    _feed(g, 0.2, (3.0, 0.0), (1.0, 0.0), track=8)
+    g.spin()
+    assert set(node.finder.movers.seen) == {8}        # ids not in the latest message are forgotten
 
 
 def test_a_round_object_below_box_min_extent_is_a_point_and_a_car_still_a_box() -> None:
