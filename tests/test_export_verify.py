@@ -59,8 +59,8 @@ def test_a_true_export_passes_with_the_diff_printed_per_batch(
     out = capsys.readouterr().out
     rows = re.findall(r"^\s+(\d+)\s+200\s+(\S+)\s+(\S+)$", out, re.MULTILINE)
     assert [int(b) for b, _, _ in rows] == [1, 7, 64]
-    assert all(float(d) <= 1e-4 * max(1.0, float(size)) for _, d, size in rows)
-    assert re.search(r"<= 0\.0001 x \d+\.\d: ok", out)
+    assert all(float(scaled) <= 1e-4 for _, _, scaled in rows)
+    assert re.search(r"max scaled diff \S+ <= 0\.0001: ok", out)
 
 
 def test_a_model_from_other_weights_is_refused(pair: tuple[Path, Path], tmp_path: Path,
@@ -142,7 +142,17 @@ def test_a_graph_that_computes_something_else_fails_parity(pair: tuple[Path, Pat
     onnx.save(proto, str(bad))
     assert main([str(bad), str(pair[0]), "--steps", "50"]) == 1
     out = capsys.readouterr().out
-    assert re.search(r"max abs diff \S+ > 0\.0001 x \d+\.\d: FAIL", out)
+    assert re.search(r"max scaled diff \S+ > 0\.0001: FAIL", out)
+
+
+def test_parity_scales_with_the_output_and_fails_on_anything_not_finite() -> None:
+    from export.torch_export.parity import compare
+
+    ref = [np.array([[150.0, 0.5]], np.float32)]
+    assert compare(ref, [ref[0] + np.array([[5e-3, 0.0]], np.float32)])[1] == pytest.approx(5e-3 / 150, rel=1e-3)
+    assert compare(ref, [ref[0] + np.array([[0.0, 5e-3]], np.float32)])[1] == pytest.approx(5e-3, rel=1e-3)
+    assert compare(ref, [np.array([[np.nan, 0.5]], np.float32)]) == (float("inf"), float("inf"))
+    assert compare([np.array([[np.inf, 0.5]], np.float32)], ref)[1] == float("inf")
 
 
 PRETRAINED = Path(__file__).resolve().parent.parent / "models" / "pretrained"
