@@ -202,8 +202,8 @@ def test_a_drive_past_the_timeout_is_ended_and_the_rest_are_reported(
         request.getfixturevalue("local_ray")
     graph = _graph(tmp_path, "tests.test_fleet:Hang")
     t0 = time.monotonic()
-    # 5 s from each drive's start: on Ray, a worker started after a cancelled one takes 5 s and more to
-    # import the graph's modules on this 2-core box when training runs beside the tests, not counted
+    # 5 s from each drive's start: on Ray, a worker process started after a cancelled one can take 5 s
+    # and more to start on this 2-core box when training runs beside the tests, which is not counted
     assert fleet(["eval", "--graph", str(graph), "-q", str(one_long), *backend, "--timeout", "5",
                   "-o", str(tmp_path / "r")]) == 1
     assert time.monotonic() - t0 < 60   # not for ever

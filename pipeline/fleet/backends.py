@@ -19,7 +19,8 @@ drive still running after `timeout_s` (None: no limit) is ended and becomes an e
   way (a pool cannot end one worker): it gets the error row, the others in flight start again.
 - `run_ray`: Ray tasks (`num_cpus=1`, no retries: a failure is the drive's result, not a reason to
   run it again; a task past the timeout is cancelled, its worker killed; the timeout counts from the
-  moment the task reports it started, not from its submission). Without an address, a local Ray instance of `workers` CPUs for this run, shut down
+  moment the task reports it started, not from its submission, so a task the cluster never starts
+  is never timed out). Without an address, a local Ray instance of `workers` CPUs for this run, shut down
   at the end; with `"auto"` or an address, the cluster it names (drives and graph must be at the
   same paths on every node, e.g. a shared file system), left running. A Ray already initialised in
   this process (a test's fixture, a notebook) is used as it is. Ray is imported here only.
@@ -49,6 +50,7 @@ __all__ = ["close_pool", "run_pool", "run_ray", "run_sequential"]
 
 _POLL_S = 0.1       # how often a waiting back-end looks at stop(): a stop is seen within this
 _TERM_S = 3.0       # after SIGTERM, workers get this long to exit before SIGKILL (5 s budget in all)
+_BOARD_S = 30.0     # the start board answers in milliseconds; this long without an answer is an error
 
 Stop = Callable[[], bool]
 Results = Generator[dict[str, Any], None, None]  # closing it ends the workers
@@ -157,8 +159,9 @@ def run_pool(tasks: Iterable[DriveTask], workers: int, stop: Stop = lambda: Fals
 
 
 class StartBoard:
-    """A Ray actor of no CPU that Ray tasks tell when they start: a worker that takes seconds to start
-    (a fresh process importing the graph's modules) is not timed for it, only the drive is."""
+    """A Ray actor of no CPU that Ray tasks tell when they start: a worker process that takes seconds to
+    start (after a cancelled one, on a loaded machine) is not timed for it, only the drive is (loading
+    the graph included)."""
 
     def __init__(self) -> None:
         self.started: list[int] = []
@@ -173,7 +176,8 @@ class StartBoard:
 
 
 def _ray_drive(task: DriveTask, board: Any, key: int) -> dict[str, Any]:
-    board.mark.remote(key)
+    if board is not None:   # None: no --timeout, nobody reads the board
+        board.mark.remote(key)
     return eval_drive(task)
 
 
@@ -200,7 +204,7 @@ def run_ray(tasks: Iterable[DriveTask], workers: int, stop: Stop = lambda: False
     if not workers:
         workers = max(1, int(ray.cluster_resources().get("CPU", 1)))  # type: ignore[no-untyped-call]
     remote = ray.remote(num_cpus=1, max_retries=0)(_ray_drive)
-    board: Any = ray.remote(num_cpus=0)(StartBoard).remote()
+    board: Any = ray.remote(num_cpus=0)(StartBoard).remote() if timeout_s is not None else None
     queue = deque(tasks)
     inflight: dict[Any, tuple[DriveTask, int]] = {}   # ref -> its task and the number it reports its start with
     ends: dict[Any, float] = {}  # when each started task times out: its clock starts when it starts running
@@ -213,7 +217,7 @@ def run_ray(tasks: Iterable[DriveTask], workers: int, stop: Stop = lambda: False
                 submitted += 1
             done, _ = ray.wait(list(inflight), num_returns=1, timeout=_POLL_S)
             if timeout_s is not None:
-                started_now = set(ray.get(board.take.remote()))
+                started_now = set(ray.get(board.take.remote(), timeout=_BOARD_S))
                 now = time.monotonic()
                 ends.update({ref: now + timeout_s for ref, (_, key) in inflight.items() if key in started_now})
                 for ref in [r for r in inflight if r not in done and now > ends.get(r, float("inf"))]:
