@@ -237,7 +237,7 @@ class Evaluator(Node):
         if self.events:
             lines.append("predictor state events: " + "; ".join(self.events))
         if self.pred_diag:   # whether the predictor kept up: its queue's drops, what it dropped, what was lost upstream
-            lost = {k: v for k, v in self.pred_diag.items() if k.startswith(("drops.", "gaps."))}
+            lost = {k: v for k, v in self.pred_diag.items() if k.startswith(("drops.", "gaps.")) and v}
             lines.append("predictor drops: " + (", ".join(f"{k} {v:.0f}" for k, v in sorted(lost.items())) or "0"))
         return "\n".join(lines)
 

@@ -89,6 +89,7 @@ def test_summary_and_final_table_show_model_beside_constant_velocity(capsys: pyt
 
 @pytest.mark.parametrize(("values", "line"), [
     ({"step_p50_us": 90.0, "in.tracks": 600.0}, "predictor drops: 0"),
+    ({"drops.tracks": 0.0, "in.tracks": 600.0}, "predictor drops: 0"),
     ({"drops.tracks": 3.0, "drops.stale": 1.0, "gaps.tracks": 2.0, "in.tracks": 600.0},
      "predictor drops: drops.stale 1, drops.tracks 3, gaps.tracks 2"),
 ])
