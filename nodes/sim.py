@@ -25,6 +25,7 @@ from typing import Annotated
 import numpy as np
 from msgspec import Meta
 
+from nodes.sim_cars import CAR_LEN, CAR_W, blocking, idm, leader_gaps, obey
 from nodes.sim_junction import ARM_END, ARM_HALF, ARM_LANE, TURN_R, Junction, arc_pose, free_speed
 from nodes.sim_lidar import SimLidar, returns_on, roadside
 from nodes.sim_walkers import Walkers
@@ -37,9 +38,7 @@ LANE_W = 3.5
 LANES_PER_DIR = 3
 ROAD_Y = LANES_PER_DIR * LANE_W  # the carriageway's edge
 SIDEWALK_Y = ROAD_Y + 2.5
-# IDM constants (Treiber et al.): time headway, max acceleration, comfortable braking, jam gap.
-IDM_T, IDM_A, IDM_B, IDM_S0, CAR_LEN = 1.5, 1.2, 2.0, 2.0, 4.5
-CAR_W, PED_R = 1.9, 0.25  # the lidar's footprints: a car's width, a pedestrian's radius
+PED_R = 0.25  # the lidar's footprint of a pedestrian: a circle
 LANE_CHANGE_S = 3.0
 LOOK_S = 2.5  # how far ahead walkers and cars at a crosswalk look (s)
 MIN_CHANGE_V, MAX_CHANGE_SLOPE = 3.0, math.tan(math.radians(15))  # lane changes: above 3 m/s, at most 15 deg
@@ -47,49 +46,6 @@ CROSS_STREET_SHARE, TURN_SHARE = 0.2, 0.4  # cars entering on the cross street; 
 EGO_ID = 0  # agents' ids start at 1
 MAX_WARMUP_S = 1200.0  # the longest warm-up: a road too short for `agents` never fills
 KERB_Y, WALL_Y = ROAD_Y + 0.8, SIDEWALK_Y + 3.0  # posts; walls and parked boxes inside them
-
-
-def idm(v: np.ndarray, v0: np.ndarray, gap: np.ndarray, lead_v: np.ndarray) -> np.ndarray:
-    """IDM acceleration at speed `v` (desired `v0`) behind a leader `gap` metres ahead at `lead_v`."""
-    s_star = IDM_S0 + np.maximum(0.0, v * IDM_T + v * (v - lead_v) / (2 * np.sqrt(IDM_A * IDM_B)))
-    acc: np.ndarray = np.clip(IDM_A * (1 - (v / v0) ** 4 - (s_star / np.maximum(gap, 0.1)) ** 2), -8.0, IDM_A)
-    return acc
-
-
-def leader_gaps(key: np.ndarray, s: np.ndarray, v: np.ndarray, old_key: np.ndarray | None = None
-                ) -> tuple[np.ndarray, np.ndarray]:
-    """Gap to and speed of the car ahead with the same `key` (a lane), by distance travelled `s`. A
-    car changing lanes (`old_key` differs from `key`) is in both lanes: it leads and follows in each."""
-    rows, keys = np.arange(len(s)), key
-    if old_key is not None:
-        two = old_key != key
-        rows, keys = np.concatenate([rows, rows[two]]), np.concatenate([key, old_key[two]])
-    gap = np.full(len(s), np.inf)
-    lead_v = v.copy()
-    for k in np.unique(keys):
-        members = rows[keys == k]
-        order = members[np.argsort(s[members], kind="stable")]
-        g = s[order[1:]] - s[order[:-1]] - CAR_LEN
-        nearer = g < gap[order[:-1]]   # a car in two lanes keeps the nearer leader
-        gap[order[:-1][nearer]] = g[nearer]
-        lead_v[order[:-1][nearer]] = v[order[1:]][nearer]
-    return gap, lead_v
-
-
-def blocking(along: np.ndarray, across: np.ndarray, other_along: np.ndarray, other_across: np.ndarray) -> np.ndarray:
-    """Gap to the nearest car of the other street standing in this car's lane ahead (inf when none):
-    cars in the junction's box, whichever street they came from, are obstacles to the other's."""
-    if len(other_along) == 0 or len(along) == 0:
-        return np.full(len(along), np.inf)
-    ahead = other_along[None, :] - along[:, None] - CAR_LEN
-    inside = (np.abs(other_across[None, :] - across[:, None]) < CAR_W + 0.3) & (ahead > -CAR_LEN) & (ahead < 40.0)
-    return np.where(inside, np.maximum(ahead, 0.1), np.inf).min(axis=1)  # type: ignore[no-any-return]
-
-
-def obey(gap: np.ndarray, lead_v: np.ndarray, stop: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The leader, or a standing obstacle `stop` metres ahead (a stop line, a crosswalk) if nearer."""
-    nearer = stop < gap
-    return np.where(nearer, stop, gap), np.where(nearer, 0.0, lead_v)
 
 
 class TrafficWorld:
