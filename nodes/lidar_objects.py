@@ -111,6 +111,7 @@ class ObjectFinder:
         starts = np.cumsum(n) - n
         pts, rr = xy[members], r[members]
         extent = np.hypot(*(np.maximum.reduceat(pts, starts) - np.minimum.reduceat(pts, starts)).T)
+        sums = np.add.reduceat(pts, starts)   # centroids: of the held clusters, and of the point-like ones
         mean_range = np.add.reduceat(rr, starts) / n
         sized = (extent <= p.max_extent) & (mean_range <= p.max_range)
         sel = sized.repeat(n)
@@ -119,7 +120,7 @@ class ObjectFinder:
         static_share = np.add.reduceat(static, starts) / n
         background = static_share >= p.static_share
         if len(self.movers.pose):   # a stopped car with a track: its cells start their run again, it stays an object
-            held = self.movers.holds(np.add.reduceat(pts, starts) / n[:, None], p.vehicle_size) & sized
+            held = self.movers.holds(sums / n[:, None], p.vehicle_size) & sized
             self.grid.restart(pts[held.repeat(n)], t_s)
             background &= ~held
         self.static_clusters += int((sized & background).sum())
@@ -135,7 +136,7 @@ class ObjectFinder:
         b = boxes(Rectangles(*(a[vehicle] for a in rect)), origin[members[starts[box]]], p.min_side,
                   p.vehicle_size, self.sizes, t_s)
         dot = keep[~vehicle & (wide >= p.min_extent)]
-        centroid = np.add.reduceat(pts, starts)[dot] / n[dot, None]
+        centroid = sums[dot] / n[dot, None]
         kind = np.repeat(np.array([AgentKind.VEHICLE, AgentKind.UNKNOWN], np.uint8), [len(b.xy), len(centroid)])
         return Objects(xy=np.concatenate([b.xy, centroid]), kind=kind,
                        score=np.minimum(np.concatenate([n[box], n[dot]]) / p.full_points, 1.0),

@@ -25,7 +25,7 @@ from typing import Annotated
 import numpy as np
 from msgspec import Meta
 
-from nodes.sim_cars import CAR_LEN, CAR_W, blocking, idm, leader_gaps, obey
+from nodes.sim_cars import CAR_LEN, CAR_W, append_row, blocking, idm, leader_gaps, obey
 from nodes.sim_junction import ARM_END, ARM_HALF, ARM_LANE, TURN_R, Junction, arc_pose, free_speed
 from nodes.sim_lidar import SimLidar, returns_on, roadside
 from nodes.sim_walkers import Walkers
@@ -69,7 +69,7 @@ class TrafficWorld:
         self.t = 0.0  # the signal's clock
         self.ego = ego
         if ego:  # middle lane, eastbound, counted among the vehicles
-            self._add_vehicle({"id": EGO_ID, "s": 0.0, "lane": 1.0, "dir": 1.0, "v": 10.0, "v0": 13.0,
+            append_row(self.veh, {"id": EGO_ID, "s": 0.0, "lane": 1.0, "dir": 1.0, "v": 10.0, "v0": 13.0,
                                "y": 1.5 * LANE_W, "vy": 0.0, "target": 1.0, "turn": 0.0})
         # Warm up so the first message already shows traffic: 30 s, longer while fewer than 95% of the
         # agents are in (they enter only at the road's ends: 1,000 agents took 9 simulated minutes).
@@ -80,10 +80,6 @@ class TrafficWorld:
 
     def _count(self) -> int:
         return len(self.veh["s"]) + len(self.junction.cars["p"]) + len(self.ped["x"])
-
-    def _add_vehicle(self, row: dict[str, float]) -> None:
-        for k, v in row.items():
-            self.veh[k] = np.append(self.veh[k], v)
 
     # -- spawning ----------------------------------------------------------------------------
     def _spawn_vehicle(self) -> None:
@@ -98,7 +94,7 @@ class TrafficWorld:
             return  # the lane entry is occupied
         v0 = self.rng.uniform(10.0, 16.0) * (0.9 if lane == 0 else 1.0 + 0.1 * lane)
         turn = float(lane == LANES_PER_DIR - 1 and self.rng.random() < TURN_SHARE)
-        self._add_vehicle({"id": self.next_id, "s": 0.0, "lane": lane, "dir": d, "v": v0 * 0.8, "v0": v0,
+        append_row(self.veh, {"id": self.next_id, "s": 0.0, "lane": lane, "dir": d, "v": v0 * 0.8, "v0": v0,
                            "y": d * (lane + 0.5) * LANE_W, "vy": 0.0, "target": lane, "turn": turn})
         self.next_id += 1
 
@@ -143,20 +139,22 @@ class TrafficWorld:
             self.walkers.spawn(self.rng, self.next_id)
             self.next_id += 1
         main_light, cross_light, _ = j.phase(self.t)
-        into_cross = self._step_main(main_light) if len(veh["s"]) else []
-        onto_main = self._step_cross(cross_light) if len(j.cars["p"]) else []
+        walkers = self._walkers_ahead()
+        into_cross = self._step_main(main_light, walkers) if len(veh["s"]) else []
+        onto_main = self._step_cross(cross_light, walkers) if len(j.cars["p"]) else []
         for row in into_cross:   # after both moved, so no car moves twice in a step
-            j.add(row)
+            append_row(j.cars, row)
         for row in onto_main:
-            self._add_vehicle(row)
+            append_row(self.veh, row)
         _, x, y, _, vx, vy = self._all_vehicles(with_ego=True)
         # nobody steps out where a car is, or will be within LOOK_S
         cars = np.concatenate([np.stack([x, y], 1), np.stack([x + vx * LOOK_S, y + vy * LOOK_S], 1)])
         self.walkers.step(self.rng, dt, self.t, cars)
         self.t += dt
 
-    def _step_main(self, light: str) -> list[dict[str, float]]:
-        """Move the main road's cars; those that turned off it, as rows for the cross street."""
+    def _step_main(self, light: str, walkers: tuple[np.ndarray, np.ndarray]) -> list[dict[str, float]]:
+        """Move the main road's cars (`walkers`: `_walkers_ahead()`); those that turned off it, as rows
+        for the cross street."""
         dt, veh, j = self.dt, self.veh, self.junction
         turning = veh["turn"] > 0
         car_gap, car_v = leader_gaps(veh["dir"] * 10 + veh["target"], veh["s"], veh["v"], veh["dir"] * 10 + veh["lane"])
@@ -165,8 +163,8 @@ class TrafficWorld:
         for d in (-1.0, 1.0):   # a cross-street car still in the box
             mine = veh["dir"] == d
             stop[mine] = np.minimum(stop[mine], blocking(veh["s"][mine], veh["y"][mine], self._along(d, cx), cy))
-        for d in (-1.0, 1.0):   # turners wait before their turn while someone is on the crosswalk it crosses
-            if j.turn_blocked(*self._walkers_ahead(), *self._turn_exit(d)):
+        for d in (-1.0, 1.0):   # turners yield to whoever is on, or about to reach, the crosswalk their turn crosses
+            if j.turn_blocked(*walkers, *self._turn_exit(d)):
                 mine = turning & (veh["dir"] == d)
                 stop = np.where(mine, np.minimum(stop, j.turn_stop(veh["s"] - j.main_arc)), stop)
         gap, lead_v = obey(car_gap, car_v, stop)
@@ -203,8 +201,9 @@ class TrafficWorld:
             veh[k] = veh[k][keep]
         return rows   # on the cross street now, driving away from the junction
 
-    def _step_cross(self, light: str) -> list[dict[str, float]]:
-        """Move the cross street's cars; those that turned onto the main road, as its rows."""
+    def _step_cross(self, light: str, walkers: tuple[np.ndarray, np.ndarray]) -> list[dict[str, float]]:
+        """Move the cross street's cars (`walkers` as for `_step_main`); those that turned onto the main
+        road, as its rows."""
         dt, j = self.dt, self.junction
         c = j.cars
         turning = c["turn"] > 0
@@ -212,7 +211,7 @@ class TrafficWorld:
         blocked = np.zeros(len(gap), bool)
         for d in (-1.0, 1.0):   # a turn onto the main road ends in its outer lane, heading -d's way
             exit_xy = (j.x - d * (ARM_LANE + TURN_R), -d * j.outer_y)
-            blocked |= (c["dir"] == d) & turning & j.turn_blocked(*self._walkers_ahead(), *exit_xy)
+            blocked |= (c["dir"] == d) & turning & j.turn_blocked(*walkers, *exit_xy)
         stop = np.minimum(j.stop_gap(light, j.arm_stop - c["p"], c["v"]),
                           j.yield_gap(self.ped["x"], self.ped["y"], c["p"], c["dir"], blocked))
         _, mx, my, _, _, _ = self._all_vehicles(with_ego=True)

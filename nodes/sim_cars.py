@@ -3,13 +3,22 @@ and standing obstacles (stop lines, crosswalks, cars of the other street in the 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 
-__all__ = ["CAR_LEN", "CAR_W", "blocking", "idm", "leader_gaps", "obey"]
+__all__ = ["CAR_LEN", "CAR_W", "append_row", "blocking", "idm", "leader_gaps", "obey"]
 
 # IDM constants (Treiber et al.): time headway, max acceleration, comfortable braking, jam gap.
 IDM_T, IDM_A, IDM_B, IDM_S0 = 1.5, 1.2, 2.0, 2.0
 CAR_LEN, CAR_W = 4.5, 1.9   # a car's footprint (m)
+
+
+def append_row(columns: dict[str, np.ndarray], row: Mapping[str, object]) -> None:
+    """Add one agent to a population kept as column arrays (a value may itself be an array: a row of
+    a 2D column)."""
+    for k, v in row.items():
+        columns[k] = np.concatenate([columns[k], np.asarray(v, columns[k].dtype)[None]])
 
 
 def idm(v: np.ndarray, v0: np.ndarray, gap: np.ndarray, lead_v: np.ndarray) -> np.ndarray:

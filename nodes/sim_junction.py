@@ -16,6 +16,8 @@ import math
 
 import numpy as np
 
+from nodes.sim_cars import append_row
+
 __all__ = ["Junction", "arc_pose", "free_speed"]
 
 CYCLE_S = 60.0
@@ -106,12 +108,9 @@ class Junction:
         if np.any((c["dir"] == d) & (c["p"] < -ARM_END + 20.0)):
             return False
         v0 = rng.uniform(8.0, 12.0)
-        self.add({"id": car_id, "dir": d, "p": -ARM_END, "v": v0 * 0.8, "v0": v0, "turn": float(rng.random() < 0.5)})
+        append_row(self.cars, {"id": car_id, "dir": d, "p": -ARM_END, "v": v0 * 0.8, "v0": v0,
+                               "turn": float(rng.random() < 0.5)})
         return True
-
-    def add(self, row: dict[str, float]) -> None:
-        for k, v in row.items():
-            self.cars[k] = np.append(self.cars[k], v)
 
     def yield_gap(self, ped_x: np.ndarray, ped_y: np.ndarray, car_p: np.ndarray, car_dir: np.ndarray,
                   turn_blocked: np.ndarray) -> np.ndarray:

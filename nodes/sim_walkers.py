@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from nodes.sim_cars import append_row
 from nodes.sim_junction import ARM_HALF, Junction
 
 __all__ = ["Walkers"]
@@ -54,11 +55,8 @@ class Walkers:
         speed = float(np.clip(rng.normal(1.3, 0.2), 0.6, 2.0))
         heading = wp[0] - np.array(start)
         vel = heading / max(float(np.hypot(*heading)), 1e-6) * speed
-        row = {"id": ped_id, "x": start[0], "y": start[1], "vx": vel[0], "vy": vel[1], "speed": speed, "leg": 0.0}
-        for k, v in row.items():
-            self.ped[k] = np.append(self.ped[k], v)
-        self.ped["wp"] = np.concatenate([self.ped["wp"], wp[None]])
-        self.ped["need"] = np.concatenate([self.ped["need"], np.array(need, float)[None]])
+        append_row(self.ped, {"id": ped_id, "x": start[0], "y": start[1], "vx": vel[0], "vy": vel[1], "speed": speed,
+                              "leg": 0.0, "wp": wp, "need": np.array(need, float)})
 
     def step(self, rng: np.random.Generator, dt: float, t: float, cars: np.ndarray) -> None:
         """Advance `dt` at time `t`; `cars` [C, 2]: where the cars are (nobody steps in front of one)."""
@@ -72,15 +70,20 @@ class Walkers:
         leg = ped["leg"].astype(int)
         target = ped["wp"][rows, leg]
         dist = np.hypot(target[:, 0] - ped["x"], target[:, 1] - ped["y"])
-        may_go = allowed[ped["need"][rows, np.minimum(leg + 1, 2)].astype(int)] & self._clear(leg, cars)
+        clear = self._clear(leg, cars)   # the same after the step below: only those clear start their crossing
+
+        def may_start(leg: np.ndarray) -> np.ndarray:
+            """Whether each walker's next leg may start now."""
+            return allowed[ped["need"][rows, np.minimum(leg + 1, 2)].astype(int)] & clear  # type: ignore[no-any-return]
+
         done = (dist < ARRIVED_M) & (leg == 2)
-        go = (dist < ARRIVED_M) & (leg < 2) & may_go
+        go = (dist < ARRIVED_M) & (leg < 2) & may_start(leg)
         leg = leg + go
         ped["leg"] = leg.astype(float)
         target = ped["wp"][rows, leg]
         dx, dy = target[:, 0] - ped["x"], target[:, 1] - ped["y"]
         dist = np.maximum(np.hypot(dx, dy), 1e-6)
-        waits = (leg < 2) & ~(allowed[ped["need"][rows, np.minimum(leg + 1, 2)].astype(int)] & self._clear(leg, cars))
+        waits = (leg < 2) & ~may_start(leg)
         speed = np.where(waits, np.minimum(ped["speed"], 0.8 * np.maximum(dist - 0.1, 0.0)), ped["speed"])
         relax = min(1.0, dt / TAU_S)
         ped["vx"] += (dx / dist * speed - ped["vx"]) * relax + rng.normal(0, 0.03, n)
