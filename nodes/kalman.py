@@ -13,17 +13,18 @@ import numpy as np
 
 __all__ = ["measurement_noise", "pairwise_gate", "predict", "update"]
 
+_ADJUGATE_SIGNS = np.array([[1.0, -1.0], [-1.0, 1.0]])
+_EYE4 = np.eye(4)
+
 
 def predict(x: np.ndarray, P: np.ndarray, dt: float, accel_sigma: float) -> tuple[np.ndarray, np.ndarray]:
     """States and covariances moved `dt` seconds ahead."""
-    x, P = x.copy(), P.copy()
-    x[:, :2] += dt * x[:, 2:]
-    P[:, :2, :] += dt * P[:, 2:, :]      # F P F^T with F = [[I, dt I], [0, I]], rows then columns
-    P[:, :, :2] += dt * P[:, :, 2:]
+    F = _EYE4.copy()
+    F[0, 2] = F[1, 3] = dt
     q = accel_sigma ** 2
     a, b, c = q * dt ** 3 / 3, q * dt ** 2 / 2, q * dt
-    P += np.array([[a, 0, b, 0], [0, a, 0, b], [b, 0, c, 0], [0, b, 0, c]])
-    return x, P
+    Q = np.array([[a, 0, b, 0], [0, a, 0, b], [b, 0, c, 0], [0, b, 0, c]])
+    return x @ F.T, F @ P @ F.T + Q
 
 
 def measurement_noise(heading: np.ndarray, sigma_along: np.ndarray, sigma_across: np.ndarray) -> np.ndarray:
@@ -37,24 +38,21 @@ def measurement_noise(heading: np.ndarray, sigma_along: np.ndarray, sigma_across
     return R
 
 
-def pairwise_gate(x: np.ndarray, P: np.ndarray, z: np.ndarray, R: np.ndarray) -> np.ndarray:
-    """Squared Mahalanobis distance [N, M] of each measurement `z` [M, 2] (noise `R` [M, 2, 2]) from
-    each track's predicted position."""
-    y = z[None, :, :] - x[:, None, :2]                                      # [N, M, 2]
-    S = P[:, None, :2, :2] + R[None, :, :, :]                               # [N, M, 2, 2]
-    a, b, c, d = S[..., 0, 0], S[..., 0, 1], S[..., 1, 0], S[..., 1, 1]
-    det = a * d - b * c
-    return (d * y[..., 0] ** 2 - (b + c) * y[..., 0] * y[..., 1] + a * y[..., 1] ** 2) / det  # type: ignore[no-any-return]
+def pairwise_gate(y: np.ndarray, P: np.ndarray, R: np.ndarray) -> np.ndarray:
+    """Squared Mahalanobis distance [N, M] of the residuals `y` [N, M, 2] (measurement `z` [M, 2] with
+    noise `R` [M, 2, 2] minus each track's predicted position) under each track's covariance `P`."""
+    S = P[:, None, :2, :2] + R[None, :, :, :]                               # [N, M, 2, 2], symmetric
+    a, b, d = S[..., 0, 0], S[..., 0, 1], S[..., 1, 1]
+    y0, y1 = y[..., 0], y[..., 1]
+    return (d * y0 * y0 - 2 * b * y0 * y1 + a * y1 * y1) / (a * d - b * b)  # type: ignore[no-any-return]
 
 
 def update(x: np.ndarray, P: np.ndarray, z: np.ndarray, R: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Tracks `x` [K, 4], `P` [K, 4, 4] corrected by their measurements `z` [K, 2], `R` [K, 2, 2]."""
     S = P[:, :2, :2] + R
     det = S[:, 0, 0] * S[:, 1, 1] - S[:, 0, 1] * S[:, 1, 0]
-    S_inv = np.empty_like(S)
-    S_inv[:, 0, 0], S_inv[:, 1, 1] = S[:, 1, 1] / det, S[:, 0, 0] / det
-    S_inv[:, 0, 1], S_inv[:, 1, 0] = -S[:, 0, 1] / det, -S[:, 1, 0] / det
-    K = P[:, :, :2] @ S_inv                                                 # [K, 4, 2]
+    # S is symmetric: its inverse [[d, -b], [-b, a]] / det is S flipped on both axes, signed
+    K = P[:, :, :2] @ (S[:, ::-1, ::-1] * (_ADJUGATE_SIGNS / det[:, None, None]))   # [K, 4, 2]
     x = x + (K @ (z - x[:, :2])[:, :, None])[:, :, 0]
     P = P - K @ P[:, :2, :]
     return x, (P + P.transpose(0, 2, 1)) / 2    # kept symmetric against rounding

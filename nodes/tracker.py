@@ -62,10 +62,8 @@ class Tracker(Node):
                 return
             self.tracks.clear()
             self.counts["restarts"] += 1
-        sizes = np.stack([msg.length, msg.width], axis=1)
-        with np.errstate(invalid="ignore"):
-            ok = (plausible_rows(msg.xy, p.max_abs_xy) & plausible_rows(sizes, p.max_size)
-                  & np.isfinite(msg.heading) & (sizes >= 0).all(axis=1))
+        ok = (plausible_rows(msg.xy, p.max_abs_xy) & (msg.length >= 0) & (msg.length <= p.max_size)
+              & (msg.width >= 0) & (msg.width <= p.max_size) & np.isfinite(msg.heading))   # NaN compares False
         self.counts["drops.rows"] += int((~ok).sum())
         rows = np.flatnonzero(ok)
         self.counts["drops.too_many"] += max(len(rows) - p.max_detections, 0)
@@ -79,7 +77,7 @@ class Tracker(Node):
         self.publish("tracks", Tracks(stamp_ns=msg.stamp_ns, frame_id=msg.frame_id, ids=ids, xy=xy,
                                       vxy=t.x[i, 2:], kind=t.kind[i]))
         self.publish("boxes", Detections(stamp_ns=msg.stamp_ns, frame_id=msg.frame_id, xy=xy, kind=t.kind[i],
-                                         score=np.ones(len(i)), ids=ids, length=t.length[i], width=t.width[i],
+                                         score=np.ones(len(i)), ids=ids, length=t.size[i, 0], width=t.size[i, 1],
                                          heading=t.box_heading(i), observed=t.observed[i]))
 
     def _update_diagnostics(self) -> None:
