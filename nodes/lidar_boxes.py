@@ -20,6 +20,11 @@ from pipeline.wire.messages import Detections
 
 __all__ = ["Boxes", "SizeMemory", "boxes"]
 
+# Detections.observed by the sides seen (length + 2 width): a box with a side seen has a heading
+_OBSERVED = np.array([0, Detections.OBSERVED_LENGTH, Detections.OBSERVED_WIDTH,
+                      Detections.OBSERVED_LENGTH | Detections.OBSERVED_WIDTH], np.uint8)
+_OBSERVED[1:] |= Detections.OBSERVED_HEADING
+
 
 class Boxes(NamedTuple):
     xy: np.ndarray        # [K, 2] centre
@@ -30,70 +35,55 @@ class Boxes(NamedTuple):
 
 
 class SizeMemory:
-    """Sizes of recently fully seen objects, by where they were last seen (a handful of entries)."""
+    """Sizes of recently fully seen objects, by where they were last seen: `capacity` slots (a handful
+    are live), a new entry taking the one seen longest ago."""
 
     def __init__(self, radius_m: float, keep_s: float, capacity: int = 32) -> None:
         self.radius = radius_m
         self.keep_s = keep_s
-        self.capacity = capacity
-        self.xy = np.zeros((0, 2))
-        self.dims = np.zeros((0, 2))   # length, width
-        self.t = np.zeros(0)
+        self.xy = np.zeros((capacity, 2))
+        self.dims = np.zeros((capacity, 2))   # length, width
+        self.t = np.full(capacity, -np.inf)   # when last seen; -inf: free
 
     def clear(self) -> None:
-        self.__init__(self.radius, self.keep_s, self.capacity)  # type: ignore[misc]
+        self.t[:] = -np.inf
 
-    def lookup(self, xy: np.ndarray, t_s: float) -> np.ndarray:
-        """Index of the nearest live entry within the radius of each point of `xy` [K, 2], or -1."""
-        if len(self.t) == 0 or len(xy) == 0:
-            return np.full(len(xy), -1)
-        live = self.t >= t_s - self.keep_s
-        if not live.all():
-            self.xy, self.dims, self.t = self.xy[live], self.dims[live], self.t[live]
-            if len(self.t) == 0:
-                return np.full(len(xy), -1)
+    def lookup(self, xy: np.ndarray, t_s: float, prior: tuple[float, float]) -> tuple[np.ndarray, np.ndarray]:
+        """For each point of `xy` [K, 2]: the index of the nearest entry seen within `keep_s` and the
+        radius, or -1; and the length and width [K, 2] to assume there, never below `prior`."""
         d2 = ((xy[:, None, :] - self.xy[None, :, :]) ** 2).sum(axis=2)
-        best = np.argmin(d2, axis=1)
-        return np.where(d2[np.arange(len(xy)), best] <= self.radius ** 2, best, -1)
-
-    def reference(self, idx: np.ndarray, prior: tuple[float, float]) -> np.ndarray:
-        """Length and width [K, 2] to assume for boxes matched to entries `idx`: never below `prior`."""
-        ref = np.empty((len(idx), 2))
-        ref[:] = prior
-        hit = idx >= 0
-        if hit.any():
-            ref[hit] = np.maximum(self.dims[idx[hit]], ref[hit])
-        return ref
+        d2[:, self.t < t_s - self.keep_s] = np.inf
+        best = d2.argmin(axis=1)
+        hit = d2.min(axis=1, initial=np.inf) <= self.radius ** 2
+        return np.where(hit, best, -1), np.maximum(np.where(hit[:, None], self.dims[best], 0.0), prior)
 
     def update(self, idx: np.ndarray, xy: np.ndarray, dims: np.ndarray, full: np.ndarray, t_s: float) -> None:
         """Move matched entries `idx` (>= 0) to `xy`; store the sizes of `full` (both sides seen) boxes."""
         hit = idx >= 0
-        if not (hit.any() or full.any()):
-            return
-        self.xy[idx[hit]] = xy[hit]
-        self.t[idx[hit]] = t_s
-        upd = hit & full
-        old = self.dims[idx[upd]]
-        # the upper envelope of what was seen: a side fading out at a grazing angle only shortens it
-        self.dims[idx[upd]] = old + np.where(dims[upd] > old, 0.3, 0.05) * (dims[upd] - old)
-        new = ~hit & full
-        if new.any():
-            self.xy = np.concatenate([self.xy, xy[new]])[-self.capacity:]
-            self.dims = np.concatenate([self.dims, dims[new]])[-self.capacity:]
-            self.t = np.concatenate([self.t, np.full(int(new.sum()), t_s)])[-self.capacity:]
+        if hit.any():
+            self.xy[idx[hit]] = xy[hit]
+            self.t[idx[hit]] = t_s
+            grow = hit & full
+            if grow.any():
+                upd, seen = idx[grow], dims[grow]
+                old = self.dims[upd]
+                # the upper envelope of what was seen: a side fading out at a grazing angle only shortens it
+                self.dims[upd] = old + np.where(seen > old, 0.3, 0.05) * (seen - old)
+        new = np.flatnonzero(full & ~hit)[-len(self.t):]
+        if len(new):
+            slots = np.argsort(self.t)[:len(new)]
+            self.xy[slots], self.dims[slots], self.t[slots] = xy[new], dims[new], t_s
 
 
 def boxes(rect: Rectangles, sensor_xy: np.ndarray, min_side: float, prior: tuple[float, float],
           memory: SizeMemory, t_s: float) -> Boxes:
     """The boxes of fitted rectangles seen from `sensor_xy` [K, 2]; see the module docstring."""
     c, s = np.cos(rect.theta), np.sin(rect.theta)
-    rel = sensor_xy - rect.origin
-    sensor = np.empty_like(rel)
-    sensor[:, 0], sensor[:, 1] = rel[:, 0] * c + rel[:, 1] * s, rel[:, 1] * c - rel[:, 0] * s
+    rot = np.array([c, -s, s, c]).T.reshape(-1, 2, 2)   # per box: map (x, y) @ rot -> box axes
+    sensor = ((sensor_xy - rect.origin)[:, :, None] * rot).sum(axis=1)
     spread = rect.hi - rect.lo
     seen = spread >= min_side                                   # [K, 2] per axis
-    idx = memory.lookup(rect.origin, t_s)
-    ref = memory.reference(idx, prior)
+    idx, ref = memory.lookup(rect.origin, t_s, prior)
     # the length lies along the first axis if that side is the longer of two seen, or a lone side
     # longer than the width could be
     lone = seen[:, 0] != seen[:, 1]
@@ -102,13 +92,10 @@ def boxes(rect: Rectangles, sensor_xy: np.ndarray, min_side: float, prior: tuple
     dims = np.maximum(spread, np.where(along, ref, ref[:, ::-1]))
     # the end of each extent nearer the sensor is where the object starts; the rest lies behind it
     centre = np.where(sensor <= (rect.lo + rect.hi) / 2, rect.lo + dims / 2, rect.hi - dims / 2)
-    xy = rect.origin.copy()
-    xy[:, 0] += centre[:, 0] * c - centre[:, 1] * s
-    xy[:, 1] += centre[:, 0] * s + centre[:, 1] * c
+    xy = rect.origin + (rot * centre[:, None, :]).sum(axis=2)   # box axes -> map
     lw = np.where(along, dims, dims[:, ::-1])
     seen_lw = np.where(along, seen, seen[:, ::-1])
     heading = np.mod(rect.theta + np.where(along[:, 0], 0.0, np.pi / 2), np.pi)
-    observed = (seen_lw[:, 0] * Detections.OBSERVED_LENGTH + seen_lw[:, 1] * Detections.OBSERVED_WIDTH
-                + seen.any(axis=1) * Detections.OBSERVED_HEADING).astype(np.uint8)
+    observed = _OBSERVED[seen_lw[:, 0] + 2 * seen_lw[:, 1]]
     memory.update(idx, xy, np.where(along, spread, spread[:, ::-1]), seen.all(axis=1), t_s)
     return Boxes(xy, lw[:, 0], lw[:, 1], heading, observed)

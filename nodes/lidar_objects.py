@@ -67,7 +67,8 @@ class ObjectFinder:
         frame) of a scan of `n_beams`, the lidar at `sensor` [N, 3] (x, y, yaw) for each, at `t_s`."""
         p = self.p
         body = r <= p.ego_radius
-        r, beam, angle, sensor = r[~body], beam[~body], angle[~body], sensor[~body]
+        if body.any():
+            r, beam, angle, sensor = r[~body], beam[~body], angle[~body], sensor[~body]
         heading = angle + sensor[:, 2]
         xy = np.empty((len(r), 2))
         xy[:, 0] = sensor[:, 0] + r * np.cos(heading)
@@ -97,11 +98,10 @@ class ObjectFinder:
         if len(xy) == 0:
             return _nothing(xy)
         self.grid.follow(origin[0])
-        self.grid.add(xy, t_s)
+        cells, inside = self.grid.cells(xy)
+        self.grid.add(cells[inside], t_s)
         order = labels.argsort(kind="stable")
-        sorted_labels = labels[order]
-        starts = np.flatnonzero(np.concatenate(([True], sorted_labels[1:] != sorted_labels[:-1])))
-        n = np.subtract(np.append(starts[1:], len(order)), starts)
+        n = np.bincount(labels)   # labels are 0, 1, ...; one joined at a scan's wrap counts 0
         # most clusters are a stray return or two: drop them before any geometry
         big = n >= p.min_points
         if not big.any():
@@ -109,19 +109,19 @@ class ObjectFinder:
         members = order[big.repeat(n)]   # the points of the other clusters, cluster by cluster
         n = n[big]
         starts = np.cumsum(n) - n
-        pts, rr = xy[members], r[members]
+        pts, rr, cells, inside = xy[members], r[members], cells[members], inside[members]
         extent = np.hypot(*(np.maximum.reduceat(pts, starts) - np.minimum.reduceat(pts, starts)).T)
         sums = np.add.reduceat(pts, starts)   # centroids: of the held clusters, and of the point-like ones
         mean_range = np.add.reduceat(rr, starts) / n
         sized = (extent <= p.max_extent) & (mean_range <= p.max_range)
         sel = sized.repeat(n)
         static = np.zeros(len(pts), bool)
-        static[sel] = self.grid.is_static(pts[sel], t_s)
+        static[sel] = self.grid.is_static(cells[sel], inside[sel], t_s)
         static_share = np.add.reduceat(static, starts) / n
         background = static_share >= p.static_share
         if len(self.movers.pose):   # a stopped car with a track: its cells start their run again, it stays an object
             held = self.movers.holds(sums / n[:, None], p.vehicle_size) & sized
-            self.grid.restart(pts[held.repeat(n)], t_s)
+            self.grid.restart(cells[held.repeat(n) & inside], t_s)
             background &= ~held
         self.static_clusters += int((sized & background).sum())
         keep = np.flatnonzero(sized & ~background)
@@ -133,9 +133,13 @@ class ObjectFinder:
         wide = extent[keep]
         vehicle = face | (wide >= max(p.box_min_extent, p.min_extent))
         box = keep[vehicle]
-        b = boxes(Rectangles(*(a[vehicle] for a in rect)), origin[members[starts[box]]], p.min_side,
-                  p.vehicle_size, self.sizes, t_s)
+        b = boxes(rect if len(box) == len(keep) else Rectangles(*(a[vehicle] for a in rect)),
+                  origin[members[starts[box]]], p.min_side, p.vehicle_size, self.sizes, t_s)
         dot = keep[~vehicle & (wide >= p.min_extent)]
+        if len(dot) == 0:   # the RC-car defaults: every object a vehicle
+            return Objects(xy=b.xy, kind=np.full(len(box), AgentKind.VEHICLE, np.uint8),
+                           score=np.minimum(n[box] / p.full_points, 1.0), length=b.length, width=b.width,
+                           heading=b.heading, observed=b.observed, points=xy)
         centroid = sums[dot] / n[dot, None]
         kind = np.repeat(np.array([AgentKind.VEHICLE, AgentKind.UNKNOWN], np.uint8), [len(b.xy), len(centroid)])
         return Objects(xy=np.concatenate([b.xy, centroid]), kind=kind,

@@ -15,6 +15,7 @@ loop per point.
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import numpy as np
@@ -28,8 +29,7 @@ def scan_returns(ranges: np.ndarray, angle_min: float, angle_increment: float, r
                  range_max: float) -> tuple[np.ndarray, np.ndarray]:
     """Indices of the beams with a return (finite, within [range_min, range_max]) and their angles."""
     r = np.asarray(ranges, np.float64)
-    with np.errstate(invalid="ignore"):
-        idx = np.flatnonzero(np.isfinite(r) & (r >= range_min) & (r <= range_max))  # NaN compares False
+    idx = np.flatnonzero((r >= range_min) & (r <= range_max) & (r < np.inf))  # NaN compares False
     return idx, angle_min + angle_increment * idx
 
 
@@ -110,18 +110,21 @@ def fit_rectangles(xy: np.ndarray, starts: np.ndarray, steps: int = 45, d0: floa
     counts = np.append(starts[1:], len(xy)) - starts
     origin = np.add.reduceat(xy, starts, axis=0) / counts[:, None]
     member = np.arange(len(starts)).repeat(counts)        # cluster of each point
-    p = xy - origin[member]
+    theta, axes = _orientations(steps)
+    # [2 steps, N]: each point along e1, then along e2, of every orientation; points last, so the
+    # reductions over a cluster run along contiguous memory
+    proj = np.ascontiguousarray(axes @ (xy - origin[member]).T)
+    lo, hi = np.minimum.reduceat(proj, starts, axis=1), np.maximum.reduceat(proj, starts, axis=1)
+    d = np.minimum(proj - lo.take(member, axis=1), hi.take(member, axis=1) - proj)
+    near = np.maximum(np.minimum(d[:steps], d[steps:]), d0)   # to the nearest edge
+    best = np.add.reduceat(1.0 / near, starts, axis=1).argmax(axis=0)
+    both, k = np.stack([best, best + steps]), np.arange(len(starts))
+    return Rectangles(theta[best], lo[both, k].T, hi[both, k].T, origin)
+
+
+@functools.cache
+def _orientations(steps: int) -> tuple[np.ndarray, np.ndarray]:
+    """The candidate orientations [steps] over 90 degrees, and their axes e1 then e2 [2 steps, 2]."""
     theta = np.arange(steps) * (np.pi / 2 / steps)
     c, s = np.cos(theta), np.sin(theta)
-    c1 = p[:, :1] * c + p[:, 1:] * s           # [N, steps]
-    c2 = -p[:, :1] * s + p[:, 1:] * c
-    lo1, hi1 = np.minimum.reduceat(c1, starts), np.maximum.reduceat(c1, starts)
-    lo2, hi2 = np.minimum.reduceat(c2, starts), np.maximum.reduceat(c2, starts)
-    d1 = np.minimum(c1 - lo1[member], hi1[member] - c1)
-    d2 = np.minimum(c2 - lo2[member], hi2[member] - c2)
-    score = np.add.reduceat(1.0 / np.maximum(np.minimum(d1, d2), d0), starts)
-    best = score.argmax(axis=1)
-    k = np.arange(len(starts))
-    lo, hi = np.empty((len(k), 2)), np.empty((len(k), 2))
-    lo[:, 0], lo[:, 1], hi[:, 0], hi[:, 1] = lo1[k, best], lo2[k, best], hi1[k, best], hi2[k, best]
-    return Rectangles(theta[best], lo, hi, origin)
+    return theta, np.concatenate([np.stack([c, s], axis=1), np.stack([-s, c], axis=1)])

@@ -56,37 +56,34 @@ class StaticGrid:
             first[dst], last[dst] = self.first[src], self.last[src]
         self.first, self.last, self.corner = first, last, corner
 
-    def _cells(self, xy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Flat index of each point's cell (clipped to the grid's inner cells), and whether it is inside."""
+    def cells(self, xy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Flat index of each point's cell (clipped to the grid's inner cells), and whether it is
+        inside: what the other methods take, so a scan's cells are found once."""
         i = np.floor(xy[:, 0] * (1.0 / self.cell)).astype(np.int64) - self.corner[0]
         j = np.floor(xy[:, 1] * (1.0 / self.cell)).astype(np.int64) - self.corner[1]
         inside = (i >= 1) & (i < self.n - 1) & (j >= 1) & (j < self.n - 1)
         return np.minimum(np.maximum(i, 1), self.n - 2) * self.n + np.minimum(np.maximum(j, 1), self.n - 2), inside
 
-    def is_static(self, xy: np.ndarray, t_s: float) -> np.ndarray:
-        """Per point of `xy` [N, 2]: whether its cell or one of the 8 around it is static at `t_s`."""
-        if not self.placed or len(xy) == 0:
-            return np.zeros(len(xy), bool)
-        flat, inside = self._cells(xy)
-        around = flat[:, None] + self._around                 # [N, 9] cells
+    def is_static(self, cells: np.ndarray, inside: np.ndarray, t_s: float) -> np.ndarray:
+        """Per point of `cells`, `inside` (see `cells`): whether its cell or one of the 8 around it is
+        static at `t_s`."""
+        if not self.placed or len(cells) == 0:
+            return np.zeros(len(cells), bool)
+        around = cells[:, None] + self._around                 # [N, 9] cells
         last = self.last.ravel()[around]
         static = (last - self.first.ravel()[around] >= self.static_after_s) & (t_s - last <= self.gap_s)
         return static.any(axis=1) & inside  # type: ignore[no-any-return]
 
-    def restart(self, xy: np.ndarray, t_s: float) -> None:
-        """Start the runs of the cells of `xy` [N, 2] again at `t_s`: what stands there is not static."""
-        if not self.placed or len(xy) == 0:
-            return
-        flat, inside = self._cells(xy)
-        self.first.ravel()[flat[inside]] = t_s
+    def restart(self, cells: np.ndarray, t_s: float) -> None:
+        """Start the runs of `cells` (inside ones, see `cells`) again at `t_s`: what stands there is not static."""
+        if self.placed:
+            self.first.ravel()[cells] = t_s
 
-    def add(self, xy: np.ndarray, t_s: float) -> None:
-        """Count one scan at `t_s` whose returns are `xy` [N, 2]."""
-        if not self.placed or len(xy) == 0:
+    def add(self, cells: np.ndarray, t_s: float) -> None:
+        """Count one scan at `t_s` whose returns hit `cells` (inside ones, see `cells`)."""
+        if not self.placed or len(cells) == 0:
             return
-        flat, inside = self._cells(xy)
-        flat = flat[inside]
         first, last = self.first.ravel(), self.last.ravel()   # views: the grids are contiguous
-        ended = flat[t_s - last[flat] > self.gap_s]
+        ended = cells[t_s - last[cells] > self.gap_s]
         first[ended] = t_s
-        last[flat] = t_s
+        last[cells] = t_s
