@@ -6,9 +6,10 @@ markers, an odometry driver that stalled), scans placed with the stale pose woul
 map. Aligning each scan with the previous one keeps the pose for the few seconds such an outage lasts.
 
 Point-to-line ICP (Censi 2008): each return is paired with the nearest return of the previous scan
-(a k-d tree) and pulled onto the line through that return and its neighbours, not onto the return
-itself: two scans sample a wall at different places, and point-to-point pairs would hold the walls
-apart along their length. Pairs further than a distance that shrinks from step to step are left out,
+(by brute force: 60 returns against one scan's few hundred cost less than a k-d tree's build) and
+pulled onto the line through that return and its neighbours, not onto the return itself: two scans
+sample a wall at different places, and point-to-point pairs would hold the walls apart along their
+length. Pairs further than a distance that shrinks from step to step are left out,
 so moving objects do not pull. Each step solves the linearised 3x3 least-squares problem.
 """
 
@@ -17,7 +18,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from scipy.spatial import cKDTree
 
 __all__ = ["line_normals", "match_scan"]
 
@@ -27,13 +27,14 @@ def line_normals(points: np.ndarray, max_gap: float = 0.2) -> tuple[np.ndarray, 
     within `max_gap`, and those returns' indices [M]."""
     if len(points) < 3:
         return np.zeros((0, 2)), np.zeros(0, np.int64)
-    step = np.diff(points, axis=0)
+    step = points[1:] - points[:-1]
     short = np.einsum("ij,ij->i", step, step) <= max_gap * max_gap
     idx = np.flatnonzero(short[:-1] & short[1:]) + 1
     d = points[idx + 1] - points[idx - 1]
     norm = np.hypot(d[:, 0], d[:, 1])
     ok = norm > 0
-    return np.stack([-d[ok, 1], d[ok, 0]], axis=1) / norm[ok, None], idx[ok]
+    normals = d[:, ::-1] * (np.array([-1.0, 1.0]) / np.where(ok, norm, 1.0)[:, None])   # (-dy, dx) / |d|
+    return (normals, idx) if ok.all() else (normals[ok], idx[ok])
 
 
 def match_scan(points: np.ndarray, reference: np.ndarray, guess: tuple[float, float, float],
@@ -46,25 +47,27 @@ def match_scan(points: np.ndarray, reference: np.ndarray, guess: tuple[float, fl
     if len(points) < min_pairs or len(ref_idx) < min_pairs:
         return None
     points = points[::-(-len(points) // max_points)]   # every k-th return: enough to align, and cheap
-    ref = reference[ref_idx]
-    tree = cKDTree(ref)
-    x, y, yaw = guess
+    # all about the guessed lidar position: no cancellation in squared distances far from the map's origin
+    gx, gy, gyaw = guess
+    ref = reference[ref_idx] - (gx, gy)
+    line = np.column_stack([normals, np.einsum("ij,ij->i", normals, ref)])   # [M, 3]: n, n . q
+    ref_t, ref_sq = -2 * ref.T, np.einsum("ij,ij->i", ref, ref)
+    x, y, yaw = 0.0, 0.0, gyaw
     dist = max_dist
     for _ in range(iterations):
         c, s = math.cos(yaw), math.sin(yaw)
         placed = points @ np.array([[c, s], [-s, c]]) + (x, y)
-        d, j = tree.query(placed, distance_upper_bound=dist)
-        ok = d <= dist * 0.999   # misses come back as inf
-        j = j[ok]
-        if len(j) < min_pairs:
+        d2 = placed @ ref_t + ref_sq   # |p - q|^2 - |p|^2, every pair
+        j = d2.argmin(axis=1)
+        ok = d2.min(axis=1) + np.einsum("ij,ij->i", placed, placed) <= dist * dist
+        if ok.sum() < min_pairs:
             return None
-        p, n = placed[ok], normals[j]
-        # rows: d(residual)/d(tx), d/d(ty), d/d(yaw about the origin); residual = n . (p - q)
-        jac = np.empty((len(j), 3))
-        jac[:, :2] = n
-        jac[:, 2] = n[:, 1] * p[:, 0] - n[:, 0] * p[:, 1]
+        p, jac = placed[ok], line[j[ok]]
+        # rows: d(residual)/d(tx), d/d(ty), d/d(yaw about the guess); residual = n . (p - q)
+        gap = jac[:, 2] - jac[:, 0] * p[:, 0] - jac[:, 1] * p[:, 1]   # minus the residual
+        jac[:, 2] = jac[:, 1] * p[:, 0] - jac[:, 0] * p[:, 1]
         (a00, a01, a02), (_, a11, a12), (_, _, a22) = (jac.T @ jac).tolist()
-        b0, b1, b2 = (jac.T @ np.einsum("ij,ij->i", n, ref[j] - p)).tolist()
+        b0, b1, b2 = (gap @ jac).tolist()
         # the 3x3 normal equations by Cramer's rule: numpy's solve costs more than the whole rest
         c00, c01, c02 = a11 * a22 - a12 * a12, a02 * a12 - a01 * a22, a01 * a12 - a02 * a11
         det = a00 * c00 + a01 * c01 + a02 * c02
@@ -79,8 +82,7 @@ def match_scan(points: np.ndarray, reference: np.ndarray, guess: tuple[float, fl
         dist = max(0.05, dist * 0.7)
         if abs(dx) < 5e-4 and abs(dy) < 5e-4 and abs(dyaw) < 5e-4:
             break
-    gx, gy, gyaw = guess
-    if not (np.isfinite([x, y, yaw]).all() and math.hypot(x - gx, y - gy) <= 2 * max_dist
+    if not (math.isfinite(x + y + yaw) and math.hypot(x, y) <= 2 * max_dist
             and abs(math.remainder(yaw - gyaw, 2 * math.pi)) <= 0.5):
         return None   # a degenerate scene (one wall, one box) let it slide: not a pose to trust
-    return float(x), float(y), float(yaw)
+    return gx + x, gy + y, yaw
