@@ -50,24 +50,27 @@ def match_scan(points: np.ndarray, reference: np.ndarray, guess: tuple[float, fl
     # all about the guessed lidar position: no cancellation in squared distances far from the map's origin
     gx, gy, gyaw = guess
     ref = reference[ref_idx] - (gx, gy)
-    line = np.column_stack([normals, np.einsum("ij,ij->i", normals, ref)])   # [M, 3]: n, n . q
-    ref_t, ref_sq = -2 * ref.T, np.einsum("ij,ij->i", ref, ref)
+    # in homogeneous coordinates (p, 1): (p, 1) . line = n . (p - q), the point-to-line residual of each
+    # return q, and (p, 1) @ near = |p - q|^2 - |p|^2 for every q
+    line = np.column_stack([normals, -np.einsum("ij,ij->i", normals, ref)])             # [M, 3]
+    near = np.concatenate([-2 * ref.T, np.einsum("ij,ij->i", ref, ref)[None]])          # [3, M]
+    homogeneous = np.column_stack([points, np.ones(len(points))])
     x, y, yaw = 0.0, 0.0, gyaw
     dist = max_dist
     for _ in range(iterations):
         c, s = math.cos(yaw), math.sin(yaw)
-        placed = points @ np.array([[c, s], [-s, c]]) + (x, y)
-        d2 = placed @ ref_t + ref_sq   # |p - q|^2 - |p|^2, every pair
+        placed = homogeneous @ np.array([[c, s, 0.0], [-s, c, 0.0], [x, y, 1.0]])
+        d2 = placed @ near
         j = d2.argmin(axis=1)
-        ok = d2.min(axis=1) + np.einsum("ij,ij->i", placed, placed) <= dist * dist
+        ok = d2.min(axis=1) + np.einsum("ij,ij->i", placed, placed) <= dist * dist + 1   # |(p, 1)|^2 = |p|^2 + 1
         if ok.sum() < min_pairs:
             return None
         p, jac = placed[ok], line[j[ok]]
-        # rows: d(residual)/d(tx), d/d(ty), d/d(yaw about the guess); residual = n . (p - q)
-        gap = jac[:, 2] - jac[:, 0] * p[:, 0] - jac[:, 1] * p[:, 1]   # minus the residual
+        residual = np.einsum("ij,ij->i", jac, p)
+        # rows: d(residual)/d(tx), d/d(ty), d/d(yaw about the guess)
         jac[:, 2] = jac[:, 1] * p[:, 0] - jac[:, 0] * p[:, 1]
         (a00, a01, a02), (_, a11, a12), (_, _, a22) = (jac.T @ jac).tolist()
-        b0, b1, b2 = (gap @ jac).tolist()
+        b0, b1, b2 = (-residual @ jac).tolist()
         # the 3x3 normal equations by Cramer's rule: numpy's solve costs more than the whole rest
         c00, c01, c02 = a11 * a22 - a12 * a12, a02 * a12 - a01 * a22, a01 * a12 - a02 * a11
         det = a00 * c00 + a01 * c01 + a02 * c02
@@ -80,7 +83,7 @@ def match_scan(points: np.ndarray, reference: np.ndarray, guess: tuple[float, fl
         x, y = cd * x - sd * y + dx, sd * x + cd * y + dy
         yaw += dyaw
         dist = max(0.05, dist * 0.7)
-        if abs(dx) < 5e-4 and abs(dy) < 5e-4 and abs(dyaw) < 5e-4:
+        if abs(dx) < 1e-3 and abs(dy) < 1e-3 and abs(dyaw) < 1e-3:   # 1 mm, 1 mrad: a tenth of range noise
             break
     if not (math.isfinite(x + y + yaw) and math.hypot(x, y) <= 2 * max_dist
             and abs(math.remainder(yaw - gyaw, 2 * math.pi)) <= 0.5):
