@@ -27,15 +27,11 @@ def predict(x: np.ndarray, P: np.ndarray, dt: float, accel_sigma: float) -> tupl
     return x @ F.T, F @ P @ F.T + Q
 
 
-def measurement_noise(heading: np.ndarray, sigma_along: np.ndarray, sigma_across: np.ndarray) -> np.ndarray:
-    """Position covariances [M, 2, 2] with the given sigmas along and across `heading` (rad)."""
-    c, s = np.cos(heading), np.sin(heading)
-    a, b = sigma_along ** 2, sigma_across ** 2
-    R = np.empty((len(heading), 2, 2))
-    R[:, 0, 0] = a * c * c + b * s * s
-    R[:, 1, 1] = a * s * s + b * c * c
-    R[:, 0, 1] = R[:, 1, 0] = (a - b) * c * s
-    return R
+def measurement_noise(heading: np.ndarray, var_along: np.ndarray, var_across: np.ndarray) -> np.ndarray:
+    """Position covariances [M, 2, 2] with the given variances along and across `heading` (rad)."""
+    mean, half = (var_along + var_across) / 2, (var_along - var_across) / 2
+    u, v = half * np.cos(2 * heading), half * np.sin(2 * heading)
+    return np.array([[mean + u, v], [v, mean - u]]).transpose(2, 0, 1)
 
 
 def pairwise_gate(y: np.ndarray, P: np.ndarray, R: np.ndarray) -> np.ndarray:

@@ -63,10 +63,10 @@ class TrackSet:
 
     def __init__(self, p: TrackerParams) -> None:
         self.p = p
-        # measurement sigmas (along, across the box) by the low bits of Detections.observed
-        self.sigmas = np.array([[p.sigma_point] * 2 if not o & _H else
-                                [p.sigma_seen if o & bit else p.sigma_guessed for bit in (_L, _W)]
-                                for o in range(8)])
+        # measurement variances (along, across the box) by the low bits of Detections.observed
+        self.variances = np.array([[p.sigma_point] * 2 if not o & _H else
+                                   [p.sigma_seen if o & bit else p.sigma_guessed for bit in (_L, _W)]
+                                   for o in range(8)]) ** 2
         self.next_id = 1
         self.stamp_ns: int | None = None
         self.clear()
@@ -98,8 +98,8 @@ class TrackSet:
             return 0
         z = det.xy[rows].astype(np.float64)
         obs = det.observed[rows]
-        sigma = self.sigmas[obs & 7]
-        R = measurement_noise(det.heading[rows].astype(np.float64), sigma[:, 0], sigma[:, 1])
+        var = self.variances[obs & 7]
+        R = measurement_noise(det.heading[rows].astype(np.float64), var[:, 0], var[:, 1])
         ti, di = self._assign(z, R)
         if len(ti):
             Rd, turned = R[di], self._turned(ti, det.heading[rows[di]], obs[di])
