@@ -36,7 +36,8 @@ def measurement_noise(heading: np.ndarray, var_along: np.ndarray, var_across: np
 
 def pairwise_gate(y: np.ndarray, P: np.ndarray, R: np.ndarray) -> np.ndarray:
     """Squared Mahalanobis distance [N, M] of the residuals `y` [N, M, 2] (measurement `z` [M, 2] with
-    noise `R` [M, 2, 2] minus each track's predicted position) under each track's covariance `P`."""
+    noise `R` [M, 2, 2] minus each track's predicted position) under the innovation covariance, the
+    track's position covariance (from `P`) plus `R`."""
     S = P[:, None, :2, :2] + R[None, :, :, :]                               # [N, M, 2, 2], symmetric
     a, b, d = S[..., 0, 0], S[..., 0, 1], S[..., 1, 1]
     y0, y1 = y[..., 0], y[..., 1]
@@ -47,7 +48,7 @@ def update(x: np.ndarray, P: np.ndarray, z: np.ndarray, R: np.ndarray) -> tuple[
     """Tracks `x` [K, 4], `P` [K, 4, 4] corrected by their measurements `z` [K, 2], `R` [K, 2, 2]."""
     S = P[:, :2, :2] + R
     det = S[:, 0, 0] * S[:, 1, 1] - S[:, 0, 1] * S[:, 1, 0]
-    # S is symmetric: its inverse [[d, -b], [-b, a]] / det is S flipped on both axes, signed
+    # S is symmetric (to rounding): its inverse [[d, -b], [-b, a]] / det is S flipped on both axes, signed
     K = P[:, :, :2] @ (S[:, ::-1, ::-1] * (_ADJUGATE_SIGNS / det[:, None, None]))   # [K, 4, 2]
     x = x + (K @ (z - x[:, :2])[:, :, None])[:, :, 0]
     P = P - K @ P[:, :2, :]

@@ -54,7 +54,7 @@ class SizeMemory:
         d2 = ((xy[:, None, :] - self.xy[None, :, :]) ** 2).sum(axis=2)
         d2[:, self.t < t_s - self.keep_s] = np.inf
         best = d2.argmin(axis=1)
-        hit = d2.min(axis=1, initial=np.inf) <= self.radius ** 2
+        hit = d2.min(axis=1) <= self.radius ** 2
         return np.where(hit, best, -1), np.maximum(np.where(hit[:, None], self.dims[best], 0.0), prior)
 
     def update(self, idx: np.ndarray, xy: np.ndarray, dims: np.ndarray, full: np.ndarray, t_s: float) -> None:

@@ -101,7 +101,7 @@ class ObjectFinder:
         cells, inside = self.grid.cells(xy)
         self.grid.add(cells[inside], t_s)
         order = labels.argsort(kind="stable")
-        n = np.bincount(labels)   # labels are 0, 1, ...; one joined at a scan's wrap counts 0
+        n = np.bincount(labels)   # labels are 0 .. L-1 (a scan's wrap joins the last to 0)
         # most clusters are a stray return or two: drop them before any geometry
         big = n >= p.min_points
         if not big.any():

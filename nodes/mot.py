@@ -201,14 +201,15 @@ class TrackSet:
         return np.flatnonzero(self.confirmed & fresh)
 
     def box_heading(self, idx: np.ndarray) -> np.ndarray:
-        """Heading of tracks `idx` in [-pi, pi): along the velocity when moving, else the box's."""
+        """Heading of tracks `idx` in [-pi, pi] (box headings are in [0, pi]): along the velocity when
+        moving, else the box's."""
         h, vx, vy = self.heading[idx], self.x[idx, 2], self.x[idx, 3]
         back = (vx * np.cos(h) + vy * np.sin(h) < 0) & (vx * vx + vy * vy > self.p.moving_speed ** 2)
-        return np.where(back, h - np.pi, h)   # h is in [0, pi)
+        return np.where(back, h - np.pi, h)  # type: ignore[no-any-return]
 
 
 def _pairs(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """[K, 2] float64 of two [K] arrays (np.column_stack costs several times more at these sizes)."""
+    """[K, 2] float64 of two [K] arrays, by two assignments (np.column_stack is Python-level code)."""
     out = np.empty((len(a), 2))
     out[:, 0], out[:, 1] = a, b
     return out

@@ -111,9 +111,9 @@ def fit_rectangles(xy: np.ndarray, starts: np.ndarray, steps: int = 45, d0: floa
     origin = np.add.reduceat(xy, starts, axis=0) / counts[:, None]
     member = np.arange(len(starts)).repeat(counts)        # cluster of each point
     theta, axes = _orientations(steps)
-    # [2 steps, N]: each point along e1, then along e2, of every orientation; points last, so the
-    # reductions over a cluster run along contiguous memory
-    proj = np.ascontiguousarray(axes @ (xy - origin[member]).T)
+    # [2 steps, N]: each point along e1, then along e2, of every orientation; points last (a new
+    # C-ordered array), so the reductions over a cluster run along contiguous memory
+    proj = axes @ (xy - origin[member]).T
     lo, hi = np.minimum.reduceat(proj, starts, axis=1), np.maximum.reduceat(proj, starts, axis=1)
     d = np.minimum(proj - lo.take(member, axis=1), hi.take(member, axis=1) - proj)
     near = np.maximum(np.minimum(d[:steps], d[steps:]), d0)   # to the nearest edge

@@ -58,7 +58,8 @@ class StaticGrid:
 
     def cells(self, xy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Flat index of each point's cell (clipped to the grid's inner cells), and whether it is
-        inside: what the other methods take, so a scan's cells are found once."""
+        inside: what the other methods take, so a scan's cells are found once. Valid until the next
+        `follow` moves the grid."""
         i = np.floor(xy[:, 0] * (1.0 / self.cell)).astype(np.int64) - self.corner[0]
         j = np.floor(xy[:, 1] * (1.0 / self.cell)).astype(np.int64) - self.corner[1]
         inside = (i >= 1) & (i < self.n - 1) & (j >= 1) & (j < self.n - 1)
