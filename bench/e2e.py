@@ -23,8 +23,9 @@ models of the default training sizes (vehicle LSTM 128x1, T 30 at 0.1 s; pedestr
 tracker's params of docs/launch/lidar_chain.yaml: the simulator's ego car scans with a 2D lidar, and
 sim/scan -> detector -> tracker -> predictor -> sink; the latency is then from the scan's stamp (the
 tracks and predictions carry it) to the predictions in the sink, four hops instead of two. Its
-sizes stop at 64: 256 agents gridlock the junction world from the start, nothing (the ego included)
-moves, so the online static map takes every car for background and there is nothing to predict.
+sizes stop at 64: 256 agents saturate the junction world's road (about 135 cars on it, most of them
+queueing), the ego waits in a queue for over a minute, the online static map takes the standing cars
+around it for background, and few or no tracks reach the predictor.
 
 Bars (issue 5): p99_ms_64 <= 5 on this 2-core machine; rss_growth_mb_64 <= 5 over a 60 s run. With
 `--chain lidar` (issue 21): p99_ms_64 <= 10.
