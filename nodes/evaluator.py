@@ -130,6 +130,7 @@ class Evaluator(Node):
         self.scores = self.accuracy.by_kind  # kind -> score over every age
         self.first_seen = FirstSeen(self.params.keep_s)  # forgets agents as the truth history does
         self.latency_ms: deque[float] = deque(maxlen=2048)
+        self.predicted_rows = 0   # agent rows of predictions taken, for a run that scores none
         self.dropped: Counter[str] = Counter()
         self.events: list[str] = []
         self.pred_diag: dict[str, float] = {}
@@ -180,6 +181,7 @@ class Evaluator(Node):
             msg = Predictions(stamp_ns=msg.stamp_ns, frame_id=msg.frame_id, model=msg.model, ids=msg.ids[ok],
                               kind=msg.kind[ok], t_ns=t, xy=msg.xy[ok], modes=msg.modes[ok], prob=msg.prob[ok])
         self.pending[msg.model].append(msg)
+        self.predicted_rows += len(msg.ids)
         self._flush()
 
     def _drop(self, key: str, n: int = 1) -> None:
@@ -234,6 +236,14 @@ class Evaluator(Node):
 
     def table(self) -> str:
         lines = [self.accuracy.text()]
+        if not self.accuracy.by_kind:   # an empty table: say why, so a run that scored nothing reads as such
+            n = self.predicted_rows
+            lines.append("no prediction was scored: " + (
+                "no prediction of any agent arrived (did the predictor get tracks with agents in them?)" if not n
+                else f"{n} predicted agent rows arrived and no truth (is the evaluator's truth input wired?)"
+                if not self.truth.stamps else
+                f"{n} predicted agent rows arrived, but the truth never held their agents over a whole horizon "
+                "(a run shorter than one, or other ids)"))
         if self.events:
             lines.append("predictor state events: " + "; ".join(self.events))
         if self.pred_diag:   # whether the predictor kept up: its queue's drops, what it dropped, what was lost upstream

@@ -335,3 +335,26 @@ def test_futures_that_are_not_positions_or_probabilities_drop_their_row(
     assert ev.diagnostics[counter] == 20 - 3
     assert set(ev.scores) == {"all", "vehicle"} and ev.scores["all"].n_k == 20 - 3 - T
     g.stop()
+
+
+@pytest.mark.parametrize(("predict", "truth_ids", "says"), [
+    (False, [1], "no prediction was scored: no prediction of any agent arrived"),
+    (True, [7], "no prediction was scored: 27 predicted agent rows arrived, but the truth never held their agents"),
+])
+def test_a_run_that_scores_nothing_says_why_under_its_empty_table(predict: bool, truth_ids: list[int], says: str,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    g = LocalGraph()
+    ev = g.add("eval", Evaluator, {"report_s": 0}, inputs={"predictions": "p/predictions", "truth": "s/tracks"})
+    g.start()
+    for i in range(30):
+        g.inject("s/tracks", truth(i, truth_ids))
+        if predict and i >= 3:
+            g.inject("p/predictions", prediction(i, [1], offset=0.5))
+        g.spin()
+    ev.shutdown()
+    assert any(line.startswith(says) for line in capsys.readouterr().out.splitlines())
+
+
+def test_a_run_that_scores_rows_claims_no_emptiness(capsys: pytest.CaptureFixture[str]) -> None:
+    run(30, [1], offset=0.5).shutdown()
+    assert "no prediction was scored" not in capsys.readouterr().out
