@@ -112,13 +112,14 @@ def test_a_track_far_from_the_truth_is_false_after_more_than_one_second(far_scan
     assert s.false_ids == ([9] if false else [])
 
 
-def test_a_far_run_broken_by_the_tracks_absence_or_unknown_truth_is_not_false() -> None:
+def test_a_far_run_is_broken_by_coming_near_or_by_unknown_truth_not_by_the_tracks_absence() -> None:
     t, xy, vxy, ok = _truth(20)
-    # ids 9 and 5 are 2 m away for 1.9 s; id 5 is missing at scan 10 (0.9 s, then 0.8 s)
-    frames = [_frame((1, x, y, 1, 0), (9, x, 2.0, 0, 0), *([(5, x, 2.0, 0, 0)] if i != 10 else []))
-              for i, (x, y) in enumerate(xy)]
-    assert score(t, frames, xy, vxy, ok, np.ones(20, bool)).false_ids == [9]
-    ok[10] = False  # a gap in the truth: scan 10 judges nothing and breaks id 9's run too
+    # ids 9, 5 and 4 are 2 m away for 1.9 s; id 5 is missing at scans 5 and 10 (coasting: the same track,
+    # as a real bag's flickering track was), id 4 comes within the gate at scan 10 (0.9 s, then 0.8 s)
+    frames = [_frame((1, x, y, 1, 0), (9, x, 2.0, 0, 0), *([(5, x, 2.0, 0, 0)] if i not in (5, 10) else []),
+                     (4, x, 0.1 if i == 10 else 2.0, 0, 0)) for i, (x, y) in enumerate(xy)]
+    assert score(t, frames, xy, vxy, ok, np.ones(20, bool)).false_ids == [5, 9]
+    ok[10] = False  # a gap in the truth: scan 10 judges nothing and breaks every run
     s = score(t, frames, xy, vxy, ok, np.ones(20, bool))
     assert (s.false_tracks, s.scans, s.visible) == (0, 19, 19)
 

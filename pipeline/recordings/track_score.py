@@ -13,9 +13,10 @@ and returns position RMSE, speed RMSE, coverage, identity switches and false tra
   is the caller's `visible` flag; `visible_in_scan` computes it as: the truth is within the
   lidar's [range_min, range_max] and at least `min_returns` returns of the scan lie within
   `radius` of it (a hidden car gives no returns where it is; an empty spot gives none either).
-- False tracks: ids that stay more than `gate` from the truth in consecutive scans spanning more
-  than `false_after_s` (1 s). A scan whose truth is unknown (a gap in the truth) judges nothing and
-  breaks such a run, as does a scan without the track.
+- False tracks: ids that stay more than `gate` from the truth over more than `false_after_s` (1 s),
+  from the first scan that has them far to the last. A scan without the track (coasting, unpublished)
+  does not break the run: an id is never reused, so it is the same track. Coming within `gate`
+  breaks it, and so does a scan whose truth is unknown (a gap in the truth), which judges nothing.
 
 The lidar pose at a scan is the carrier's pose interpolated at the scan's stamp, composed with the
 mounting offset (x, y, yaw in the carrier's frame); `interpolate` and `pose_at` do it.
@@ -185,13 +186,11 @@ def score(stamps: Sequence[int] | np.ndarray, frames: Sequence[TrackFrame], trut
             if last_id is not None and int(ids[i]) != last_id:
                 s.id_switches += 1
             last_id = int(ids[i])
-        runs: dict[int, int] = {}
         for tid, dist in zip(ids.tolist(), d.tolist(), strict=True):
-            if dist > gate:
-                runs[tid] = far_since.get(tid, int(stamp))
-                if int(stamp) - runs[tid] > false_after_s * 1e9:
-                    false_ids.add(tid)
-        far_since = runs
+            if dist <= gate:
+                far_since.pop(tid, None)
+            elif int(stamp) - far_since.setdefault(tid, int(stamp)) > false_after_s * 1e9:
+                false_ids.add(tid)
     s.rmse_m = _rms(pos_err)
     s.speed_rmse_mps = _rms(speed_err)
     s.false_ids = sorted(false_ids)
