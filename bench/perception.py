@@ -40,7 +40,7 @@ import numpy as np  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from pipeline.cli.track import DETECTOR, TRACKER, StampOrder, parse_offset, track, track_graph  # noqa: E402
+from pipeline.cli.track import DETECTOR, TRACKER, StampOrder, offset_argv, parse_offset, track, track_graph  # noqa: E402
 from pipeline.errors import DrivecastError  # noqa: E402
 from pipeline.recordings.reader import open_recording  # noqa: E402
 from pipeline.runtime.graph import parse_set  # noqa: E402
@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--set", action="append", default=[], metavar="NODE.PARAM=VALUE")
     ap.add_argument("--detector", default=DETECTOR, metavar="MODULE:CLASS")
     ap.add_argument("--tracker", default=TRACKER, metavar="MODULE:CLASS")
-    args = ap.parse_args(argv)
+    args = ap.parse_args(offset_argv(sys.argv[1:] if argv is None else argv))
     rounds = args.rounds or (1 if args.quick else 5)
     missing = [str(b) for b in BAGS if not b.exists()]
     if missing:

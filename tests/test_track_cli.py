@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from pipeline.cli import COMMANDS
-from pipeline.cli.track import CSV_HEADER, launch_text, main, parse_offset
+from pipeline.cli.track import CSV_HEADER, launch_text, main, offset_argv, parse_offset
 from pipeline.errors import ConfigError
 from pipeline.recordings.reader import open_recording
 from pipeline.recordings.writer import Recorder
@@ -248,8 +248,16 @@ def test_lidar_offset_reaches_the_detector(drive: Path, tmp_path: Path) -> None:
     out = tmp_path / "tracks.csv"
     assert _run(drive, "--csv", str(out), "--lidar-offset", "1,0.5,0") == 0
     assert float(_rows(out)[5]["y"]) == pytest.approx(2.4, abs=0.01)
-    assert _run(drive, "--csv", str(out), "--lidar-offset=-1,0,0") == 0
-    assert float(_rows(out)[5]["y"]) == pytest.approx(1.9, abs=0.01)
+    for negative in (["--lidar-offset=-1,0,0"], ["--lidar-offset", "-1,0,0"]):   # the second: not an option
+        assert _run(drive, "--csv", str(out), *negative) == 0, negative
+        assert float(_rows(out)[5]["y"]) == pytest.approx(1.9, abs=0.01)
+
+
+def test_only_a_negative_offset_value_is_joined_to_its_option() -> None:
+    assert offset_argv(["f", "--lidar-offset", "-.5,0,0", "--csv", "x"]) == ["f", "--lidar-offset=-.5,0,0", "--csv", "x"]
+    assert offset_argv(["--lidar-offset", "1,0,0"]) == ["--lidar-offset", "1,0,0"]
+    assert offset_argv(["--lidar-offset", "--csv"]) == ["--lidar-offset", "--csv"]   # argparse says what is missing
+    assert offset_argv(["--lidar-offset"]) == ["--lidar-offset"]
 
 
 def test_the_launch_text_is_a_valid_launch_file_of_the_two_nodes(tmp_path: Path) -> None:

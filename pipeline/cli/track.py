@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import csv
 import math
+import re
 import sys
 import tempfile
 from collections.abc import Iterable, Iterator, Sequence
@@ -107,8 +108,24 @@ def parse_offset(text: str) -> tuple[float, float, float]:
         values = ()
     if len(values) != 3 or not all(math.isfinite(v) for v in values):
         raise ConfigError(f"--lidar-offset {text!r}: expected X,Y,YAW, three finite numbers (m, m, rad), "
-                          f"e.g. 0.1,0,0 (a negative one as --lidar-offset=-0.1,0,0)")
+                          f"e.g. -0.153,-0.002,0.008")
     return values[0], values[1], values[2]
+
+
+def offset_argv(argv: Sequence[str]) -> list[str]:
+    """`argv` with `--lidar-offset -0.1,0,0` joined into `--lidar-offset=-0.1,0,0`: argparse takes a
+    value that starts with '-' for an option unless it is one plain number, and offsets often do."""
+    out: list[str] = []
+    it = iter(argv)
+    for arg in it:
+        value = next(it, None) if arg == "--lidar-offset" else None
+        if value is None:
+            out.append(arg)
+        elif re.match(r"-\.?\d", value):
+            out.append(f"{arg}={value}")
+        else:
+            out += [arg, value]
+    return out
 
 
 def _check_topic(info: RecordingInfo, option: str, topic: str, schema: str) -> None:
@@ -309,7 +326,7 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--scan", required=True, metavar="TOPIC", help="the LaserScan topic")
     ap.add_argument("--ego-pose", required=True, metavar="TOPIC", help="the pose topic of the car carrying the lidar")
     ap.add_argument("--lidar-offset", default=None, metavar="X,Y,YAW",
-                    help="the lidar in the car's frame (m, m, rad); a negative first value as --lidar-offset=-0.1,0,0")
+                    help="the lidar in the car's frame (m, m, rad), e.g. -0.153,-0.002,0.008")
     ap.add_argument("-o", "--output", default=None, metavar="OUT.mcap",
                     help="write the scans, poses, detections, tracks and boxes")
     ap.add_argument("--csv", default=None, metavar="FILE", help="write " + ",".join(CSV_HEADER))
@@ -319,7 +336,7 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--detector", default=DETECTOR, metavar="MODULE:CLASS", help=f"default {DETECTOR}")
     ap.add_argument("--tracker", default=TRACKER, metavar="MODULE:CLASS", help=f"default {TRACKER}")
     ap.add_argument("--types", default=None, help="directory of .msg files for bags without type definitions")
-    args = ap.parse_args(argv)
+    args = ap.parse_args(offset_argv(argv))
     try:
         offset = parse_offset(args.lidar_offset) if args.lidar_offset is not None else None
         res = track(args.file, args.scan, args.ego_pose, lidar_offset=offset, output=args.output, csv_path=args.csv,
