@@ -280,7 +280,8 @@ def _valid_rows(msg: Predictions, max_abs_xy: float, drop: Callable[[str, int], 
         drop("prediction_rows", int(len(ok) - ok.sum()))
     if msg.modes.shape[1]:
         p = msg.prob
-        probable = ((p >= 0) & (p <= 1)).all(1) & (np.abs(p.sum(1, dtype=np.float64) - 1) <= 1e-3)
+        in_unit = ((p >= 0) & (p <= 1)).all(1)   # NaN and inf fail it: summed as 0, no warning
+        probable = in_unit & (np.abs(np.where(in_unit[:, None], p, 0).sum(1, dtype=np.float64) - 1) <= 1e-3)
         if not probable[ok].all():
             drop("prediction_probs", int((ok & ~probable).sum()))
             ok &= probable

@@ -23,6 +23,9 @@ Two outputs of that matching:
   identity switches; identity: IDF1), fed every matched frame with the centre distances: a summary every
   `report_s`, a table at shutdown, and with `report_json: PATH` that table as JSON. motmetrics is the
   optional `[eval]` extra; without it the node still relabels the truth and reports no metrics.
+
+Rows of `tracks` or `truth` whose position or velocity is not finite or beyond the `Plausible` bounds
+are dropped and counted (`drops.rows`), as is an `ego` pose that is not finite (`drops.ego`).
 """
 
 from __future__ import annotations
@@ -36,7 +39,8 @@ import numpy as np
 from msgspec import Meta
 from scipy.optimize import linear_sum_assignment
 
-from pipeline.runtime.node import Node, NodeParams
+from nodes.plausible import Plausible, plausible_rows
+from pipeline.runtime.node import Node
 from pipeline.wire.messages import Odometry, Tracks
 
 __all__ = ["METRICS", "TrackEvaluator", "truth_at"]
@@ -62,7 +66,7 @@ def truth_at(before: Tracks, after: Tracks | None, t_ns: int) -> Tracks:
 class TrackEvaluator(Node):
     """Tracks and truth in, truth relabelled with track ids out, MOT metrics in the log; see the module."""
 
-    class Params(NodeParams):
+    class Params(Plausible):
         match_m: Annotated[float, Meta(gt=0)] = 2.0        # farther apart: no match (motmetrics' max distance)
         max_truth_gap_s: Annotated[float, Meta(gt=0)] = 0.5  # truth this far from a track's stamp: not scored
         report_s: Annotated[float, Meta(ge=0)] = 10.0      # a summary line this often (0: only at shutdown)
@@ -93,19 +97,27 @@ class TrackEvaluator(Node):
         if self.params.report_s > 0:
             self.every(self.params.report_s, lambda: self.log.info("%s", self.summary()))
 
-    def _capped(self, msg: Tracks) -> Tracks:
-        """`msg` with at most `max_rows` rows: matching costs truth rows x track rows, and one message of
-        10,000 of each took seconds per frame (`drops.too_many_rows` counts what is left out)."""
-        n = self.params.max_rows
-        if len(msg.ids) <= n:
+    def _checked(self, msg: Tracks) -> Tracks:
+        """`msg` without implausible rows (`drops.rows`), and with at most `max_rows` rows: matching costs
+        truth rows x track rows, and one message of 10,000 of each took seconds per frame
+        (`drops.too_many_rows` counts what is left out)."""
+        p = self.params
+        ok = plausible_rows(msg.xy, p.max_abs_xy, msg.vxy, p.max_speed)
+        if not ok.all():
+            self._count("drops.rows", int(len(ok) - ok.sum()))
+            msg = _rows(msg, np.flatnonzero(ok))
+        if len(msg.ids) <= p.max_rows:
             return msg
-        self.diagnostics["drops.too_many_rows"] = self.diagnostics.get("drops.too_many_rows", 0) + len(msg.ids) - n
-        return _rows(msg, np.arange(n))
+        self._count("drops.too_many_rows", len(msg.ids) - p.max_rows)
+        return _rows(msg, np.arange(p.max_rows))
+
+    def _count(self, key: str, n: int = 1) -> None:
+        self.diagnostics[key] = self.diagnostics.get(key, 0) + n
 
     def on_truth(self, msg: Tracks) -> None:
         if self.truth and msg.stamp_ns <= self.truth[-1].stamp_ns:
             return  # out of order or repeated: the truth history is ordered by stamp
-        self.truth.append(self._capped(msg))
+        self.truth.append(self._checked(msg))
         while self.waiting and self.waiting[0].stamp_ns <= msg.stamp_ns:
             self._score(self.waiting.popleft())
 
@@ -114,10 +126,13 @@ class TrackEvaluator(Node):
         self.visible.append(msg)
 
     def on_ego(self, msg: Odometry) -> None:
-        self.ego_xy = msg.position[:2].copy()
+        if not np.isfinite(msg.position[:2]).all():
+            self._count("drops.ego")
+            return
+        self.ego_xy = msg.position[:2].astype(np.float64)
 
     def on_tracks(self, msg: Tracks) -> None:
-        msg = self._capped(msg)
+        msg = self._checked(msg)
         if self.truth and msg.stamp_ns <= self.truth[-1].stamp_ns:
             self._score(msg)
         else:
@@ -135,7 +150,7 @@ class TrackEvaluator(Node):
     def _score(self, tracks: Tracks) -> None:
         truth = self._truth_for(tracks.stamp_ns)
         if truth is None:
-            self.diagnostics["unscored_frames"] = self.diagnostics.get("unscored_frames", 0) + 1
+            self._count("unscored_frames")
             return
         if (self.params.range_m and self.ego_xy is not None) or self.visible_wired:
             truth, tracks = self._expected(truth, tracks)
@@ -174,7 +189,7 @@ class TrackEvaluator(Node):
         if seen is not None:
             expected &= np.isin(truth.ids, seen)
         elif self.visible_wired:
-            self.diagnostics["frames_without_visible"] = self.diagnostics.get("frames_without_visible", 0) + 1
+            self._count("frames_without_visible")
         keep = reach.copy()
         if len(pool) and len(tracks.ids):
             d = np.linalg.norm(truth.xy[pool, None, :].astype(np.float64) - tracks.xy[None, :, :], axis=-1)

@@ -321,7 +321,7 @@ def test_a_model_of_one_future_reports_no_k_figures(tmp_path: Path, capsys: pyte
 @pytest.mark.parametrize(("prob", "position", "counter"), [
     ([0.5, 0.5, 0.5], 0.0, "drops.prediction_probs"), ([1.2, -0.1, -0.1], 0.0, "drops.prediction_probs"),
     ([float("nan"), 0.5, 0.5], 0.0, "drops.prediction_probs"), (PROB, float("nan"), "drops.prediction_rows"),
-    (PROB, 1e12, "drops.prediction_rows")])
+    ([float("inf"), float("-inf"), 1.0], 0.0, "drops.prediction_probs"), (PROB, 1e12, "drops.prediction_rows")])
 def test_futures_that_are_not_positions_or_probabilities_drop_their_row(
         prob: list[float], position: float, counter: str) -> None:
     def bad_agent_2(i: int, ids: list[int]) -> Predictions:
@@ -331,7 +331,8 @@ def test_futures_that_are_not_positions_or_probabilities_drop_their_row(
         return Predictions(stamp_ns=good.stamp_ns, model="m", ids=np.array(ids), kind=np.array([1, 2]), t_ns=good.t_ns,
                            xy=np.concatenate([good.xy, bad.xy]), modes=modes, prob=np.concatenate([good.prob, bad.prob]))
 
-    g, ev = run_futures(20, [1, 2], make=bad_agent_2)
+    with np.errstate(all="raise"):   # the checks themselves must not do arithmetic on what they refuse
+        g, ev = run_futures(20, [1, 2], make=bad_agent_2)
     assert ev.diagnostics[counter] == 20 - 3
     assert set(ev.scores) == {"all", "vehicle"} and ev.scores["all"].n_k == 20 - 3 - T
     g.stop()

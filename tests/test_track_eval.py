@@ -198,3 +198,14 @@ def test_rows_beyond_max_rows_are_dropped_and_counted() -> None:
     g.spin()
     (out,) = g.published["mot/truth"]
     assert out.ids.tolist() == [10, 11, 12] and node.diagnostics["drops.too_many_rows"] == 3
+
+
+def test_rows_that_are_not_positions_are_dropped_and_counted_without_a_numpy_warning() -> None:
+    frames = _scene()
+    nan = float("nan")
+    bad_truth = _tracks(11 * DT, [1, 2, 3], [(10.0, 0.0), (10.0, 10.0), (nan, 0.0)])
+    bad_tracks = _tracks(11 * DT, [100, 101, 777], [(10.2, 0.0), (10.0, 10.2), (3e38, 0.0)])
+    with np.errstate(all="raise"):   # a NaN or 3e38 row reaching the arithmetic would raise here
+        node, out = _run([*frames, (bad_truth, bad_tracks)])
+    assert node.diagnostics["drops.rows"] == 2
+    assert out[-1].ids.tolist() == [100, 101]   # the good rows are still matched
