@@ -238,12 +238,14 @@ class Evaluator(Node):
         lines = [self.accuracy.text()]
         if not self.accuracy.by_kind:   # an empty table: say why, so a run that scored nothing reads as such
             n = self.predicted_rows
-            lines.append("no prediction was scored: " + (
-                "no prediction of any agent arrived (did the predictor get tracks with agents in them?)" if not n
-                else f"{n} predicted agent rows arrived and no truth (is the evaluator's truth input wired?)"
-                if not self.truth.stamps else
-                f"{n} predicted agent rows arrived, but the truth never held their agents over a whole horizon "
-                "(a run shorter than one, or other ids)"))
+            if not n:
+                why = "no prediction of any agent arrived (did the predictor get tracks with agents in them?)"
+            elif not self.truth.stamps:
+                why = f"{n} predicted agent rows arrived and no truth (is the evaluator's truth input wired?)"
+            else:
+                why = (f"{n} predicted agent rows arrived, but the truth never held their agents over a whole "
+                       "horizon (a run shorter than one, or other ids)")
+            lines.append(f"no prediction was scored: {why}")
         if self.events:
             lines.append("predictor state events: " + "; ".join(self.events))
         if self.pred_diag:   # whether the predictor kept up: its queue's drops, what it dropped, what was lost upstream
