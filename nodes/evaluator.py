@@ -235,23 +235,8 @@ class Evaluator(Node):
         return line
 
     def table(self) -> str:
-        lines = [self.accuracy.text()]
-        if not self.accuracy.by_kind:   # an empty table: say why, so a run that scored nothing reads as such
-            n = self.predicted_rows
-            if not n:
-                why = "no prediction of any agent arrived (did the predictor get tracks with agents in them?)"
-            elif not self.truth.stamps:
-                why = f"{n} predicted agent rows arrived and no truth (is the evaluator's truth input wired?)"
-            else:
-                why = (f"{n} predicted agent rows arrived, but the truth never held their agents over a whole "
-                       "horizon (a run shorter than one, or other ids)")
-            lines.append(f"no prediction was scored: {why}")
-        if self.events:
-            lines.append("predictor state events: " + "; ".join(self.events))
-        if self.pred_diag:   # whether the predictor kept up: its queue's drops, what it dropped, what was lost upstream
-            lost = {k: v for k, v in self.pred_diag.items() if k.startswith(("drops.", "gaps.")) and v}
-            lines.append("predictor drops: " + (", ".join(f"{k} {v:.0f}" for k, v in sorted(lost.items())) or "0"))
-        return "\n".join(lines)
+        empty = "" if self.accuracy.by_kind else _nothing_scored(self.predicted_rows, bool(self.truth.stamps))
+        return "\n".join([self.accuracy.text(), *_footer(empty, self.events, self.pred_diag)])
 
     def shutdown(self) -> None:
         print(self.table(), flush=True)
@@ -262,6 +247,29 @@ class Evaluator(Node):
                 self.log.error("%s", exc)
         if self.params.plot and self.paths:
             _plot(self.paths, self.ks[-1], self.params.plot, self.log)
+
+
+def _footer(nothing_scored: str, events: list[str], pred_diag: dict[str, float]) -> list[str]:
+    """The lines under the final table: why it is empty, if it is (a run that scored nothing must read as
+    such), the predictor's state events, and whether it kept up (its queue's drops, what it dropped, what
+    was lost upstream)."""
+    lines = [f"no prediction was scored: {nothing_scored}"] if nothing_scored else []
+    if events:
+        lines.append("predictor state events: " + "; ".join(events))
+    if pred_diag:
+        lost = {k: v for k, v in pred_diag.items() if k.startswith(("drops.", "gaps.")) and v}
+        lines.append("predictor drops: " + (", ".join(f"{k} {v:.0f}" for k, v in sorted(lost.items())) or "0"))
+    return lines
+
+
+def _nothing_scored(predicted_rows: int, truth_seen: bool) -> str:
+    """Why a run scored no prediction, from what arrived."""
+    if not predicted_rows:
+        return "no prediction of any agent arrived (did the predictor get tracks with agents in them?)"
+    if not truth_seen:
+        return f"{predicted_rows} predicted agent rows arrived and no truth (is the evaluator's truth input wired?)"
+    return (f"{predicted_rows} predicted agent rows arrived, but the truth never held their agents over a whole "
+            "horizon (a run shorter than one, or other ids)")
 
 
 def _check_output(key: str, file: str) -> None:

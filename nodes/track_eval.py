@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import json
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -97,27 +98,13 @@ class TrackEvaluator(Node):
         if self.params.report_s > 0:
             self.every(self.params.report_s, lambda: self.log.info("%s", self.summary()))
 
-    def _checked(self, msg: Tracks) -> Tracks:
-        """`msg` without implausible rows (`drops.rows`), and with at most `max_rows` rows: matching costs
-        truth rows x track rows, and one message of 10,000 of each took seconds per frame
-        (`drops.too_many_rows` counts what is left out)."""
-        p = self.params
-        ok = plausible_rows(msg.xy, p.max_abs_xy, msg.vxy, p.max_speed)
-        if not ok.all():
-            self._count("drops.rows", int(len(ok) - ok.sum()))
-            msg = _rows(msg, np.flatnonzero(ok))
-        if len(msg.ids) <= p.max_rows:
-            return msg
-        self._count("drops.too_many_rows", len(msg.ids) - p.max_rows)
-        return _rows(msg, np.arange(p.max_rows))
-
     def _count(self, key: str, n: int = 1) -> None:
         self.diagnostics[key] = self.diagnostics.get(key, 0) + n
 
     def on_truth(self, msg: Tracks) -> None:
         if self.truth and msg.stamp_ns <= self.truth[-1].stamp_ns:
             return  # out of order or repeated: the truth history is ordered by stamp
-        self.truth.append(self._checked(msg))
+        self.truth.append(_checked(msg, self.params, self._count))
         while self.waiting and self.waiting[0].stamp_ns <= msg.stamp_ns:
             self._score(self.waiting.popleft())
 
@@ -132,7 +119,7 @@ class TrackEvaluator(Node):
         self.ego_xy = msg.position[:2].astype(np.float64)
 
     def on_tracks(self, msg: Tracks) -> None:
-        msg = self._checked(msg)
+        msg = _checked(msg, self.params, self._count)
         if self.truth and msg.stamp_ns <= self.truth[-1].stamp_ns:
             self._score(msg)
         else:
@@ -217,6 +204,20 @@ class TrackEvaluator(Node):
         self.log.info("%s", self.summary())
         if self.params.report_json:
             Path(self.params.report_json).write_text(json.dumps({"frames": self.frames, **self.metrics()}, indent=1))
+
+
+def _checked(msg: Tracks, p: TrackEvaluator.Params, count: Callable[[str, int], None]) -> Tracks:
+    """`msg` without implausible rows (`drops.rows`), and with at most `max_rows` rows: matching costs
+    truth rows x track rows, and one message of 10,000 of each took seconds per frame
+    (`drops.too_many_rows` counts what is left out)."""
+    ok = plausible_rows(msg.xy, p.max_abs_xy, msg.vxy, p.max_speed)
+    if not ok.all():
+        count("drops.rows", int(len(ok) - ok.sum()))
+        msg = _rows(msg, np.flatnonzero(ok))
+    if len(msg.ids) <= p.max_rows:
+        return msg
+    count("drops.too_many_rows", len(msg.ids) - p.max_rows)
+    return _rows(msg, np.arange(p.max_rows))
 
 
 def _rows(t: Tracks, keep: np.ndarray) -> Tracks:
